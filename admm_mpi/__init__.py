@@ -1,0 +1,16 @@
+"""admm-mpi: train fully connected networks by ADMM instead of backpropagation, over MPI.
+
+Layout of the package (one job per module):
+
+- ``backend``   array namespace (numpy now, cupy-ready) and dtype policy
+- ``partition`` pure block-layout arithmetic, no MPI
+- ``grid``      the process grid: the only module that talks to MPI
+- ``data``      HDF5 datasets, each rank reading only its own slab of rows
+- ``model``     network spec, forward pass, prediction, model files
+- ``ops``       activations, losses and their proximal steps, weight solves
+- ``solvers``   the ADMM algorithms as pure maths on local arrays
+- ``train``     the training loop: schedule, stopping, metrics, outputs
+- ``cli``       the ``admm-mpi`` command
+"""
+
+__version__ = "0.1.0"

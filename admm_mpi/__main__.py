@@ -1,0 +1,3 @@
+from admm_mpi.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,192 @@
+"""The ``admm-mpi`` command: ``train | evaluate | predict | info``.
+
+The same command runs as one process or under ``mpiexec -n P``. Bad input is reported once, by
+rank 0, and every rank exits with status 2. Any other exception on any rank prints its traceback
+(prefixed by the rank) and aborts the whole MPI job, so no rank is left waiting in a collective.
+"""
+
+import argparse
+import json
+import os
+import sys
+import warnings
+
+from admm_mpi import __version__
+from admm_mpi.errors import InputError, TrainingError
+
+EXIT_INPUT_ERROR = 2
+EXIT_TRAINING_ERROR = 3
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of printing, so the message is printed once, by rank 0."""
+
+    def error(self, message):
+        raise InputError(f"{self.prog}: {message}")
+
+
+def _add_train_arguments(p):
+    p.add_argument("--config", metavar="FILE.toml", help="TOML file with any of the settings below")
+    p.add_argument("--data", help="HDF5 data set (default: the bundled 'digits')")
+    p.add_argument("--solver", help="ADMM solver (default: taylor)")
+    p.add_argument("--layout", help="parallel layout (default: data)")
+    p.add_argument("--hidden", help="hidden layer widths, e.g. 256,256")
+    p.add_argument("--activation", help="hidden activation (default: relu)")
+    p.add_argument("--loss", help="least_squares | ova_hinge | binary_hinge (default: least_squares)")
+    p.add_argument("--iters", type=int, help="iterations (default: 60)")
+    p.add_argument("--dtype", help="float32 | float64 (default: float64)")
+    p.add_argument("--seed", type=int, help="seed of the initial weights (default: 0)")
+    p.add_argument("--out", help="output directory (default: runs/latest)")
+    p.add_argument("--beta", type=float, help="penalty on z = W a + b (default: 1)")
+    p.add_argument("--gamma", type=float, help="penalty on a = h(z) (default: 1)")
+    p.add_argument("--ridge", type=float, help="weight ridge per training sample (default: 1e-4)")
+    p.add_argument("--warm-start", dest="warm_start", type=int,
+                   help="iterations before the Bregman updates start (default: 5)")
+    p.add_argument("--tol", type=float, help="stop when ||z_L - W_L a_{L-1}|| <= tol*sqrt(N) (default: 0, off)")
+    p.add_argument("--no-progress", dest="progress", action="store_const", const=False,
+                   help="no progress bar")
+
+
+def make_parser():
+    parser = _Parser(prog="admm-mpi", description="Train neural networks by ADMM over MPI ranks.")
+    parser.add_argument("--version", action="version", version=f"admm-mpi {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_train_arguments(sub.add_parser("train", help="train a network"))
+    ev = sub.add_parser("evaluate", help="accuracy of a saved model on a data set")
+    ev.add_argument("--model", required=True, help="model.h5 written by train")
+    ev.add_argument("--data", default="digits", help="HDF5 data set (default: digits)")
+    pr = sub.add_parser("predict", help="predicted labels of a saved model")
+    pr.add_argument("--model", required=True, help="model.h5 written by train")
+    pr.add_argument("--data", default="digits", help="HDF5 data set (default: digits)")
+    pr.add_argument("--split", default="test", help="train | test (default: test)")
+    pr.add_argument("--output", help="file for the labels, one per line (default: standard output)")
+    sub.add_parser("info", help="versions, MPI library, BLAS and thread settings")
+    return parser
+
+
+def _limit_blas_threads(grid):
+    """Share the node's cores between its ranks unless the user set the thread count."""
+    if grid.size == 1 or any(os.environ.get(v) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")):
+        return
+    from threadpoolctl import threadpool_limits
+
+    threads = max(1, (os.cpu_count() or 1) // grid.local_size())
+    threadpool_limits(threads)
+    if grid.is_root:
+        warnings.warn(f"OMP_NUM_THREADS is not set: using {threads} BLAS thread(s) per rank", RuntimeWarning, stacklevel=2)
+
+
+def _cmd_train(args, grid):
+    from admm_mpi import config as cfg
+    from admm_mpi.train import train
+
+    cli = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
+    config = cfg.resolve(file=args.config, cli=cli)
+    summary = train(config, grid)
+    if grid.is_root:
+        print(f"admm-mpi: {summary['iterations']} iterations on {summary['ranks']} rank(s): "
+              f"train accuracy {summary['train_accuracy']:.4f}, test accuracy "
+              f"{summary['test_accuracy'] if summary['test_accuracy'] is None else format(summary['test_accuracy'], '.4f')}, "
+              f"{summary['seconds_per_iteration']:.3g} s/iteration; outputs in {config.out}")
+
+
+def _cmd_evaluate(args, grid):
+    from admm_mpi.train import evaluate
+
+    result = evaluate(args.model, args.data, grid)
+    if grid.is_root:
+        print(json.dumps(result, indent=2))
+
+
+def _cmd_predict(args, grid):
+    import numpy as np
+
+    from admm_mpi.data import load_shard
+    from admm_mpi.model import load_model, predict
+
+    if args.split not in ("train", "test"):
+        raise InputError(f"--split must be 'train' or 'test', got {args.split!r}")
+    spec, weights, biases = load_model(args.model)
+    shard = load_shard(args.data, grid, weights[0].dtype)
+    if shard.n_features != spec.widths[0]:
+        raise InputError(f"model expects {spec.widths[0]} features, {args.data} has {shard.n_features}")
+    X = shard.X if args.split == "train" else shard.X_test
+    parts = grid.gather_to_root(predict(spec, weights, biases, X))
+    if grid.is_root:
+        labels = np.concatenate(parts)
+        text = "".join(f"{int(v)}\n" for v in labels)
+        if args.output:
+            with open(args.output, "w") as f:
+                f.write(text)
+        else:
+            sys.stdout.write(text)
+
+
+def _cmd_info(args, grid):
+    if not grid.is_root:
+        return
+    import h5py
+    import numpy as np
+    import scipy
+
+    lines = [f"admm-mpi {__version__}", f"python {sys.version.split()[0]}", f"numpy {np.__version__}",
+             f"scipy {scipy.__version__}", f"h5py {h5py.__version__} (parallel HDF5: {h5py.get_config().mpi})"]
+    try:
+        import mpi4py
+        from mpi4py import MPI
+
+        lines.append(f"mpi4py {mpi4py.__version__}; MPI library: {MPI.Get_library_version().splitlines()[0]}")
+    except Exception as exc:  # MPI missing or broken: say so, do not fail
+        lines.append(f"mpi4py unavailable ({exc}); running serially")
+    lines.append(f"world size {grid.size}")
+    try:
+        from threadpoolctl import threadpool_info
+
+        for pool in threadpool_info():
+            lines.append(f"{pool['user_api']}: {pool['internal_api']} {pool.get('version')}, "
+                         f"{pool['num_threads']} threads")
+    except ImportError:
+        pass
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        lines.append(f"{var}={os.environ.get(var, '(unset)')}")
+    print("\n".join(lines))
+
+
+COMMANDS = {"train": _cmd_train, "evaluate": _cmd_evaluate, "predict": _cmd_predict, "info": _cmd_info}
+
+
+def main(argv=None):
+    from admm_mpi.grid import Grid
+
+    grid = Grid()
+    grid.warn_if_launcher_disagrees()
+    try:
+        args = make_parser().parse_args(argv)
+        _limit_blas_threads(grid)
+        COMMANDS[args.command](args, grid)
+    except InputError as exc:
+        # Every rank raised the same agreed error: one message, clean exit everywhere.
+        if grid.is_root:
+            print(f"admm-mpi: error: {exc}", file=sys.stderr)
+        return EXIT_INPUT_ERROR
+    except TrainingError as exc:
+        if grid.is_root:
+            print(f"admm-mpi: error: {exc}", file=sys.stderr)
+        return EXIT_TRAINING_ERROR
+    except SystemExit as exc:  # --help / --version
+        return exc.code if isinstance(exc.code, int) else 0
+    except BaseException as exc:
+        # Only this rank failed: print why, then end the whole job instead of leaving the
+        # other ranks waiting in a collective forever.
+        import traceback
+
+        code = 130 if isinstance(exc, KeyboardInterrupt) else 1
+        prefix = f"admm-mpi: rank {grid.rank}: " if grid.size > 1 else "admm-mpi: "
+        print(f"{prefix}unexpected error, aborting the job: {type(exc).__name__}: {exc}", file=sys.stderr)
+        traceback.print_exc()
+        if grid.size > 1:
+            grid.abort(code)
+        return code
+    finally:
+        grid.close()
+    return 0

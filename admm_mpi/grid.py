@@ -1,0 +1,197 @@
+"""The process grid: the one object that talks to MPI.
+
+Maths modules never import mpi4py; they call the grid by meaning (``sum_to_root``,
+``bcast_from_root``, ``allsum``, ``agree``). A size-1 grid makes every call a no-op, so the serial
+run and the distributed run are the same code. If mpi4py is missing or MPI cannot start, the grid
+falls back to a serial grid with no communicator at all.
+
+Every buffer this rank hands to MPI is counted in ``bytes_sent``, so ``bytes_per_iteration`` in the
+run summary is measured, not estimated.
+"""
+
+import os
+import sys
+import warnings
+
+import numpy as np
+
+from admm_mpi.errors import InputError
+from admm_mpi.partition import block_range
+
+
+def _world_comm():
+    """COMM_WORLD if MPI can start here, else None (serial fallback)."""
+    if os.environ.get("ADMM_MPI_NO_MPI"):
+        return None
+    try:
+        from mpi4py import MPI
+    except Exception:  # ImportError, or RuntimeError when libmpi cannot be loaded
+        return None
+    return MPI.COMM_WORLD
+
+
+def _launcher_size():
+    """Number of processes the launcher says it started (0 when not under a launcher)."""
+    for name in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "SLURM_NTASKS"):
+        value = os.environ.get(name, "")
+        if value.isdigit():
+            return int(value)
+    return 0
+
+
+class Grid:
+    """A data-parallel process grid over an MPI communicator.
+
+    Parameters
+    ----------
+    comm : mpi4py communicator or None
+        The communicator to work on; it is duplicated so the trainer's traffic never mixes with
+        the caller's. ``None`` means COMM_WORLD when MPI is available, else a serial grid.
+    serial : bool
+        Force a serial size-1 grid without MPI.
+    """
+
+    def __init__(self, comm=None, *, serial=False):
+        base = None if serial else (comm if comm is not None else _world_comm())
+        self._comm = base.Dup() if base is not None and base.Get_size() > 1 else None
+        self.rank = base.Get_rank() if self._comm is not None else 0
+        self.size = base.Get_size() if self._comm is not None else 1
+        self.bytes_sent = 0
+
+    @classmethod
+    def serial(cls):
+        """A size-1 grid that never touches MPI."""
+        return cls(serial=True)
+
+    @property
+    def is_root(self):
+        return self.rank == 0
+
+    @property
+    def distributed(self):
+        return self._comm is not None
+
+    # ---- layout -------------------------------------------------------------------------
+    def block_range(self, n):
+        """This rank's rows ``[start, stop)`` of ``n`` rows."""
+        return block_range(n, self.size, self.rank)
+
+    # ---- buffer collectives (counted) -----------------------------------------------------
+    def sum_to_root(self, local):
+        """Sum a contiguous array over ranks; the result is valid on the root only."""
+        if self._comm is None:
+            return local
+        from mpi4py import MPI
+
+        local = np.ascontiguousarray(local)
+        out = np.empty_like(local) if self.is_root else None
+        self.bytes_sent += local.nbytes
+        self._comm.Reduce(local, out, op=MPI.SUM, root=0)
+        return out
+
+    def bcast_from_root(self, buf):
+        """Broadcast the root's contiguous array into ``buf`` on every rank (in place)."""
+        if self._comm is not None:
+            if self.is_root:
+                self.bytes_sent += buf.nbytes
+            self._comm.Bcast(buf, root=0)
+        return buf
+
+    def allsum(self, local):
+        """Sum a small array over ranks, result on every rank (metrics, counts)."""
+        if self._comm is None:
+            return np.array(local, copy=True)
+        from mpi4py import MPI
+
+        local = np.ascontiguousarray(local)
+        out = np.empty_like(local)
+        self.bytes_sent += local.nbytes
+        self._comm.Allreduce(local, out, op=MPI.SUM)
+        return out
+
+    def allmax(self, local):
+        """Element-wise maximum over ranks of a small array."""
+        if self._comm is None:
+            return np.array(local, copy=True)
+        from mpi4py import MPI
+
+        local = np.ascontiguousarray(local)
+        out = np.empty_like(local)
+        self.bytes_sent += local.nbytes
+        self._comm.Allreduce(local, out, op=MPI.MAX)
+        return out
+
+    # ---- control decisions (small pickled objects) ---------------------------------------
+    def bcast_decision(self, value):
+        """Root's value (a flag, a small dict) handed to every rank, so all ranks act alike."""
+        if self._comm is None:
+            return value
+        return self._comm.bcast(value, root=0)
+
+    def gather_to_root(self, value):
+        """List of every rank's small object on the root, None elsewhere."""
+        if self._comm is None:
+            return [value]
+        return self._comm.gather(value, root=0)
+
+    def agree(self, message):
+        """Collective verdict on local checks: raise InputError on every rank if any rank failed.
+
+        ``message`` is this rank's problem (None when fine). The lowest failing rank's message
+        is raised everywhere, so one clear message reaches the user and no rank is left behind.
+        """
+        if self._comm is None:
+            messages = [message]
+        else:
+            messages = self._comm.allgather(message)
+        for rank, text in enumerate(messages):
+            if text:
+                prefix = f"rank {rank}: " if self.size > 1 and len(set(filter(None, messages))) > 1 else ""
+                raise InputError(prefix + text)
+
+    def barrier(self):
+        if self._comm is not None:
+            self._comm.Barrier()
+
+    def local_size(self):
+        """Number of ranks of this grid on this node (for sharing the node's cores)."""
+        if self._comm is None:
+            return 1
+        from mpi4py import MPI
+
+        node = self._comm.Split_type(MPI.COMM_TYPE_SHARED)
+        try:
+            return node.Get_size()
+        finally:
+            node.Free()
+
+    def warn_if_launcher_disagrees(self):
+        """Catch the classic 'wrong mpiexec': every process thinks it is rank 0 of 1."""
+        started = _launcher_size()
+        if self.size == 1 and started > 1:
+            warnings.warn(
+                f"the launcher started {started} processes but MPI reports a world of size 1: "
+                "the mpiexec on PATH probably belongs to another MPI than mpi4py's "
+                "(check with `admm-mpi info`)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+
+    def abort(self, code=1):
+        """End every rank of the job now (used when one rank fails unexpectedly)."""
+        sys.stdout.flush()
+        sys.stderr.flush()
+        if self._comm is not None:
+            from mpi4py import MPI
+
+            MPI.COMM_WORLD.Abort(code)
+        os._exit(code)
+
+    def close(self):
+        """Free the duplicated communicator (safe to call twice or after MPI finalised)."""
+        if self._comm is not None:
+            from mpi4py import MPI
+
+            if not MPI.Is_finalized():
+                self._comm.Free()
+            self._comm = None

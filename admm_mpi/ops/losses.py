@@ -1,0 +1,88 @@
+"""Output losses, their values, predictions and the output z-update (a proximal step).
+
+Every solver's output update is
+
+    argmin_z  loss(z, Y) + <lam, z> + beta * ||z - m||**2
+
+(Taylor: Bregman multiplier ``lam``, penalty ``beta_L``; dlADMM: ``lam = u``, ``beta = rho/2``).
+Targets ``Y`` are encoded once per run by ``Loss.targets`` (one-hot or 0/1 rows, samples as
+columns) so the prox is pure element-wise/column-wise arithmetic.
+"""
+
+import numpy as np
+
+
+def hinge_prox(m, Y, lam, beta):
+    """Element-wise minimiser of ``hinge(z, Y) + lam*z + beta*(z - m)**2`` for 0/1 targets ``Y``.
+
+    ``hinge(z, 1) = max(1 - z, 0)`` (kink at 1, slopes -1 | 0) and ``hinge(z, 0) = max(z, 0)``
+    (kink at 0, slopes 0 | 1). A convex piecewise quadratic: take the left piece's stationary
+    point if it lies left of the kink, the right piece's if it lies right of it, else the kink.
+    """
+    kink = Y
+    left = m - (lam - Y) / (2 * beta)        # stationary point with slope -Y left of the kink
+    right = m - (lam + 1 - Y) / (2 * beta)   # stationary point with slope 1-Y right of it
+    return np.where(left < kink, left, np.where(right > kink, right, kink))
+
+
+def hinge_value(z, Y):
+    return float(np.sum(Y * np.maximum(1 - z, 0) + (1 - Y) * np.maximum(z, 0)))
+
+
+def least_squares_prox(m, Y, lam, beta):
+    """Minimiser of ``0.5*(z - Y)**2 + lam*z + beta*(z - m)**2``: ``(Y - lam + 2 beta m)/(1 + 2 beta)``."""
+    return (Y - lam + 2 * beta * m) / (1 + 2 * beta)
+
+
+def least_squares_value(z, Y):
+    return float(0.5 * np.sum((z - Y) ** 2))
+
+
+class Loss:
+    """An output loss: target encoding, value, prox and prediction."""
+
+    def __init__(self, name, value, prox, binary_output):
+        self.name, self.value, self.prox = name, value, prox
+        self.binary_output = binary_output
+
+    def n_outputs(self, n_classes):
+        return 1 if self.binary_output else n_classes
+
+    def check_classes(self, n_classes):
+        """Message if this loss cannot serve ``n_classes`` classes, else None."""
+        if self.binary_output and n_classes != 2:
+            return f"loss {self.name!r} needs exactly 2 classes, the data has {n_classes}"
+        if n_classes < 2:
+            return f"classification needs at least 2 classes, the data has {n_classes}"
+        return None
+
+    def targets(self, y, n_classes, dtype):
+        """Targets as an ``outputs x n`` array: a 0/1 row (binary) or one-hot columns."""
+        if self.binary_output:
+            return y.astype(dtype)[None, :]
+        Y = np.zeros((n_classes, y.shape[0]), dtype=dtype)
+        Y[y, np.arange(y.shape[0])] = 1
+        return Y
+
+    def predict(self, z):
+        """Class labels from network outputs ``z`` (outputs x n)."""
+        if self.binary_output:
+            return (z[0] > 0.5).astype(np.int64)
+        return np.argmax(z, axis=0)
+
+    def __repr__(self):
+        return f"Loss({self.name!r})"
+
+
+LOSSES = {
+    "binary_hinge": Loss("binary_hinge", hinge_value, hinge_prox, binary_output=True),
+    "ova_hinge": Loss("ova_hinge", hinge_value, hinge_prox, binary_output=False),
+    "least_squares": Loss("least_squares", least_squares_value, least_squares_prox, binary_output=False),
+}
+
+
+def get_loss(name):
+    try:
+        return LOSSES[name]
+    except KeyError:
+        raise ValueError(f"unknown loss {name!r}; choose from {sorted(LOSSES)}") from None

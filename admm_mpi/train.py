@@ -1,0 +1,197 @@
+"""The training loop: data, solver, schedule, stopping, metrics and outputs.
+
+Every rank runs this same loop. Rank 0 owns the decisions (stop, diverged) and broadcasts them,
+writes every file, and is the only rank that prints.
+"""
+
+import json
+import math
+import os
+import platform
+import statistics
+import time
+
+import numpy as np
+
+from admm_mpi import __version__
+from admm_mpi.backend import DTYPES
+from admm_mpi.data import load_shard, resolve_path
+from admm_mpi.errors import InputError, TrainingError
+from admm_mpi.model import ModelSpec, predict, save_model
+from admm_mpi.solvers import get_solver
+
+
+def prepare_out_dir(path, grid):
+    """Create ``path`` on the root and check it is writable; all ranks agree on the verdict."""
+    problem = None
+    if grid.is_root:
+        try:
+            os.makedirs(path, exist_ok=True)
+            probe = os.path.join(path, ".write-test")
+            with open(probe, "w") as f:
+                f.write("ok")
+            os.remove(probe)
+        except OSError as exc:
+            problem = f"output directory {path} is not writable ({exc.strerror or exc})"
+    grid.agree(problem)
+
+
+def count_correct(spec, weights, biases, X, y):
+    return int(np.sum(predict(spec, weights, biases, X) == y)) if y.size else 0
+
+
+def _write_json(path, obj):
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+class _Progress:
+    """tqdm bar on the root only; silent elsewhere and when disabled."""
+
+    def __init__(self, enabled, total):
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc="admm-mpi", unit="it", dynamic_ncols=True)
+
+    def update(self, row):
+        if self.bar is not None:
+            self.bar.set_postfix(obj=f"{row['objective']:.4g}", res=f"{row['residual']:.3g}",
+                                 train=f"{row['train_accuracy']:.4f}", test=f"{row['test_accuracy']:.4f}")
+            self.bar.update(1)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def build(config, grid):
+    """Load this rank's data and build the model spec and solver."""
+    dtype = DTYPES[config.dtype]
+    shard = load_shard(config.data, grid, dtype)
+    from admm_mpi.ops.losses import get_loss
+
+    grid.agree(get_loss(config.loss).check_classes(shard.n_classes))
+    loss = get_loss(config.loss)
+    spec = ModelSpec(
+        widths=(shard.n_features, *config.hidden, loss.n_outputs(shard.n_classes)),
+        activation=config.activation,
+        loss=config.loss,
+        n_classes=shard.n_classes,
+    )
+    solver = get_solver(config.solver)(spec, grid, shard.n_total, **config.solver_params())
+    return shard, spec, solver
+
+
+def train(config, grid, *, out=True):
+    """Run a training job; returns the summary dict (on every rank).
+
+    With ``out=False`` nothing is written (used by tests that compare weights in memory); the
+    final state is then available as ``summary["state"]``.
+    """
+    if out:
+        prepare_out_dir(config.out, grid)
+    shard, spec, solver = build(config, grid)
+    Y = spec.loss_fn.targets(shard.y, shard.n_classes, shard.X.dtype)
+    state = solver.init_state(shard.X, Y, np.random.default_rng(config.seed))
+
+    metrics_file = None
+    if out and grid.is_root:
+        metrics_file = open(os.path.join(config.out, "metrics.jsonl"), "w")
+    progress = _Progress(out and grid.is_root and config.progress, config.iters)
+    seconds, bytes_per_iteration, row = [], [], None
+    iteration = 0
+    try:
+        for iteration in range(1, config.iters + 1):
+            t0 = time.perf_counter()
+            sent0 = grid.bytes_sent
+            solver.step(state, Y, iteration)
+            local = np.array([
+                solver.local_objective(state, Y),
+                solver.local_residual_sq(state),
+                count_correct(spec, state.weights, state.biases, shard.X, shard.y),
+                count_correct(spec, state.weights, state.biases, shard.X_test, shard.y_test),
+            ], dtype=np.float64)
+            objective, residual_sq, correct, correct_test = grid.allsum(local)
+            # Rank 0 decides; everyone follows, so all ranks leave the loop together.
+            decision = None
+            if grid.is_root:
+                if not (math.isfinite(objective) and math.isfinite(residual_sq)):
+                    decision = "diverged"
+                elif config.tol > 0 and math.sqrt(residual_sq) <= config.tol * math.sqrt(shard.n_total):
+                    decision = "converged"
+            decision = grid.bcast_decision(decision)
+            bytes_per_iteration.append(grid.bytes_sent - sent0)
+            seconds.append(time.perf_counter() - t0)
+            row = {
+                "iteration": iteration,
+                "objective": float(objective),
+                "residual": math.sqrt(residual_sq) if residual_sq >= 0 else float("nan"),
+                "train_accuracy": correct / shard.n_total,
+                "test_accuracy": correct_test / shard.n_test_total if shard.n_test_total else None,
+                "seconds": seconds[-1],
+            }
+            if metrics_file is not None:
+                metrics_file.write(json.dumps(row) + "\n")
+                metrics_file.flush()
+            progress.update({**row, "test_accuracy": row["test_accuracy"] or 0.0})
+            if decision == "diverged":
+                raise TrainingError(f"training diverged at iteration {iteration}: the objective is not finite "
+                                    "(try a larger ridge or smaller beta/gamma)")
+            if decision == "converged":
+                break
+    finally:
+        progress.close()
+        if metrics_file is not None:
+            metrics_file.close()
+
+    per_rank_bytes = grid.gather_to_root(statistics.median(bytes_per_iteration))
+    summary = {
+        "solver": config.solver,
+        "layout": config.layout,
+        "ranks": grid.size,
+        "iterations": iteration,
+        "train_accuracy": row["train_accuracy"],
+        "test_accuracy": row["test_accuracy"],
+        "seconds_per_iteration": statistics.median(seconds),
+        "bytes_per_iteration": int(sum(per_rank_bytes)) if grid.is_root else None,
+        "bytes_per_iteration_per_rank": [int(b) for b in per_rank_bytes] if grid.is_root else None,
+        "objective": row["objective"],
+        "residual": row["residual"],
+        "data": resolve_path(config.data),
+        "n_train": shard.n_total,
+        "n_test": shard.n_test_total,
+        "widths": list(spec.widths),
+        "config": config.as_dict(),
+        "versions": {"admm_mpi": __version__, "numpy": np.__version__, "python": platform.python_version()},
+    }
+    if out and grid.is_root:
+        save_model(os.path.join(config.out, "model.h5"), spec, state.weights, state.biases,
+                   extra={"solver": config.solver, "data": summary["data"]})
+        _write_json(os.path.join(config.out, "summary.json"), summary)
+    summary["state"] = state
+    summary["spec"] = spec
+    return summary
+
+
+def evaluate(model_path, data_path, grid):
+    """Accuracy of a saved model on the train and test splits of a data set (sharded over ranks)."""
+    from admm_mpi.model import load_model
+
+    spec, weights, biases = load_model(model_path)
+    shard = load_shard(data_path, grid, weights[0].dtype)
+    if shard.n_features != spec.widths[0]:
+        raise InputError(f"model expects {spec.widths[0]} features, {data_path} has {shard.n_features}")
+    counts = grid.allsum(np.array([
+        count_correct(spec, weights, biases, shard.X, shard.y),
+        count_correct(spec, weights, biases, shard.X_test, shard.y_test),
+    ], dtype=np.float64))
+    result = {"model": model_path, "data": resolve_path(data_path), "train_accuracy": counts[0] / shard.n_total,
+              "n_train": shard.n_total}
+    if shard.n_test_total:
+        result.update(test_accuracy=counts[1] / shard.n_test_total, n_test=shard.n_test_total)
+    return result
