@@ -1,0 +1,157 @@
+"""The admm-mpi command under real mpiexec: default run, outputs, traffic, bad input, aborts."""
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import h5py
+import numpy as np
+import pytest
+
+from admm_mpi.data import write_dataset
+
+from tests.helpers import blobs, child_env, mpiexec, run_admm
+
+
+def _read_metrics(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_default_run_on_bundled_digits_under_two_ranks(tmp_path):
+    """The README's command: `mpiexec -n 2 admm-mpi train` reaches >= 0.97 within 60 iterations."""
+    out = tmp_path / "run"
+    exe = shutil.which("admm-mpi")
+    cmd = [mpiexec(), "-n", "2"] + ([exe] if exe else [sys.executable, "-m", "admm_mpi"]) + ["train", "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=child_env())
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    print("default run:", {k: summary[k] for k in ("iterations", "test_accuracy", "seconds_per_iteration")})
+    assert summary["ranks"] == 2 and summary["solver"] == "taylor" and summary["layout"] == "data"
+    assert summary["iterations"] <= 60
+    assert summary["test_accuracy"] >= 0.97
+    rows = _read_metrics(out)
+    assert len(rows) == summary["iterations"]
+    assert set(rows[0]) >= {"iteration", "objective", "residual", "train_accuracy", "test_accuracy", "seconds"}
+    assert [r["iteration"] for r in rows] == list(range(1, len(rows) + 1))
+    assert rows[-1]["test_accuracy"] == summary["test_accuracy"]
+    assert summary["bytes_per_iteration"] > 0
+    with h5py.File(out / "model.h5", "r") as f:
+        assert [f[f"layers/{l}/W"].shape for l in range(3)] == [(256, 64), (256, 256), (10, 256)]
+        assert f["layers/2/b"].shape == (10,)
+        assert list(f.attrs["widths"]) == [64, 256, 256, 10]
+    # Only rank 0 speaks: one summary line on stdout.
+    assert proc.stdout.count("admm-mpi:") == 1
+
+    # evaluate and predict reproduce the training run's accuracy from model.h5
+    ev = run_admm(2, "evaluate", "--model", out / "model.h5", "--data", "digits")
+    assert ev.returncode == 0, ev.stderr
+    assert json.loads(ev.stdout)["test_accuracy"] == pytest.approx(summary["test_accuracy"])
+    pred = run_admm(3, "predict", "--model", out / "model.h5", "--output", tmp_path / "labels.txt")
+    assert pred.returncode == 0, pred.stderr
+    labels = np.loadtxt(tmp_path / "labels.txt", dtype=int)
+    from admm_mpi.data import resolve_path
+
+    with h5py.File(resolve_path("digits"), "r") as f:
+        y_test = f["y_test"][...]
+    assert labels.shape == y_test.shape
+    assert np.mean(labels == y_test) == pytest.approx(summary["test_accuracy"])
+
+
+def test_bytes_per_iteration_do_not_grow_with_samples(tmp_path):
+    """Transpose reduction: the traffic depends on the layer widths, not on N."""
+    results = []
+    for n in (400, 800):
+        X, y = blobs(n, 12, 4, seed=n)
+        path = tmp_path / f"n{n}.h5"
+        write_dataset(str(path), X, y, name="blobs", n_classes=4)
+        out = tmp_path / f"out{n}"
+        proc = run_admm(2, "train", "--data", path, "--hidden", "16,16", "--iters", 3, "--out", out, "--no-progress")
+        assert proc.returncode == 0, proc.stderr
+        results.append(json.loads((out / "summary.json").read_text()))
+    assert results[0]["n_train"] * 2 == results[1]["n_train"]
+    assert results[0]["bytes_per_iteration"] == results[1]["bytes_per_iteration"] > 0
+
+
+def _bad_data(tmp_path, kind):
+    X, y = blobs(30, 5, 3, seed=0)
+    if kind == "nan":
+        X[17, 2] = np.nan
+    if kind == "labels":
+        y[25] = 7
+    if kind == "tiny":
+        X, y = X[:3], np.array([0, 1, 2])
+    path = tmp_path / f"{kind}.h5"
+    write_dataset(str(path), X, y, name=kind, n_classes=3)
+    return path
+
+
+@pytest.mark.parametrize(
+    "ranks, args, message",
+    [
+        (2, ["--data", "{tmp}/missing.h5"], "does not exist"),
+        (2, ["--data", "{nan}"], "NaN"),
+        (2, ["--data", "{labels}"], "label 7 outside"),
+        (4, ["--data", "{tiny}"], "fewer than the 4 ranks"),
+        (2, ["--solver", "sgd"], "unknown solver"),
+        (2, ["--iters", "0"], "iters must be at least 1"),
+        (2, ["--beta", "-1"], "beta must be positive"),
+        (2, ["--out", "{file}/sub"], "not writable"),
+        (2, ["--iters", "many"], "invalid int value"),
+    ],
+)
+def test_bad_input_one_message_nonzero_exit_no_hang(tmp_path, ranks, args, message):
+    names = {"tmp": tmp_path, "nan": _bad_data(tmp_path, "nan"), "labels": _bad_data(tmp_path, "labels"),
+             "tiny": _bad_data(tmp_path, "tiny"), "file": tmp_path / "a-file"}
+    (tmp_path / "a-file").write_text("x")
+    args = [a.format(**names) for a in args]
+    if "--out" not in args:
+        args += ["--out", str(tmp_path / "out")]
+    proc = run_admm(ranks, "train", *args, timeout=60)
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("admm-mpi: error:")]
+    assert len(errors) == 1, proc.stderr
+    assert message in errors[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_exception_on_one_rank_aborts_the_whole_job(tmp_path):
+    """Rank 1 fails mid-run while rank 0 waits in a collective: the job must end, not hang."""
+    script = tmp_path / "fail_on_rank1.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        from admm_mpi.solvers.taylor import TaylorADMM
+        from admm_mpi.cli import main
+
+        original = TaylorADMM.step
+        def step(self, state, Y, iteration):
+            if self.grid.rank == 1 and iteration == 3:
+                raise ZeroDivisionError("injected failure")
+            return original(self, state, Y, iteration)
+        TaylorADMM.step = step
+        sys.exit(main(["train", "--iters", "20", "--no-progress", "--out", r"{tmp_path / 'out'}"]))
+    """))
+    proc = subprocess.run([mpiexec(), "-n", "2", sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=60, env=child_env())
+    assert proc.returncode != 0
+    assert "rank 1: unexpected error, aborting the job: ZeroDivisionError: injected failure" in proc.stderr
+
+
+def test_trains_serially_where_mpi4py_cannot_start(tmp_path):
+    code = textwrap.dedent(f"""
+        import sys
+        sys.modules["mpi4py"] = None  # any import of mpi4py now fails
+        from admm_mpi.cli import main
+        sys.exit(main(["train", "--iters", "3", "--hidden", "16", "--no-progress", "--out", r"{tmp_path / 'out'}"]))
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=child_env())
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["ranks"] == 1 and summary["iterations"] == 3 and summary["bytes_per_iteration"] == 0
+
+
+def test_info_reports_the_mpi_library():
+    proc = run_admm(1, "info")
+    assert proc.returncode == 0, proc.stderr
+    assert "MPI library:" in proc.stdout and "world size 1" in proc.stdout

@@ -1,0 +1,102 @@
+"""Every element-wise z-update and loss prox against a brute-force minimum."""
+
+import numpy as np
+import pytest
+
+from admm_mpi.ops.activations import relu, relu_z_update
+from admm_mpi.ops.losses import LOSSES, hinge_prox, least_squares_prox
+
+from tests.helpers import brute_force_min
+
+N = 10_000
+
+
+def _check_against_brute_force(objective, z_ours, lo, hi):
+    """Our minimiser is never worse than brute force and lands on the same point."""
+    z_brute = brute_force_min(lambda z, idx: objective(z, idx), lo, hi)
+    idx = np.arange(z_ours.size)
+    f_ours = objective(z_ours[:, None], idx)[:, 0]
+    f_brute = objective(z_brute[:, None], idx)[:, 0]
+    scale = 1 + np.abs(f_brute)
+    assert np.all(f_ours <= f_brute + 1e-9 * scale), np.max(f_ours - f_brute)
+    # Where the minimiser is unique (no near tie between branches) the points agree too.
+    assert np.quantile(np.abs(z_ours - z_brute), 0.999) < 1e-5
+
+
+def test_relu_z_update_matches_brute_force_on_both_branches():
+    rng = np.random.default_rng(1)
+    a = rng.normal(0, 2, N)
+    m = rng.normal(0, 2, N)
+    gamma = rng.uniform(0.05, 5, N)
+    beta = rng.uniform(0.05, 5, N)
+    z = relu_z_update(a, m, gamma, beta)
+
+    def objective(zz, idx):
+        return gamma[idx, None] * (a[idx, None] - relu(zz)) ** 2 + beta[idx, None] * (zz - m[idx, None]) ** 2
+
+    bound = np.abs(a) + np.abs(m) + 1
+    _check_against_brute_force(objective, z, -bound, bound)
+    assert np.sum(z > 0) > 1000 and np.sum(z <= 0) > 1000  # both branches exercised
+
+
+def test_relu_z_update_edge_cases():
+    # a = 0, m = 0: the minimum is z = 0 on both branches.
+    assert relu_z_update(np.array([0.0]), np.array([0.0]), 1.0, 1.0)[0] == 0
+    # m far positive: the positive branch; closed form (gamma a + beta m)/(gamma + beta).
+    assert relu_z_update(np.array([1.0]), np.array([5.0]), 1.0, 3.0)[0] == pytest.approx(4.0)
+    # m negative and a = 0: stay at m, relu(m) = 0 matches a exactly.
+    assert relu_z_update(np.array([0.0]), np.array([-2.0]), 1.0, 1.0)[0] == -2.0
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_hinge_prox_matches_brute_force(binary):
+    rng = np.random.default_rng(2)
+    Y = rng.integers(0, 2, N).astype(float)
+    m = rng.normal(0.5, 1.5, N)
+    lam = rng.normal(0, 1, N) * (0 if binary else 1)  # with and without a multiplier
+    beta = rng.uniform(0.05, 5, N)
+    z = hinge_prox(m, Y, lam, beta)
+
+    def objective(zz, idx):
+        y = Y[idx, None]
+        loss = y * np.maximum(1 - zz, 0) + (1 - y) * np.maximum(zz, 0)
+        return loss + lam[idx, None] * zz + beta[idx, None] * (zz - m[idx, None]) ** 2
+
+    bound = np.abs(m) + (np.abs(lam) + 1) / beta + 2
+    _check_against_brute_force(objective, z, -bound, bound)
+    # all three pieces hit: left of the kink, at the kink, right of it
+    at_kink = np.isclose(z, Y)
+    assert at_kink.sum() > 500 and (z < Y).sum() > 500 and (z > Y).sum() > 500
+
+
+def test_least_squares_prox_matches_brute_force():
+    rng = np.random.default_rng(3)
+    Y = rng.integers(0, 2, N).astype(float)
+    m, lam = rng.normal(0, 2, N), rng.normal(0, 1, N)
+    beta = rng.uniform(0.05, 5, N)
+    z = least_squares_prox(m, Y, lam, beta)
+
+    def objective(zz, idx):
+        return 0.5 * (zz - Y[idx, None]) ** 2 + lam[idx, None] * zz + beta[idx, None] * (zz - m[idx, None]) ** 2
+
+    bound = np.abs(m) + np.abs(lam) + 3
+    _check_against_brute_force(objective, z, -bound, bound)
+
+
+def test_loss_targets_and_predictions():
+    y = np.array([0, 2, 1, 2])
+    ova = LOSSES["ova_hinge"]
+    Y = ova.targets(y, 3, np.float64)
+    assert Y.shape == (3, 4) and np.array_equal(np.argmax(Y, axis=0), y) and Y.sum() == 4
+    assert np.array_equal(ova.predict(Y), y)
+    binary = LOSSES["binary_hinge"]
+    yb = np.array([1, 0, 1])
+    Yb = binary.targets(yb, 2, np.float64)
+    assert Yb.shape == (1, 3) and np.array_equal(binary.predict(Yb), yb)
+    assert binary.check_classes(3) is not None and binary.check_classes(2) is None
+
+
+def test_hinge_value():
+    z = np.array([[2.0, 0.5, -1.0]])
+    Y = np.array([[1.0, 1.0, 0.0]])
+    assert LOSSES["ova_hinge"].value(z, Y) == pytest.approx(0 + 0.5 + 0)
