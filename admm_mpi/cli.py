@@ -21,8 +21,14 @@ EXIT_TRAINING_ERROR = 3
 class _Parser(argparse.ArgumentParser):
     """argparse that raises instead of printing, so the message is printed once, by rank 0."""
 
+    quiet = False  # set on ranks other than 0, so --help and --version print once
+
     def error(self, message):
         raise InputError(f"{self.prog}: {message}")
+
+    def _print_message(self, message, file=None):
+        if not _Parser.quiet:
+            super()._print_message(message, file)
 
 
 def _add_train_arguments(p):
@@ -30,7 +36,7 @@ def _add_train_arguments(p):
     p.add_argument("--data", help="HDF5 data set (default: the bundled 'digits')")
     p.add_argument("--solver", help="ADMM solver (default: taylor)")
     p.add_argument("--layout", help="parallel layout (default: data)")
-    p.add_argument("--hidden", help="hidden layer widths, e.g. 256,256")
+    p.add_argument("--hidden", help="hidden layer widths (default: 512,512)")
     p.add_argument("--activation", help="hidden activation (default: relu)")
     p.add_argument("--loss", help="least_squares | ova_hinge | binary_hinge (default: least_squares)")
     p.add_argument("--iters", type=int, help="iterations (default: 60)")
@@ -39,7 +45,7 @@ def _add_train_arguments(p):
     p.add_argument("--out", help="output directory (default: runs/latest)")
     p.add_argument("--beta", type=float, help="penalty on z = W a + b (default: 1)")
     p.add_argument("--gamma", type=float, help="penalty on a = h(z) (default: 1)")
-    p.add_argument("--ridge", type=float, help="weight ridge per training sample (default: 1e-4)")
+    p.add_argument("--ridge", type=float, help="weight ridge per training sample (default: 5e-5)")
     p.add_argument("--warm-start", dest="warm_start", type=int,
                    help="iterations before the Bregman updates start (default: 5)")
     p.add_argument("--tol", type=float, help="stop when ||z_L - W_L a_{L-1}|| <= tol*sqrt(N) (default: 0, off)")
@@ -160,6 +166,7 @@ def main(argv=None):
 
     grid = Grid()
     grid.warn_if_launcher_disagrees()
+    _Parser.quiet = not grid.is_root
     try:
         args = make_parser().parse_args(argv)
         _limit_blas_threads(grid)

@@ -6,6 +6,7 @@ verdict on it without communicating.
 """
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, fields
 
@@ -29,7 +30,7 @@ class TrainConfig:
     data: str = "digits"
     solver: str = "taylor"
     layout: str = "data"
-    hidden: tuple = (256, 256)
+    hidden: tuple = (512, 512)
     activation: str = "relu"
     loss: str = "least_squares"
     iters: int = 60
@@ -38,7 +39,7 @@ class TrainConfig:
     out: str = "runs/latest"
     beta: float = 1.0
     gamma: float = 1.0
-    ridge: float = 1e-4
+    ridge: float = 5e-5
     warm_start: int = 5
     tol: float = 0.0
     progress: bool = True
@@ -151,6 +152,9 @@ def validate(config):
         (config.tol >= 0, f"tol must be non-negative, got {config.tol}"),
         (config.seed >= 0, f"seed must be non-negative, got {config.seed}"),
     ]
+    for name in ("beta", "gamma", "ridge", "tol"):
+        value = getattr(config, name)
+        checks.append((math.isfinite(value), f"{name} must be finite, got {value}"))
     for ok, message in checks:
         if not ok:
             raise InputError(message)

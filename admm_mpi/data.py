@@ -122,15 +122,19 @@ def load_shard(path, grid, dtype=np.float64):
 
     start, stop = grid.block_range(n)
     t_start, t_stop = grid.block_range(n_test)
-    with h5py.File(path, "r") as f:
-        X = np.asarray(f["X"][start:stop], dtype=dtype)
-        y, problem = _labels(np.asarray(f["y"][start:stop]), "y")
-        if n_test:
-            X_test = np.asarray(f["X_test"][t_start:t_stop], dtype=dtype)
-            y_test, problem_t = _labels(np.asarray(f["y_test"][t_start:t_stop]), "y_test")
-        else:
-            X_test, y_test, problem_t = np.empty((0, d), dtype), np.empty(0, np.int64), None
-    grid.agree(problem or problem_t)
+    try:
+        with h5py.File(path, "r") as f:
+            X = np.asarray(f["X"][start:stop], dtype=dtype)
+            y, problem = _labels(np.asarray(f["y"][start:stop]), "y")
+            if n_test:
+                X_test = np.asarray(f["X_test"][t_start:t_stop], dtype=dtype)
+                y_test, problem_t = _labels(np.asarray(f["y_test"][t_start:t_stop]), "y_test")
+            else:
+                X_test, y_test, problem_t = np.empty((0, d), dtype), np.empty(0, np.int64), None
+        problem = problem or problem_t
+    except OSError as exc:  # a damaged chunk in this rank's slab
+        problem = f"cannot read rows {start}..{stop} of {path} ({exc})"
+    grid.agree(problem)
 
     if n_classes is None:  # not recorded: the largest label over all ranks decides
         local_max = max(int(y.max(initial=0)), int(y_test.max(initial=0)))

@@ -38,9 +38,9 @@ def test_default_run_on_bundled_digits_under_two_ranks(tmp_path):
     assert rows[-1]["test_accuracy"] == summary["test_accuracy"]
     assert summary["bytes_per_iteration"] > 0
     with h5py.File(out / "model.h5", "r") as f:
-        assert [f[f"layers/{l}/W"].shape for l in range(3)] == [(256, 64), (256, 256), (10, 256)]
+        assert [f[f"layers/{l}/W"].shape for l in range(3)] == [(512, 64), (512, 512), (10, 512)]
         assert f["layers/2/b"].shape == (10,)
-        assert list(f.attrs["widths"]) == [64, 256, 256, 10]
+        assert list(f.attrs["widths"]) == [64, 512, 512, 10]
     # Only rank 0 speaks: one summary line on stdout.
     assert proc.stdout.count("admm-mpi:") == 1
 

@@ -33,6 +33,7 @@ def test_train_table_and_hidden_string(tmp_path):
         ({"beta": -1.0}, "beta must be positive"),
         ({"gamma": float("nan")}, "gamma must be positive"),
         ({"ridge": -1e-3}, "ridge must be non-negative"),
+        ({"beta": float("inf")}, "beta must be finite"),
         ({"hidden": "10,0"}, "positive layer width"),
         ({"hidden": "ten"}, "comma-separated"),
     ],
