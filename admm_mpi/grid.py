@@ -98,16 +98,19 @@ class Grid:
         return buf
 
     def allsum(self, local):
-        """Sum a small array over ranks, result on every rank (metrics, counts)."""
+        """Sum an array over ranks, result bit-identical on every rank.
+
+        Reduce to the root, then broadcast the root's sum: MPI does not promise that an
+        Allreduce of floats yields the same bits everywhere, and step sizes or stopping
+        decisions derived from these sums must not differ between ranks.
+        """
         if self._comm is None:
             return np.array(local, copy=True)
-        from mpi4py import MPI
-
         local = np.ascontiguousarray(local)
-        out = np.empty_like(local)
-        self.bytes_sent += local.nbytes
-        self._comm.Allreduce(local, out, op=MPI.SUM)
-        return out
+        out = self.sum_to_root(local)
+        if out is None:
+            out = np.empty_like(local)
+        return self.bcast_from_root(out)
 
     def allmax(self, local):
         """Element-wise maximum over ranks of a small array."""

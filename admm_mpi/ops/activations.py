@@ -4,11 +4,49 @@ The hidden z-update of every solver has the form
 
     argmin_z  gamma * (a - h(z))**2 + beta * (z - m)**2        (element-wise)
 
-(Taylor ADMM: ``gamma_l``, ``beta_l``; dlADMM: ``nu/2`` for both). Each activation provides the
-exact minimiser where one exists.
+(Taylor ADMM: ``gamma_l``, ``beta_l``; dlADMM: ``nu/2`` for both). Piecewise-linear activations
+(ReLU, leaky ReLU, hard tanh) have an exact minimiser: the best of the per-piece quadratic
+minimisers. Smooth activations (sigmoid, tanh) use a safeguarded scalar solver: the minimiser
+lies within ``sqrt(gamma/beta) |a - h(m)|`` of ``m`` (because ``beta (z*-m)² <= f(z*) <= f(m)``),
+so a coarse grid on that interval picks the basin and a bracketed Newton/bisection polishes it.
+
+Each activation also gives ``inverse_box(lo, hi)``: the interval of ``z`` with
+``lo <= h(z) <= hi`` (mDLAM's box constraint), as ``(z_lo, z_hi)`` arrays.
 """
 
 import numpy as np
+
+INF = np.inf
+
+
+# ---- piecewise-linear activations: exact z-update ---------------------------------------------
+def piecewise_linear_z_update(a, m, gamma, beta, pieces):
+    """Exact minimiser of ``gamma*(a - h(z))**2 + beta*(z - m)**2`` for piecewise-linear ``h``.
+
+    ``pieces`` lists ``(lo, hi, slope, intercept)``: ``h(z) = slope*z + intercept`` on
+    ``[lo, hi]``. On each piece the objective is a quadratic whose minimiser is
+    ``(gamma*slope*(a - intercept) + beta*m) / (gamma*slope**2 + beta)`` clipped to the piece;
+    the answer is the piece minimiser with the lowest objective (ties go to the first piece).
+    """
+    best_z = best_f = None
+    for lo, hi, slope, intercept in pieces:
+        z = np.clip((gamma * slope * (a - intercept) + beta * m) / (gamma * slope**2 + beta), lo, hi)
+        f = gamma * (a - slope * z - intercept) ** 2 + beta * (z - m) ** 2
+        if best_z is None:
+            best_z, best_f = z, f
+        else:
+            better = f < best_f
+            best_z = np.where(better, z, best_z)
+            best_f = np.where(better, f, best_f)
+    return best_z
+
+
+RELU_PIECES = ((-INF, 0.0, 0.0, 0.0), (0.0, INF, 1.0, 0.0))
+HARD_TANH_PIECES = ((-INF, -1.0, 0.0, -1.0), (-1.0, 1.0, 1.0, 0.0), (1.0, INF, 0.0, 1.0))
+
+
+def leaky_relu_pieces(slope):
+    return ((-INF, 0.0, slope, 0.0), (0.0, INF, 1.0, 0.0))
 
 
 def relu(z):
@@ -16,30 +54,139 @@ def relu(z):
 
 
 def relu_z_update(a, m, gamma, beta):
-    """Exact minimiser of ``gamma*(a - relu(z))**2 + beta*(z - m)**2``, element-wise.
+    """ReLU z-update: ``max(0, (gamma a + beta m)/(gamma + beta))`` or ``min(m, 0)``, the better."""
+    return piecewise_linear_z_update(a, m, gamma, beta, RELU_PIECES)
 
-    Two branches: on ``z >= 0`` the objective is a quadratic with minimiser
-    ``(gamma*a + beta*m)/(gamma + beta)`` clipped to ``z >= 0``; on ``z <= 0`` it is
-    ``gamma*a**2 + beta*(z - m)**2`` with minimiser ``min(m, 0)``. Keep the lower objective.
+
+# ---- smooth activations: safeguarded scalar solver --------------------------------------------
+def smooth_z_update(a, m, gamma, beta, h, dh, d2h, n_grid=33, n_polish=40):
+    """Global minimiser of ``gamma*(a - h(z))**2 + beta*(z - m)**2`` for smooth bounded ``h``.
+
+    1. The minimiser lies in ``[m - r, m + r]``, ``r = sqrt(gamma/beta)|a - h(m)|``.
+    2. A grid of ``n_grid`` points on it picks the best basin ``[z_{k-1}, z_{k+1}]``.
+    3. Newton steps on ``f'`` inside that bracket, falling back to bisection whenever a step
+       leaves the bracket or the curvature is not positive; the bracket shrinks every step.
     """
-    z_pos = np.maximum((gamma * a + beta * m) / (gamma + beta), 0)
-    z_neg = np.minimum(m, 0)
-    f_pos = gamma * (a - z_pos) ** 2 + beta * (z_pos - m) ** 2
-    f_neg = gamma * a**2 + beta * (z_neg - m) ** 2
-    return np.where(f_pos <= f_neg, z_pos, z_neg)
+    a, m = np.broadcast_arrays(np.asarray(a), np.asarray(m))
+    gamma = np.broadcast_to(gamma, a.shape)
+    beta = np.broadcast_to(beta, a.shape)
+
+    def f(z):
+        return gamma * (a - h(z)) ** 2 + beta * (z - m) ** 2
+
+    def df(z):
+        return 2 * beta * (z - m) - 2 * gamma * (a - h(z)) * dh(z)
+
+    def d2f(z):
+        return 2 * beta + 2 * gamma * (dh(z) ** 2 - (a - h(z)) * d2h(z))
+
+    r = np.sqrt(gamma / beta) * np.abs(a - h(m)) + 1e-12
+    t = np.linspace(-1.0, 1.0, n_grid)
+    best_z, best_f = m.copy(), f(m)
+    k_best = np.full(a.shape, (n_grid - 1) // 2)
+    for k, tk in enumerate(t):  # a loop over grid points keeps memory at the size of the input
+        zk = m + tk * r
+        fk = f(zk)
+        better = fk < best_f
+        best_z, best_f = np.where(better, zk, best_z), np.where(better, fk, best_f)
+        k_best = np.where(better, k, k_best)
+    step = 2 * r / (n_grid - 1)
+    lo = np.maximum(best_z - step, m - r)
+    hi = np.minimum(best_z + step, m + r)
+    z = best_z
+    for _ in range(n_polish):
+        g = df(z)
+        # keep the bracket around the stationary point: f' < 0 left of it, > 0 right of it
+        lo = np.where(g < 0, z, lo)
+        hi = np.where(g > 0, z, hi)
+        curvature = d2f(z)
+        newton = z - g / np.where(curvature > 0, curvature, 1.0)
+        ok = (curvature > 0) & (newton > lo) & (newton < hi)
+        z_next = np.where(ok, newton, 0.5 * (lo + hi))
+        z_next = np.where(g == 0, z, z_next)
+        if np.all(np.abs(z_next - z) <= 1e-15 * (1 + np.abs(z))):
+            z = z_next
+            break
+        z = z_next
+    # never return something worse than the best grid point (e.g. a bracket edge minimum)
+    return np.where(f(z) <= best_f, z, best_z)
 
 
+def sigmoid(z):
+    # written with exp(-|z|) so large |z| neither overflows nor loses precision
+    e = np.exp(-np.abs(z))
+    return np.where(z >= 0, 1 / (1 + e), e / (1 + e))
+
+
+def _dsigmoid(z):
+    s = sigmoid(z)
+    return s * (1 - s)
+
+
+def _d2sigmoid(z):
+    s = sigmoid(z)
+    return s * (1 - s) * (1 - 2 * s)
+
+
+def _dtanh(z):
+    return 1 - np.tanh(z) ** 2
+
+
+def _d2tanh(z):
+    t = np.tanh(z)
+    return -2 * t * (1 - t**2)
+
+
+def _logit(p):
+    with np.errstate(divide="ignore"):
+        return np.log(p) - np.log1p(-p)
+
+
+# ---- registry ---------------------------------------------------------------------------------
 class Activation:
-    """An activation: ``apply(z)`` and ``z_update(a, m, gamma, beta)``."""
+    """An activation: ``apply(z)``, ``z_update(a, m, gamma, beta)``, ``inverse_box(lo, hi)``."""
 
-    def __init__(self, name, apply, z_update):
-        self.name, self.apply, self.z_update = name, apply, z_update
+    def __init__(self, name, apply, z_update, inverse_box, derivative=None):
+        self.name, self.apply, self.z_update, self.inverse_box = name, apply, z_update, inverse_box
+        self.derivative = derivative
 
     def __repr__(self):
         return f"Activation({self.name!r})"
 
 
-ACTIVATIONS = {"relu": Activation("relu", relu, relu_z_update)}
+def _piecewise(name, apply, pieces, inverse_box, derivative):
+    return Activation(name, apply, lambda a, m, g, b: piecewise_linear_z_update(a, m, g, b, pieces),
+                      inverse_box, derivative)
+
+
+def _smooth(name, apply, dh, d2h, inverse_box):
+    return Activation(name, apply, lambda a, m, g, b: smooth_z_update(a, m, g, b, apply, dh, d2h),
+                      inverse_box, dh)
+
+
+LEAKY_SLOPE = 0.01
+
+ACTIVATIONS = {
+    "relu": _piecewise(
+        "relu", relu, RELU_PIECES,
+        lambda lo, hi: (np.where(lo > 0, lo, -INF), np.where(hi >= 0, hi, -INF)),
+        lambda z: (z > 0).astype(z.dtype)),
+    "leaky_relu": _piecewise(
+        "leaky_relu", lambda z: np.where(z >= 0, z, LEAKY_SLOPE * z), leaky_relu_pieces(LEAKY_SLOPE),
+        lambda lo, hi: (np.where(lo >= 0, lo, lo / LEAKY_SLOPE), np.where(hi >= 0, hi, hi / LEAKY_SLOPE)),
+        lambda z: np.where(z >= 0, 1.0, LEAKY_SLOPE).astype(z.dtype)),
+    "hard_tanh": _piecewise(
+        "hard_tanh", lambda z: np.clip(z, -1, 1), HARD_TANH_PIECES,
+        lambda lo, hi: (np.where(lo > -1, np.where(lo > 1, INF, lo), -INF),
+                        np.where(hi < 1, np.where(hi < -1, -INF, hi), INF)),
+        lambda z: (np.abs(z) < 1).astype(z.dtype)),
+    "sigmoid": _smooth(
+        "sigmoid", sigmoid, _dsigmoid, _d2sigmoid,
+        lambda lo, hi: (_logit(np.clip(lo, 0, 1)), _logit(np.clip(hi, 0, 1)))),
+    "tanh": _smooth(
+        "tanh", np.tanh, _dtanh, _d2tanh,
+        lambda lo, hi: (np.arctanh(np.clip(lo, -1, 1)), np.arctanh(np.clip(hi, -1, 1)))),
+}
 
 
 def get_activation(name):
