@@ -81,7 +81,7 @@ def smooth_z_update(a, m, gamma, beta, h, dh, d2h, n_grid=33, n_polish=40):
         return 2 * beta + 2 * gamma * (dh(z) ** 2 - (a - h(z)) * d2h(z))
 
     r = np.sqrt(gamma / beta) * np.abs(a - h(m)) + 1e-12
-    t = np.linspace(-1.0, 1.0, n_grid)
+    t = np.linspace(-1.0, 1.0, n_grid, dtype=np.result_type(a.dtype, np.float32))
     best_z, best_f = m.copy(), f(m)
     k_best = np.full(a.shape, (n_grid - 1) // 2)
     for k, tk in enumerate(t):  # a loop over grid points keeps memory at the size of the input
