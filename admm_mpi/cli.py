@@ -37,18 +37,30 @@ def _add_train_arguments(p):
     p.add_argument("--solver", help="ADMM solver (default: taylor)")
     p.add_argument("--layout", help="parallel layout (default: data)")
     p.add_argument("--hidden", help="hidden layer widths (default: 512,512)")
-    p.add_argument("--activation", help="hidden activation (default: relu)")
-    p.add_argument("--loss", help="least_squares | ova_hinge | binary_hinge (default: least_squares)")
+    p.add_argument("--activation", help="relu | leaky_relu | hard_tanh | sigmoid | tanh (default: the solver's)")
+    p.add_argument("--loss", help="least_squares | cross_entropy | ova_hinge | binary_hinge "
+                                 "(default: the solver's)")
     p.add_argument("--iters", type=int, help="iterations (default: 60)")
     p.add_argument("--dtype", help="float32 | float64 (default: float64)")
     p.add_argument("--seed", type=int, help="seed of the initial weights (default: 0)")
     p.add_argument("--out", help="output directory (default: runs/latest)")
-    p.add_argument("--beta", type=float, help="penalty on z = W a + b (default: 1)")
-    p.add_argument("--gamma", type=float, help="penalty on a = h(z) (default: 1)")
-    p.add_argument("--ridge", type=float, help="weight ridge per training sample (default: 5e-5)")
-    p.add_argument("--warm-start", dest="warm_start", type=int,
-                   help="iterations before the Bregman updates start (default: 5)")
-    p.add_argument("--tol", type=float, help="stop when ||z_L - W_L a_{L-1}|| <= tol*sqrt(N) (default: 0, off)")
+    p.add_argument("--tol", type=float, help="stop when ||z_L - W_L a_{L-1} - b_L|| <= tol*sqrt(N) (default: 0, off)")
+    h = p.add_argument_group("solver settings (default: the chosen solver's own; see README)")
+    h.add_argument("--beta", type=float, help="taylor, sigmoid_admm: penalty on the linear constraints")
+    h.add_argument("--gamma", type=float, help="taylor: penalty on a = h(z)")
+    h.add_argument("--ridge", type=float, help="taylor: weight ridge per training sample")
+    h.add_argument("--warm-start", dest="warm_start", type=int,
+                   help="taylor: iterations before the Bregman updates start")
+    h.add_argument("--nu", type=float, help="dladmm: penalty of the relaxed layer constraints")
+    h.add_argument("--rho", type=float, help="dladmm, mdlam: penalty of the output constraint / layer fit")
+    h.add_argument("--rho-max", dest="rho_max", type=float, help="dladmm: largest rho of the schedule")
+    h.add_argument("--rho-growth", dest="rho_growth", type=float, help="dladmm: factor of a rho increase")
+    h.add_argument("--rho-patience", dest="rho_patience", type=int,
+                   help="dladmm: rising-objective iterations before rho grows")
+    h.add_argument("--mu", type=float, help="dladmm, mdlam, sigmoid_admm: weight decay (mu/2)||W||^2")
+    h.add_argument("--eps", type=float, help="mdlam: initial half-width of the box a in h(z) +- eps")
+    h.add_argument("--eps-min", dest="eps_min", type=float, help="mdlam: smallest box half-width")
+    h.add_argument("--omega", type=float, help="sigmoid_admm: proximal weight of the linearised steps")
     p.add_argument("--no-progress", dest="progress", action="store_const", const=False,
                    help="no progress bar")
 

@@ -25,36 +25,73 @@ LAYOUTS = ("data",)
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that defines a training run (saved with its outputs)."""
+    """Everything that defines a training run (saved with its outputs).
+
+    Solver hyper-parameters left at ``None`` take the chosen solver's own default (each
+    solver's class lists its ``defaults``), so one file format serves every solver.
+    """
 
     data: str = "digits"
     solver: str = "taylor"
     layout: str = "data"
     hidden: tuple = (512, 512)
-    activation: str = "relu"
-    loss: str = "least_squares"
+    activation: str = ""          # "" = the solver's default (relu; sigmoid for sigmoid_admm)
+    loss: str = ""                # "" = the solver's default
     iters: int = 60
     dtype: str = "float64"
     seed: int = 0
     out: str = "runs/latest"
-    beta: float = 1.0
-    gamma: float = 1.0
-    ridge: float = 5e-5
-    warm_start: int = 5
     tol: float = 0.0
     progress: bool = True
+    # solver hyper-parameters (None: the solver's default)
+    beta: float = None
+    gamma: float = None
+    ridge: float = None
+    warm_start: int = None
+    nu: float = None
+    rho: float = None
+    rho_max: float = None
+    rho_growth: float = None
+    rho_patience: int = None
+    mu: float = None
+    eps: float = None
+    eps_min: float = None
+    omega: float = None
+
+    def solver_class(self):
+        from admm_mpi.solvers import get_solver
+
+        return get_solver(self.solver)
 
     def solver_params(self):
-        """Keyword arguments of the solver's constructor."""
-        return {"beta": self.beta, "gamma": self.gamma, "ridge": self.ridge, "warm_start": self.warm_start}
+        """The solver's defaults overridden by every setting given for it."""
+        defaults = self.solver_class().defaults
+        return {k: (getattr(self, k) if getattr(self, k) is not None else v) for k, v in defaults.items()}
+
+    def resolved_activation(self):
+        return self.activation or self.solver_class().default_activation
+
+    def resolved_loss(self):
+        return self.loss or self.solver_class().default_loss
 
     def as_dict(self):
         d = dataclasses.asdict(self)
         d["hidden"] = list(self.hidden)
-        return d
+        if self.solver in _solver_names():
+            d.update(self.solver_params(), activation=self.resolved_activation(), loss=self.resolved_loss())
+        return {k: v for k, v in d.items() if v is not None}
 
 
-FIELD_TYPES = {f.name: type(f.default) for f in fields(TrainConfig)}
+def _solver_names():
+    from admm_mpi.solvers import SOLVERS
+
+    return SOLVERS
+
+
+SOLVER_FIELDS = {"beta": float, "gamma": float, "ridge": float, "warm_start": int, "nu": float, "rho": float,
+                 "rho_max": float, "rho_growth": float, "rho_patience": int, "mu": float, "eps": float,
+                 "eps_min": float, "omega": float}
+FIELD_TYPES = {f.name: SOLVER_FIELDS.get(f.name, type(f.default)) for f in fields(TrainConfig)}
 
 
 def _parse_hidden(value):
@@ -139,22 +176,35 @@ def validate(config):
     checks = [
         (config.solver in SOLVERS, f"unknown solver {config.solver!r}; choose from {sorted(SOLVERS)}"),
         (config.layout in LAYOUTS, f"unknown layout {config.layout!r}; choose from {list(LAYOUTS)}"),
-        (config.activation in ACTIVATIONS, f"unknown activation {config.activation!r}; choose from {sorted(ACTIVATIONS)}"),
-        (config.loss in LOSSES, f"unknown loss {config.loss!r}; choose from {sorted(LOSSES)}"),
+        (not config.activation or config.activation in ACTIVATIONS,
+         f"unknown activation {config.activation!r}; choose from {sorted(ACTIVATIONS)}"),
+        (not config.loss or config.loss in LOSSES, f"unknown loss {config.loss!r}; choose from {sorted(LOSSES)}"),
         (config.dtype in DTYPES, f"unknown dtype {config.dtype!r}; choose from {sorted(DTYPES)}"),
         (len(config.hidden) >= 1 and all(w >= 1 for w in config.hidden),
          f"hidden must list at least one positive layer width, got {list(config.hidden)}"),
         (config.iters >= 1, f"iters must be at least 1, got {config.iters}"),
-        (config.beta > 0, f"beta must be positive, got {config.beta}"),
-        (config.gamma > 0, f"gamma must be positive, got {config.gamma}"),
-        (config.ridge >= 0, f"ridge must be non-negative, got {config.ridge}"),
-        (config.warm_start >= 0, f"warm_start must be non-negative, got {config.warm_start}"),
-        (config.tol >= 0, f"tol must be non-negative, got {config.tol}"),
         (config.seed >= 0, f"seed must be non-negative, got {config.seed}"),
+        (math.isfinite(config.tol) and config.tol >= 0, f"tol must be finite and non-negative, got {config.tol}"),
     ]
-    for name in ("beta", "gamma", "ridge", "tol"):
-        value = getattr(config, name)
-        checks.append((math.isfinite(value), f"{name} must be finite, got {value}"))
     for ok, message in checks:
         if not ok:
             raise InputError(message)
+    for name in ("beta", "gamma", "nu", "rho", "rho_max", "eps", "omega"):
+        value = getattr(config, name)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise InputError(f"{name} must be positive, got {value}")
+    for name in ("ridge", "mu", "eps_min"):
+        value = getattr(config, name)
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise InputError(f"{name} must be finite and non-negative, got {value}")
+    if config.rho_growth is not None and not (math.isfinite(config.rho_growth) and config.rho_growth >= 1):
+        raise InputError(f"rho_growth must be at least 1, got {config.rho_growth}")
+    for name in ("warm_start", "rho_patience"):
+        value = getattr(config, name)
+        if value is not None and value < 0:
+            raise InputError(f"{name} must be non-negative, got {value}")
+    unused = sorted(k for k in SOLVER_FIELDS if getattr(config, k) is not None
+                    and k not in SOLVERS[config.solver].defaults)
+    if unused:
+        raise InputError(f"solver {config.solver!r} has no setting {', '.join(unused)}; "
+                         f"its settings are {sorted(SOLVERS[config.solver].defaults)}")

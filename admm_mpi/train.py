@@ -75,12 +75,12 @@ def build(config, grid):
     shard = load_shard(config.data, grid, dtype)
     from admm_mpi.ops.losses import get_loss
 
-    grid.agree(get_loss(config.loss).check_classes(shard.n_classes))
-    loss = get_loss(config.loss)
+    loss = get_loss(config.resolved_loss())
+    grid.agree(loss.check_classes(shard.n_classes))
     spec = ModelSpec(
         widths=(shard.n_features, *config.hidden, loss.n_outputs(shard.n_classes)),
-        activation=config.activation,
-        loss=config.loss,
+        activation=config.resolved_activation(),
+        loss=loss.name,
         n_classes=shard.n_classes,
     )
     solver = get_solver(config.solver)(spec, grid, shard.n_total, **config.solver_params())
@@ -110,30 +110,38 @@ def train(config, grid, *, out=True):
             t0 = time.perf_counter()
             sent0 = grid.bytes_sent
             solver.step(state, Y, iteration)
-            local = np.array([
-                solver.local_objective(state, Y),
-                solver.local_residual_sq(state),
+            local = solver.local_metrics(state, Y)
+            names = list(local)
+            sums = grid.allsum(np.array([local[n] for n in names] + [
                 count_correct(spec, state.weights, state.biases, shard.X, shard.y),
                 count_correct(spec, state.weights, state.biases, shard.X_test, shard.y_test),
-            ], dtype=np.float64)
-            objective, residual_sq, correct, correct_test = grid.allsum(local)
+            ], dtype=np.float64))
+            metrics = {}
+            for name, value in zip(names, sums):  # sums of squares become norms
+                if name.endswith("_sq"):
+                    metrics[name[:-3]] = math.sqrt(value) if value >= 0 else float("nan")
+                else:
+                    metrics[name] = float(value)
+            correct, correct_test = sums[-2], sums[-1]
             # Rank 0 decides; everyone follows, so all ranks leave the loop together.
             decision = None
             if grid.is_root:
-                if not (math.isfinite(objective) and math.isfinite(residual_sq)):
+                if not all(math.isfinite(v) for v in metrics.values()):
                     decision = "diverged"
-                elif config.tol > 0 and math.sqrt(residual_sq) <= config.tol * math.sqrt(shard.n_total):
+                elif config.tol > 0 and metrics["residual"] <= config.tol * math.sqrt(shard.n_total):
                     decision = "converged"
             decision = grid.bcast_decision(decision)
+            solver.end_of_iteration(state, metrics)  # schedules: same global values on every rank
             bytes_per_iteration.append(grid.bytes_sent - sent0)
             seconds.append(time.perf_counter() - t0)
             row = {
                 "iteration": iteration,
-                "objective": float(objective),
-                "residual": math.sqrt(residual_sq) if residual_sq >= 0 else float("nan"),
+                "objective": metrics.pop("objective"),
+                "residual": metrics.pop("residual"),
                 "train_accuracy": correct / shard.n_total,
                 "test_accuracy": correct_test / shard.n_test_total if shard.n_test_total else None,
                 "seconds": seconds[-1],
+                **metrics,
             }
             if metrics_file is not None:
                 metrics_file.write(json.dumps(row) + "\n")

@@ -80,15 +80,25 @@ def split_stats(stats):
     return G, s_a, N, C, s_T
 
 
-def weight_gradient_step(stats, W, b, c, mu, tau_prev):
+def weight_gradient_step(stats, W, b, c, mu, tau_prev, *, bias_eliminated=False):
     """One backtracked gradient step on ``W`` for ``φ(W) = (c/2)||T - W a - b||² + (mu/2)||W||²``.
 
     Everything comes from the reduced statistics of ``[a;1]`` and the target ``T`` (no pass over
     the samples): ``∇φ = c (W G + b s_aᵀ - C) + mu W`` and the curvature along ``D`` is
     ``c <D G, D> + mu ||D||²``. Returns ``(W_new, τ, trials, grad_sq)``.
+
+    With ``bias_eliminated`` the step is taken on ``ψ(W) = min_b φ(W, b)`` instead (the caller
+    then sets ``b`` exactly): its Hessian is the *centred* Gram ``G - s_a s_aᵀ/N``. Activations
+    and pixels are non-negative, so the uncentred Gram has one huge eigenvalue along the mean
+    that dictates a tiny step for every other direction; centring removes it.
     """
-    G, s_a, _, C, _ = split_stats(stats)
-    grad = c * (W @ G + np.outer(b, s_a) - C) + mu * W
+    G, s_a, N, C, s_T = split_stats(stats)
+    if bias_eliminated:
+        G = G - np.outer(s_a, s_a) / N
+        C = C - np.outer(s_T, s_a) / N
+        grad = c * (W @ G - C) + mu * W
+    else:
+        grad = c * (W @ G + np.outer(b, s_a) - C) + mu * W
     grad_sq = float(np.sum(grad * grad))
     if grad_sq == 0.0:
         return W.copy(), tau_prev, 0, 0.0

@@ -1,8 +1,11 @@
 """ADMM solvers: pure maths on this rank's columns, talking to other ranks only via the grid."""
 
+from admm_mpi.solvers.dladmm import DLADMM
+from admm_mpi.solvers.mdlam import MDLAM
+from admm_mpi.solvers.sigmoid_admm import SigmoidADMM
 from admm_mpi.solvers.taylor import TaylorADMM
 
-SOLVERS = {"taylor": TaylorADMM}
+SOLVERS = {"taylor": TaylorADMM, "dladmm": DLADMM, "mdlam": MDLAM, "sigmoid_admm": SigmoidADMM}
 
 
 def get_solver(name):

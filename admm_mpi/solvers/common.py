@@ -23,3 +23,51 @@ def forward_states(weights, biases, X, h):
         if layer < len(weights) - 1:
             a.append(h(z[-1]))
     return a, z
+
+
+def weight_step(grid, a_prev, T, W, b, c, mu, tau, *, bias_first, center=False):
+    """Backtracked gradient step on ``W`` and exact ``b`` for ``(c/2)||T - W a - b||² + (mu/2)||W||²``.
+
+    Data-parallel by transpose reduction: the statistics of ``[a;1]`` and ``T`` are reduced to
+    the root, which takes the step (all trials on the small reduced matrices) and broadcasts
+    ``[W | b]``, so the weights stay bit-identical on every rank. ``bias_first`` chooses the
+    order (dlADMM's backward sweep updates b before W, its forward sweep W before b); with
+    ``center`` the W step is taken with b minimised out and b is set exactly after it.
+    Returns ``(W, b, tau)``; ``tau`` is meaningful on the root, which owns the search.
+    """
+    from admm_mpi.ops.linalg import local_normal_equations
+    from admm_mpi.ops.steps import exact_bias, weight_gradient_step
+
+    stats = grid.sum_to_root(local_normal_equations(a_prev, T))
+    Wb = np.empty((W.shape[0], W.shape[1] + 1), dtype=W.dtype)
+    if grid.is_root:
+        if bias_first:
+            b = exact_bias(stats, W)
+        W, tau, _, _ = weight_gradient_step(stats, W, b, c, mu, tau, bias_eliminated=center)
+        if not bias_first or center:
+            b = exact_bias(stats, W)
+        Wb[:, :-1], Wb[:, -1] = W, b
+    grid.bcast_from_root(Wb)
+    return Wb[:, :-1].copy(), Wb[:, -1].copy(), tau
+
+
+def activation_step(grid, a, T, W, b, c, target, nu, tau):
+    """Backtracked gradient step on the local columns ``a`` of
+
+        φ(a) = (c/2)||T - W a - b||² + (nu/2)||a - target||²     (summed over all ranks' columns)
+
+    ``τ`` is global: ``||g||²`` and the curvature ``c||W g||² + nu||g||²`` are summed over ranks
+    (bit-identically), so every rank takes the same step size and the serial run is reproduced.
+    Returns ``(a_new, tau)``.
+    """
+    from admm_mpi.ops.steps import backtracking, parabola_trial, power_iteration, start_tau
+
+    residual = T - W @ a - b[:, None]
+    g = -c * (W.T @ residual) + nu * (a - target)
+    Wg = W @ g
+    grad_sq, curvature = grid.allsum(np.array([np.sum(g * g), c * np.sum(Wg * Wg) + nu * np.sum(g * g)]))
+    if grad_sq == 0.0:
+        return a, tau
+    tau0 = start_tau(tau, lambda: c * power_iteration(lambda v: W.T @ (W @ v), W.shape[1], W.dtype) + nu)
+    _, tau, _ = backtracking(0.0, tau0, parabola_trial(0.0, grad_sq, curvature))
+    return a - g / tau, tau

@@ -48,8 +48,11 @@ class TaylorADMM:
     """
 
     name = "taylor"
+    defaults = {"beta": 1.0, "gamma": 1.0, "ridge": 5e-5, "warm_start": 5}
+    default_loss = "least_squares"
+    default_activation = "relu"
 
-    def __init__(self, spec, grid, n_total, *, beta=1.0, gamma=1.0, ridge=1e-5, warm_start=5):
+    def __init__(self, spec, grid, n_total, *, beta, gamma, ridge, warm_start):
         self.spec, self.grid, self.n_total = spec, grid, n_total
         self.beta, self.gamma, self.warm_start = beta, gamma, warm_start
         self.eps = ridge * n_total
@@ -78,17 +81,17 @@ class TaylorADMM:
         if iteration > self.warm_start:
             state.lam += beta * (z[-1] - m[-1])
 
-    def local_objective(self, state, Y):
-        """This rank's share of the objective (sums over its columns)."""
+    def local_metrics(self, state, Y):
+        """This rank's sums: the objective and the squared output residual."""
         h = self.spec.h.apply
         z, m, a = state.z, state.m, state.a
         total = self.spec.loss_fn.value(z[-1], Y) + float(np.sum(state.lam * z[-1]))
-        total += self.beta * float(np.sum((z[-1] - m[-1]) ** 2))
+        residual_sq = float(np.sum((z[-1] - m[-1]) ** 2))
+        total += self.beta * residual_sq
         for l in range(self.spec.n_layers - 1):
             total += self.gamma * float(np.sum((a[l + 1] - h(z[l])) ** 2))
             total += self.beta * float(np.sum((z[l] - m[l]) ** 2))
-        return total
+        return {"objective": total, "residual_sq": residual_sq}
 
-    def local_residual_sq(self, state):
-        """This rank's share of ``||z_L - W_L a_{L-1} - b_L||²``."""
-        return float(np.sum((state.z[-1] - state.m[-1]) ** 2))
+    def end_of_iteration(self, state, metrics):
+        """Taylor ADMM has no adaptive schedule (the warm start is fixed)."""

@@ -1,0 +1,141 @@
+"""dlADMM (Wang et al., KDD 2019; DESIGN.md §2).
+
+Relaxed problem with one equality constraint at the output:
+
+    R(z_L; y) + (mu/2) sum ||W_l||² + (nu/2) sum_{l<L} (||z_l - W_l a_{l-1} - b_l||² + ||a_l - h(z_l)||²)
+    s.t. z_L = W_L a_{L-1} + b_L          (dual u, penalty rho)
+
+One iteration (the order of the published code):
+
+- backward, l = L..1:  z_l → b_l → W_l → a_{l-1}   (no a_0: it is the data)
+- forward,  l = 1..L:  W_l → b_l → z_l → a_l       (no a_L)
+- dual:  u ← u + rho (z_L - W_L a_{L-1} - b_L)
+
+W and a take one backtracked step of a quadratic approximation (``ops.steps``), b is exact,
+hidden z is the activation's exact z-update, z_L the loss prox. The output layer's terms are
+``uᵀ(z_L - m) + (rho/2)||z_L - m||² = (rho/2)||z_L + u/rho - m||² + const``, so the W_L and
+a_{L-1} steps use the target ``z_L + u/rho`` with weight ``rho``.
+
+rho schedule (configurable; the published code's rule): start at ``rho``; when the objective has
+risen in ``rho_patience`` consecutive iterations, multiply by ``rho_growth`` up to ``rho_max``.
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from admm_mpi.solvers.common import activation_step, forward_states, init_weights, weight_step
+
+
+@dataclass
+class DLADMMState:
+    weights: list
+    biases: list
+    a: list            # a_0 = X .. a_{L-1}
+    z: list            # z_1 .. z_L
+    u: np.ndarray      # dual of the output constraint
+    rho: float
+    tau_W: list        # per-layer step of the W search (root)
+    tau_a: list        # per-layer step of the a search
+    objectives: list = field(default_factory=list)
+
+
+class DLADMM:
+    """dlADMM on this rank's columns."""
+
+    name = "dladmm"
+    defaults = {"nu": 0.0, "rho": 1e-3, "rho_max": 0.1, "rho_growth": 10.0, "rho_patience": 3, "mu": 0.0}
+    center = True
+    default_loss = "cross_entropy"
+    default_activation = "relu"
+
+    def __init__(self, spec, grid, n_total, *, nu, rho, rho_max, rho_growth, rho_patience, mu):
+        self.spec, self.grid, self.n_total = spec, grid, n_total
+        self.nu_fixed, self.rho0, self.rho_max, self.rho_growth = nu, rho, rho_max, rho_growth
+        self.rho_patience, self.mu = rho_patience, mu
+
+    def _nu(self, state):
+        """nu = 0 ties the relaxation penalty to rho (as the published code does)."""
+        return self.nu_fixed if self.nu_fixed > 0 else state.rho
+
+    def init_state(self, X, Y, rng):
+        weights, biases = init_weights(self.spec.widths, rng, X.dtype)
+        a, z = forward_states(weights, biases, X, self.spec.h.apply)
+        L = self.spec.n_layers
+        return DLADMMState(weights, biases, a, z, np.zeros_like(z[-1]), self.rho0, [None] * L, [None] * L)
+
+    # -- the blocks -------------------------------------------------------------------------
+    def _target(self, state, l):
+        """Target and weight of layer l's linear term: z_l with nu, or z_L + u/rho with rho."""
+        if l == self.spec.n_layers - 1:
+            return state.z[l] + state.u / state.rho, state.rho
+        return state.z[l], self._nu(state)
+
+    def _update_z(self, state, l, Y):
+        W, b, a, z = state.weights, state.biases, state.a, state.z
+        m = W[l] @ a[l] + b[l][:, None]
+        if l == self.spec.n_layers - 1:
+            z[l] = self.spec.loss_fn.prox(m, Y, state.u, state.rho / 2)
+        else:
+            z[l] = self.spec.h.z_update(a[l + 1], m, self._nu(state) / 2, self._nu(state) / 2)
+
+    def _update_weights(self, state, l, bias_first):
+        T, c = self._target(state, l)
+        state.weights[l], state.biases[l], state.tau_W[l] = weight_step(
+            self.grid, state.a[l], T, state.weights[l], state.biases[l], c, self.mu, state.tau_W[l],
+            bias_first=bias_first, center=self.center)
+
+    def _update_a(self, state, l):
+        """a_l (input of layer l+1, output of layer l), 1 <= l <= L-1 in a[] indexing."""
+        T, c = self._target(state, l)
+        target = self.spec.h.apply(state.z[l - 1])
+        state.a[l], state.tau_a[l] = activation_step(
+            self.grid, state.a[l], T, state.weights[l], state.biases[l], c, target, self._nu(state), state.tau_a[l])
+
+    def step(self, state, Y, iteration):
+        L = self.spec.n_layers
+        for l in reversed(range(L)):             # backward: z_l, b_l, W_l, a_{l-1}
+            self._update_z(state, l, Y)
+            self._update_weights(state, l, bias_first=True)
+            if l > 0:
+                self._update_a(state, l)
+        for l in range(L):                       # forward: W_l, b_l, z_l, a_l
+            self._update_weights(state, l, bias_first=False)
+            self._update_z(state, l, Y)
+            if l < L - 1:
+                self._update_a(state, l + 1)
+        m = state.weights[-1] @ state.a[-1] + state.biases[-1][:, None]
+        state.u += state.rho * (state.z[-1] - m)
+
+    def end_of_iteration(self, state, metrics):
+        """The rho schedule; ``metrics`` are the global (rank-identical) values."""
+        state.objectives.append(metrics["objective"])
+        recent = state.objectives[-(self.rho_patience + 1):]
+        rising = self.rho_patience == 0 or (
+            len(recent) == self.rho_patience + 1 and all(x < y for x, y in zip(recent, recent[1:])))
+        if rising and state.rho < self.rho_max:
+            state.rho = min(state.rho * self.rho_growth, self.rho_max)
+            state.objectives.clear()
+
+    # -- diagnostics --------------------------------------------------------------------------
+    def local_metrics(self, state, Y):
+        """This rank's sums: objective, augmented Lagrangian, primal residuals (squared)."""
+        h = self.spec.h.apply
+        W, b, a, z = state.weights, state.biases, state.a, state.z
+        L = self.spec.n_layers
+        out = {}
+        penalty = 0.0
+        for l in range(L - 1):
+            lin = float(np.sum((z[l] - W[l] @ a[l] - b[l][:, None]) ** 2))
+            act = float(np.sum((a[l + 1] - h(z[l])) ** 2))
+            out[f"residual_linear_{l}_sq"], out[f"residual_activation_{l}_sq"] = lin, act
+            penalty += lin + act
+        r = z[-1] - W[-1] @ a[-1] - b[-1][:, None]
+        loss = self.spec.loss_fn.value(z[-1], Y)
+        objective = loss + 0.5 * self._nu(state) * penalty
+        if self.grid.is_root and self.mu:  # weights are global: count their penalty once
+            objective += 0.5 * self.mu * sum(float(np.sum(w * w)) for w in W)
+        out["objective"] = objective
+        out["augmented_lagrangian"] = objective + float(np.sum(state.u * r)) + 0.5 * state.rho * float(np.sum(r * r))
+        out["residual_sq"] = float(np.sum(r * r))
+        return out
