@@ -1,4 +1,4 @@
-"""Distributed == serial: the same Taylor run on 1, 2, 3, 4 ranks gives the same weights."""
+"""Distributed == serial: every solver on 1, 2, 3, 4 ranks gives the serial run's weights."""
 
 import numpy as np
 import pytest
@@ -21,11 +21,22 @@ def _dataset(tmp_path, comm, n=203):
     return str(path)
 
 
-@pytest.mark.mpi(ranks=[1, 2, 3, 4], timeout=120)
-@pytest.mark.parametrize("loss", ["least_squares", "ova_hinge"])
-def test_taylor_distributed_equals_serial(comm, shared_tmp, loss):
-    config = TrainConfig(data=_dataset(shared_tmp, comm), hidden=(12, 8), loss=loss, iters=20,
-                         dtype="float64", warm_start=3, progress=False)
+CASES = {
+    "taylor-least_squares": dict(solver="taylor", loss="least_squares", warm_start=3),
+    "taylor-ova_hinge": dict(solver="taylor", loss="ova_hinge", warm_start=3),
+    "dladmm-cross_entropy": dict(solver="dladmm", rho=0.1, rho_max=1.0, rho_patience=0, rho_growth=1.2),
+    "mdlam-cross_entropy": dict(solver="mdlam"),
+    "mdlam-leaky_relu": dict(solver="mdlam", activation="leaky_relu", loss="least_squares"),
+    "sigmoid_admm-least_squares": dict(solver="sigmoid_admm"),
+    "sigmoid_admm-tanh-ce": dict(solver="sigmoid_admm", activation="tanh", loss="cross_entropy"),
+}
+
+
+@pytest.mark.mpi(ranks=[1, 2, 3, 4], timeout=180)
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_distributed_equals_serial(comm, shared_tmp, case):
+    config = TrainConfig(data=_dataset(shared_tmp, comm), hidden=(12, 8), iters=20, dtype="float64",
+                         progress=False, **CASES[case])
     grid = Grid(comm)
     distributed = train(config, grid, out=False)
     serial = train(config, Grid.serial(), out=False)  # every rank runs the whole serial job

