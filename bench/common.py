@@ -1,0 +1,51 @@
+"""Shared benchmark helpers: timing medians, the machine's GEMM rate, JSON output."""
+
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def median_seconds(fn, repeats=5, warmup=1):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), times
+
+
+def gemm_rate(dtype, n=1000, repeats=7):
+    """Measured GEMM rate of this machine (GFLOP/s) for n x n x n products, median of repeats."""
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((n, n)).astype(dtype)
+    B = rng.standard_normal((n, n)).astype(dtype)
+    seconds, _ = median_seconds(lambda: A @ B, repeats=repeats)
+    return 2 * n**3 / seconds / 1e9
+
+
+def machine():
+    info = {"python": platform.python_version(), "numpy": np.__version__, "cpus": os.cpu_count(),
+            "threads": os.environ.get("OMP_NUM_THREADS", "(unset)")}
+    try:
+        from threadpoolctl import threadpool_info
+
+        info["blas"] = [f"{p['internal_api']} {p.get('version')} ({p['num_threads']} threads)" for p in threadpool_info()]
+    except ImportError:
+        pass
+    return info
+
+
+def write_result(name, result):
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return path
