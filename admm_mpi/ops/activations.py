@@ -137,6 +137,11 @@ def _d2tanh(z):
     return -2 * t * (1 - t**2)
 
 
+def _atanh(y):
+    with np.errstate(divide="ignore"):
+        return np.arctanh(np.clip(y, -1, 1))
+
+
 def _logit(p):
     with np.errstate(divide="ignore"):
         return np.log(p) - np.log1p(-p)
@@ -185,7 +190,7 @@ ACTIVATIONS = {
         lambda lo, hi: (_logit(np.clip(lo, 0, 1)), _logit(np.clip(hi, 0, 1)))),
     "tanh": _smooth(
         "tanh", np.tanh, _dtanh, _d2tanh,
-        lambda lo, hi: (np.arctanh(np.clip(lo, -1, 1)), np.arctanh(np.clip(hi, -1, 1)))),
+        lambda lo, hi: (_atanh(lo), _atanh(hi))),
 }
 
 

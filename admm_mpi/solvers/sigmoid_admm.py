@@ -53,8 +53,6 @@ class SigmoidADMM:
     default_activation = "sigmoid"
 
     def __init__(self, spec, grid, n_total, *, beta, mu, omega):
-        if spec.h.derivative is None:
-            raise ValueError(f"sigmoid_admm needs a differentiable activation, not {spec.activation!r}")
         self.spec, self.grid, self.n_total = spec, grid, n_total
         self.beta, self.mu, self.omega = beta, mu, omega
 
