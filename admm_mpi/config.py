@@ -57,6 +57,7 @@ class TrainConfig:
     eps: float = None
     eps_min: float = None
     omega: float = None
+    w_steps: int = None
 
     def solver_class(self):
         from admm_mpi.solvers import get_solver
@@ -90,7 +91,7 @@ def _solver_names():
 
 SOLVER_FIELDS = {"beta": float, "gamma": float, "ridge": float, "warm_start": int, "nu": float, "rho": float,
                  "rho_max": float, "rho_growth": float, "rho_patience": int, "mu": float, "eps": float,
-                 "eps_min": float, "omega": float}
+                 "eps_min": float, "omega": float, "w_steps": int}
 FIELD_TYPES = {f.name: SOLVER_FIELDS.get(f.name, type(f.default)) for f in fields(TrainConfig)}
 
 
@@ -199,6 +200,8 @@ def validate(config):
             raise InputError(f"{name} must be finite and non-negative, got {value}")
     if config.rho_growth is not None and not (math.isfinite(config.rho_growth) and config.rho_growth >= 1):
         raise InputError(f"rho_growth must be at least 1, got {config.rho_growth}")
+    if config.w_steps is not None and config.w_steps < 1:
+        raise InputError(f"w_steps must be at least 1, got {config.w_steps}")
     for name in ("warm_start", "rho_patience"):
         value = getattr(config, name)
         if value is not None and value < 0:

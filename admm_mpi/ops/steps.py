@@ -80,32 +80,47 @@ def split_stats(stats):
     return G, s_a, N, C, s_T
 
 
-def weight_gradient_step(stats, W, b, c, mu, tau_prev, *, bias_eliminated=False):
-    """One backtracked gradient step on ``W`` for ``φ(W) = (c/2)||T - W a - b||² + (mu/2)||W||²``.
+def weight_gradient_step(stats, W, b, c, mu, tau_prev, *, bias_eliminated=False, steps=1):
+    """Backtracked gradient steps on ``W`` for ``φ(W) = (c/2)||T - W a - b||² + (mu/2)||W||²``.
 
     Everything comes from the reduced statistics of ``[a;1]`` and the target ``T`` (no pass over
     the samples): ``∇φ = c (W G + b s_aᵀ - C) + mu W`` and the curvature along ``D`` is
-    ``c <D G, D> + mu ||D||²``. Returns ``(W_new, τ, trials, grad_sq)``.
+    ``c <D G, D> + mu ||D||²``. Returns ``(W_new, τ, trials, grad_sq)`` (trials summed, the
+    first step's ``||∇φ||²``).
 
     With ``bias_eliminated`` the step is taken on ``ψ(W) = min_b φ(W, b)`` instead (the caller
     then sets ``b`` exactly): its Hessian is the *centred* Gram ``G - s_a s_aᵀ/N``. Activations
     and pixels are non-negative, so the uncentred Gram has one huge eigenvalue along the mean
     that dictates a tiny step for every other direction; centring removes it.
+
+    ``steps > 1`` repeats the step on the same statistics: no communication and no pass over
+    the samples, and one GEMM each, because ``W⁺G = WG - (∇G)/τ`` reuses the curvature product.
     """
     G, s_a, N, C, s_T = split_stats(stats)
     if bias_eliminated:
         G = G - np.outer(s_a, s_a) / N
         C = C - np.outer(s_T, s_a) / N
-        grad = c * (W @ G - C) + mu * W
+        offset = C
     else:
-        grad = c * (W @ G + np.outer(b, s_a) - C) + mu * W
-    grad_sq = float(np.sum(grad * grad))
-    if grad_sq == 0.0:
-        return W.copy(), tau_prev, 0, 0.0
-    curvature = c * float(np.sum((grad @ G) * grad)) + mu * grad_sq
-    tau0 = start_tau(tau_prev, lambda: c * power_iteration(lambda v: G @ v, G.shape[0], G.dtype) + mu)
-    _, tau, trials = backtracking(0.0, tau0, parabola_trial(0.0, grad_sq, curvature))
-    return W - grad / tau, tau, trials, grad_sq
+        offset = C - np.outer(b, s_a)
+    WG = W @ G
+    W = W.copy()
+    tau, total_trials, first_grad_sq = tau_prev, 0, None
+    for _ in range(steps):
+        grad = c * (WG - offset) + mu * W
+        grad_sq = float(np.sum(grad * grad))
+        if first_grad_sq is None:
+            first_grad_sq = grad_sq
+        if grad_sq == 0.0:
+            break
+        grad_G = grad @ G
+        curvature = c * float(np.sum(grad_G * grad)) + mu * grad_sq
+        tau0 = start_tau(tau, lambda: c * power_iteration(lambda v: G @ v, G.shape[0], G.dtype) + mu)
+        _, tau, trials = backtracking(0.0, tau0, parabola_trial(0.0, grad_sq, curvature))
+        total_trials += trials
+        W -= grad / tau
+        WG -= grad_G / tau
+    return W, tau, total_trials, first_grad_sq
 
 
 def exact_bias(stats, W):

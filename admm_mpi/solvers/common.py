@@ -25,14 +25,15 @@ def forward_states(weights, biases, X, h):
     return a, z
 
 
-def weight_step(grid, a_prev, T, W, b, c, mu, tau, *, bias_first, center=False):
+def weight_step(grid, a_prev, T, W, b, c, mu, tau, *, bias_first, center=False, steps=1):
     """Backtracked gradient step on ``W`` and exact ``b`` for ``(c/2)||T - W a - b||² + (mu/2)||W||²``.
 
     Data-parallel by transpose reduction: the statistics of ``[a;1]`` and ``T`` are reduced to
     the root, which takes the step (all trials on the small reduced matrices) and broadcasts
     ``[W | b]``, so the weights stay bit-identical on every rank. ``bias_first`` chooses the
     order (dlADMM's backward sweep updates b before W, its forward sweep W before b); with
-    ``center`` the W step is taken with b minimised out and b is set exactly after it.
+    ``center`` the W step is taken with b minimised out and b is set exactly after it;
+    ``steps`` repeats the W step on the same reduced statistics.
     Returns ``(W, b, tau)``; ``tau`` is meaningful on the root, which owns the search.
     """
     from admm_mpi.ops.linalg import local_normal_equations
@@ -43,7 +44,7 @@ def weight_step(grid, a_prev, T, W, b, c, mu, tau, *, bias_first, center=False):
     if grid.is_root:
         if bias_first:
             b = exact_bias(stats, W)
-        W, tau, _, _ = weight_gradient_step(stats, W, b, c, mu, tau, bias_eliminated=center)
+        W, tau, _, _ = weight_gradient_step(stats, W, b, c, mu, tau, bias_eliminated=center, steps=steps)
         if not bias_first or center:
             b = exact_bias(stats, W)
         Wb[:, :-1], Wb[:, -1] = W, b

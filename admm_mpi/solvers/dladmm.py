@@ -44,15 +44,16 @@ class DLADMM:
     """dlADMM on this rank's columns."""
 
     name = "dladmm"
-    defaults = {"nu": 0.0, "rho": 1e-3, "rho_max": 0.1, "rho_growth": 10.0, "rho_patience": 3, "mu": 0.0}
+    defaults = {"nu": 0.0, "rho": 1e-2, "rho_max": 0.1, "rho_growth": 10.0, "rho_patience": 3, "mu": 0.0,
+                "w_steps": 5}
     center = True
     default_loss = "cross_entropy"
     default_activation = "relu"
 
-    def __init__(self, spec, grid, n_total, *, nu, rho, rho_max, rho_growth, rho_patience, mu):
+    def __init__(self, spec, grid, n_total, *, nu, rho, rho_max, rho_growth, rho_patience, mu, w_steps):
         self.spec, self.grid, self.n_total = spec, grid, n_total
         self.nu_fixed, self.rho0, self.rho_max, self.rho_growth = nu, rho, rho_max, rho_growth
-        self.rho_patience, self.mu = rho_patience, mu
+        self.rho_patience, self.mu, self.w_steps = rho_patience, mu, w_steps
 
     def _nu(self, state):
         """nu = 0 ties the relaxation penalty to rho (as the published code does)."""
@@ -83,7 +84,7 @@ class DLADMM:
         T, c = self._target(state, l)
         state.weights[l], state.biases[l], state.tau_W[l] = weight_step(
             self.grid, state.a[l], T, state.weights[l], state.biases[l], c, self.mu, state.tau_W[l],
-            bias_first=bias_first, center=self.center)
+            bias_first=bias_first, center=self.center, steps=self.w_steps)
 
     def _update_a(self, state, l):
         """a_l (input of layer l+1, output of layer l), 1 <= l <= L-1 in a[] indexing."""

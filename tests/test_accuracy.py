@@ -1,0 +1,28 @@
+"""Every solver on the bundled digits, 64-1000-1000-10, 60 iterations, under mpiexec -n 2.
+
+dlADMM must reach 0.975 (the published code's 0.976 on this split); mDLAM and sigmoid-ADMM
+must reach 0.93 by the issue, and the bars here sit a little below what they measured (README,
+Solvers) so that a regression is caught.
+"""
+
+import json
+
+import pytest
+
+from tests.helpers import run_admm
+
+BARS = {"dladmm": 0.975, "mdlam": 0.95, "sigmoid_admm": 0.975}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("solver", sorted(BARS))
+def test_solver_accuracy_on_digits(tmp_path, solver):
+    out = tmp_path / solver
+    proc = run_admm(2, "train", "--solver", solver, "--hidden", "1000,1000", "--iters", 60, "--no-progress",
+                    "--out", out, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    print(f"{solver}: test accuracy {summary['test_accuracy']:.4f} after {summary['iterations']} iterations, "
+          f"{summary['seconds_per_iteration']:.2f} s/iteration on 2 ranks")
+    assert summary["iterations"] == 60
+    assert summary["test_accuracy"] >= BARS[solver]
