@@ -81,6 +81,25 @@ def make_parser():
     pr.add_argument("--split", default="test", help="train | test (default: test)")
     pr.add_argument("--output", help="file for the labels, one per line (default: standard output)")
     sub.add_parser("info", help="versions, MPI library, BLAS and thread settings")
+    data = sub.add_parser("data", help="convert data sets to the admm-mpi HDF5 format, inspect them")
+    data_sub = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
+    cv = data_sub.add_parser("convert", help="NPZ, CSV, LIBSVM, IDX or HDF5 to admm-mpi HDF5, streamed in chunks")
+    cv.add_argument("input", help="input file; for IDX give IMAGES,LABELS")
+    cv.add_argument("--out", required=True, help="output HDF5 file")
+    cv.add_argument("--format", help="npz | csv | libsvm | idx | hdf5 (default: from the file name)")
+    cv.add_argument("--test", help="a separate test file (same format)")
+    cv.add_argument("--test-fraction", type=float, default=0.0,
+                    help="hold out this fraction of every class as the test split")
+    cv.add_argument("--standardize", action="store_true",
+                    help="rescale features to zero mean, unit variance (training rows' statistics)")
+    cv.add_argument("--scale", type=float, default=1.0, help="divide features by this (e.g. 255 for pixels)")
+    cv.add_argument("--chunk-rows", type=int, default=10000, help="rows per chunk (default: 10000)")
+    cv.add_argument("--label-column", type=int, default=0, help="csv: column of the label (default: 0)")
+    cv.add_argument("--delimiter", help="csv: field separator (default: whitespace)")
+    cv.add_argument("--seed", type=int, default=0, help="seed of the test split (default: 0)")
+    cv.add_argument("--name", help="data set name stored in the file")
+    di = data_sub.add_parser("info", help="shapes, classes and class balance of an HDF5 data set")
+    di.add_argument("path")
     return parser
 
 
@@ -172,7 +191,31 @@ def _cmd_info(args, grid):
     print("\n".join(lines))
 
 
-COMMANDS = {"train": _cmd_train, "evaluate": _cmd_evaluate, "predict": _cmd_predict, "info": _cmd_info}
+def _cmd_data(args, grid):
+    """Data commands are serial: rank 0 does the work, other ranks have nothing to do."""
+    if not grid.is_root:
+        return
+    from admm_mpi import convert
+
+    if args.data_command == "info":
+        print(json.dumps(convert.info(args.path), indent=2))
+        return
+    if args.chunk_rows < 1:
+        raise InputError(f"--chunk-rows must be at least 1, got {args.chunk_rows}")
+    if not args.scale > 0:
+        raise InputError(f"--scale must be positive, got {args.scale}")
+    options = {}
+    if (args.format or convert.detect_format(args.input.split(",")[0])) == "csv":
+        options = {"label_column": args.label_column, "delimiter": args.delimiter}
+    summary = convert.convert(args.input, args.out, fmt=args.format, test_inputs=args.test,
+                              test_fraction=args.test_fraction, standardize=args.standardize,
+                              chunk=args.chunk_rows, seed=args.seed, name=args.name, scale=args.scale,
+                              **options)
+    print(json.dumps(summary, indent=2))
+
+
+COMMANDS = {"train": _cmd_train, "evaluate": _cmd_evaluate, "predict": _cmd_predict, "info": _cmd_info,
+            "data": _cmd_data}
 
 
 def main(argv=None):

@@ -1,0 +1,272 @@
+"""Convert user data (NPZ, CSV, LIBSVM/svmlight, MNIST IDX, HDF5) to the admm-mpi HDF5 format.
+
+Every reader yields ``(X_chunk, y_chunk)`` blocks of rows, so a file larger than memory converts
+in chunks: the writer appends each block to resizable HDF5 datasets. Optional steps:
+
+- a stratified test split (``test_fraction``): labels are read first (they are small), the test
+  rows are drawn per class with a seeded generator, then the rows stream to ``X`` or ``X_test``;
+- standardisation (``standardize``): feature means and standard deviations of the *training*
+  rows are accumulated while writing, then the written datasets are rescaled in place, chunk by
+  chunk (and stored as attributes so the same transform can be applied to new data).
+"""
+
+import gzip
+import os
+import struct
+
+import h5py
+import numpy as np
+
+from admm_mpi.errors import InputError
+
+FORMATS = ("npz", "csv", "libsvm", "idx", "hdf5")
+
+
+def detect_format(path):
+    name = os.path.basename(path).lower().removesuffix(".gz")
+    if name.endswith(".npz"):
+        return "npz"
+    if name.endswith((".csv", ".tsv", ".txt")):
+        return "csv"
+    if name.endswith((".svm", ".libsvm", ".svmlight")):
+        return "libsvm"
+    if "idx" in name or name.endswith("-ubyte"):
+        return "idx"
+    if name.endswith((".h5", ".hdf5")):
+        return "hdf5"
+    raise InputError(f"cannot tell the format of {path}; pass --format {{{','.join(FORMATS)}}}")
+
+
+def _open_text(path):
+    return gzip.open(path, "rt") if path.endswith(".gz") else open(path)
+
+
+# ---- readers: each yields (X, y) blocks of at most `chunk` rows -------------------------------
+def read_npz(path, chunk, x_key="X", y_key="y"):
+    with np.load(path) as f:
+        if x_key not in f or y_key not in f:
+            raise InputError(f"{path}: needs arrays {x_key!r} and {y_key!r}, found {sorted(f.files)}")
+        X, y = f[x_key], f[y_key]
+    X = X.reshape(X.shape[0], -1)
+    for s in range(0, X.shape[0], chunk):
+        yield X[s:s + chunk], y[s:s + chunk]
+
+
+def read_csv(path, chunk, label_column=0, delimiter=None, skip_header=0):
+    """Numeric delimited text, one sample per line; ``label_column`` (may be negative) is y."""
+    with _open_text(path) as f:
+        for _ in range(skip_header):
+            next(f, None)
+        while True:
+            lines = [line for _, line in zip(range(chunk), f)]
+            if not lines:
+                return
+            lines = [line for line in lines if line.strip()]
+            if not lines:
+                continue
+            try:
+                block = np.loadtxt(lines, delimiter=delimiter, ndmin=2)
+            except ValueError as exc:
+                raise InputError(f"{path}: not numeric delimited text ({exc})") from None
+            y = block[:, label_column]
+            yield np.delete(block, label_column % block.shape[1], axis=1), y
+
+
+def _libsvm_width(path):
+    width = 0
+    with _open_text(path) as f:
+        for line in f:
+            for item in line.split()[1:]:
+                if item.startswith("#"):
+                    break
+                width = max(width, int(item.split(":")[0]))
+    return width
+
+
+def read_libsvm(path, chunk, n_features=None, zero_based=False):
+    """svmlight/LIBSVM text ``label idx:value ...`` (1-based indices unless ``zero_based``)."""
+    width = n_features or (_libsvm_width(path) + (1 if zero_based else 0))
+    with _open_text(path) as f:
+        while True:
+            lines = [line for _, line in zip(range(chunk), f)]
+            if not lines:
+                return
+            rows = [line.split("#")[0].split() for line in lines]
+            rows = [r for r in rows if r]
+            X = np.zeros((len(rows), width))
+            y = np.empty(len(rows))
+            for i, items in enumerate(rows):
+                y[i] = float(items[0])
+                for item in items[1:]:
+                    idx, value = item.split(":")
+                    X[i, int(idx) - (0 if zero_based else 1)] = float(value)
+            yield X, y
+
+
+def _idx_open(path):
+    f = gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
+    magic = f.read(4)
+    if len(magic) != 4 or magic[0] != 0 or magic[1] != 0:
+        raise InputError(f"{path} is not an IDX file")
+    dtypes = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+    dtype = np.dtype(dtypes[magic[2]])
+    shape = struct.unpack(">" + "I" * magic[3], f.read(4 * magic[3]))
+    return f, dtype, shape
+
+
+def read_idx(images, labels, chunk):
+    """MNIST-style IDX pair (images, labels), gzip or not, streamed."""
+    fx, dtype, shape = _idx_open(images)
+    fy, ydtype, yshape = _idx_open(labels)
+    if shape[0] != yshape[0]:
+        raise InputError(f"{images} has {shape[0]} images but {labels} has {yshape[0]} labels")
+    width = int(np.prod(shape[1:]))
+    with fx, fy:
+        for s in range(0, shape[0], chunk):
+            rows = min(chunk, shape[0] - s)
+            X = np.frombuffer(fx.read(rows * width * dtype.itemsize), dtype=dtype).reshape(rows, width)
+            y = np.frombuffer(fy.read(rows * ydtype.itemsize), dtype=ydtype)
+            yield X, y
+
+
+def read_hdf5(path, chunk, x_key="X", y_key="y"):
+    with h5py.File(path, "r") as f:
+        if x_key not in f or y_key not in f:
+            raise InputError(f"{path}: needs datasets {x_key!r} and {y_key!r}, found {sorted(f.keys())}")
+        X, y = f[x_key], f[y_key]
+        for s in range(0, X.shape[0], chunk):
+            yield X[s:s + chunk].reshape(min(chunk, X.shape[0] - s), -1), y[s:s + chunk]
+
+
+def reader(path, fmt, chunk, **options):
+    """Chunks of ``path``; for IDX, ``path`` is ``images,labels`` (two files)."""
+    fmt = fmt or detect_format(path.split(",")[0])
+    if fmt == "idx":
+        parts = path.split(",")
+        if len(parts) != 2:
+            raise InputError("IDX input is two files: IMAGES,LABELS (e.g. train-images-idx3-ubyte.gz,"
+                             "train-labels-idx1-ubyte.gz)")
+        return read_idx(parts[0], parts[1], chunk)
+    readers = {"npz": read_npz, "csv": read_csv, "libsvm": read_libsvm, "hdf5": read_hdf5}
+    if fmt not in readers:
+        raise InputError(f"unknown format {fmt!r}; choose from {list(FORMATS)}")
+    for part in path.split(","):
+        if not os.path.exists(part):
+            raise InputError(f"input file {part} does not exist")
+    return readers[fmt](path, chunk, **options)
+
+
+# ---- writer -----------------------------------------------------------------------------------
+def convert(inputs, out, *, fmt=None, test_inputs=None, test_fraction=0.0, standardize=False,
+            chunk=10000, seed=0, name=None, dtype=np.float32, scale=1.0, **options):
+    """Convert ``inputs`` (and optional ``test_inputs``) to ``out``; returns a summary dict.
+
+    Labels are mapped to ``0..k-1`` in sorted order of their original values (recorded as the
+    ``classes`` attribute). Features are divided by ``scale`` (e.g. 255 for 8-bit pixels). The
+    output is written to ``out.tmp`` and renamed when complete.
+    """
+    # Pass 1: the labels (small) — classes and, for a split, the test rows.
+    labels = [np.asarray(y) for _, y in reader(inputs, fmt, chunk, **options)]
+    y_all = np.concatenate(labels) if labels else np.empty(0)
+    if y_all.size == 0:
+        raise InputError(f"{inputs} holds no samples")
+    test_labels = None
+    if test_inputs:
+        test_labels = np.concatenate([np.asarray(y) for _, y in reader(test_inputs, fmt, chunk, **options)])
+    classes = np.unique(y_all if test_labels is None else np.concatenate([y_all, test_labels]))
+    is_test = np.zeros(y_all.size, dtype=bool)
+    if test_fraction:
+        if test_inputs:
+            raise InputError("give either a test file or a test fraction, not both")
+        if not 0 < test_fraction < 1:
+            raise InputError(f"test fraction must lie in (0, 1), got {test_fraction}")
+        rng = np.random.default_rng(seed)
+        for c in classes:  # stratified: the same fraction of every class
+            members = np.flatnonzero(y_all == c)
+            k = int(round(test_fraction * members.size))
+            is_test[rng.choice(members, size=k, replace=False)] = True
+
+    tmp = f"{out}.tmp"
+    sums = sq = None
+    n_train = 0
+    with h5py.File(tmp, "w") as f:
+        def append(key_x, key_y, X, y):
+            if key_x not in f:
+                f.create_dataset(key_x, shape=(0, X.shape[1]), maxshape=(None, X.shape[1]), dtype=dtype,
+                                 chunks=(min(chunk, 4096), X.shape[1]))
+                f.create_dataset(key_y, shape=(0,), maxshape=(None,), dtype=np.int64)
+            dx, dy = f[key_x], f[key_y]
+            if dx.shape[1] != X.shape[1]:
+                raise InputError(f"rows of different widths: {dx.shape[1]} and {X.shape[1]}")
+            n = dx.shape[0]
+            dx.resize(n + X.shape[0], axis=0)
+            dy.resize(n + X.shape[0], axis=0)
+            dx[n:] = X
+            dy[n:] = np.searchsorted(classes, y)
+
+        offset = 0
+        for X, y in reader(inputs, fmt, chunk, **options):
+            X = np.asarray(X, dtype=np.float64) / scale
+            if not np.all(np.isfinite(X)):
+                raise InputError(f"{inputs} contains NaN or Inf near row {offset}")
+            mask = is_test[offset:offset + X.shape[0]]
+            train_X = X[~mask]
+            if train_X.shape[0]:
+                append("X", "y", train_X, np.asarray(y)[~mask])
+                sums = train_X.sum(0) if sums is None else sums + train_X.sum(0)
+                sq = (train_X ** 2).sum(0) if sq is None else sq + (train_X ** 2).sum(0)
+                n_train += train_X.shape[0]
+            if mask.any():
+                append("X_test", "y_test", X[mask], np.asarray(y)[mask])
+            offset += X.shape[0]
+        if test_inputs:
+            for X, y in reader(test_inputs, fmt, chunk, **options):
+                append("X_test", "y_test", np.asarray(X, dtype=np.float64) / scale, y)
+        if "X_test" in f and f["X_test"].shape[1] != f["X"].shape[1]:
+            raise InputError("test rows have a different width than training rows")
+
+        preprocessing = f"converted from {inputs}" + (f" and {test_inputs}" if test_inputs else "")
+        if scale != 1.0:
+            preprocessing += f"; divided by {scale}"
+        if test_fraction:
+            preprocessing += f"; stratified test split {test_fraction} (seed {seed})"
+        if standardize:
+            mean = sums / n_train
+            std = np.sqrt(np.maximum(sq / n_train - mean ** 2, 0))
+            std[std == 0] = 1.0  # constant features stay constant (at 0)
+            for key in ("X", "X_test"):
+                if key in f:
+                    d = f[key]
+                    for s in range(0, d.shape[0], chunk):
+                        d[s:s + chunk] = (d[s:s + chunk] - mean) / std
+            f.attrs["standardize_mean"] = mean
+            f.attrs["standardize_std"] = std
+            preprocessing += "; standardised with the training rows' mean and std"
+        f.attrs["name"] = name or os.path.basename(inputs.split(",")[0])
+        f.attrs["n_classes"] = len(classes)
+        f.attrs["classes"] = [str(c) for c in classes]
+        f.attrs["preprocessing"] = preprocessing
+        summary = {"out": out, "n_train": int(f["X"].shape[0]), "n_test": int(f["X_test"].shape[0]) if "X_test" in f else 0,
+                   "n_features": int(f["X"].shape[1]), "n_classes": len(classes)}
+    os.replace(tmp, out)
+    return summary
+
+
+def info(path):
+    """Shapes, classes and class balance of an admm-mpi HDF5 file."""
+    try:
+        f = h5py.File(path, "r")
+    except (FileNotFoundError, OSError) as exc:
+        raise InputError(f"cannot read {path} as HDF5 ({exc})") from None
+    with f:
+        if "X" not in f or "y" not in f:
+            raise InputError(f"{path}: no datasets X and y (found {sorted(f.keys())})")
+        result = {"path": path, "name": str(f.attrs.get("name", "")), "preprocessing": str(f.attrs.get("preprocessing", ""))}
+        for key_x, key_y, split in (("X", "y", "train"), ("X_test", "y_test", "test")):
+            if key_x in f:
+                y = f[key_y][...]
+                counts = np.bincount(y.astype(np.int64)) if y.size else np.zeros(0, int)
+                result[split] = {"samples": int(f[key_x].shape[0]), "features": int(f[key_x].shape[1]),
+                                 "class_counts": [int(c) for c in counts]}
+        result["n_classes"] = int(f.attrs.get("n_classes", len(result["train"]["class_counts"])))
+    return result
