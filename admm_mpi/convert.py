@@ -72,20 +72,28 @@ def read_csv(path, chunk, label_column=0, delimiter=None, skip_header=0):
             yield np.delete(block, label_column % block.shape[1], axis=1), y
 
 
-def _libsvm_width(path):
-    width = 0
+def _libsvm_index_range(path):
+    lowest, highest = None, -1
     with _open_text(path) as f:
         for line in f:
-            for item in line.split()[1:]:
-                if item.startswith("#"):
-                    break
-                width = max(width, int(item.split(":")[0]))
-    return width
+            for item in line.split("#")[0].split()[1:]:
+                idx = int(item.split(":")[0])
+                highest = max(highest, idx)
+                lowest = idx if lowest is None else min(lowest, idx)
+    return (lowest if lowest is not None else 1), highest
 
 
-def read_libsvm(path, chunk, n_features=None, zero_based=False):
-    """svmlight/LIBSVM text ``label idx:value ...`` (1-based indices unless ``zero_based``)."""
-    width = n_features or (_libsvm_width(path) + (1 if zero_based else 0))
+def read_libsvm(path, chunk, n_features=None, zero_based="auto"):
+    """svmlight/LIBSVM text ``label idx:value ...``.
+
+    Indices are 1-based (LIBSVM) unless the file uses index 0 anywhere (``zero_based="auto"``,
+    as scikit-learn decides; its ``dump_svmlight_file`` writes 0-based files).
+    """
+    lowest, highest = _libsvm_index_range(path)
+    if zero_based == "auto":
+        zero_based = lowest == 0
+    shift = 0 if zero_based else 1
+    width = n_features or (highest + 1 - shift)
     with _open_text(path) as f:
         while True:
             lines = [line for _, line in zip(range(chunk), f)]
@@ -99,7 +107,7 @@ def read_libsvm(path, chunk, n_features=None, zero_based=False):
                 y[i] = float(items[0])
                 for item in items[1:]:
                     idx, value = item.split(":")
-                    X[i, int(idx) - (0 if zero_based else 1)] = float(value)
+                    X[i, int(idx) - shift] = float(value)
             yield X, y
 
 
