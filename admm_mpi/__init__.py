@@ -14,3 +14,12 @@ Layout of the package (one job per module):
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # the estimators need scikit-learn, which the trainer itself does not: import on demand
+    if name in ("ADMMClassifier", "ADMMRegressor"):
+        from admm_mpi import estimator
+
+        return getattr(estimator, name)
+    raise AttributeError(f"module 'admm_mpi' has no attribute {name!r}")

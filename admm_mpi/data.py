@@ -42,6 +42,7 @@ class Shard:
     n_classes: int
     name: str
     start: int               # global index of this rank's first training row
+    Y: np.ndarray = None     # real-valued targets (outputs x n_local) for regression; None: classes
 
 
 def _check_layout(f, path):

@@ -37,7 +37,8 @@ def prepare_out_dir(path, grid):
 
 
 def count_correct(spec, weights, biases, X, y):
-    return int(np.sum(predict(spec, weights, biases, X) == y)) if y.size else 0
+    """Correctly classified columns (0 without labels, e.g. for regression)."""
+    return int(np.sum(predict(spec, weights, biases, X) == y)) if y is not None and y.size else 0
 
 
 def _write_json(path, obj):
@@ -69,14 +70,16 @@ class _Progress:
             self.bar.close()
 
 
-def build(config, grid):
-    """Load this rank's data and build the model spec and solver."""
+def build(config, grid, shard=None):
+    """Load this rank's data (unless given) and build the model spec and solver."""
     dtype = DTYPES[config.dtype]
-    shard = load_shard(config.data, grid, dtype)
+    if shard is None:
+        shard = load_shard(config.data, grid, dtype)
     from admm_mpi.ops.losses import get_loss
 
     loss = get_loss(config.resolved_loss())
-    grid.agree(loss.check_classes(shard.n_classes))
+    if shard.Y is None:
+        grid.agree(loss.check_classes(shard.n_classes))
     spec = ModelSpec(
         widths=(shard.n_features, *config.hidden, loss.n_outputs(shard.n_classes)),
         activation=config.resolved_activation(),
@@ -87,23 +90,26 @@ def build(config, grid):
     return shard, spec, solver
 
 
-def train(config, grid, *, out=True):
+def train(config, grid, *, out=True, shard=None):
     """Run a training job; returns the summary dict (on every rank).
 
-    With ``out=False`` nothing is written (used by tests that compare weights in memory); the
-    final state is then available as ``summary["state"]``.
+    With ``out=False`` nothing is written (the estimator and the tests that compare weights in
+    memory); the final state is then in ``summary["state"]``. ``shard`` replaces reading
+    ``config.data`` (in-memory data, e.g. from the scikit-learn estimator).
     """
     if out:
         prepare_out_dir(config.out, grid)
-    shard, spec, solver = build(config, grid)
-    Y = spec.loss_fn.targets(shard.y, shard.n_classes, shard.X.dtype)
+    shard, spec, solver = build(config, grid, shard)
+    regression = shard.Y is not None
+    Y = shard.Y if regression else spec.loss_fn.targets(shard.y, shard.n_classes, shard.X.dtype)
     state = solver.init_state(shard.X, Y, np.random.default_rng(config.seed))
 
     metrics_file = None
     if out and grid.is_root:
         metrics_file = open(os.path.join(config.out, "metrics.jsonl"), "w")
     progress = _Progress(out and grid.is_root and config.progress, config.iters)
-    seconds, bytes_per_iteration, row = [], [], None
+    seconds, bytes_per_iteration, row, objectives = [], [], None, []
+    converged = False
     iteration = 0
     try:
         for iteration in range(1, config.iters + 1):
@@ -113,7 +119,7 @@ def train(config, grid, *, out=True):
             local = solver.local_metrics(state, Y)
             names = list(local)
             sums = grid.allsum(np.array([local[n] for n in names] + [
-                count_correct(spec, state.weights, state.biases, shard.X, shard.y),
+                count_correct(spec, state.weights, state.biases, shard.X, None if regression else shard.y),
                 count_correct(spec, state.weights, state.biases, shard.X_test, shard.y_test),
             ], dtype=np.float64))
             metrics = {}
@@ -138,19 +144,22 @@ def train(config, grid, *, out=True):
                 "iteration": iteration,
                 "objective": metrics.pop("objective"),
                 "residual": metrics.pop("residual"),
-                "train_accuracy": correct / shard.n_total,
+                "train_accuracy": None if regression else correct / shard.n_total,
                 "test_accuracy": correct_test / shard.n_test_total if shard.n_test_total else None,
                 "seconds": seconds[-1],
                 **metrics,
             }
+            objectives.append(row["objective"])
             if metrics_file is not None:
                 metrics_file.write(json.dumps(row) + "\n")
                 metrics_file.flush()
-            progress.update({**row, "test_accuracy": row["test_accuracy"] or 0.0})
+            progress.update({**row, "train_accuracy": row["train_accuracy"] or 0.0,
+                             "test_accuracy": row["test_accuracy"] or 0.0})
             if decision == "diverged":
                 raise TrainingError(f"training diverged at iteration {iteration}: the objective is not finite "
                                     "(try a larger ridge or smaller beta/gamma)")
             if decision == "converged":
+                converged = True
                 break
     finally:
         progress.close()
@@ -170,7 +179,8 @@ def train(config, grid, *, out=True):
         "bytes_per_iteration_per_rank": [int(b) for b in per_rank_bytes] if grid.is_root else None,
         "objective": row["objective"],
         "residual": row["residual"],
-        "data": resolve_path(config.data),
+        "converged": converged,
+        "data": resolve_path(config.data) if shard.name != "in-memory" else "in-memory",
         "n_train": shard.n_total,
         "n_test": shard.n_test_total,
         "widths": list(spec.widths),
@@ -183,6 +193,7 @@ def train(config, grid, *, out=True):
         _write_json(os.path.join(config.out, "summary.json"), summary)
     summary["state"] = state
     summary["spec"] = spec
+    summary["objective_history"] = objectives
     return summary
 
 

@@ -1,0 +1,195 @@
+"""scikit-learn estimators: ``ADMMClassifier`` (and ``ADMMRegressor`` for the least-squares loss).
+
+A thin adapter in the shape of scikit-learn's ``kernel_ridge.py``: ``__init__`` only stores its
+arguments, ``fit`` validates through scikit-learn's own helpers and runs the same training loop
+as the command line. Serial by default; pass ``comm`` (an mpi4py communicator) under ``mpiexec``
+and give every rank its own rows: the sums over samples are then reduced over the ranks and the
+fitted weights are identical everywhere.
+
+Parameter names follow ``MLPClassifier`` (``hidden_layer_sizes``, ``activation``, ``max_iter``,
+``tol``, ``random_state``); fitted attributes ``coefs_`` (``n_in x n_out``, as MLPClassifier),
+``intercepts_``, ``n_iter_``, ``loss_curve_`` (the ADMM objective per iteration), ``classes_``.
+"""
+
+import warnings
+from numbers import Integral, Real
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, _fit_context
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.metaestimators import available_if
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from admm_mpi.config import SOLVER_FIELDS, TrainConfig, validate
+from admm_mpi.data import Shard
+from admm_mpi.grid import Grid
+from admm_mpi.model import ModelSpec, forward
+from admm_mpi.ops.activations import ACTIVATIONS
+from admm_mpi.ops.losses import softmax
+from admm_mpi.solvers import SOLVERS
+from admm_mpi.train import train
+
+
+class _ADMMBase(BaseEstimator):
+    _parameter_constraints = {
+        "hidden_layer_sizes": ["array-like", Interval(Integral, 1, None, closed="left")],
+        "solver": [StrOptions(set(SOLVERS))],
+        "activation": [StrOptions(set(ACTIVATIONS)), None],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "tol": [Interval(Real, 0, None, closed="left")],
+        "random_state": ["random_state", Interval(Integral, 0, None, closed="left")],
+        "dtype": [StrOptions({"float32", "float64"})],
+        "solver_params": [dict, None],
+        "comm": "no_validation",
+    }
+
+    def __init__(self, hidden_layer_sizes=(100,), *, solver="taylor", activation=None, max_iter=30, tol=0.0,
+                 random_state=None, dtype="float64", solver_params=None, comm=None):
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.solver = solver
+        self.activation = activation
+        self.max_iter = max_iter
+        self.tol = tol
+        self.random_state = random_state
+        self.dtype = dtype
+        self.solver_params = solver_params
+        self.comm = comm
+
+    def _config(self, loss):
+        hidden = self.hidden_layer_sizes
+        hidden = (int(hidden),) if np.isscalar(hidden) else tuple(int(h) for h in hidden)
+        params = dict(self.solver_params or {})
+        unknown = sorted(set(params) - set(SOLVER_FIELDS))
+        if unknown:
+            raise ValueError(f"unknown solver_params {unknown}; known: {sorted(SOLVER_FIELDS)}")
+        if isinstance(self.random_state, Integral):  # the same seed as `admm-mpi train --seed`
+            seed = int(self.random_state)
+        else:
+            seed = int(check_random_state(self.random_state).randint(2**31 - 1))
+        config = TrainConfig(solver=self.solver, hidden=hidden, activation=self.activation or "", loss=loss,
+                             iters=self.max_iter, tol=self.tol, dtype=self.dtype, seed=seed, progress=False,
+                             **params)
+        validate(config)
+        return config
+
+    def _grid(self):
+        return Grid(self.comm) if self.comm is not None else Grid.serial()
+
+    def _fit_targets(self, X, labels, n_classes, loss, Y=None):
+        """Train on rows ``X`` with class indices ``labels``, or real targets ``Y`` (regression)."""
+        grid = self._grid()
+        try:
+            n_total = int(grid.allsum(np.array([X.shape[0]], dtype=np.int64))[0])
+            dtype = np.dtype(self.dtype).type
+            shard = Shard(X=np.ascontiguousarray(X.T, dtype=dtype), y=labels, X_test=np.empty((X.shape[1], 0), dtype),
+                          y_test=np.empty(0, np.int64), n_total=n_total, n_test_total=0, n_features=X.shape[1],
+                          n_classes=n_classes, name="in-memory", start=0,
+                          Y=None if Y is None else np.ascontiguousarray(Y.T, dtype=dtype))
+            summary = train(self._config(loss), grid, out=False, shard=shard)
+        finally:
+            grid.close()
+        state, self._spec = summary["state"], summary["spec"]
+        self.coefs_ = [W.T.copy() for W in state.weights]
+        self.intercepts_ = [b.copy() for b in state.biases]
+        self.n_iter_ = summary["iterations"]
+        self.loss_curve_ = list(summary["objective_history"])
+        if self.tol > 0 and not summary["converged"]:
+            warnings.warn(f"ADMM did not reach tol={self.tol} within max_iter={self.max_iter} iterations",
+                          ConvergenceWarning, stacklevel=3)
+        return self
+
+    def _outputs(self, X):
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+        weights = [W.T for W in self.coefs_]
+        return forward(self._spec, weights, self.intercepts_, np.ascontiguousarray(X.T)).T
+
+
+class ADMMClassifier(ClassifierMixin, _ADMMBase):
+    """Multi-layer perceptron classifier trained by ADMM (no backpropagation).
+
+    Parameters
+    ----------
+    hidden_layer_sizes : tuple of int, default=(100,)
+    solver : {"taylor", "dladmm", "mdlam", "sigmoid_admm"}, default="taylor"
+    activation : str or None
+        Hidden activation; None takes the solver's default (relu; sigmoid for sigmoid_admm).
+    loss : {"least_squares", "cross_entropy", "ova_hinge"} or None
+        None takes the solver's default. ``predict_proba`` needs ``cross_entropy``.
+    max_iter : int, default=30
+    tol : float, default=0
+        Stop when the output residual falls below ``tol * sqrt(n_samples)``; 0 runs max_iter.
+    random_state : int, RandomState or None
+    dtype : {"float64", "float32"}
+    solver_params : dict or None
+        Solver settings by the names of the command line (``{"ridge": 1e-4}``, ``{"rho": 0.1}``).
+    comm : mpi4py communicator or None
+        Data-parallel fit: every rank calls ``fit`` with its own rows.
+
+    Examples
+    --------
+    >>> from admm_mpi import ADMMClassifier
+    >>> clf = ADMMClassifier(hidden_layer_sizes=(64,), random_state=0).fit(X, y)  # doctest: +SKIP
+    """
+
+    _parameter_constraints = {
+        **_ADMMBase._parameter_constraints,
+        "loss": [StrOptions({"least_squares", "cross_entropy", "ova_hinge"}), None],
+    }
+
+    def __init__(self, hidden_layer_sizes=(100,), *, solver="taylor", activation=None, loss=None, max_iter=30,
+                 tol=0.0, random_state=None, dtype="float64", solver_params=None, comm=None):
+        super().__init__(hidden_layer_sizes, solver=solver, activation=activation, max_iter=max_iter, tol=tol,
+                         random_state=random_state, dtype=dtype, solver_params=solver_params, comm=comm)
+        self.loss = loss
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y):
+        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32])
+        check_classification_targets(y)
+        classes = np.unique(y)
+        if self.comm is not None and self.comm.Get_size() > 1:  # the classes of all ranks' rows
+            classes = np.unique(np.concatenate(self.comm.allgather(classes)))
+        if classes.size < 2:
+            raise ValueError(f"ADMMClassifier needs samples of at least 2 classes; got 1 class ({classes[0]!r})")
+        self.classes_ = classes
+        return self._fit_targets(X, np.searchsorted(classes, y), classes.size, self.loss or "")
+
+    def predict(self, X):
+        check_is_fitted(self)
+        return self.classes_[self._spec.loss_fn.predict(self._outputs(X).T)]
+
+    def _has_proba(self):
+        return (getattr(self, "_spec", None) is not None and self._spec.loss == "cross_entropy") or (
+            not hasattr(self, "_spec") and self.loss == "cross_entropy")
+
+    @available_if(_has_proba)
+    def predict_proba(self, X):
+        """Class probabilities: the softmax of the outputs (cross-entropy loss only)."""
+        return softmax(self._outputs(X).T).T
+
+
+class ADMMRegressor(RegressorMixin, _ADMMBase):
+    """Multi-layer perceptron regressor trained by ADMM with the least-squares loss.
+
+    Same parameters as :class:`ADMMClassifier` (without ``loss``); ``y`` may be 1-D or 2-D.
+    """
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True  # several least-squares outputs
+        return tags
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y):
+        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], multi_output=True, y_numeric=True)
+        self._y_1d = y.ndim == 1
+        Y = y.reshape(y.shape[0], -1)
+        return self._fit_targets(X, None, Y.shape[1], "least_squares", Y=Y)
+
+    def predict(self, X):
+        out = self._outputs(X)
+        return out[:, 0] if self._y_1d else out

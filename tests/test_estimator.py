@@ -1,0 +1,57 @@
+"""The scikit-learn estimators: the estimator contract, CLI parity, and a data-parallel fit."""
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from admm_mpi import ADMMClassifier, ADMMRegressor
+from admm_mpi.data import resolve_path
+
+from tests.helpers import run_admm
+
+
+@parametrize_with_checks([ADMMClassifier(), ADMMRegressor()])
+def test_scikit_learn_estimator_checks(estimator, check):
+    check(estimator)
+
+
+def _digits():
+    with h5py.File(resolve_path("digits"), "r") as f:
+        return f["X"][...], f["y"][...], f["X_test"][...], f["y_test"][...]
+
+
+def test_notebook_fit_matches_the_command_line(tmp_path):
+    X, y, X_test, y_test = _digits()
+    clf = ADMMClassifier(hidden_layer_sizes=(256, 256), max_iter=40, random_state=3).fit(X, y)
+    score = clf.score(X_test, y_test)
+    proc = run_admm(1, "train", "--hidden", "256,256", "--iters", 40, "--seed", 3, "--no-progress", "--out", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert score == pytest.approx(summary["test_accuracy"], abs=1e-12)
+    assert score > 0.95 and clf.n_iter_ == 40 and len(clf.loss_curve_) == 40
+    assert clf.coefs_[0].shape == (64, 256) and clf.coefs_[-1].shape == (256, 10)
+
+
+def test_predict_proba_only_for_cross_entropy():
+    X, y, X_test, _ = _digits()
+    clf = ADMMClassifier(hidden_layer_sizes=(32,), loss="cross_entropy", solver="dladmm", max_iter=5,
+                         random_state=0).fit(X[:300], y[:300])
+    proba = clf.predict_proba(X_test)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    np.testing.assert_array_equal(clf.classes_[np.argmax(proba, axis=1)], clf.predict(X_test))
+    assert not hasattr(ADMMClassifier(loss="least_squares").fit(X[:100], y[:100]), "predict_proba")
+
+
+@pytest.mark.mpi(ranks=[2, 3], timeout=120)
+def test_each_rank_fits_its_own_rows(comm):
+    X, y, X_test, _ = _digits()
+    start, stop = [(r * len(y) // comm.size, (r + 1) * len(y) // comm.size) for r in range(comm.size)][comm.rank]
+    kwargs = dict(hidden_layer_sizes=(32,), max_iter=10, random_state=1)
+    distributed = ADMMClassifier(comm=comm, **kwargs).fit(X[start:stop], y[start:stop])
+    serial = ADMMClassifier(**kwargs).fit(X, y)
+    for W, W_ref in zip(distributed.coefs_, serial.coefs_):
+        assert np.linalg.norm(W - W_ref) / np.linalg.norm(W_ref) < 1e-10
+    np.testing.assert_array_equal(distributed.predict(X_test), serial.predict(X_test))
