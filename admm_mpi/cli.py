@@ -100,6 +100,13 @@ def make_parser():
     cv.add_argument("--name", help="data set name stored in the file")
     di = data_sub.add_parser("info", help="shapes, classes and class balance of an HDF5 data set")
     di.add_argument("path")
+    pl = sub.add_parser("plot", help="PNG of objective, residuals and accuracy from metrics.jsonl")
+    pl.add_argument("runs", nargs="+", help="run directories (or metrics.jsonl files) to compare")
+    pl.add_argument("--out", help="output PNG (default: RUN/metrics.png of the first run)")
+    pl.add_argument("--labels", help="comma-separated legend labels (default: directory names)")
+    cf = sub.add_parser("config", help="print the configuration file format")
+    cf.add_argument("--defaults", action="store_true", required=True,
+                    help="print a complete, commented TOML file with every default")
     return parser
 
 
@@ -214,7 +221,27 @@ def _cmd_data(args, grid):
     print(json.dumps(summary, indent=2))
 
 
-COMMANDS = {"train": _cmd_train, "evaluate": _cmd_evaluate, "predict": _cmd_predict, "info": _cmd_info,
+def _cmd_plot(args, grid):
+    if not grid.is_root:
+        return
+    from admm_mpi.plot import plot_runs
+
+    first = args.runs[0]
+    out = args.out or os.path.join(first if os.path.isdir(first) else os.path.dirname(first) or ".", "metrics.png")
+    labels = args.labels.split(",") if args.labels else None
+    if labels and len(labels) != len(args.runs):
+        raise InputError(f"--labels names {len(labels)} runs but {len(args.runs)} were given")
+    print(plot_runs(args.runs, out, labels))
+
+
+def _cmd_config(args, grid):
+    if grid.is_root:
+        from admm_mpi.config import defaults_toml
+
+        sys.stdout.write(defaults_toml())
+
+
+COMMANDS = {"plot": _cmd_plot, "config": _cmd_config, "train": _cmd_train, "evaluate": _cmd_evaluate, "predict": _cmd_predict, "info": _cmd_info,
             "data": _cmd_data}
 
 

@@ -190,11 +190,11 @@ def validate(config):
     for ok, message in checks:
         if not ok:
             raise InputError(message)
-    for name in ("beta", "gamma", "nu", "rho", "rho_max", "eps", "omega"):
+    for name in ("beta", "gamma", "rho", "rho_max", "eps", "omega"):
         value = getattr(config, name)
         if value is not None and not (math.isfinite(value) and value > 0):
             raise InputError(f"{name} must be positive, got {value}")
-    for name in ("ridge", "mu", "eps_min"):
+    for name in ("ridge", "mu", "eps_min", "nu"):  # nu = 0: tied to rho (dladmm)
         value = getattr(config, name)
         if value is not None and not (math.isfinite(value) and value >= 0):
             raise InputError(f"{name} must be finite and non-negative, got {value}")
@@ -211,3 +211,44 @@ def validate(config):
     if unused:
         raise InputError(f"solver {config.solver!r} has no setting {', '.join(unused)}; "
                          f"its settings are {sorted(SOLVERS[config.solver].defaults)}")
+
+
+FIELD_HELP = {
+    "data": "HDF5 data set, or 'digits' for the bundled one",
+    "solver": "taylor | dladmm | mdlam | sigmoid_admm",
+    "layout": "parallel layout: data",
+    "hidden": "hidden layer widths",
+    "activation": "relu | leaky_relu | hard_tanh | sigmoid | tanh; empty: the solver's default",
+    "loss": "least_squares | cross_entropy | ova_hinge | binary_hinge; empty: the solver's default",
+    "iters": "iterations",
+    "dtype": "float32 | float64",
+    "seed": "seed of the initial weights",
+    "out": "output directory",
+    "tol": "stop when ||z_L - W_L a_{L-1} - b_L|| <= tol * sqrt(N); 0 runs all iterations",
+    "progress": "progress bar on rank 0",
+}
+
+
+def defaults_toml():
+    """A complete commented TOML file: every setting with its default (per solver for theirs)."""
+    from admm_mpi.solvers import SOLVERS
+
+    lines = ["# admm-mpi training configuration (admm-mpi train --config FILE.toml).",
+             "# Precedence: these values < ADMM_MPI_<NAME> environment variables < command-line flags.", "",
+             "[train]"]
+    defaults = TrainConfig()
+    for f in fields(TrainConfig):
+        if f.name in SOLVER_FIELDS:
+            continue
+        value = getattr(defaults, f.name)
+        text = ("[" + ", ".join(str(v) for v in value) + "]" if isinstance(value, tuple)
+                else str(value).lower() if isinstance(value, bool)
+                else f'"{value}"' if isinstance(value, str) else repr(value))
+        lines.append(f"# {FIELD_HELP.get(f.name, '')}")
+        lines.append(f"{f.name} = {text}")
+    lines += ["", "# Solver settings: give only those of the chosen solver. Defaults per solver:"]
+    for name, cls in SOLVERS.items():
+        lines.append(f"# {name} (loss {cls.default_loss}, activation {cls.default_activation}):")
+        for key, value in cls.defaults.items():
+            lines.append(f"#   {key} = {value!r}")
+    return "\n".join(lines) + "\n"
