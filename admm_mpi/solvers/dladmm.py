@@ -18,6 +18,12 @@ a_{L-1} steps use the target ``z_L + u/rho`` with weight ``rho``.
 
 rho schedule (configurable; the published code's rule): start at ``rho``; when the objective has
 risen in ``rho_patience`` consecutive iterations, multiply by ``rho_growth`` up to ``rho_max``.
+``nu = 0`` ties nu to rho, as the published code does.
+
+Two departures from the paper, both measured on digits (README): the W step is taken with b
+minimised out (the centred Gram, much better conditioned for non-negative activations), and
+``w_steps`` such steps are taken per block on the same reduced statistics (no extra
+communication, no pass over the samples).
 """
 
 from dataclasses import dataclass, field
@@ -87,7 +93,7 @@ class DLADMM:
             bias_first=bias_first, center=self.center, steps=self.w_steps)
 
     def _update_a(self, state, l):
-        """a_l (input of layer l+1, output of layer l), 1 <= l <= L-1 in a[] indexing."""
+        """a[l], the input of layer l (the output of layer l-1), for 1 <= l <= L-1."""
         T, c = self._target(state, l)
         target = self.spec.h.apply(state.z[l - 1])
         state.a[l], state.tau_a[l] = activation_step(
