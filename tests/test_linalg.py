@@ -47,3 +47,25 @@ def test_distributed_solve_equals_lstsq_on_full_data(comm, n):
     spread = grid.allmax(np.array([np.max(np.abs(W - comm.bcast(W, root=0)))]))
     assert spread[0] == 0.0
     grid.close()
+
+
+def test_spd_solve_survives_an_ill_conditioned_float32_gram():
+    """A float32 Cholesky of a wide Gram over many samples fails; ours factors in float64."""
+    from admm_mpi.ops.linalg import spd_solve
+
+    rng = np.random.default_rng(0)
+    A = (1 / (1 + np.exp(-rng.normal(size=(300, 20000))))).astype(np.float32)  # sigmoid features
+    G = A @ A.T + np.float32(1e-4) * np.eye(300, dtype=np.float32)
+    B = rng.normal(size=(300, 2)).astype(np.float32)
+    X = spd_solve(G, B)
+    assert X.dtype == np.float32
+    X64 = np.linalg.solve(G.astype(np.float64), B.astype(np.float64))
+    np.testing.assert_allclose(X, X64, rtol=1e-3, atol=1e-3 * np.abs(X64).max())
+
+
+def test_spd_solve_of_a_singular_matrix_adds_a_jitter():
+    from admm_mpi.ops.linalg import spd_solve
+
+    X = spd_solve(np.diag([2.0, 1.0, 0.0]), np.array([[2.0], [1.0], [0.0]]))
+    np.testing.assert_allclose(X[:2, 0], [1.0, 1.0])
+    assert np.all(np.isfinite(X))

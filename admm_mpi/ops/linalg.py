@@ -5,9 +5,25 @@ import scipy.linalg
 
 
 def spd_solve(A, B):
-    """Solve ``A X = B`` for symmetric positive definite ``A`` by Cholesky."""
-    factor = scipy.linalg.cho_factor(A, lower=True, check_finite=False)
-    return scipy.linalg.cho_solve(factor, B, check_finite=False)
+    """Solve ``A X = B`` for symmetric positive (semi-)definite ``A`` by Cholesky.
+
+    The factorisation runs in float64 whatever the working dtype: ``A`` is small (a layer's
+    width squared) but, as a sum over many samples, badly conditioned, and a float32 Cholesky of
+    a 1000-wide Gram over 60 000 samples fails. If ``A`` is still numerically singular (no
+    ridge), a jitter of ``1e-12 * trace/n``, growing tenfold, is added until it factors.
+    """
+    A64 = np.asarray(A, dtype=np.float64)
+    B64 = np.asarray(B, dtype=np.float64)
+    jitter = 0.0
+    scale = max(float(np.trace(A64)) / A64.shape[0], np.finfo(np.float64).tiny)
+    for _ in range(12):
+        try:
+            factor = scipy.linalg.cho_factor(A64 + jitter * np.eye(A64.shape[0]), lower=True, check_finite=False)
+            return scipy.linalg.cho_solve(factor, B64, check_finite=False).astype(np.result_type(A, B), copy=False)
+        except np.linalg.LinAlgError:
+            jitter = 1e-12 * scale if jitter == 0.0 else jitter * 10
+    raise np.linalg.LinAlgError("matrix is not positive semi-definite even with a jitter of "
+                                f"{jitter:.3g} (NaN or Inf in the iterates?)")
 
 
 def with_ones_row(a):
