@@ -16,6 +16,7 @@ from admm_mpi.errors import InputError, TrainingError
 
 EXIT_INPUT_ERROR = 2
 EXIT_TRAINING_ERROR = 3
+EXIT_PREEMPTED = 143  # 128 + SIGTERM, as a shell reports a job ended by SIGTERM
 
 
 class _Parser(argparse.ArgumentParser):
@@ -63,6 +64,9 @@ def _add_train_arguments(p):
     h.add_argument("--eps", type=float, help="mdlam: initial half-width of the box a in h(z) +- eps")
     h.add_argument("--eps-min", dest="eps_min", type=float, help="mdlam: smallest box half-width")
     h.add_argument("--omega", type=float, help="sigmoid_admm: proximal weight of the linearised steps")
+    p.add_argument("--checkpoint-every", dest="checkpoint_every", type=int,
+                   help="write a checkpoint every K iterations (default: 0, only on SIGTERM)")
+    p.add_argument("--resume", help="continue from a checkpoint: auto | RUN_DIR | FILE")
     p.add_argument("--no-progress", dest="progress", action="store_const", const=False,
                    help="no progress bar")
 
@@ -128,7 +132,18 @@ def _cmd_train(args, grid):
 
     cli = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
     config = cfg.resolve(file=args.config, cli=cli)
+    import signal
+
+    from admm_mpi import train as train_module
+
+    # Slurm pre-emption and scancel send SIGTERM: finish the iteration, checkpoint, exit cleanly
+    signal.signal(signal.SIGTERM, lambda signum, frame: train_module.request_stop())
     summary = train(config, grid)
+    if summary.get("preempted"):
+        if grid.is_root:
+            print(f"admm-mpi: stopped by SIGTERM after iteration {summary['iterations']}; checkpoint "
+                  f"{summary['checkpoint']}; continue with --resume {config.out}", file=sys.stderr)
+        raise SystemExit(EXIT_PREEMPTED)
     if grid.is_root:
         print(f"admm-mpi: {summary['iterations']} iterations on {summary['ranks']} rank(s): "
               f"train accuracy {summary['train_accuracy']:.4f}, test accuracy "

@@ -43,6 +43,8 @@ class TrainConfig:
     out: str = "runs/latest"
     tol: float = 0.0
     progress: bool = True
+    checkpoint_every: int = 0     # iterations between checkpoints (0: none, except on SIGTERM)
+    resume: str = ""              # "auto" (the run's own latest checkpoint), a run directory or a file
     # solver hyper-parameters (None: the solver's default)
     beta: float = None
     gamma: float = None
@@ -185,6 +187,7 @@ def validate(config):
          f"hidden must list at least one positive layer width, got {list(config.hidden)}"),
         (config.iters >= 1, f"iters must be at least 1, got {config.iters}"),
         (config.seed >= 0, f"seed must be non-negative, got {config.seed}"),
+        (config.checkpoint_every >= 0, f"checkpoint_every must be non-negative, got {config.checkpoint_every}"),
         (math.isfinite(config.tol) and config.tol >= 0, f"tol must be finite and non-negative, got {config.tol}"),
     ]
     for ok, message in checks:
@@ -226,6 +229,8 @@ FIELD_HELP = {
     "out": "output directory",
     "tol": "stop when ||z_L - W_L a_{L-1} - b_L|| <= tol * sqrt(N); 0 runs all iterations",
     "progress": "progress bar on rank 0",
+    "checkpoint_every": "write a checkpoint every this many iterations (0: only on SIGTERM)",
+    "resume": "continue from a checkpoint: auto (this run's own, if any), a run directory or a file",
 }
 
 

@@ -14,11 +14,21 @@ import time
 import numpy as np
 
 from admm_mpi import __version__
+from admm_mpi import checkpoint
 from admm_mpi.backend import DTYPES
 from admm_mpi.data import load_shard, resolve_path
 from admm_mpi.errors import InputError, TrainingError
 from admm_mpi.model import ModelSpec, predict, save_model
 from admm_mpi.solvers import get_solver
+
+
+_STOP_REQUESTED = False
+
+
+def request_stop():
+    """Ask the loop to checkpoint and stop after the current iteration (signal handlers call this)."""
+    global _STOP_REQUESTED
+    _STOP_REQUESTED = True
 
 
 def prepare_out_dir(path, grid):
@@ -104,15 +114,40 @@ def train(config, grid, *, out=True, shard=None):
     Y = shard.Y if regression else spec.loss_fn.targets(shard.y, shard.n_classes, shard.X.dtype)
     state = solver.init_state(shard.X, Y, np.random.default_rng(config.seed))
 
+    first = 1
+    resume_from = None
+    if config.resume:
+        problem = None
+        if grid.is_root:
+            try:
+                resume_from = checkpoint.resolve_resume(config.resume, config.out)
+                if resume_from is not None:
+                    problem = checkpoint.check_compatible(resume_from, config, shard)
+            except InputError as exc:
+                problem = str(exc)
+        grid.agree(problem)
+        resume_from = grid.bcast_decision(resume_from)
+        if resume_from is not None:
+            first = checkpoint.load(resume_from, state, shard, grid) + 1
+            grid.agree(None if first <= config.iters else
+                       f"checkpoint {resume_from} is already at iteration {first - 1}; ask for more --iters")
+
     metrics_file = None
     if out and grid.is_root:
-        metrics_file = open(os.path.join(config.out, "metrics.jsonl"), "w")
+        metrics_path = os.path.join(config.out, "metrics.jsonl")
+        kept = []
+        if first > 1 and os.path.exists(metrics_path):  # keep the rows up to the checkpoint
+            with open(metrics_path) as f:
+                kept = [line for line in f if line.strip() and json.loads(line)["iteration"] < first]
+        metrics_file = open(metrics_path, "w")
+        metrics_file.writelines(kept)
     progress = _Progress(out and grid.is_root and config.progress, config.iters)
     seconds, bytes_per_iteration, row, objectives = [], [], None, []
-    converged = False
-    iteration = 0
+    converged = preempted = False
+    saved = None
+    iteration = first - 1
     try:
-        for iteration in range(1, config.iters + 1):
+        for iteration in range(first, config.iters + 1):
             t0 = time.perf_counter()
             sent0 = grid.bytes_sent
             solver.step(state, Y, iteration)
@@ -136,6 +171,8 @@ def train(config, grid, *, out=True, shard=None):
                     decision = "diverged"
                 elif config.tol > 0 and metrics["residual"] <= config.tol * math.sqrt(shard.n_total):
                     decision = "converged"
+                elif _STOP_REQUESTED:
+                    decision = "preempted"
             decision = grid.bcast_decision(decision)
             solver.end_of_iteration(state, metrics)  # schedules: same global values on every rank
             bytes_per_iteration.append(grid.bytes_sent - sent0)
@@ -158,8 +195,14 @@ def train(config, grid, *, out=True, shard=None):
             if decision == "diverged":
                 raise TrainingError(f"training diverged at iteration {iteration}: the objective is not finite "
                                     "(try a larger ridge or smaller beta/gamma)")
+            if out and (decision == "preempted" or (
+                    config.checkpoint_every and iteration % config.checkpoint_every == 0)):
+                saved = checkpoint.save(config.out, iteration, state, shard, config, grid)
             if decision == "converged":
                 converged = True
+                break
+            if decision == "preempted":
+                preempted = True
                 break
     finally:
         progress.close()
@@ -180,6 +223,8 @@ def train(config, grid, *, out=True, shard=None):
         "objective": row["objective"],
         "residual": row["residual"],
         "converged": converged,
+        "preempted": preempted,
+        "checkpoint": saved,
         "data": resolve_path(config.data) if shard.name != "in-memory" else "in-memory",
         "n_train": shard.n_total,
         "n_test": shard.n_test_total,

@@ -27,6 +27,7 @@ communication, no pass over the samples).
 """
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 
@@ -35,6 +36,8 @@ from admm_mpi.solvers.common import activation_step, forward_states, init_weight
 
 @dataclass
 class DLADMMState:
+    # per-sample variables (columns of this rank); the rest is global
+    sample_fields: ClassVar[tuple] = ("a", "z", "u")
     weights: list
     biases: list
     a: list            # a_0 = X .. a_{L-1}

@@ -13,6 +13,7 @@ and that block's momentum restarts.
 """
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -24,6 +25,8 @@ from admm_mpi.solvers.common import forward_states, init_weights
 
 @dataclass
 class MDLAMState:
+    # per-sample variables (columns of this rank); the rest is global
+    sample_fields: ClassVar[tuple] = ("a", "z", "prev_a")
     weights: list
     biases: list
     a: list

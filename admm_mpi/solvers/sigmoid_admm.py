@@ -25,6 +25,7 @@ updates of W and V, duals on the nonlinear constraints) as described in DESIGN.m
 """
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -35,6 +36,8 @@ from admm_mpi.solvers.common import forward_states, init_weights
 
 @dataclass
 class SigmoidADMMState:
+    # per-sample variables (columns of this rank); the rest is global
+    sample_fields: ClassVar[tuple] = ("a", "z", "lam")
     weights: list
     biases: list
     a: list          # V_0 = X .. V_{L-1}

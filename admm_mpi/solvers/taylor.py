@@ -12,6 +12,7 @@ Biases are the last column of ``[W | b]`` acting on ``[a; 1]``.
 """
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -21,6 +22,8 @@ from admm_mpi.solvers.common import forward_states, init_weights
 
 @dataclass
 class TaylorState:
+    # per-sample variables (columns of this rank); the rest is global
+    sample_fields: ClassVar[tuple] = ("a", "z", "m", "lam")
     weights: list   # W_l, n_l x n_{l-1}, identical on every rank
     biases: list    # b_l, n_l
     a: list         # a_0 = X, a_1 .. a_{L-1}   (local columns)
