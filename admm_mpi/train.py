@@ -31,10 +31,17 @@ def request_stop():
     _STOP_REQUESTED = True
 
 
-def prepare_out_dir(path, grid):
-    """Create ``path`` on the root and check it is writable; all ranks agree on the verdict."""
+def prepare_out_dir(path, grid, resuming=False):
+    """Create ``path`` on the root and check it is writable; all ranks agree on the verdict.
+
+    A fresh run refuses a directory that holds another run's checkpoints: mixing the two would
+    let the new run's pruning delete them.
+    """
     problem = None
     if grid.is_root:
+        if not resuming and checkpoint.latest(path) is not None:
+            problem = (f"{path} holds checkpoints of an earlier run: pass --resume auto to continue it, "
+                       "or choose another --out")
         try:
             os.makedirs(path, exist_ok=True)
             probe = os.path.join(path, ".write-test")
@@ -42,7 +49,7 @@ def prepare_out_dir(path, grid):
                 f.write("ok")
             os.remove(probe)
         except OSError as exc:
-            problem = f"output directory {path} is not writable ({exc.strerror or exc})"
+            problem = problem or f"output directory {path} is not writable ({exc.strerror or exc})"
     grid.agree(problem)
 
 
@@ -108,7 +115,7 @@ def train(config, grid, *, out=True, shard=None):
     ``config.data`` (in-memory data, e.g. from the scikit-learn estimator).
     """
     if out:
-        prepare_out_dir(config.out, grid)
+        prepare_out_dir(config.out, grid, resuming=bool(config.resume))
     shard, spec, solver = build(config, grid, shard)
     regression = shard.Y is not None
     Y = shard.Y if regression else spec.loss_fn.targets(shard.y, shard.n_classes, shard.X.dtype)
