@@ -135,7 +135,7 @@ def latest(run_dir):
     try:
         with open(pointer) as f:
             path = os.path.join(run_dir, "checkpoints", f.read().strip())
-    except FileNotFoundError:
+    except OSError:  # no pointer, or run_dir is not a directory at all
         return None
     return path if os.path.exists(path) else None
 
