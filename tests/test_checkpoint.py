@@ -36,9 +36,12 @@ def test_resume_is_bit_exact_and_elastic(tmp_path, solver):
     os.system(f"cp -r {part} {elastic}")
     _train(2, part, "--solver", solver, "--iters", 12, "--resume", "auto")
     _train(3, elastic, "--solver", solver, "--iters", 12, "--resume", "auto")
+    # 2 -> 3 ranks: 1e-10; sigmoid-ADMM's backtracked prox-linear steps amplify the rounding
+    # differences of the other reduction order a little more (2.8e-10 measured after 7 iterations)
+    bound = 1e-9 if solver == "sigmoid_admm" else 1e-10
     for W, W_part, W_el in zip(_weights(full), _weights(part), _weights(elastic)):
         assert np.array_equal(W, W_part)                                    # same ranks: bit-exact
-        assert np.linalg.norm(W - W_el) <= 1e-9 * np.linalg.norm(W)          # 2 -> 3 ranks
+        assert np.linalg.norm(W - W_el) <= bound * np.linalg.norm(W)
     rows = [json.loads(line) for line in (part / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in rows] == list(range(1, 13))              # no duplicated rows
 
