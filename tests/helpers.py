@@ -66,3 +66,26 @@ def blobs(n, d, classes, seed=0, spread=1.0):
     y = rng.integers(0, classes, n)
     X = centres[y] + spread * rng.standard_normal((n, d))
     return X, y
+
+
+def failing_rank_script(path, out, *, rank=1, iteration=3):
+    """Write a script that trains (Taylor) and raises ZeroDivisionError on ``rank`` at ``iteration``.
+
+    The other ranks are then waiting in a collective: the job must end, not hang.
+    """
+    import textwrap
+
+    path.write_text(textwrap.dedent(f"""
+        import sys
+        from admm_mpi.solvers.taylor import TaylorADMM
+        from admm_mpi.cli import main
+
+        original = TaylorADMM.step
+        def step(self, state, Y, iteration):
+            if self.grid.rank == {rank} and iteration == {iteration}:
+                raise ZeroDivisionError("injected failure")
+            return original(self, state, Y, iteration)
+        TaylorADMM.step = step
+        sys.exit(main(["train", "--iters", "20", "--no-progress", "--out", r"{out}"]))
+    """))
+    return path

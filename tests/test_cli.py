@@ -12,7 +12,7 @@ import pytest
 
 from admm_mpi.data import write_dataset
 
-from tests.helpers import blobs, child_env, mpiexec, run_admm
+from tests.helpers import blobs, child_env, failing_rank_script, mpiexec, run_admm
 
 
 def _read_metrics(out):
@@ -118,20 +118,7 @@ def test_bad_input_one_message_nonzero_exit_no_hang(tmp_path, ranks, args, messa
 
 def test_exception_on_one_rank_aborts_the_whole_job(tmp_path):
     """Rank 1 fails mid-run while rank 0 waits in a collective: the job must end, not hang."""
-    script = tmp_path / "fail_on_rank1.py"
-    script.write_text(textwrap.dedent(f"""
-        import sys
-        from admm_mpi.solvers.taylor import TaylorADMM
-        from admm_mpi.cli import main
-
-        original = TaylorADMM.step
-        def step(self, state, Y, iteration):
-            if self.grid.rank == 1 and iteration == 3:
-                raise ZeroDivisionError("injected failure")
-            return original(self, state, Y, iteration)
-        TaylorADMM.step = step
-        sys.exit(main(["train", "--iters", "20", "--no-progress", "--out", r"{tmp_path / 'out'}"]))
-    """))
+    script = failing_rank_script(tmp_path / "fail_on_rank1.py", tmp_path / "out")
     proc = subprocess.run([mpiexec(), "-n", "2", sys.executable, str(script)], capture_output=True, text=True,
                           timeout=60, env=child_env())
     assert proc.returncode != 0

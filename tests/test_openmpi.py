@@ -5,12 +5,11 @@ admm-mpi (``.ci/run`` makes one)."""
 import json
 import os
 import subprocess
-import textwrap
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import child_env
+from tests.helpers import child_env, failing_rank_script
 
 PYTHON = os.environ.get("ADMM_MPI_OPENMPI_PYTHON")
 pytestmark = pytest.mark.skipif(not PYTHON, reason="no Open MPI environment (set ADMM_MPI_OPENMPI_PYTHON)")
@@ -46,18 +45,6 @@ def test_bad_input_and_a_failing_rank_under_open_mpi(tmp_path):
     bad = _run(2, "-m", "admm_mpi", "train", "--solver", "sgd", "--out", tmp_path / "x", timeout=60)
     assert bad.returncode != 0
     assert bad.stderr.count("admm-mpi: error: unknown solver") == 1 and "Traceback" not in bad.stderr
-    script = tmp_path / "fail.py"
-    script.write_text(textwrap.dedent(f"""
-        import sys
-        from admm_mpi.solvers.taylor import TaylorADMM
-        from admm_mpi.cli import main
-        original = TaylorADMM.step
-        def step(self, state, Y, iteration):
-            if self.grid.rank == 1 and iteration == 2:
-                raise ZeroDivisionError("injected")
-            return original(self, state, Y, iteration)
-        TaylorADMM.step = step
-        sys.exit(main(["train", "--iters", "30", "--no-progress", "--out", r"{tmp_path / 'o'}"]))
-    """))
+    script = failing_rank_script(tmp_path / "fail.py", tmp_path / "o", iteration=2)
     proc = _run(2, script, timeout=60)
     assert proc.returncode != 0 and "rank 1: unexpected error" in proc.stderr
