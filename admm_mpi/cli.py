@@ -36,7 +36,9 @@ def _add_train_arguments(p):
     p.add_argument("--config", metavar="FILE.toml", help="TOML file with any of the settings below")
     p.add_argument("--data", help="HDF5 data set (default: the bundled 'digits')")
     p.add_argument("--solver", help="ADMM solver (default: taylor)")
-    p.add_argument("--layout", help="parallel layout (default: data)")
+    p.add_argument("--layout", help="data | layer | hybrid (layer and hybrid: pdadmm; default: data)")
+    p.add_argument("--layer-groups", dest="layer_groups", type=int,
+                   help="hybrid layout: layer groups G of the G x P/G process grid")
     p.add_argument("--hidden", help="hidden layer widths (default: 512,512)")
     p.add_argument("--activation", help="relu | leaky_relu | hard_tanh | sigmoid | tanh (default: the solver's)")
     p.add_argument("--loss", help="least_squares | cross_entropy | ova_hinge | binary_hinge "
@@ -52,8 +54,10 @@ def _add_train_arguments(p):
     h.add_argument("--ridge", type=float, help="taylor: weight ridge per training sample")
     h.add_argument("--warm-start", dest="warm_start", type=int,
                    help="taylor: iterations before the Bregman updates start")
-    h.add_argument("--nu", type=float, help="dladmm: penalty of the relaxed layer constraints")
-    h.add_argument("--rho", type=float, help="dladmm, mdlam: penalty of the output constraint / layer fit")
+    h.add_argument("--nu", type=float, help="dladmm, pdadmm: penalty of the relaxed layer constraints")
+    h.add_argument("--rho", type=float, help="dladmm, pdadmm, mdlam: penalty of the output / boundary constraints")
+    h.add_argument("--quantize", type=int, metavar="BITS",
+                   help="pdadmm: send boundary variables as BITS-bit codes (0: off; 8 as in pdADMM-G-Q)")
     h.add_argument("--rho-max", dest="rho_max", type=float, help="dladmm: largest rho of the schedule")
     h.add_argument("--rho-growth", dest="rho_growth", type=float, help="dladmm: factor of a rho increase")
     h.add_argument("--rho-patience", dest="rho_patience", type=int,

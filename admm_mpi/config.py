@@ -20,7 +20,7 @@ from admm_mpi.errors import InputError
 from admm_mpi.ops.activations import ACTIVATIONS
 from admm_mpi.ops.losses import LOSSES
 
-LAYOUTS = ("data",)
+LAYOUTS = ("data", "layer", "hybrid")
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,7 @@ class TrainConfig:
     data: str = "digits"
     solver: str = "taylor"
     layout: str = "data"
+    layer_groups: int = 0         # hybrid layout: layer groups (each with size/layer_groups data shards)
     hidden: tuple = (512, 512)
     activation: str = ""          # "" = the solver's default (relu; sigmoid for sigmoid_admm)
     loss: str = ""                # "" = the solver's default
@@ -60,6 +61,7 @@ class TrainConfig:
     eps_min: float = None
     omega: float = None
     w_steps: int = None
+    quantize: int = None
 
     def solver_class(self):
         from admm_mpi.solvers import get_solver
@@ -93,7 +95,7 @@ def _solver_names():
 
 SOLVER_FIELDS = {"beta": float, "gamma": float, "ridge": float, "warm_start": int, "nu": float, "rho": float,
                  "rho_max": float, "rho_growth": float, "rho_patience": int, "mu": float, "eps": float,
-                 "eps_min": float, "omega": float, "w_steps": int}
+                 "eps_min": float, "omega": float, "w_steps": int, "quantize": int}
 FIELD_TYPES = {f.name: SOLVER_FIELDS.get(f.name, type(f.default)) for f in fields(TrainConfig)}
 
 
@@ -203,6 +205,17 @@ def validate(config):
             raise InputError(f"{name} must be finite and non-negative, got {value}")
     if config.rho_growth is not None and not (math.isfinite(config.rho_growth) and config.rho_growth >= 1):
         raise InputError(f"rho_growth must be at least 1, got {config.rho_growth}")
+    if config.quantize is not None and config.quantize != 0 and not 2 <= config.quantize <= 16:
+        raise InputError(f"quantize must be 0 (off) or 2..16 bits, got {config.quantize}")
+    if config.layout != "data" and config.solver != "pdadmm":
+        raise InputError(f"layout {config.layout!r} needs the layer-parallel solver pdadmm, not {config.solver!r}")
+    if config.layout == "hybrid" and config.layer_groups < 1:
+        raise InputError("layout 'hybrid' needs --layer-groups G (at least 1)")
+    if config.layout != "hybrid" and config.layer_groups:
+        raise InputError(f"layer_groups applies to layout 'hybrid' only (the layout is {config.layout!r})")
+    if config.layout != "data" and (config.checkpoint_every or config.resume):
+        raise InputError(f"checkpoints are written by the data layout only; layout {config.layout!r} cannot "
+                         "use checkpoint_every or resume yet")
     if config.w_steps is not None and config.w_steps < 1:
         raise InputError(f"w_steps must be at least 1, got {config.w_steps}")
     for name in ("warm_start", "rho_patience"):
@@ -218,8 +231,9 @@ def validate(config):
 
 FIELD_HELP = {
     "data": "HDF5 data set, or 'digits' for the bundled one",
-    "solver": "taylor | dladmm | mdlam | sigmoid_admm",
-    "layout": "parallel layout: data",
+    "solver": "taylor | dladmm | pdadmm | mdlam | sigmoid_admm",
+    "layout": "parallel layout: data | layer (pdadmm: one layer group per rank) | hybrid (pdadmm: layer groups x data shards)",
+    "layer_groups": "hybrid layout: number of layer groups G (the ranks form a G x P/G grid)",
     "hidden": "hidden layer widths",
     "activation": "relu | leaky_relu | hard_tanh | sigmoid | tanh; empty: the solver's default",
     "loss": "least_squares | cross_entropy | ova_hinge | binary_hinge; empty: the solver's default",

@@ -92,8 +92,11 @@ def _check_values(X, y, key_x, key_y, n_classes, offset):
     return None
 
 
-def load_shard(path, grid, dtype=np.float64):
+def load_shard(path, grid, dtype=np.float64, part=None):
     """Read this rank's slab of the training (and test) rows of the HDF5 file at ``path``.
+
+    ``part`` is the grid whose ranks split the rows (default ``grid``; on a layer × data grid,
+    the data shards of this rank's layer group); ``grid`` is the one that agrees on errors.
 
     Raises :class:`InputError` on every rank if any rank finds a problem: missing or unreadable
     file, wrong dataset names or shapes, fewer samples than ranks, NaN/Inf, bad labels.
@@ -117,12 +120,13 @@ def load_shard(path, grid, dtype=np.float64):
     grid.agree(problem)
 
     n, d, n_test, n_classes, name = meta
-    if n < grid.size:
-        problem = f"{path} has {n} training samples, fewer than the {grid.size} ranks; use fewer ranks"
+    part = part or grid
+    if n < part.size:
+        problem = f"{path} has {n} training samples, fewer than the {part.size} data shards; use fewer ranks"
     grid.agree(problem)
 
-    start, stop = grid.block_range(n)
-    t_start, t_stop = grid.block_range(n_test)
+    start, stop = part.block_range(n)
+    t_start, t_stop = part.block_range(n_test)
     try:
         with h5py.File(path, "r") as f:
             X = np.asarray(f["X"][start:stop], dtype=dtype)

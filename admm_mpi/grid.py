@@ -51,12 +51,18 @@ class Grid:
         Force a serial size-1 grid without MPI.
     """
 
-    def __init__(self, comm=None, *, serial=False):
+    def __init__(self, comm=None, *, serial=False, parent=None):
         base = None if serial else (comm if comm is not None else _world_comm())
         self._comm = base.Dup() if base is not None and base.Get_size() > 1 else None
         self.rank = base.Get_rank() if self._comm is not None else 0
         self.size = base.Get_size() if self._comm is not None else 1
         self.bytes_sent = 0
+        self._parent = parent  # a sub-grid also counts its traffic in the grid it was split from
+
+    def _count(self, nbytes):
+        self.bytes_sent += nbytes
+        if self._parent is not None:
+            self._parent._count(nbytes)
 
     @classmethod
     def serial(cls):
@@ -85,7 +91,7 @@ class Grid:
 
         local = np.ascontiguousarray(local)
         out = np.empty_like(local) if self.is_root else None
-        self.bytes_sent += local.nbytes
+        self._count(local.nbytes)
         self._comm.Reduce(local, out, op=MPI.SUM, root=0)
         return out
 
@@ -93,7 +99,7 @@ class Grid:
         """Broadcast the root's contiguous array into ``buf`` on every rank (in place)."""
         if self._comm is not None:
             if self.is_root:
-                self.bytes_sent += buf.nbytes
+                self._count(buf.nbytes)
             self._comm.Bcast(buf, root=0)
         return buf
 
@@ -120,7 +126,7 @@ class Grid:
 
         local = np.ascontiguousarray(local)
         out = np.empty_like(local)
-        self.bytes_sent += local.nbytes
+        self._count(local.nbytes)
         self._comm.Allreduce(local, out, op=MPI.MAX)
         return out
 
@@ -198,3 +204,83 @@ class Grid:
             if not MPI.Is_finalized():
                 self._comm.Free()
             self._comm = None
+
+
+class LayerGrid:
+    """A 2-D process grid: ``groups`` layer groups × ``shards`` data shards (pdADMM).
+
+    World rank ``r`` is layer group ``r // shards``, data shard ``r % shards``. Layer group ``g``
+    owns a contiguous block of layers; inside it the ranks split the samples and reduce the
+    statistics of the weight solves over ``data`` (a :class:`Grid`). Neighbouring layer groups
+    exchange boundary variables point-to-point, between matching data shards only.
+
+    ``groups = 1`` is the data-parallel layout, ``shards = 1`` the layer-parallel one; on a
+    size-1 world both are the serial run, with every exchange a local hand-over.
+    """
+
+    def __init__(self, world, groups):
+        if groups < 1 or world.size % groups:
+            raise InputError(f"{groups} layer groups do not divide {world.size} ranks evenly")
+        self.world = world
+        self.groups = groups
+        self.shards = world.size // groups
+        self.group, self.shard = divmod(world.rank, self.shards)
+        if self.shards == world.size:
+            self.data = world
+        elif self.shards == 1:
+            self.data = Grid(serial=True)
+        else:
+            split = world._comm.Split(color=self.group, key=self.shard)
+            self.data = Grid(split, parent=world)
+            split.Free()
+        self.prev_rank = world.rank - self.shards if self.group > 0 else None
+        self.next_rank = world.rank + self.shards if self.group < groups - 1 else None
+
+    # the world's face: decisions, validation and metrics involve every rank
+    @property
+    def rank(self):
+        return self.world.rank
+
+    @property
+    def size(self):
+        return self.world.size
+
+    @property
+    def is_root(self):
+        return self.world.is_root
+
+    @property
+    def bytes_sent(self):
+        return self.world.bytes_sent
+
+    def __getattr__(self, name):  # agree, allsum, bcast_decision, gather_to_root, ...
+        return getattr(self.world, name)
+
+    def layers(self, n_layers):
+        """This group's layers ``[first, stop)`` of ``n_layers`` (contiguous blocks)."""
+        return block_range(n_layers, self.groups, self.group)
+
+    def owner_group(self, layer, n_layers):
+        """The layer group that owns ``layer``."""
+        for g in range(self.groups):
+            start, stop = block_range(n_layers, self.groups, g)
+            if start <= layer < stop:
+                return g
+        raise ValueError(layer)
+
+    # ---- neighbour exchange (non-blocking, counted) --------------------------------------
+    def isend(self, buf, to_next, tag):
+        """Start sending a contiguous array to the next (``to_next``) or previous layer group."""
+        dest = self.next_rank if to_next else self.prev_rank
+        self.world._count(buf.nbytes)
+        return self.world._comm.Isend(buf, dest=dest, tag=tag)
+
+    def irecv(self, buf, from_prev, tag):
+        """Start receiving into ``buf`` from the previous (``from_prev``) or next layer group."""
+        source = self.prev_rank if from_prev else self.next_rank
+        return self.world._comm.Irecv(buf, source=source, tag=tag)
+
+    @staticmethod
+    def wait(requests):
+        for request in requests:
+            request.Wait()

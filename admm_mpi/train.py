@@ -87,11 +87,24 @@ class _Progress:
             self.bar.close()
 
 
+def process_grid(config, grid):
+    """The grid the solver works on: the world itself, or a layer groups x data shards grid."""
+    if config.solver_class().name != "pdadmm":
+        return grid
+    from admm_mpi.grid import LayerGrid
+
+    groups = {"data": 1, "layer": grid.size, "hybrid": config.layer_groups}[config.layout]
+    grid.agree(None if grid.size % groups == 0 else
+               f"{groups} layer groups do not divide {grid.size} ranks; the hybrid grid is G x P/G")
+    return LayerGrid(grid, groups)
+
+
 def build(config, grid, shard=None):
     """Load this rank's data (unless given) and build the model spec and solver."""
     dtype = DTYPES[config.dtype]
+    procs = process_grid(config, grid)
     if shard is None:
-        shard = load_shard(config.data, grid, dtype)
+        shard = load_shard(config.data, grid, dtype, part=getattr(procs, "data", grid))
     from admm_mpi.ops.losses import get_loss
 
     loss = get_loss(config.resolved_loss())
@@ -103,8 +116,14 @@ def build(config, grid, shard=None):
         loss=loss.name,
         n_classes=shard.n_classes,
     )
-    solver = get_solver(config.solver)(spec, grid, shard.n_total, **config.solver_params())
+    solver = get_solver(config.solver)(spec, procs, shard.n_total, **config.solver_params())
     return shard, spec, solver
+
+
+def _count_correct(solver, spec, state, X, y):
+    if hasattr(solver, "count_correct"):  # layer-parallel: a pipelined forward pass
+        return solver.count_correct(state, X, y)
+    return count_correct(spec, state.weights, state.biases, X, y)
 
 
 def train(config, grid, *, out=True, shard=None):
@@ -149,7 +168,8 @@ def train(config, grid, *, out=True, shard=None):
         metrics_file = open(metrics_path, "w")
         metrics_file.writelines(kept)
     progress = _Progress(out and grid.is_root and config.progress, config.iters)
-    seconds, bytes_per_iteration, row, objectives = [], [], None, []
+    seconds, step_seconds, row, objectives = [], [], None, []
+    bytes_per_iteration, evaluation_bytes = [], []
     converged = preempted = False
     saved = None
     iteration = first - 1
@@ -158,11 +178,13 @@ def train(config, grid, *, out=True, shard=None):
             t0 = time.perf_counter()
             sent0 = grid.bytes_sent
             solver.step(state, Y, iteration)
+            step_seconds.append(time.perf_counter() - t0)
+            sent1 = grid.bytes_sent
             local = solver.local_metrics(state, Y)
             names = list(local)
             sums = grid.allsum(np.array([local[n] for n in names] + [
-                count_correct(spec, state.weights, state.biases, shard.X, None if regression else shard.y),
-                count_correct(spec, state.weights, state.biases, shard.X_test, shard.y_test),
+                _count_correct(solver, spec, state, shard.X, None if regression else shard.y),
+                _count_correct(solver, spec, state, shard.X_test, shard.y_test),
             ], dtype=np.float64))
             metrics = {}
             for name, value in zip(names, sums):  # sums of squares become norms
@@ -182,7 +204,8 @@ def train(config, grid, *, out=True, shard=None):
                     decision = "preempted"
             decision = grid.bcast_decision(decision)
             solver.end_of_iteration(state, metrics)  # schedules: same global values on every rank
-            bytes_per_iteration.append(grid.bytes_sent - sent0)
+            bytes_per_iteration.append(sent1 - sent0)  # the training's traffic; metrics counted apart
+            evaluation_bytes.append(grid.bytes_sent - sent1)
             seconds.append(time.perf_counter() - t0)
             row = {
                 "iteration": iteration,
@@ -202,7 +225,7 @@ def train(config, grid, *, out=True, shard=None):
             if decision == "diverged":
                 raise TrainingError(f"training diverged at iteration {iteration}: the objective is not finite "
                                     "(try a larger ridge or smaller beta/gamma)")
-            if out and (decision == "preempted" or (
+            if out and config.layout == "data" and (decision == "preempted" or (
                     config.checkpoint_every and iteration % config.checkpoint_every == 0)):
                 saved = checkpoint.save(config.out, iteration, state, shard, config, grid)
             if decision == "converged":
@@ -217,9 +240,13 @@ def train(config, grid, *, out=True, shard=None):
             metrics_file.close()
 
     per_rank_bytes = grid.gather_to_root(statistics.median(bytes_per_iteration))
+    per_rank_eval_bytes = grid.gather_to_root(statistics.median(evaluation_bytes))
+    weights, biases = solver.full_model(state) if hasattr(solver, "full_model") else (state.weights, state.biases)
     summary = {
         "solver": config.solver,
         "layout": config.layout,
+        "layer_groups": getattr(solver.grid, "groups", 1),
+        "data_shards": getattr(solver.grid, "shards", grid.size),
         "ranks": grid.size,
         "iterations": iteration,
         "train_accuracy": row["train_accuracy"],
@@ -227,6 +254,8 @@ def train(config, grid, *, out=True, shard=None):
         "seconds_per_iteration": statistics.median(seconds),
         "bytes_per_iteration": int(sum(per_rank_bytes)) if grid.is_root else None,
         "bytes_per_iteration_per_rank": [int(b) for b in per_rank_bytes] if grid.is_root else None,
+        "evaluation_bytes_per_iteration_per_rank": [int(b) for b in per_rank_eval_bytes] if grid.is_root else None,
+        "step_seconds_per_iteration": statistics.median(step_seconds),
         "objective": row["objective"],
         "residual": row["residual"],
         "converged": converged,
@@ -240,10 +269,11 @@ def train(config, grid, *, out=True, shard=None):
         "versions": {"admm_mpi": __version__, "numpy": np.__version__, "python": platform.python_version()},
     }
     if out and grid.is_root:
-        save_model(os.path.join(config.out, "model.h5"), spec, state.weights, state.biases,
+        save_model(os.path.join(config.out, "model.h5"), spec, weights, biases,
                    extra={"solver": config.solver, "data": summary["data"]})
         _write_json(os.path.join(config.out, "summary.json"), summary)
     summary["state"] = state
+    summary["model"] = (weights, biases)  # every layer, on the root (a layer grid spreads them)
     summary["spec"] = spec
     summary["objective_history"] = objectives
     return summary

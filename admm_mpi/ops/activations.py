@@ -58,6 +58,18 @@ def relu_z_update(a, m, gamma, beta):
     return piecewise_linear_z_update(a, m, gamma, beta, RELU_PIECES)
 
 
+def proximal_z_update(activation, a, m, z_old, weight):
+    """pdADMM's hidden z-update: ``argmin (w/2)(z - m)² + (w/2)(a - h(z))² + (w/2)(z - z_old)²``.
+
+    The two quadratics in ``z`` merge into ``w (z - (m + z_old)/2)²``, so this is the plain
+    z-update at the midpoint with weights ``w/2`` (fit of ``a``) and ``w``. For ReLU the two
+    branches are ``min((m + z_old)/2, 0)`` and ``max((m + z_old + a)/3, 0)``, and the better one is
+    chosen by this whole objective — proximal term included (the published code drops it from
+    the comparison and picks the wrong branch for a sizeable share of the elements).
+    """
+    return activation.z_update(a, 0.5 * (m + z_old), 0.5 * weight, weight)
+
+
 # ---- smooth activations: safeguarded scalar solver --------------------------------------------
 def smooth_z_update(a, m, gamma, beta, h, dh, d2h, n_grid=33, n_polish=40):
     """Global minimiser of ``gamma*(a - h(z))**2 + beta*(z - m)**2`` for smooth bounded ``h``.

@@ -1,0 +1,264 @@
+"""pdADMM (Wang et al., 2020; DESIGN.md §3): layer-parallel ADMM, optionally quantised.
+
+Every layer boundary is split into the output ``q_l`` of layer l and the input ``p_{l+1}`` of
+layer l+1, tied by ``p_{l+1} = q_l`` with dual ``u_l`` and penalty ``rho``:
+
+    R(z_L; y) + (nu/2) (sum_l ||z_l - W_l p_l - b_l||² + sum_{l<L} ||q_l - h(z_l)||²)
+              + sum_{l<L} (u_lᵀ(p_{l+1} - q_l) + (rho/2)||p_{l+1} - q_l||²),      p_1 = X.
+
+One iteration updates every layer at once (Jacobi), each from its own values and its neighbours'
+values of the previous iteration, in phases:
+
+1. ``p_l`` (l >= 2): backtracked gradient step on
+   ``(nu/2)||z_l - W_l p - b_l||² + (rho/2)||p - (q_{l-1} - u_{l-1}/rho)||²``;
+   then ``p_l`` goes back to the previous layer group;
+2. ``W_l``, ``b_l``: gradient step (b minimised out, as in dlADMM) and exact ``b``;
+3. ``z_l``: hidden layers ``argmin (nu/2)||z - m||² + (nu/2)||q_l - h(z)||² + (nu/2)||z - z_old||²``,
+   i.e. the activation's z-update at ``(m + z_old)/2`` with weights ``nu/2`` (fit) and ``nu``
+   (the two quadratics): the branch is chosen by the objective *with* the proximal term;
+   output ``z_L``: the loss prox at ``m`` with weight ``nu/2``;
+4. ``q_l = (rho p_{l+1} + u_l + nu h(z_l)) / (rho + nu)``; ``q_l`` goes forward to the next group;
+5. ``u_l += rho (p_{l+1} - q_l)``.
+
+Layers live on layer groups of a :class:`~admm_mpi.grid.LayerGrid`; only the boundary ``p`` (back)
+and ``q`` (forward) travel. ``u_l`` is kept by both groups of its boundary and updated by both
+from the same numbers, so it never travels and its two copies stay bit-identical. With
+``quantize = BITS`` every ``p`` and ``q`` is projected onto a uniform ``BITS``-bit grid (pdADMM-G-Q)
+and boundary values travel as integer codes. Inside a layer group the samples are split over
+its data shards and the weight steps use the transpose reduction of the other solvers.
+
+Per-sample lists are indexed by global layer and hold ``None`` where this rank keeps nothing.
+"""
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from admm_mpi.errors import InputError
+from admm_mpi.grid import LayerGrid
+from admm_mpi.ops import quantize as quant
+from admm_mpi.ops.activations import proximal_z_update
+from admm_mpi.solvers.common import activation_step, forward_states, init_weights, weight_step
+
+TAG_P, TAG_Q, TAG_FORWARD = 11, 12, 13
+
+
+@dataclass
+class PDADMMState:
+    # per-sample variables (columns of this rank); the rest is global
+    sample_fields: ClassVar[tuple] = ("p", "z", "q", "u")
+    weights: list      # W_l of the layers this rank owns, None elsewhere
+    biases: list
+    p: list            # p_l, l in [first, stop] (p_0 = X; p_stop is the next group's, received)
+    z: list            # z_l, owned layers
+    q: list            # q_l, l in [first - 1, stop) (q_{first-1} is the previous group's, received)
+    u: list            # u_l on the same boundaries as q
+    tau_W: list
+    tau_p: list
+
+
+class PDADMM:
+    """pdADMM on this rank's layers and columns."""
+
+    name = "pdadmm"
+    defaults = {"nu": 1.0, "rho": 1.0, "mu": 0.0, "w_steps": 5, "quantize": 0}
+    default_loss = "cross_entropy"
+    default_activation = "relu"
+
+    def __init__(self, spec, grid, n_total, *, nu, rho, mu, w_steps, quantize):
+        if not isinstance(grid, LayerGrid):
+            grid = LayerGrid(grid, 1)
+        L = spec.n_layers
+        if grid.groups > L:
+            raise InputError(f"{grid.groups} layer groups for a network of {L} layers: "
+                             "use at most one layer group per layer")
+        self.spec, self.grid, self.n_total = spec, grid, n_total
+        self.nu, self.rho, self.mu, self.w_steps, self.bits = nu, rho, mu, w_steps, quantize
+        self.first, self.stop = grid.layers(L)
+
+    @property
+    def owned(self):
+        return range(self.first, self.stop)
+
+    @property
+    def boundaries(self):
+        """Boundaries ``l`` (``p_{l+1} = q_l``) whose ``q_l, u_l`` this rank keeps."""
+        return range(max(self.first - 1, 0), min(self.stop, self.spec.n_layers - 1))
+
+    def init_state(self, X, Y, rng):
+        L = self.spec.n_layers
+        weights, biases = init_weights(self.spec.widths, rng, X.dtype)  # same seed: same weights everywhere
+        a, z = forward_states(weights, biases, X, self.spec.h.apply)
+        keep = set(self.owned)
+        p_keep = set(range(self.first, min(self.stop + 1, L)))
+        b_keep = set(self.boundaries)
+        state = PDADMMState(
+            weights=[w if l in keep else None for l, w in enumerate(weights)],
+            biases=[b if l in keep else None for l, b in enumerate(biases)],
+            p=[a[l] if l in p_keep else None for l in range(L)],
+            z=[z[l] if l in keep else None for l in range(L)],
+            q=[a[l + 1].copy() if l in b_keep else None for l in range(L - 1)],
+            u=[np.zeros_like(a[l + 1]) if l in b_keep else None for l in range(L - 1)],
+            tau_W=[None] * L, tau_p=[None] * L)
+        if self.bits:
+            for l in range(max(self.first, 1), min(self.stop + 1, L)):
+                state.p[l] = self._quantize(state.p[l])[2]
+            for l in self.boundaries:
+                state.q[l] = self._quantize(state.q[l])[2]
+        return state
+
+    # -- quantised exchange ---------------------------------------------------------------------
+    def _quantize(self, x):
+        """``(codes, levels, x̂)`` on the grid spanning x's range over the whole layer group.
+
+        The range is reduced over the data shards (max and min are exact), so the grid — and
+        with it every value — is the one the serial run uses.
+        """
+        hi, neg_lo = self.grid.data.allmax(np.array([x.max(initial=-np.inf), -x.min(initial=np.inf)]))
+        levels = quant.uniform_levels(-neg_lo, hi, self.bits, x.dtype)
+        codes = quant.encode(x, levels, self.bits)
+        return codes, levels, quant.decode(codes, levels, x.dtype)
+
+    def _send(self, x, to_next, tag):
+        """Start sending a boundary variable; returns ``(requests, value this side keeps)``."""
+        if not self.bits:
+            return [self.grid.isend(x, to_next, tag)], x
+        codes, levels, x_hat = self._quantize(x)
+        return [self.grid.isend(codes, to_next, tag), self.grid.isend(levels, to_next, tag + 100)], x_hat
+
+    def _recv(self, rows, n, dtype, from_prev, tag):
+        """Start receiving a boundary variable; returns ``(requests, finish)``, finish() → array."""
+        if not self.bits:
+            buf = np.empty((rows, n), dtype)
+            return [self.grid.irecv(buf, from_prev, tag)], lambda: buf
+        codes = np.empty((rows, n), quant.code_dtype(self.bits))
+        levels = np.empty(2, dtype)
+        requests = [self.grid.irecv(codes, from_prev, tag), self.grid.irecv(levels, from_prev, tag + 100)]
+        return requests, lambda: quant.decode(codes, levels, dtype)
+
+    def _project(self, x):
+        return self._quantize(x)[2] if self.bits else x
+
+    # -- one iteration ----------------------------------------------------------------------------
+    def step(self, state, Y, iteration):
+        g, L, h = self.grid, self.spec.n_layers, self.spec.h
+        nu, rho = self.nu, self.rho
+        W, b, p, z, q, u = state.weights, state.biases, state.p, state.z, state.q, state.u
+        n, dtype = z[self.first].shape[1], z[self.first].dtype
+
+        # 1. p (from the previous q, u), then p_first goes back
+        for l in range(max(self.first, 1), self.stop):
+            p[l], state.tau_p[l] = activation_step(g.data, p[l], z[l], W[l], b[l], nu, q[l - 1] - u[l - 1] / rho,
+                                                   rho, state.tau_p[l])
+            if l != self.first or g.prev_rank is None:
+                p[l] = self._project(p[l])
+        pending, receive_p = [], None
+        if g.prev_rank is not None:
+            sent, p[self.first] = self._send(p[self.first], False, TAG_P)
+            pending += sent
+        if g.next_rank is not None:
+            requests, receive_p = self._recv(self.spec.widths[self.stop], n, dtype, False, TAG_P)
+            pending += requests
+
+        # 2.-3. W, b, z of every owned layer, while the p exchange is in flight
+        for l in self.owned:
+            W[l], b[l], state.tau_W[l] = weight_step(g.data, p[l], z[l], W[l], b[l], nu, self.mu, state.tau_W[l],
+                                                     bias_first=False, center=True, steps=self.w_steps)
+            m = W[l] @ p[l] + b[l][:, None]
+            if l == L - 1:
+                z[l] = self.spec.loss_fn.prox(m, Y, 0.0, nu / 2)
+            else:
+                z[l] = proximal_z_update(h, q[l], m, z[l], nu)
+        g.wait(pending)
+        if receive_p is not None:
+            p[self.stop] = receive_p()
+
+        # 4. q (from the new p), then q_{stop-1} goes forward
+        for l in range(self.first, min(self.stop, L - 1)):
+            q[l] = (rho * p[l + 1] + u[l] + nu * h.apply(z[l])) / (rho + nu)
+            if l != self.stop - 1 or g.next_rank is None:
+                q[l] = self._project(q[l])
+        pending, receive_q = [], None
+        if g.next_rank is not None:
+            sent, q[self.stop - 1] = self._send(q[self.stop - 1], True, TAG_Q)
+            pending += sent
+        if g.prev_rank is not None:
+            requests, receive_q = self._recv(self.spec.widths[self.first], n, dtype, True, TAG_Q)
+            pending += requests
+        g.wait(pending)
+        if receive_q is not None:
+            q[self.first - 1] = receive_q()
+
+        # 5. u on every boundary this rank keeps (both sides compute the same numbers)
+        for l in self.boundaries:
+            u[l] = u[l] + rho * (p[l + 1] - q[l])
+
+    def end_of_iteration(self, state, metrics):
+        pass
+
+    # -- outputs -------------------------------------------------------------------------------------
+    def count_correct(self, state, X, y):
+        """Correct predictions of the network on this rank's columns ``X``, counted on the last group.
+
+        A pipelined forward pass: each layer group applies its layers to what the previous group
+        sends and passes the result on; the other groups count 0, so a sum over all ranks is the
+        total.
+        """
+        g, L = self.grid, self.spec.n_layers
+        n = X.shape[1]
+        if g.prev_rank is None:
+            a = X
+        else:
+            a = np.empty((self.spec.widths[self.first], n), X.dtype)
+            g.wait([g.irecv(a, True, TAG_FORWARD)])
+        for l in self.owned:
+            a = state.weights[l] @ a + state.biases[l][:, None]
+            if l < L - 1:
+                a = self.spec.h.apply(a)
+        if g.next_rank is not None:
+            g.wait([g.isend(np.ascontiguousarray(a), True, TAG_FORWARD)])
+            return 0
+        return int(np.sum(self.spec.loss_fn.predict(a) == y)) if y is not None and y.size else 0
+
+    def full_model(self, state):
+        """All layers' ``(weights, biases)`` on the world root (None elsewhere)."""
+        g = self.grid
+        if g.groups == 1:
+            return state.weights, state.biases
+        mine = {l: (state.weights[l], state.biases[l]) for l in self.owned} if g.shard == 0 else {}
+        parts = g.world.gather_to_root(mine)
+        if not g.is_root:
+            return None, None
+        layers = {l: wb for part in parts for l, wb in part.items()}
+        return [layers[l][0] for l in range(self.spec.n_layers)], [layers[l][1] for l in range(self.spec.n_layers)]
+
+    # -- diagnostics --------------------------------------------------------------------------------
+    def local_metrics(self, state, Y):
+        """This rank's sums over its layers and columns (every rank lists every layer's keys)."""
+        h, L = self.spec.h.apply, self.spec.n_layers
+        W, b, p, z, q, u = state.weights, state.biases, state.p, state.z, state.q, state.u
+        out = {}
+        linear = activation = coupling = lagrange = loss = weight_sq = 0.0
+        for l in range(L):
+            lin = act = coup = 0.0
+            if l in self.owned:
+                lin = float(np.sum((z[l] - W[l] @ p[l] - b[l][:, None]) ** 2))
+                if self.grid.data.is_root:  # weights are global in the group: count once
+                    weight_sq += float(np.sum(W[l] * W[l]))
+                if l < L - 1:
+                    act = float(np.sum((q[l] - h(z[l])) ** 2))
+                    r = p[l + 1] - q[l]
+                    coup = float(np.sum(r * r))
+                    lagrange += float(np.sum(u[l] * r))
+                else:
+                    loss = self.spec.loss_fn.value(z[l], Y)
+            out[f"residual_linear_{l}_sq"] = lin
+            if l < L - 1:
+                out[f"residual_activation_{l}_sq"], out[f"residual_coupling_{l}_sq"] = act, coup
+            linear, activation, coupling = linear + lin, activation + act, coupling + coup
+        objective = loss + 0.5 * self.nu * (linear + activation) + 0.5 * self.mu * weight_sq
+        out["objective"] = objective
+        out["augmented_lagrangian"] = objective + lagrange + 0.5 * self.rho * coupling
+        out["residual_sq"] = coupling
+        return out
