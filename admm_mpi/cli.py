@@ -106,6 +106,11 @@ def make_parser():
     cv.add_argument("--delimiter", help="csv: field separator (default: whitespace)")
     cv.add_argument("--seed", type=int, default=0, help="seed of the test split (default: 0)")
     cv.add_argument("--name", help="data set name stored in the file")
+    ag = data_sub.add_parser("augment", help="graph-augmented features [A^K X, ..., AX, X] (pdADMM-G)")
+    ag.add_argument("input", help="admm-mpi HDF5 data set (graph nodes: training rows, then test rows)")
+    ag.add_argument("--adjacency", required=True, help="scipy.sparse .npz (or .npz with one dense array)")
+    ag.add_argument("--hops", type=int, default=2, help="K, the highest power of A (default: 2)")
+    ag.add_argument("--out", required=True, help="output HDF5 file")
     di = data_sub.add_parser("info", help="shapes, classes and class balance of an HDF5 data set")
     di.add_argument("path")
     pl = sub.add_parser("plot", help="PNG of objective, residuals and accuracy from metrics.jsonl")
@@ -225,6 +230,11 @@ def _cmd_data(args, grid):
 
     if args.data_command == "info":
         print(json.dumps(convert.info(args.path), indent=2))
+        return
+    if args.data_command == "augment":
+        from admm_mpi.graph import augment
+
+        print(json.dumps(augment(args.input, args.adjacency, args.out, args.hops), indent=2))
         return
     if args.chunk_rows < 1:
         raise InputError(f"--chunk-rows must be at least 1, got {args.chunk_rows}")
