@@ -122,7 +122,8 @@ def load_shard(path, grid, dtype=np.float64, part=None):
     n, d, n_test, n_classes, name = meta
     part = part or grid
     if n < part.size:
-        problem = f"{path} has {n} training samples, fewer than the {part.size} data shards; use fewer ranks"
+        shards = f"{part.size} ranks" if part is grid else f"{part.size} data shards of a layer group"
+        problem = f"{path} has {n} training samples, fewer than the {shards}; use fewer ranks"
     grid.agree(problem)
 
     start, stop = part.block_range(n)
