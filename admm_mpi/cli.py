@@ -117,6 +117,10 @@ def make_parser():
     pl.add_argument("runs", nargs="+", help="run directories (or metrics.jsonl files) to compare")
     pl.add_argument("--out", help="output PNG (default: RUN/metrics.png of the first run)")
     pl.add_argument("--labels", help="comma-separated legend labels (default: directory names)")
+    bn = sub.add_parser("bench", help="run a benchmark of the source checkout's bench/ (JSON + PNG in bench/results)")
+    bn.add_argument("name", help="gemm_efficiency | scaling | cost_model | time_to_accuracy | layer_parallel | "
+                                 "dladmm_iteration")
+    bn.add_argument("options", nargs=argparse.REMAINDER, help="options passed to the benchmark (see its --help)")
     cf = sub.add_parser("config", help="print the configuration file format")
     cf.add_argument("--defaults", action="store_true", required=True,
                     help="print a complete, commented TOML file with every default")
@@ -263,6 +267,24 @@ def _cmd_plot(args, grid):
     print(plot_runs(args.runs, out, labels))
 
 
+def _cmd_bench(args, grid):
+    """Benchmarks launch their own mpiexec jobs: run them from one process only."""
+    if grid.size > 1:
+        raise InputError("run `admm-mpi bench` without mpiexec: the benchmarks start their own MPI jobs")
+    import subprocess
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[1] / "bench"
+    script = bench / f"{args.name}.py"
+    if not script.exists():
+        known = sorted(p.stem for p in bench.glob("*.py") if p.stem != "common") if bench.exists() else []
+        raise InputError(f"no benchmark {args.name!r}" + (f"; choose from {known}" if known else
+                         " (the bench/ scripts live in the source checkout: pip install -e .)"))
+    completed = subprocess.run([sys.executable, str(script), *args.options])
+    if completed.returncode:
+        raise SystemExit(completed.returncode)
+
+
 def _cmd_config(args, grid):
     if grid.is_root:
         from admm_mpi.config import defaults_toml
@@ -270,7 +292,7 @@ def _cmd_config(args, grid):
         sys.stdout.write(defaults_toml())
 
 
-COMMANDS = {"plot": _cmd_plot, "config": _cmd_config, "train": _cmd_train, "evaluate": _cmd_evaluate, "predict": _cmd_predict, "info": _cmd_info,
+COMMANDS = {"plot": _cmd_plot, "config": _cmd_config, "bench": _cmd_bench, "train": _cmd_train, "evaluate": _cmd_evaluate, "predict": _cmd_predict, "info": _cmd_info,
             "data": _cmd_data}
 
 

@@ -214,6 +214,7 @@ def train(config, grid, *, out=True, shard=None):
                 "train_accuracy": None if regression else correct / shard.n_total,
                 "test_accuracy": correct_test / shard.n_test_total if shard.n_test_total else None,
                 "seconds": seconds[-1],
+                "step_seconds": step_seconds[-1],
                 **metrics,
             }
             objectives.append(row["objective"])

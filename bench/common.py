@@ -49,3 +49,26 @@ def write_result(name, result):
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     return path
+
+
+def save_plot(name, draw):
+    """Draw with ``draw(ax)`` on a fresh figure and save ``results/<name>.png``; returns the path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    RESULTS.mkdir(exist_ok=True)
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    draw(ax)
+    fig.tight_layout()
+    path = RESULTS / f"{name}.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def synthetic_mnist(n, dtype, seed=0):
+    """MNIST-shaped random data (784 x n pixels in [0, 1), 10 classes): for timing only."""
+    rng = np.random.default_rng(seed)
+    return rng.random((784, n), dtype=np.float64).astype(dtype), rng.integers(0, 10, n)

@@ -69,3 +69,38 @@ def test_spd_solve_of_a_singular_matrix_adds_a_jitter():
     X = spd_solve(np.diag([2.0, 1.0, 0.0]), np.array([[2.0], [1.0], [0.0]]))
     np.testing.assert_allclose(X[:2, 0], [1.0, 1.0])
     assert np.all(np.isfinite(X))
+
+
+def test_gram_by_syrk_equals_the_product():
+    from admm_mpi.ops.linalg import gram
+
+    rng = np.random.default_rng(7)
+    for dtype, tol in ((np.float64, 1e-12), (np.float32, 1e-5)):
+        a = rng.standard_normal((37, 501)).astype(dtype)
+        G = gram(a)
+        assert G.dtype == dtype and np.array_equal(G, G.T)
+        assert np.allclose(G, a.astype(np.float64) @ a.T.astype(np.float64), rtol=tol, atol=tol * 501)
+
+
+def test_local_normal_equations_equal_the_stacked_ones_row_formula():
+    from admm_mpi.ops.linalg import local_normal_equations, with_ones_row
+
+    rng = np.random.default_rng(8)
+    a, z = rng.standard_normal((6, 40)), rng.standard_normal((3, 40))
+    A = with_ones_row(a)
+    assert np.allclose(local_normal_equations(a, z), np.hstack([A @ A.T, A @ z.T]), rtol=1e-13, atol=1e-12)
+
+
+@pytest.mark.parametrize("n_out, n_in", [(3, 9), (9, 9), (12, 5)])  # Woodbury, square, tall
+def test_activation_solve_is_the_least_squares_minimiser(n_out, n_in):
+    from admm_mpi.ops.linalg import activation_solve
+
+    rng = np.random.default_rng(n_out * 10 + n_in)
+    W = rng.standard_normal((n_out, n_in))
+    T, H = rng.standard_normal((n_out, 50)), rng.standard_normal((n_in, 50))
+    beta, gamma = 0.7, 1.9
+    # brute force: the stacked least-squares problem [sqrt(beta) W; sqrt(gamma) I] a = [sqrt(beta) T; sqrt(gamma) H]
+    M = np.vstack([np.sqrt(beta) * W, np.sqrt(gamma) * np.eye(n_in)])
+    R = np.vstack([np.sqrt(beta) * T, np.sqrt(gamma) * H])
+    expected = np.linalg.lstsq(M, R, rcond=None)[0]
+    assert np.allclose(activation_solve(W, T, H, beta, gamma), expected, rtol=1e-10, atol=1e-10)

@@ -185,3 +185,22 @@ def test_cross_entropy_is_stable_for_huge_inputs():
     Y = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
     assert np.isfinite(cross_entropy_value(m, Y))
     assert np.all(np.isfinite(cross_entropy_prox(m, Y, np.zeros_like(m), 0.5)))
+
+
+def test_closed_form_relu_z_update_equals_the_piecewise_one():
+    from admm_mpi.ops.activations import RELU_PIECES, piecewise_linear_z_update
+
+    rng = np.random.default_rng(11)
+    a, m = rng.normal(0, 2, N), rng.normal(0, 2, N)
+    a[:100] = 0.0
+    m[100:200] = 0.0
+    gamma, beta = rng.uniform(0.05, 5, N), rng.uniform(0.05, 5, N)
+    ours = relu_z_update(a, m, gamma, beta)
+    reference = piecewise_linear_z_update(a, m, gamma, beta, RELU_PIECES)
+
+    def f(z):
+        return gamma * (a - relu(z)) ** 2 + beta * (z - m) ** 2
+
+    assert np.all(np.abs(f(ours) - f(reference)) <= 1e-12 * (1 + f(reference)))
+    assert np.quantile(np.abs(ours - reference), 0.999) < 1e-12
+    assert relu_z_update(a.astype(np.float32), m.astype(np.float32), 1.0, 1.0).dtype == np.float32

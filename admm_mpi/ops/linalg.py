@@ -4,6 +4,20 @@ import numpy as np
 import scipy.linalg
 
 
+def _cholesky64(A):
+    """Lower Cholesky factor of ``A`` in float64, adding a growing jitter if it is singular."""
+    A64 = np.asarray(A, dtype=np.float64)
+    jitter = 0.0
+    scale = max(float(np.trace(A64)) / A64.shape[0], np.finfo(np.float64).tiny)
+    for _ in range(12):
+        try:
+            return scipy.linalg.cho_factor(A64 + jitter * np.eye(A64.shape[0]), lower=True, check_finite=False)
+        except np.linalg.LinAlgError:
+            jitter = 1e-12 * scale if jitter == 0.0 else jitter * 10
+    raise np.linalg.LinAlgError("matrix is not positive semi-definite even with a jitter of "
+                                f"{jitter:.3g} (NaN or Inf in the iterates?)")
+
+
 def spd_solve(A, B):
     """Solve ``A X = B`` for symmetric positive (semi-)definite ``A`` by Cholesky.
 
@@ -12,18 +26,72 @@ def spd_solve(A, B):
     a 1000-wide Gram over 60 000 samples fails. If ``A`` is still numerically singular (no
     ridge), a jitter of ``1e-12 * trace/n``, growing tenfold, is added until it factors.
     """
-    A64 = np.asarray(A, dtype=np.float64)
+    factor = _cholesky64(A)
     B64 = np.asarray(B, dtype=np.float64)
-    jitter = 0.0
-    scale = max(float(np.trace(A64)) / A64.shape[0], np.finfo(np.float64).tiny)
-    for _ in range(12):
-        try:
-            factor = scipy.linalg.cho_factor(A64 + jitter * np.eye(A64.shape[0]), lower=True, check_finite=False)
-            return scipy.linalg.cho_solve(factor, B64, check_finite=False).astype(np.result_type(A, B), copy=False)
-        except np.linalg.LinAlgError:
-            jitter = 1e-12 * scale if jitter == 0.0 else jitter * 10
-    raise np.linalg.LinAlgError("matrix is not positive semi-definite even with a jitter of "
-                                f"{jitter:.3g} (NaN or Inf in the iterates?)")
+    return scipy.linalg.cho_solve(factor, B64, check_finite=False).astype(np.result_type(A, B), copy=False)
+
+
+def spd_inverse(A, dtype):
+    """``A⁻¹`` of a small SPD matrix, factored in float64 (see :func:`spd_solve`), as ``dtype``.
+
+    For many right-hand sides (every sample column) one GEMM with the inverse in the working
+    dtype is faster than two float64 triangular solves, and as accurate as that dtype allows.
+    """
+    factor = _cholesky64(A)
+    return scipy.linalg.cho_solve(factor, np.eye(A.shape[0]), check_finite=False).astype(dtype)
+
+
+def activation_solver(W, beta, gamma):
+    """Column-wise ``a = argmin beta ||T - W a||² + gamma ||a - H||²`` (Taylor's a-update), as ``solve(T, H)``.
+
+    The normal equations are ``(beta WᵀW + gamma I) a = beta WᵀT + gamma H``. Their matrix is
+    the same for every column: it is inverted once (float64, then cast) and applied as a GEMM to
+    any block of columns; when ``W`` is wide (fewer outputs than inputs, e.g. the layer before a
+    10-class output) the Woodbury identity
+    ``(gamma I + beta WᵀW)⁻¹ = (I - Wᵀ((gamma/beta) I + W Wᵀ)⁻¹ W) / gamma`` inverts only
+    n_out x n_out and every product is thin.
+    """
+    n_out, n_in = W.shape
+    W64 = W.astype(np.float64)
+    if n_out < n_in:
+        S = spd_inverse((gamma / beta) * np.eye(n_out) + W64 @ W64.T, W.dtype)
+
+        def solve(T, H):
+            rhs = W.T @ T
+            rhs *= beta
+            rhs += gamma * H
+            rhs -= W.T @ (S @ (W @ rhs))
+            rhs *= 1.0 / gamma
+            return rhs
+    else:
+        K = spd_inverse(beta * (W64.T @ W64) + gamma * np.eye(n_in), W.dtype)
+
+        def solve(T, H):
+            rhs = W.T @ T
+            rhs *= beta
+            rhs += gamma * H
+            return K @ rhs
+    return solve
+
+
+def activation_solve(W, T, H, beta, gamma):
+    """:func:`activation_solver` applied once."""
+    return activation_solver(W, beta, gamma)(T, H)
+
+
+def column_blocks(n, width):
+    """Slices of ``width`` columns covering ``0..n``: element-wise work on a block stays in cache."""
+    return [slice(s, min(s + width, n)) for s in range(0, n, width)]
+
+
+def gram(a):
+    """``a aᵀ`` by a symmetric rank-k update (BLAS syrk): half the flops of the GEMM."""
+    syrk = {np.dtype(np.float32): scipy.linalg.blas.ssyrk,
+            np.dtype(np.float64): scipy.linalg.blas.dsyrk}.get(a.dtype)
+    if syrk is None or not a.flags.c_contiguous:
+        return a @ a.T
+    upper = syrk(1.0, a.T, trans=1)  # a.T is Fortran-ordered: no copy; the upper triangle is filled
+    return np.triu(upper) + np.triu(upper, 1).T
 
 
 def with_ones_row(a):
@@ -37,13 +105,17 @@ def with_ones_row(a):
 def local_normal_equations(a, z):
     """This shard's ``[A Aᵀ | A zᵀ]`` with ``A = [a; 1]``: the only per-layer data that crosses ranks.
 
-    Packed in one buffer so the transpose reduction is a single ``Reduce`` per layer.
+    Packed in one buffer so the transpose reduction is a single ``Reduce`` per layer. Built
+    without forming ``[a; 1]`` (no copy of the samples): the ones row contributes the sums
+    ``a 1`` and ``z 1`` and the count.
     """
-    A = with_ones_row(a)
-    k = A.shape[0]
+    k = a.shape[0] + 1
     stats = np.empty((k, k + z.shape[0]), dtype=a.dtype)
-    np.matmul(A, A.T, out=stats[:, :k])
-    np.matmul(A, z.T, out=stats[:, k:])
+    stats[:-1, :k - 1] = gram(a)
+    stats[:-1, k - 1] = stats[-1, :k - 1] = a.sum(axis=1)
+    stats[-1, k - 1] = a.shape[1]
+    np.matmul(a, z.T, out=stats[:-1, k:])
+    stats[-1, k:] = z.sum(axis=1)
     return stats
 
 
