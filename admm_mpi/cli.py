@@ -131,6 +131,7 @@ def _limit_blas_threads(grid):
     """Share the node's cores between its ranks unless the user set the thread count."""
     if grid.size == 1 or any(os.environ.get(v) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")):
         return
+    import scipy.linalg  # noqa: F401  (scipy brings its own OpenBLAS: load it so the limit reaches it too)
     from threadpoolctl import threadpool_limits
 
     threads = max(1, (os.cpu_count() or 1) // grid.local_size())

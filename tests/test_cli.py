@@ -142,3 +142,30 @@ def test_info_reports_the_mpi_library():
     proc = run_admm(1, "info")
     assert proc.returncode == 0, proc.stderr
     assert "MPI library:" in proc.stdout and "world size 1" in proc.stdout
+
+
+def test_unset_thread_count_limits_every_blas_library_of_every_rank(tmp_path):
+    """numpy and scipy each bundle an OpenBLAS; both must get the per-rank share of the cores
+    (scipy's, left at the machine's core count, made every rank oversubscribe: 10x slower)."""
+    script = tmp_path / "threads.py"
+    script.write_text(textwrap.dedent("""
+        import json, os, warnings
+        warnings.simplefilter("ignore")
+        from admm_mpi.cli import _limit_blas_threads
+        from admm_mpi.grid import Grid
+        from threadpoolctl import threadpool_info
+        _limit_blas_threads(Grid())
+        print(json.dumps([p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]))
+    """))
+    env = child_env()
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env.pop(name)
+    proc = subprocess.run([mpiexec(), "-n", "2", sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=60, env=env)
+    assert proc.returncode == 0, proc.stderr
+    import os
+
+    share = max(1, (os.cpu_count() or 1) // 2)
+    for line in proc.stdout.splitlines():
+        threads = json.loads(line)
+        assert len(threads) >= 2 and all(t == share for t in threads), threads
