@@ -79,11 +79,6 @@ def activation_solve(W, T, H, beta, gamma):
     return activation_solver(W, beta, gamma)(T, H)
 
 
-def column_blocks(n, width):
-    """Slices of ``width`` columns covering ``0..n``: element-wise work on a block stays in cache."""
-    return [slice(s, min(s + width, n)) for s in range(0, n, width)]
-
-
 def gram(a):
     """``a aᵀ`` by a symmetric rank-k update (BLAS syrk): half the flops of the GEMM."""
     syrk = {np.dtype(np.float32): scipy.linalg.blas.ssyrk,

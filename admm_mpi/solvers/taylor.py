@@ -16,7 +16,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from admm_mpi.ops.linalg import activation_solver, column_blocks, transpose_reduce_weights
+from admm_mpi.ops.blocks import blas_threads, for_each_block
+from admm_mpi.ops.linalg import activation_solver, transpose_reduce_weights
 from admm_mpi.solvers.common import forward_states, init_weights
 
 
@@ -54,7 +55,6 @@ class TaylorADMM:
     defaults = {"beta": 1.0, "gamma": 1.0, "ridge": 5e-5, "warm_start": 5}
     default_loss = "least_squares"
     default_activation = "relu"
-    block_columns = 2048  # columns per block of the element-wise work (a few MB: stays in cache)
 
     def __init__(self, spec, grid, n_total, *, beta, gamma, ridge, warm_start):
         self.spec, self.grid, self.n_total = spec, grid, n_total
@@ -71,25 +71,32 @@ class TaylorADMM:
         beta, gamma, h = self.beta, self.gamma, self.spec.h
         W, b, a, z, m = state.weights, state.biases, state.a, state.z, state.m
         L = self.spec.n_layers
+        threads = blas_threads()
         for l in range(L - 1):  # hidden layer l+1 in the paper's numbering
             W[l], b[l] = transpose_reduce_weights(self.grid, a[l], z[l], self.eps)
             solve = activation_solver(W[l + 1], beta, gamma)
-            # a_{l+1} (from the old z_{l+1} and z_l), then m_l and z_l, block by block of columns:
-            # the element-wise work then runs on cache-sized blocks instead of whole N-wide arrays
-            for cols in column_blocks(a[l].shape[1], self.block_columns):
+
+            def hidden_block(cols, l=l, solve=solve):
+                # a_{l+1} from the old z_{l+1} and z_l, then m_l and z_l: column-separable
                 a[l + 1][:, cols] = solve(z[l + 1][:, cols] - b[l + 1][:, None], h.apply(z[l][:, cols]))
                 m_block = W[l] @ a[l][:, cols]
                 m_block += b[l][:, None]
                 m[l][:, cols] = m_block
                 z[l][:, cols] = h.z_update(a[l + 1][:, cols], m_block, gamma, beta)
+
+            for_each_block(hidden_block, a[l].shape[1], threads)
         W[-1], b[-1] = transpose_reduce_weights(self.grid, a[-1], z[-1], self.eps)
-        for cols in column_blocks(a[-1].shape[1], self.block_columns):
+        bregman = iteration > self.warm_start
+
+        def output_block(cols):
             m_block = W[-1] @ a[-1][:, cols]
             m_block += b[-1][:, None]
             m[-1][:, cols] = m_block
             z[-1][:, cols] = self.spec.loss_fn.prox(m_block, Y[:, cols], state.lam[:, cols], beta)
-            if iteration > self.warm_start:
+            if bregman:
                 state.lam[:, cols] += beta * (z[-1][:, cols] - m_block)
+
+        for_each_block(output_block, a[-1].shape[1], threads)
 
     def local_metrics(self, state, Y):
         """This rank's sums: the objective and the squared output residual."""
