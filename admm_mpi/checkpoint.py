@@ -23,6 +23,7 @@ import h5py
 import numpy as np
 
 from admm_mpi import __version__
+from admm_mpi.backend import from_host, namespace, to_host
 from admm_mpi.errors import InputError
 
 FORMAT_VERSION = 1
@@ -37,8 +38,9 @@ def fingerprint(shard):
     """
     import hashlib
 
-    head = [hashlib.sha1(np.ascontiguousarray(shard.X[:, j], dtype=np.float64).tobytes()).hexdigest()[:16]
-            for j in range(min(16, shard.X.shape[1]))]  # the root holds rows 0, 1, ... on any grid
+    first = to_host(shard.X[:, :16])
+    head = [hashlib.sha1(np.ascontiguousarray(first[:, j], dtype=np.float64).tobytes()).hexdigest()[:16]
+            for j in range(first.shape[1])]  # the root holds rows 0, 1, ... on any grid
     return {"n_total": shard.n_total, "n_features": shard.n_features, "n_classes": shard.n_classes,
             "n_test_total": shard.n_test_total, "first_rows": head}
 
@@ -58,6 +60,10 @@ def _fsync_replace(tmp, path):
 
 
 def _write_global(group, name, value):
+    if hasattr(value, "shape") and not isinstance(value, np.ndarray):  # a device array
+        value = to_host(value)
+    if isinstance(value, list):
+        value = [to_host(v) if hasattr(v, "shape") else v for v in value]
     if isinstance(value, np.ndarray):
         group[name] = value
     elif isinstance(value, list) and any(isinstance(v, np.ndarray) for v in value):
@@ -89,7 +95,7 @@ def save(run_dir, iteration, state, shard, config, grid, keep=2):
     for name in state.sample_fields:
         value = getattr(state, name)
         items = value if isinstance(value, list) else [value]
-        local = [DATA_MARKER if item is shard.X else item for item in items]
+        local = [DATA_MARKER if item is shard.X else to_host(item) for item in items]
         gathered = grid.gather_to_root(local)  # a list per rank, each a list of arrays
         if grid.is_root:
             samples[name] = (isinstance(value, list), [
@@ -142,7 +148,7 @@ def latest(run_dir):
 
 # settings that may change between the run that wrote a checkpoint and the one that resumes it
 # (the data *path* may change; the data fingerprint checks the content)
-RESUMABLE_CHANGES = {"iters", "out", "progress", "tol", "resume", "checkpoint_every", "data"}
+RESUMABLE_CHANGES = {"iters", "out", "progress", "tol", "resume", "checkpoint_every", "data", "device"}
 
 
 def check_compatible(path, config, shard):
@@ -177,16 +183,22 @@ def load(path, state, shard, grid):
     checkpoint continues on any number of ranks.
     """
     start, stop = shard.start, shard.start + shard.X.shape[1]
+    xp = namespace(shard.X)
     with h5py.File(path, "r") as f:
         iteration = int(f["meta"].attrs["iteration"])
         g = f["global"]
         for field in dataclasses.fields(state):
             if field.name not in state.sample_fields:
-                setattr(state, field.name, _read_global(g, field.name))
+                value = _read_global(g, field.name)
+                if isinstance(value, np.ndarray):
+                    value = from_host(xp, value, like=shard.X)
+                elif isinstance(value, list):
+                    value = [from_host(xp, v, like=shard.X) if isinstance(v, np.ndarray) else v for v in value]
+                setattr(state, field.name, value)
         for name in state.sample_fields:
             sub = f["samples"][name]
             items = [shard.X if sub.attrs.get(f"data_{i}", False) else
-                     np.ascontiguousarray(sub[str(i)][..., start:stop])
+                     from_host(xp, np.ascontiguousarray(sub[str(i)][..., start:stop]), like=shard.X)
                      for i in range(int(sub.attrs["length"]))]
             setattr(state, name, items if sub.attrs["is_list"] else items[0])
     return iteration

@@ -40,6 +40,7 @@ class TrainConfig:
     loss: str = ""                # "" = the solver's default
     iters: int = 60
     dtype: str = "float64"
+    device: str = "cpu"           # cpu | gpu (cupy arrays; one GPU per rank)
     seed: int = 0
     out: str = "runs/latest"
     tol: float = 0.0
@@ -185,6 +186,7 @@ def validate(config):
          f"unknown activation {config.activation!r}; choose from {sorted(ACTIVATIONS)}"),
         (not config.loss or config.loss in LOSSES, f"unknown loss {config.loss!r}; choose from {sorted(LOSSES)}"),
         (config.dtype in DTYPES, f"unknown dtype {config.dtype!r}; choose from {sorted(DTYPES)}"),
+        (config.device in ("cpu", "gpu"), f"unknown device {config.device!r}; choose cpu or gpu"),
         (len(config.hidden) >= 1 and all(w >= 1 for w in config.hidden),
          f"hidden must list at least one positive layer width, got {list(config.hidden)}"),
         (config.iters >= 1, f"iters must be at least 1, got {config.iters}"),
@@ -239,6 +241,7 @@ FIELD_HELP = {
     "loss": "least_squares | cross_entropy | ova_hinge | binary_hinge; empty: the solver's default",
     "iters": "iterations",
     "dtype": "float32 | float64",
+    "device": "cpu | gpu (cupy; arrays stay on the GPU, MPI buffers are staged unless the MPI is CUDA-aware)",
     "seed": "seed of the initial weights",
     "out": "output directory",
     "tol": "stop when ||z_L - W_L a_{L-1} - b_L|| <= tol * sqrt(N); 0 runs all iterations",

@@ -15,6 +15,7 @@ import warnings
 
 import numpy as np
 
+from admm_mpi.backend import from_host, is_numpy, namespace, to_host
 from admm_mpi.errors import InputError
 from admm_mpi.partition import block_range
 
@@ -64,6 +65,26 @@ class Grid:
         if self._parent is not None:
             self._parent._count(nbytes)
 
+    # ---- device arrays: MPI sees host buffers, or device buffers when the MPI is CUDA-aware --
+    @staticmethod
+    def _buffer(x):
+        """A contiguous buffer MPI can use for ``x`` (numpy as is; a device array staged or passed)."""
+        if is_numpy(x):
+            return np.ascontiguousarray(x)
+        if _cuda_aware() and hasattr(x, "__cuda_array_interface__"):
+            import cupy
+
+            cupy.cuda.get_current_stream().synchronize()  # the kernels that wrote x must be done
+            return cupy.ascontiguousarray(x)
+        return np.ascontiguousarray(to_host(x))
+
+    @staticmethod
+    def _like(buffer, x):
+        """``buffer`` as an array of ``x``'s kind (itself for numpy and device buffers)."""
+        if is_numpy(x) or not is_numpy(buffer):
+            return buffer
+        return from_host(namespace(x), buffer, like=x)
+
     @classmethod
     def serial(cls):
         """A size-1 grid that never touches MPI."""
@@ -89,18 +110,24 @@ class Grid:
             return local
         from mpi4py import MPI
 
-        local = np.ascontiguousarray(local)
-        out = np.empty_like(local) if self.is_root else None
-        self._count(local.nbytes)
-        self._comm.Reduce(local, out, op=MPI.SUM, root=0)
-        return out
+        send = self._buffer(local)
+        out = send.copy() if self.is_root else None  # same kind and shape as the send buffer
+        self._count(send.nbytes)
+        self._comm.Reduce(send, out, op=MPI.SUM, root=0)
+        return self._like(out, local) if self.is_root else None
 
     def bcast_from_root(self, buf):
         """Broadcast the root's contiguous array into ``buf`` on every rank (in place)."""
         if self._comm is not None:
+            data = self._buffer(buf)
             if self.is_root:
-                self._count(buf.nbytes)
-            self._comm.Bcast(buf, root=0)
+                self._count(data.nbytes)
+            self._comm.Bcast(data, root=0)
+            if data is not buf:  # staged (device array, or a non-contiguous view): hand it back
+                if is_numpy(buf) or not is_numpy(data):
+                    buf[...] = data
+                else:
+                    return self._like(data, buf)
         return buf
 
     def allsum(self, local):
@@ -111,24 +138,23 @@ class Grid:
         decisions derived from these sums must not differ between ranks.
         """
         if self._comm is None:
-            return np.array(local, copy=True)
-        local = np.ascontiguousarray(local)
+            return namespace(local).asarray(local, copy=True) if not is_numpy(local) else np.array(local, copy=True)
         out = self.sum_to_root(local)
         if out is None:
-            out = np.empty_like(local)
+            out = namespace(local).asarray(local, copy=True) if not is_numpy(local) else np.array(local, copy=True)
         return self.bcast_from_root(out)
 
     def allmax(self, local):
         """Element-wise maximum over ranks of a small array."""
         if self._comm is None:
-            return np.array(local, copy=True)
+            return namespace(local).asarray(local, copy=True) if not is_numpy(local) else np.array(local, copy=True)
         from mpi4py import MPI
 
-        local = np.ascontiguousarray(local)
-        out = np.empty_like(local)
-        self._count(local.nbytes)
-        self._comm.Allreduce(local, out, op=MPI.MAX)
-        return out
+        send = self._buffer(local)
+        out = send.copy()
+        self._count(send.nbytes)
+        self._comm.Allreduce(send, out, op=MPI.MAX)
+        return self._like(out, local)
 
     # ---- control decisions (small pickled objects) ---------------------------------------
     def bcast_decision(self, value):
@@ -164,13 +190,20 @@ class Grid:
 
     def local_size(self):
         """Number of ranks of this grid on this node (for sharing the node's cores)."""
+        return self._node()[1]
+
+    def local_rank(self):
+        """This rank's index among the ranks on its node (for choosing a GPU)."""
+        return self._node()[0]
+
+    def _node(self):
         if self._comm is None:
-            return 1
+            return 0, 1
         from mpi4py import MPI
 
         node = self._comm.Split_type(MPI.COMM_TYPE_SHARED)
         try:
-            return node.Get_size()
+            return node.Get_rank(), node.Get_size()
         finally:
             node.Free()
 
@@ -204,6 +237,19 @@ class Grid:
             if not MPI.Is_finalized():
                 self._comm.Free()
             self._comm = None
+
+
+def _cuda_aware():
+    """Whether device buffers may go to MPI directly (ADMM_MPI_CUDA_AWARE=1, or MPI says so)."""
+    flag = os.environ.get("ADMM_MPI_CUDA_AWARE")
+    if flag is not None:
+        return flag not in ("", "0")
+    try:
+        from mpi4py import MPI
+
+        return bool(MPI.Query_cuda_support())
+    except Exception:  # older mpi4py or MPI without the query
+        return False
 
 
 class LayerGrid:
@@ -272,8 +318,9 @@ class LayerGrid:
     def isend(self, buf, to_next, tag):
         """Start sending a contiguous array to the next (``to_next``) or previous layer group."""
         dest = self.next_rank if to_next else self.prev_rank
-        self.world._count(buf.nbytes)
-        return self.world._comm.Isend(buf, dest=dest, tag=tag)
+        data = Grid._buffer(buf)  # numpy as is; a device array staged (or passed when CUDA-aware)
+        self.world._count(data.nbytes)
+        return self.world._comm.Isend(data, dest=dest, tag=tag)
 
     def irecv(self, buf, from_prev, tag):
         """Start receiving into ``buf`` from the previous (``from_prev``) or next layer group."""

@@ -15,7 +15,7 @@ import numpy as np
 
 from admm_mpi import __version__
 from admm_mpi import checkpoint
-from admm_mpi.backend import DTYPES
+from admm_mpi.backend import DTYPES, device_namespace, from_host, is_numpy, namespace, to_host
 from admm_mpi.data import load_shard, resolve_path
 from admm_mpi.errors import InputError, TrainingError
 from admm_mpi.model import ModelSpec, predict, save_model
@@ -54,8 +54,23 @@ def prepare_out_dir(path, grid, resuming=False):
 
 
 def count_correct(spec, weights, biases, X, y):
-    """Correctly classified columns (0 without labels, e.g. for regression)."""
-    return int(np.sum(predict(spec, weights, biases, X) == y)) if y is not None and y.size else 0
+    """Correctly classified columns (0 without labels, e.g. for regression); labels stay on the host."""
+    return int(np.sum(to_host(predict(spec, weights, biases, X)) == y)) if y is not None and y.size else 0
+
+
+def to_device(shard, device, grid):
+    """The shard's arrays on ``device`` ("cpu": as read; "gpu": cupy arrays on this rank's GPU).
+
+    Ranks on one node take the node's GPUs round-robin by their rank on the node.
+    """
+    if device == "cpu":
+        return shard
+    xp = device_namespace(device)
+    xp.cuda.Device(grid.local_rank() % xp.cuda.runtime.getDeviceCount()).use()
+    shard.X, shard.X_test = xp.asarray(shard.X), xp.asarray(shard.X_test)
+    if shard.Y is not None:
+        shard.Y = xp.asarray(shard.Y)
+    return shard
 
 
 def _write_json(path, obj):
@@ -102,9 +117,16 @@ def process_grid(config, grid):
 def build(config, grid, shard=None):
     """Load this rank's data (unless given) and build the model spec and solver."""
     dtype = DTYPES[config.dtype]
+    if config.device == "gpu":
+        problem = None
+        try:
+            device_namespace("gpu").cuda.runtime.getDeviceCount()
+        except Exception as exc:  # no cupy, no driver, no device
+            problem = f"--device gpu needs cupy and a CUDA GPU on every rank ({exc})"
+        grid.agree(problem)
     procs = process_grid(config, grid)
     if shard is None:
-        shard = load_shard(config.data, grid, dtype, part=getattr(procs, "data", grid))
+        shard = to_device(load_shard(config.data, grid, dtype, part=getattr(procs, "data", grid)), config.device, grid)
     from admm_mpi.ops.losses import get_loss
 
     loss = get_loss(config.resolved_loss())
@@ -137,7 +159,8 @@ def train(config, grid, *, out=True, shard=None):
         prepare_out_dir(config.out, grid, resuming=bool(config.resume))
     shard, spec, solver = build(config, grid, shard)
     regression = shard.Y is not None
-    Y = shard.Y if regression else spec.loss_fn.targets(shard.y, shard.n_classes, shard.X.dtype)
+    Y = shard.Y if regression else spec.loss_fn.targets(shard.y, shard.n_classes, to_host(shard.X[:1, :1]).dtype)
+    Y = from_host(namespace(shard.X), Y, like=shard.X) if is_numpy(Y) else Y  # on the data's device
     state = solver.init_state(shard.X, Y, np.random.default_rng(config.seed))
 
     first = 1
@@ -270,7 +293,8 @@ def train(config, grid, *, out=True, shard=None):
         "versions": {"admm_mpi": __version__, "numpy": np.__version__, "python": platform.python_version()},
     }
     if out and grid.is_root:
-        save_model(os.path.join(config.out, "model.h5"), spec, weights, biases,
+        save_model(os.path.join(config.out, "model.h5"), spec, [to_host(w) for w in weights],
+                   [to_host(b) for b in biases],
                    extra={"solver": config.solver, "data": summary["data"]})
         _write_json(os.path.join(config.out, "summary.json"), summary)
     summary["state"] = state

@@ -7,15 +7,15 @@ Parameters, all measured in this run on this machine:
 - compute: the GEMM rate of one BLAS thread (``gemm_rate`` at the iteration's shapes) and the
   cost per element of the element-wise work (the ReLU z-update and the passes around it),
   timed on a 1000 x 10 000 block;
-- the root's per-iteration solves (Cholesky + inverse of each layer's (n_in+1)² Gram and of
-  the a-update matrices), timed;
+- the per-iteration solves (Cholesky + inverse of each layer's (n_in+1)² Gram and of the
+  a-update matrices), timed at this shape and scaled by Σ k³ for other shapes;
 - the network: latency α and inverse bandwidth β from a ping-pong between 2 ranks
   (``mpiexec -n 2``), and the time of the Reduce + Bcast pair of ``Grid.allsum`` over a sweep of
   message sizes at 2 and 4 ranks.
 
 Model of the seconds of one step on P ranks, one thread each, N samples:
 
-    t(P) = flops(N/P)/rate + elements(N/P) * c_elem + t_solve + sum_layers t_reduce_bcast(P, bytes_l)
+    t(P) = flops(N/P)/rate + elements(N/P) * c_elem + c_solve Σ k³ + sum_layers t_reduce_bcast(P, bytes_l)
 
 with ``t_reduce_bcast(P, n) = 2 ceil(log2 P) (α + n β)`` (binomial trees). It is checked against
 the measured step times (``mpiexec -n P admm-mpi train``) at P = 1, 2 and 4 (4 ranks on 2 cores
@@ -53,6 +53,16 @@ def mpiexec():
 
 
 # ---- the model ------------------------------------------------------------------------------
+def solve_cubes(widths):
+    """Σ k³ over the small matrices factored and inverted per step (Grams, a-update matrices)."""
+    total = 0.0
+    for l in range(len(widths) - 1):
+        total += (widths[l] + 1) ** 3
+        if l < len(widths) - 2:
+            total += min(widths[l + 1], widths[l + 2]) ** 3
+    return total
+
+
 def layer_terms(widths, n):
     """(GEMM flops, element-wise elements, bytes reduced + broadcast) of one step on n columns."""
     flops = elements = 0.0
@@ -78,7 +88,7 @@ def predict(params, widths, n, P, itemsize=4, cores=None, network=None):
     alpha, beta = network or (params["alpha"], params["beta"])
     hops = math.ceil(math.log2(P)) if P > 1 else 0
     communication = sum(2 * hops * (alpha + words * itemsize * beta) for words in comm)
-    return compute + params["solve_seconds"] + communication
+    return compute + params["solve_seconds_per_cube"] * solve_cubes(widths) + communication
 
 
 # ---- measurements ---------------------------------------------------------------------------
@@ -160,7 +170,8 @@ def measure_compute(dtype=np.float32):
                 M = np.eye(n_out) * 2
                 t_solve += median_seconds(lambda: spd_inverse(M, dtype), repeats=3)[0]
     return {"gemm_flops_per_second": 2 * 1000 * 1000 * 10000 / t_gemm,
-            "seconds_per_element": t_elem / Z.size, "solve_seconds": t_solve}
+            "seconds_per_element": t_elem / Z.size, "solve_seconds": t_solve,
+            "solve_seconds_per_cube": t_solve / solve_cubes(WIDTHS)}
 
 
 def measured_step(P, data, out, iters):

@@ -14,9 +14,11 @@ Each activation also gives ``inverse_box(lo, hi)``: the interval of ``z`` with
 ``lo <= h(z) <= hi`` (mDLAM's box constraint), as ``(z_lo, z_hi)`` arrays.
 """
 
-import numpy as np
+import math
 
-INF = np.inf
+from admm_mpi.backend import namespace
+
+INF = math.inf
 
 
 # ---- piecewise-linear activations: exact z-update ---------------------------------------------
@@ -28,16 +30,18 @@ def piecewise_linear_z_update(a, m, gamma, beta, pieces):
     ``(gamma*slope*(a - intercept) + beta*m) / (gamma*slope**2 + beta)`` clipped to the piece;
     the answer is the piece minimiser with the lowest objective (ties go to the first piece).
     """
+    xp = namespace(a, m)
     best_z = best_f = None
     for lo, hi, slope, intercept in pieces:
-        z = np.clip((gamma * slope * (a - intercept) + beta * m) / (gamma * slope**2 + beta), lo, hi)
+        z = (gamma * slope * (a - intercept) + beta * m) / (gamma * slope**2 + beta)
+        z = xp.clip(z, min=lo if lo > -INF else None, max=hi if hi < INF else None)
         f = gamma * (a - slope * z - intercept) ** 2 + beta * (z - m) ** 2
         if best_z is None:
             best_z, best_f = z, f
         else:
             better = f < best_f
-            best_z = np.where(better, z, best_z)
-            best_f = np.where(better, f, best_f)
+            best_z = xp.where(better, z, best_z)
+            best_f = xp.where(better, f, best_f)
     return best_z
 
 
@@ -50,7 +54,7 @@ def leaky_relu_pieces(slope):
 
 
 def relu(z):
-    return np.maximum(z, 0)
+    return namespace(z).maximum(z, 0.0)
 
 
 def relu_z_update(a, m, gamma, beta):
@@ -61,6 +65,7 @@ def relu_z_update(a, m, gamma, beta):
     positive piece the objective at ``p`` is ``gamma beta (a - m)² / (gamma + beta)``, on the
     negative piece it is ``gamma a² + beta max(m, 0)²``; ties go to the negative piece.
     """
+    xp = namespace(a, m)
     total = gamma + beta
     p = gamma * a
     p += beta * m
@@ -68,7 +73,7 @@ def relu_z_update(a, m, gamma, beta):
     f_plus = a - m
     f_plus *= f_plus
     f_plus *= gamma * beta / total
-    m_pos = np.maximum(m, 0)
+    m_pos = xp.maximum(m, 0.0)
     m_pos *= m_pos
     m_pos *= beta
     f_minus = a * a
@@ -76,7 +81,7 @@ def relu_z_update(a, m, gamma, beta):
     f_minus += m_pos
     take_p = f_plus < f_minus
     take_p &= p > 0
-    return np.where(take_p, p, np.minimum(m, 0))
+    return xp.where(take_p, p, xp.minimum(m, 0.0))
 
 
 def proximal_z_update(activation, a, m, z_old, weight):
@@ -100,9 +105,8 @@ def smooth_z_update(a, m, gamma, beta, h, dh, d2h, n_grid=33, n_polish=40):
     3. Newton steps on ``f'`` inside that bracket, falling back to bisection whenever a step
        leaves the bracket or the curvature is not positive; the bracket shrinks every step.
     """
-    a, m = np.broadcast_arrays(np.asarray(a), np.asarray(m))
-    gamma = np.broadcast_to(gamma, a.shape)
-    beta = np.broadcast_to(beta, a.shape)
+    xp = namespace(a, m)
+    a, m = xp.broadcast_arrays(a, m)  # gamma, beta: numbers or arrays of the same shape
 
     def f(z):
         return gamma * (a - h(z)) ** 2 + beta * (z - m) ** 2
@@ -113,42 +117,40 @@ def smooth_z_update(a, m, gamma, beta, h, dh, d2h, n_grid=33, n_polish=40):
     def d2f(z):
         return 2 * beta + 2 * gamma * (dh(z) ** 2 - (a - h(z)) * d2h(z))
 
-    r = np.sqrt(gamma / beta) * np.abs(a - h(m)) + 1e-12
-    t = np.linspace(-1.0, 1.0, n_grid, dtype=np.result_type(a.dtype, np.float32))
-    best_z, best_f = m.copy(), f(m)
-    k_best = np.full(a.shape, (n_grid - 1) // 2)
-    for k, tk in enumerate(t):  # a loop over grid points keeps memory at the size of the input
-        zk = m + tk * r
+    r = (gamma / beta) ** 0.5 * xp.abs(a - h(m)) + 1e-12
+    best_z, best_f = xp.asarray(m, copy=True), f(m)
+    for k in range(n_grid):  # a loop over grid points keeps memory at the size of the input
+        zk = m + (-1.0 + 2.0 * k / (n_grid - 1)) * r
         fk = f(zk)
         better = fk < best_f
-        best_z, best_f = np.where(better, zk, best_z), np.where(better, fk, best_f)
-        k_best = np.where(better, k, k_best)
+        best_z, best_f = xp.where(better, zk, best_z), xp.where(better, fk, best_f)
     step = 2 * r / (n_grid - 1)
-    lo = np.maximum(best_z - step, m - r)
-    hi = np.minimum(best_z + step, m + r)
+    lo = xp.maximum(best_z - step, m - r)
+    hi = xp.minimum(best_z + step, m + r)
     z = best_z
     for _ in range(n_polish):
         g = df(z)
         # keep the bracket around the stationary point: f' < 0 left of it, > 0 right of it
-        lo = np.where(g < 0, z, lo)
-        hi = np.where(g > 0, z, hi)
+        lo = xp.where(g < 0, z, lo)
+        hi = xp.where(g > 0, z, hi)
         curvature = d2f(z)
-        newton = z - g / np.where(curvature > 0, curvature, 1.0)
+        newton = z - g / xp.where(curvature > 0, curvature, 1.0)
         ok = (curvature > 0) & (newton > lo) & (newton < hi)
-        z_next = np.where(ok, newton, 0.5 * (lo + hi))
-        z_next = np.where(g == 0, z, z_next)
-        if np.all(np.abs(z_next - z) <= 1e-15 * (1 + np.abs(z))):
+        z_next = xp.where(ok, newton, 0.5 * (lo + hi))
+        z_next = xp.where(g == 0, z, z_next)
+        if bool(xp.all(xp.abs(z_next - z) <= 1e-15 * (1 + xp.abs(z)))):
             z = z_next
             break
         z = z_next
     # never return something worse than the best grid point (e.g. a bracket edge minimum)
-    return np.where(f(z) <= best_f, z, best_z)
+    return xp.where(f(z) <= best_f, z, best_z)
 
 
 def sigmoid(z):
     # written with exp(-|z|) so large |z| neither overflows nor loses precision
-    e = np.exp(-np.abs(z))
-    return np.where(z >= 0, 1 / (1 + e), e / (1 + e))
+    xp = namespace(z)
+    e = xp.exp(-xp.abs(z))
+    return xp.where(z >= 0, 1 / (1 + e), e / (1 + e))
 
 
 def _dsigmoid(z):
@@ -161,23 +163,61 @@ def _d2sigmoid(z):
     return s * (1 - s) * (1 - 2 * s)
 
 
+def _tanh(z):
+    return namespace(z).tanh(z)
+
+
 def _dtanh(z):
-    return 1 - np.tanh(z) ** 2
+    return 1 - namespace(z).tanh(z) ** 2
 
 
 def _d2tanh(z):
-    t = np.tanh(z)
+    t = namespace(z).tanh(z)
     return -2 * t * (1 - t**2)
 
 
 def _atanh(y):
-    with np.errstate(divide="ignore"):
-        return np.arctanh(np.clip(y, -1, 1))
+    xp = namespace(y)
+    y = xp.clip(y, min=-1.0, max=1.0)
+    # atanh(±1) = ±inf exactly (numpy's arctanh warns there)
+    safe = xp.atanh(xp.where(xp.abs(y) < 1, y, 0.0))
+    return xp.where(xp.abs(y) < 1, safe, xp.where(y > 0, INF, -INF))
 
 
 def _logit(p):
-    with np.errstate(divide="ignore"):
-        return np.log(p) - np.log1p(-p)
+    xp = namespace(p)
+    p = xp.clip(p, min=0.0, max=1.0)
+    inside = (p > 0) & (p < 1)
+    q = xp.where(inside, p, 0.5)
+    return xp.where(inside, xp.log(q) - xp.log1p(-q), xp.where(p >= 1, INF, -INF))
+
+
+def _leaky_relu(z):
+    return namespace(z).where(z >= 0, z, LEAKY_SLOPE * z)
+
+
+def _hard_tanh(z):
+    return namespace(z).clip(z, min=-1.0, max=1.0)
+
+
+def _relu_box(lo, hi):
+    xp = namespace(lo, hi)
+    return xp.where(lo > 0, lo, -INF), xp.where(hi >= 0, hi, -INF)
+
+
+def _leaky_relu_box(lo, hi):
+    xp = namespace(lo, hi)
+    return xp.where(lo >= 0, lo, lo / LEAKY_SLOPE), xp.where(hi >= 0, hi, hi / LEAKY_SLOPE)
+
+
+def _hard_tanh_box(lo, hi):
+    xp = namespace(lo, hi)
+    return (xp.where(lo > -1, xp.where(lo > 1, INF, lo), -INF),
+            xp.where(hi < 1, xp.where(hi < -1, -INF, hi), INF))
+
+
+def _indicator(condition, dtype):
+    return namespace(condition).astype(condition, dtype)
 
 
 # ---- registry ---------------------------------------------------------------------------------
@@ -205,25 +245,15 @@ def _smooth(name, apply, dh, d2h, inverse_box):
 LEAKY_SLOPE = 0.01
 
 ACTIVATIONS = {
-    "relu": Activation(
-        "relu", relu, relu_z_update,
-        lambda lo, hi: (np.where(lo > 0, lo, -INF), np.where(hi >= 0, hi, -INF)),
-        lambda z: (z > 0).astype(z.dtype)),
+    "relu": Activation("relu", relu, relu_z_update, _relu_box, lambda z: _indicator(z > 0, z.dtype)),
     "leaky_relu": _piecewise(
-        "leaky_relu", lambda z: np.where(z >= 0, z, LEAKY_SLOPE * z), leaky_relu_pieces(LEAKY_SLOPE),
-        lambda lo, hi: (np.where(lo >= 0, lo, lo / LEAKY_SLOPE), np.where(hi >= 0, hi, hi / LEAKY_SLOPE)),
-        lambda z: np.where(z >= 0, 1.0, LEAKY_SLOPE).astype(z.dtype)),
+        "leaky_relu", _leaky_relu, leaky_relu_pieces(LEAKY_SLOPE), _leaky_relu_box,
+        lambda z: _indicator(z >= 0, z.dtype) * (1 - LEAKY_SLOPE) + LEAKY_SLOPE),
     "hard_tanh": _piecewise(
-        "hard_tanh", lambda z: np.clip(z, -1, 1), HARD_TANH_PIECES,
-        lambda lo, hi: (np.where(lo > -1, np.where(lo > 1, INF, lo), -INF),
-                        np.where(hi < 1, np.where(hi < -1, -INF, hi), INF)),
-        lambda z: (np.abs(z) < 1).astype(z.dtype)),
-    "sigmoid": _smooth(
-        "sigmoid", sigmoid, _dsigmoid, _d2sigmoid,
-        lambda lo, hi: (_logit(np.clip(lo, 0, 1)), _logit(np.clip(hi, 0, 1)))),
-    "tanh": _smooth(
-        "tanh", np.tanh, _dtanh, _d2tanh,
-        lambda lo, hi: (_atanh(lo), _atanh(hi))),
+        "hard_tanh", _hard_tanh, HARD_TANH_PIECES, _hard_tanh_box,
+        lambda z: _indicator(namespace(z).abs(z) < 1, z.dtype)),
+    "sigmoid": _smooth("sigmoid", sigmoid, _dsigmoid, _d2sigmoid, lambda lo, hi: (_logit(lo), _logit(hi))),
+    "tanh": _smooth("tanh", _tanh, _dtanh, _d2tanh, lambda lo, hi: (_atanh(lo), _atanh(hi))),
 }
 
 

@@ -3,19 +3,54 @@
 import numpy as np
 import scipy.linalg
 
+from admm_mpi.backend import is_numpy, namespace
+
+
+def _eye(xp, n, like):
+    return xp.eye(n, dtype=like.dtype, device=getattr(like, "device", None))
+
+
+def _jitters(A64, xp):
+    """0, then ``1e-12 * trace/n`` growing tenfold: the shifts tried on a singular matrix."""
+    scale = max(float(namespace(A64).linalg.trace(A64)) / A64.shape[0], 1e-300)
+    yield 0.0
+    jitter = 1e-12 * scale
+    for _ in range(11):
+        yield jitter
+        jitter *= 10
+
+
+def _not_spd(jitter):
+    return np.linalg.LinAlgError("matrix is not positive semi-definite even with a jitter of "
+                                 f"{jitter:.3g} (NaN or Inf in the iterates?)")
+
 
 def _cholesky64(A):
-    """Lower Cholesky factor of ``A`` in float64, adding a growing jitter if it is singular."""
+    """(numpy) Lower Cholesky factor of ``A`` in float64, with a growing jitter if it is singular."""
     A64 = np.asarray(A, dtype=np.float64)
-    jitter = 0.0
-    scale = max(float(np.trace(A64)) / A64.shape[0], np.finfo(np.float64).tiny)
-    for _ in range(12):
+    for jitter in _jitters(A64, np):
         try:
             return scipy.linalg.cho_factor(A64 + jitter * np.eye(A64.shape[0]), lower=True, check_finite=False)
         except np.linalg.LinAlgError:
-            jitter = 1e-12 * scale if jitter == 0.0 else jitter * 10
-    raise np.linalg.LinAlgError("matrix is not positive semi-definite even with a jitter of "
-                                f"{jitter:.3g} (NaN or Inf in the iterates?)")
+            pass
+    raise _not_spd(jitter)
+
+
+def _spd_inverse64(A, xp):
+    """(any array API) ``A⁻¹`` in float64 through ``xp.linalg`` (cupy: cuSOLVER), with the jitter."""
+    A64 = xp.astype(A, xp.float64)
+    n = A64.shape[0]
+    eye = xp.eye(n, dtype=xp.float64, device=getattr(A, "device", None))
+    for jitter in _jitters(A64, xp):
+        try:
+            L = xp.linalg.cholesky(A64 + jitter * eye)
+        except Exception:  # numpy-like libraries raise, cupy returns NaN instead
+            continue
+        if not bool(xp.all(xp.isfinite(L))):
+            continue
+        L_inv = xp.linalg.solve(L, eye)  # the standard has no triangular solve
+        return L_inv.T @ L_inv
+    raise _not_spd(jitter)
 
 
 def spd_solve(A, B):
@@ -26,6 +61,9 @@ def spd_solve(A, B):
     a 1000-wide Gram over 60 000 samples fails. If ``A`` is still numerically singular (no
     ridge), a jitter of ``1e-12 * trace/n``, growing tenfold, is added until it factors.
     """
+    if not is_numpy(A):
+        xp = namespace(A, B)
+        return xp.astype(_spd_inverse64(A, xp) @ xp.astype(B, xp.float64), B.dtype)
     factor = _cholesky64(A)
     B64 = np.asarray(B, dtype=np.float64)
     return scipy.linalg.cho_solve(factor, B64, check_finite=False).astype(np.result_type(A, B), copy=False)
@@ -37,6 +75,9 @@ def spd_inverse(A, dtype):
     For many right-hand sides (every sample column) one GEMM with the inverse in the working
     dtype is faster than two float64 triangular solves, and as accurate as that dtype allows.
     """
+    if not is_numpy(A):
+        xp = namespace(A)
+        return xp.astype(_spd_inverse64(A, xp), dtype)
     factor = _cholesky64(A)
     return scipy.linalg.cho_solve(factor, np.eye(A.shape[0]), check_finite=False).astype(dtype)
 
@@ -51,10 +92,11 @@ def activation_solver(W, beta, gamma):
     ``(gamma I + beta WᵀW)⁻¹ = (I - Wᵀ((gamma/beta) I + W Wᵀ)⁻¹ W) / gamma`` inverts only
     n_out x n_out and every product is thin.
     """
+    xp = namespace(W)
     n_out, n_in = W.shape
-    W64 = W.astype(np.float64)
+    W64 = xp.astype(W, xp.float64)
     if n_out < n_in:
-        S = spd_inverse((gamma / beta) * np.eye(n_out) + W64 @ W64.T, W.dtype)
+        S = spd_inverse((gamma / beta) * _eye(xp, n_out, W64) + W64 @ W64.T, W.dtype)
 
         def solve(T, H):
             rhs = W.T @ T
@@ -64,7 +106,7 @@ def activation_solver(W, beta, gamma):
             rhs *= 1.0 / gamma
             return rhs
     else:
-        K = spd_inverse(beta * (W64.T @ W64) + gamma * np.eye(n_in), W.dtype)
+        K = spd_inverse(beta * (W64.T @ W64) + gamma * _eye(xp, n_in, W64), W.dtype)
 
         def solve(T, H):
             rhs = W.T @ T
@@ -81,6 +123,8 @@ def activation_solve(W, T, H, beta, gamma):
 
 def gram(a):
     """``a aᵀ`` by a symmetric rank-k update (BLAS syrk): half the flops of the GEMM."""
+    if not is_numpy(a):
+        return a @ a.T
     syrk = {np.dtype(np.float32): scipy.linalg.blas.ssyrk,
             np.dtype(np.float64): scipy.linalg.blas.dsyrk}.get(a.dtype)
     if syrk is None or not a.flags.c_contiguous:
@@ -91,10 +135,8 @@ def gram(a):
 
 def with_ones_row(a):
     """``[a; 1]``: the bias becomes the last column of the weight matrix."""
-    out = np.empty((a.shape[0] + 1, a.shape[1]), dtype=a.dtype)
-    out[:-1] = a
-    out[-1] = 1
-    return out
+    xp = namespace(a)
+    return xp.concat([a, xp.ones((1, a.shape[1]), dtype=a.dtype, device=getattr(a, "device", None))], axis=0)
 
 
 def local_normal_equations(a, z):
@@ -104,21 +146,24 @@ def local_normal_equations(a, z):
     without forming ``[a; 1]`` (no copy of the samples): the ones row contributes the sums
     ``a 1`` and ``z 1`` and the count.
     """
+    xp = namespace(a, z)
     k = a.shape[0] + 1
-    stats = np.empty((k, k + z.shape[0]), dtype=a.dtype)
+    stats = xp.empty((k, k + z.shape[0]), dtype=a.dtype, device=getattr(a, "device", None))
     stats[:-1, :k - 1] = gram(a)
-    stats[:-1, k - 1] = stats[-1, :k - 1] = a.sum(axis=1)
+    row_sums = xp.sum(a, axis=1)
+    stats[:-1, k - 1] = row_sums
+    stats[-1, :k - 1] = row_sums
     stats[-1, k - 1] = a.shape[1]
-    np.matmul(a, z.T, out=stats[:-1, k:])
-    stats[-1, k:] = z.sum(axis=1)
+    stats[:-1, k:] = a @ z.T
+    stats[-1, k:] = xp.sum(z, axis=1)
     return stats
 
 
 def solve_normal_equations(stats, ridge):
     """Weights ``[W | b]`` minimising ``||z - W a - b||² + ridge ||[W b]||²`` from reduced stats."""
     k = stats.shape[0]
-    gram = stats[:, :k] + ridge * np.eye(k, dtype=stats.dtype)
-    return np.ascontiguousarray(spd_solve(gram, stats[:, k:]).T)
+    gram_ = stats[:, :k] + ridge * _eye(namespace(stats), k, stats)
+    return spd_solve(gram_, stats[:, k:]).T
 
 
 def transpose_reduce_weights(grid, a, z, ridge):
@@ -128,9 +173,10 @@ def transpose_reduce_weights(grid, a, z, ridge):
     root, solved there once, and the solution is broadcast, so the weights are bit-identical on
     every rank. Traffic is independent of the number of samples.
     """
+    xp = namespace(a, z)
     stats = grid.sum_to_root(local_normal_equations(a, z))
-    Wb = np.empty((z.shape[0], a.shape[0] + 1), dtype=a.dtype)
+    Wb = xp.empty((z.shape[0], a.shape[0] + 1), dtype=a.dtype, device=getattr(a, "device", None))
     if grid.is_root:
         Wb[...] = solve_normal_equations(stats, ridge)
-    grid.bcast_from_root(Wb)
-    return Wb[:, :-1].copy(), Wb[:, -1].copy()
+    Wb = grid.bcast_from_root(Wb)
+    return xp.asarray(Wb[:, :-1], copy=True), xp.asarray(Wb[:, -1], copy=True)

@@ -11,6 +11,8 @@ columns) so the prox is pure element-wise/column-wise arithmetic.
 
 import numpy as np
 
+from admm_mpi.backend import namespace
+
 
 def hinge_prox(m, Y, lam, beta):
     """Element-wise minimiser of ``hinge(z, Y) + lam*z + beta*(z - m)**2`` for 0/1 targets ``Y``.
@@ -19,14 +21,16 @@ def hinge_prox(m, Y, lam, beta):
     (kink at 0, slopes 0 | 1). A convex piecewise quadratic: take the left piece's stationary
     point if it lies left of the kink, the right piece's if it lies right of it, else the kink.
     """
+    xp = namespace(m, Y)
     kink = Y
     left = m - (lam - Y) / (2 * beta)        # stationary point with slope -Y left of the kink
     right = m - (lam + 1 - Y) / (2 * beta)   # stationary point with slope 1-Y right of it
-    return np.where(left < kink, left, np.where(right > kink, right, kink))
+    return xp.where(left < kink, left, xp.where(right > kink, right, kink))
 
 
 def hinge_value(z, Y):
-    return float(np.sum(Y * np.maximum(1 - z, 0) + (1 - Y) * np.maximum(z, 0)))
+    xp = namespace(z, Y)
+    return float(xp.sum(Y * xp.maximum(1 - z, 0.0) + (1 - Y) * xp.maximum(z, 0.0)))
 
 
 def least_squares_prox(m, Y, lam, beta):
@@ -35,23 +39,26 @@ def least_squares_prox(m, Y, lam, beta):
 
 
 def least_squares_value(z, Y):
-    return float(0.5 * np.sum((z - Y) ** 2))
+    return float(0.5 * namespace(z, Y).sum((z - Y) ** 2))
 
 
 def log_sum_exp(z):
     """Column-wise ``log(sum(exp(z)))``, shifted by the column maximum so it never overflows."""
-    top = np.max(z, axis=0)
-    return top + np.log(np.sum(np.exp(z - top), axis=0))
+    xp = namespace(z)
+    top = xp.max(z, axis=0)
+    return top + xp.log(xp.sum(xp.exp(z - top), axis=0))
 
 
 def softmax(z):
-    e = np.exp(z - np.max(z, axis=0))
-    return e / np.sum(e, axis=0)
+    xp = namespace(z)
+    e = xp.exp(z - xp.max(z, axis=0))
+    return e / xp.sum(e, axis=0)
 
 
 def cross_entropy_value(z, Y):
     """Softmax cross-entropy summed over columns: ``sum_j lse(z_j) - <Y_j, z_j>``."""
-    return float(np.sum(log_sum_exp(z)) - np.sum(Y * z))
+    xp = namespace(z, Y)
+    return float(xp.sum(log_sum_exp(z)) - xp.sum(Y * z))
 
 
 def cross_entropy_prox(m, Y, lam, beta, rtol=1e-13, max_iter=60):
@@ -65,14 +72,15 @@ def cross_entropy_prox(m, Y, lam, beta, rtol=1e-13, max_iter=60):
     rounding, so the result does not depend on where the iteration stopped (a serial and a
     distributed run agree to rounding even for tiny ``beta``).
     """
-    beta = np.asarray(beta, dtype=m.dtype)
-    z = np.array(m, copy=True)
+    xp = namespace(m, Y)
+    z = xp.asarray(m, copy=True)
 
     def column_objective(zz):
-        return log_sum_exp(zz) - np.sum(Y * zz, axis=0) + np.sum(lam * zz, axis=0) + np.sum(beta * (zz - m) ** 2, axis=0)
+        return (log_sum_exp(zz) - xp.sum(Y * zz, axis=0) + xp.sum(lam * zz, axis=0)
+                + xp.sum(beta * (zz - m) ** 2, axis=0))
 
     f = column_objective(z)
-    active = np.ones(z.shape[1], dtype=bool)
+    active = xp.ones(z.shape[1], dtype=xp.bool)
     for _ in range(max_iter):
         p = softmax(z)
         g = p - Y + lam + 2 * beta * (z - m)
@@ -80,25 +88,25 @@ def cross_entropy_prox(m, Y, lam, beta, rtol=1e-13, max_iter=60):
         Dg, Dp = g / D, p / D
         # Sherman-Morrison denominator 1 - sum p²/D written as sum 2 beta p / D: no cancellation
         # when p is nearly one-hot (saturated columns with small beta)
-        direction = -(Dg + Dp * (np.sum(p * Dg, axis=0) / np.sum(2 * beta * Dp, axis=0)))
-        size = np.sqrt(np.sum(direction * direction, axis=0))
-        active &= size > rtol * (1 + np.sqrt(np.sum(z * z, axis=0)))
-        if not np.any(active):
+        direction = -(Dg + Dp * (xp.sum(p * Dg, axis=0) / xp.sum(2 * beta * Dp, axis=0)))
+        size = xp.sqrt(xp.sum(direction * direction, axis=0))
+        active &= size > rtol * (1 + xp.sqrt(xp.sum(z * z, axis=0)))
+        if not bool(xp.any(active)):
             break
-        slope = np.sum(g * direction, axis=0)
-        step = np.ones_like(f)
+        slope = xp.sum(g * direction, axis=0)
+        step = xp.ones_like(f)
         # near the minimum f changes by less than its rounding error, which scales with the
         # size of the terms that cancel in it (lse(z) - z_y), not with f itself
-        slack = 1e-13 * (np.abs(f) + np.sum(np.abs(z), axis=0) + 1)
+        slack = 1e-13 * (xp.abs(f) + xp.sum(xp.abs(z), axis=0) + 1)
         for _ in range(30):  # Armijo: f(z + t d) <= f(z) + 1e-4 t <g, d>
             trial = z + step * direction
             f_trial = column_objective(trial)
             bad = active & (f_trial > f + 1e-4 * step * slope + slack)
-            if not np.any(bad):
+            if not bool(xp.any(bad)):
                 break
-            step = np.where(bad, 0.5 * step, step)
-        z = np.where(active, trial, z)
-        f = np.where(active, f_trial, f)
+            step = xp.where(bad, 0.5 * step, step)
+        z = xp.where(active, trial, z)
+        f = xp.where(active, f_trial, f)
     return z
 
 
@@ -123,16 +131,17 @@ class Loss:
     def targets(self, y, n_classes, dtype):
         """Targets as an ``outputs x n`` array: a 0/1 row (binary) or one-hot columns."""
         if self.binary_output:
-            return y.astype(dtype)[None, :]
+            return np.asarray(y, dtype=dtype)[None, :]
         Y = np.zeros((n_classes, y.shape[0]), dtype=dtype)
         Y[y, np.arange(y.shape[0])] = 1
         return Y
 
     def predict(self, z):
         """Class labels from network outputs ``z`` (outputs x n)."""
+        xp = namespace(z)
         if self.binary_output:
-            return (z[0] > 0.5).astype(np.int64)
-        return np.argmax(z, axis=0)
+            return xp.astype(z[0, ...] > 0.5, xp.int64)
+        return xp.argmax(z, axis=0)
 
     def __repr__(self):
         return f"Loss({self.name!r})"

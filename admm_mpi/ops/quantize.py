@@ -9,6 +9,8 @@ boundary variable stay bit-identical.
 
 import numpy as np
 
+from admm_mpi.backend import dtype_name, namespace
+
 
 def code_dtype(bits):
     """Smallest unsigned integer type that holds ``bits``-bit codes."""
@@ -18,7 +20,9 @@ def code_dtype(bits):
 
 
 def uniform_levels(lo, hi, bits, dtype):
-    """``(lo, scale)`` of the grid with ``2**bits`` levels spanning ``[lo, hi]`` (as ``dtype``)."""
+    """``(lo, scale)`` of the grid with ``2**bits`` levels spanning ``[lo, hi]``, as a host array of
+    ``dtype`` (numpy's of the same name): it travels beside the codes."""
+    dtype = np.dtype(dtype_name(dtype))
     lo, hi = dtype.type(lo), dtype.type(hi)
     scale = (hi - lo) / dtype.type(2**bits - 1)
     if not scale > 0:  # a constant tensor: every code is 0, any positive scale decodes it exactly
@@ -28,13 +32,14 @@ def uniform_levels(lo, hi, bits, dtype):
 
 def encode(x, levels, bits):
     """Integer codes of the levels nearest to ``x`` (values outside ``[lo, hi]`` clip to the ends)."""
-    lo, scale = levels
-    codes = np.rint((x - lo) / scale)
-    np.clip(codes, 0, 2**bits - 1, out=codes)
-    return codes.astype(code_dtype(bits))
+    xp = namespace(x)
+    lo, scale = float(levels[0]), float(levels[1])
+    codes = xp.clip(xp.round((x - lo) / scale), min=0.0, max=float(2**bits - 1))
+    return xp.astype(codes, getattr(xp, np.dtype(code_dtype(bits)).name))
 
 
 def decode(codes, levels, dtype):
     """The values ``lo + code * scale`` the codes stand for."""
-    lo, scale = levels
-    return (lo + codes.astype(dtype) * scale).astype(dtype, copy=False)
+    xp = namespace(codes)
+    dtype = getattr(xp, dtype_name(dtype))
+    return float(levels[0]) + xp.astype(codes, dtype) * float(levels[1])

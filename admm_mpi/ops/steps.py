@@ -14,25 +14,27 @@ For the quadratic blocks (W, b, and unconstrained a) ``φ`` along the step is a 
 curvature ``gᵀHg`` are known — and on a data-parallel grid these are two reduced scalars.
 """
 
-import numpy as np
+from admm_mpi.backend import namespace, sum_all
 
 MAX_TRIALS = 60
 
 
-def power_iteration(apply, n, dtype=np.float64, iters=30):
+def power_iteration(apply, like, iters=30):
     """Largest eigenvalue of a symmetric positive semi-definite operator ``apply`` on R^n.
 
     Deterministic start vector, so every rank computing it from the same operator agrees.
     A few iterations suffice: the result only seeds the backtracking search.
     """
-    v = np.ones(n, dtype=dtype) / np.sqrt(n)
+    xp = namespace(like)
+    n = like.shape[1]
+    v = xp.ones(n, dtype=like.dtype, device=getattr(like, "device", None)) / n**0.5
     lam = 0.0
     for _ in range(iters):
         w = apply(v)
-        norm = float(np.linalg.norm(w))
+        norm = sum_all(w * w) ** 0.5
         if norm == 0.0:
             return 0.0
-        lam, v = float(v @ w), w / norm
+        lam, v = sum_all(v * w), w / norm
     return max(lam, 0.0) * 1.01 + 1e-12  # a little above: the bound should not undershoot
 
 
@@ -98,24 +100,24 @@ def weight_gradient_step(stats, W, b, c, mu, tau_prev, *, bias_eliminated=False,
     """
     G, s_a, N, C, s_T = split_stats(stats)
     if bias_eliminated:
-        G = G - np.outer(s_a, s_a) / N
-        C = C - np.outer(s_T, s_a) / N
+        G = G - s_a[:, None] * s_a[None, :] / N
+        C = C - s_T[:, None] * s_a[None, :] / N
         offset = C
     else:
-        offset = C - np.outer(b, s_a)
+        offset = C - b[:, None] * s_a[None, :]
     WG = W @ G
-    W = W.copy()
+    W = namespace(W).asarray(W, copy=True)
     tau, total_trials, first_grad_sq = tau_prev, 0, None
     for _ in range(steps):
         grad = c * (WG - offset) + mu * W
-        grad_sq = float(np.sum(grad * grad))
+        grad_sq = sum_all(grad * grad)
         if first_grad_sq is None:
             first_grad_sq = grad_sq
         if grad_sq == 0.0:
             break
         grad_G = grad @ G
-        curvature = c * float(np.sum(grad_G * grad)) + mu * grad_sq
-        tau0 = start_tau(tau, lambda: c * power_iteration(lambda v: G @ v, G.shape[0], G.dtype) + mu)
+        curvature = c * sum_all(grad_G * grad) + mu * grad_sq
+        tau0 = start_tau(tau, lambda: c * power_iteration(lambda v: G @ v, G) + mu)
         _, tau, trials = backtracking(0.0, tau0, parabola_trial(0.0, grad_sq, curvature))
         total_trials += trials
         W -= grad / tau

@@ -2,16 +2,20 @@
 
 import numpy as np
 
+from admm_mpi.backend import from_host, namespace, sum_all, to_host
 
-def init_weights(widths, rng, dtype):
-    """He-normal weights and zero biases, drawn from ``rng``.
+
+def init_weights(widths, rng, like):
+    """He-normal weights and zero biases, drawn from ``rng`` (numpy) and placed like ``like``.
 
     Every rank draws from the same seed, so the weights start identical without communication.
     """
+    xp = namespace(like)
     weights, biases = [], []
     for n_in, n_out in zip(widths[:-1], widths[1:]):
-        weights.append((rng.standard_normal((n_out, n_in)) * np.sqrt(2.0 / n_in)).astype(dtype))
-        biases.append(np.zeros(n_out, dtype=dtype))
+        W = (rng.standard_normal((n_out, n_in)) * np.sqrt(2.0 / n_in)).astype(to_host(like[:1, :1]).dtype)
+        weights.append(from_host(xp, W, like=like))
+        biases.append(xp.zeros(n_out, dtype=like.dtype, device=getattr(like, "device", None)))
     return weights, biases
 
 
@@ -39,8 +43,9 @@ def weight_step(grid, a_prev, T, W, b, c, mu, tau, *, bias_first, center=False, 
     from admm_mpi.ops.linalg import local_normal_equations
     from admm_mpi.ops.steps import exact_bias, weight_gradient_step
 
+    xp = namespace(W)
     stats = grid.sum_to_root(local_normal_equations(a_prev, T))
-    Wb = np.empty((W.shape[0], W.shape[1] + 1), dtype=W.dtype)
+    Wb = xp.empty((W.shape[0], W.shape[1] + 1), dtype=W.dtype, device=getattr(W, "device", None))
     if grid.is_root:
         if bias_first:
             b = exact_bias(stats, W)
@@ -48,8 +53,8 @@ def weight_step(grid, a_prev, T, W, b, c, mu, tau, *, bias_first, center=False, 
         if not bias_first or center:
             b = exact_bias(stats, W)
         Wb[:, :-1], Wb[:, -1] = W, b
-    grid.bcast_from_root(Wb)
-    return Wb[:, :-1].copy(), Wb[:, -1].copy(), tau
+    Wb = grid.bcast_from_root(Wb)
+    return xp.asarray(Wb[:, :-1], copy=True), xp.asarray(Wb[:, -1], copy=True), tau
 
 
 def activation_step(grid, a, T, W, b, c, target, nu, tau):
@@ -66,9 +71,9 @@ def activation_step(grid, a, T, W, b, c, target, nu, tau):
     residual = T - W @ a - b[:, None]
     g = -c * (W.T @ residual) + nu * (a - target)
     Wg = W @ g
-    grad_sq, curvature = grid.allsum(np.array([np.sum(g * g), c * np.sum(Wg * Wg) + nu * np.sum(g * g)]))
+    grad_sq, curvature = grid.allsum(np.array([sum_all(g * g), c * sum_all(Wg * Wg) + nu * sum_all(g * g)]))
     if grad_sq == 0.0:
         return a, tau
-    tau0 = start_tau(tau, lambda: c * power_iteration(lambda v: W.T @ (W @ v), W.shape[1], W.dtype) + nu)
+    tau0 = start_tau(tau, lambda: c * power_iteration(lambda v: W.T @ (W @ v), W) + nu)
     _, tau, _ = backtracking(0.0, tau0, parabola_trial(0.0, grad_sq, curvature))
     return a - g / tau, tau

@@ -31,6 +31,8 @@ from typing import ClassVar
 
 import numpy as np
 
+from admm_mpi.backend import namespace, sum_all
+
 from admm_mpi.solvers.common import activation_step, forward_states, init_weights, weight_step
 
 
@@ -69,10 +71,10 @@ class DLADMM:
         return self.nu_fixed if self.nu_fixed > 0 else state.rho
 
     def init_state(self, X, Y, rng):
-        weights, biases = init_weights(self.spec.widths, rng, X.dtype)
+        weights, biases = init_weights(self.spec.widths, rng, X)
         a, z = forward_states(weights, biases, X, self.spec.h.apply)
         L = self.spec.n_layers
-        return DLADMMState(weights, biases, a, z, np.zeros_like(z[-1]), self.rho0, [None] * L, [None] * L)
+        return DLADMMState(weights, biases, a, z, namespace(z[-1]).zeros_like(z[-1]), self.rho0, [None] * L, [None] * L)
 
     # -- the blocks -------------------------------------------------------------------------
     def _target(self, state, l):
@@ -136,16 +138,16 @@ class DLADMM:
         out = {}
         penalty = 0.0
         for l in range(L - 1):
-            lin = float(np.sum((z[l] - W[l] @ a[l] - b[l][:, None]) ** 2))
-            act = float(np.sum((a[l + 1] - h(z[l])) ** 2))
+            lin = sum_all((z[l] - W[l] @ a[l] - b[l][:, None]) ** 2)
+            act = sum_all((a[l + 1] - h(z[l])) ** 2)
             out[f"residual_linear_{l}_sq"], out[f"residual_activation_{l}_sq"] = lin, act
             penalty += lin + act
         r = z[-1] - W[-1] @ a[-1] - b[-1][:, None]
         loss = self.spec.loss_fn.value(z[-1], Y)
         objective = loss + 0.5 * self._nu(state) * penalty
         if self.grid.is_root and self.mu:  # weights are global: count their penalty once
-            objective += 0.5 * self.mu * sum(float(np.sum(w * w)) for w in W)
+            objective += 0.5 * self.mu * sum(sum_all(w * w) for w in W)
         out["objective"] = objective
-        out["augmented_lagrangian"] = objective + float(np.sum(state.u * r)) + 0.5 * state.rho * float(np.sum(r * r))
-        out["residual_sq"] = float(np.sum(r * r))
+        out["augmented_lagrangian"] = objective + sum_all(state.u * r) + 0.5 * state.rho * sum_all(r * r)
+        out["residual_sq"] = sum_all(r * r)
         return out

@@ -15,7 +15,11 @@ and that block's momentum restarts.
 from dataclasses import dataclass
 from typing import ClassVar
 
+import math
+
 import numpy as np
+
+from admm_mpi.backend import namespace, sum_all
 
 from admm_mpi.ops.linalg import local_normal_equations
 from admm_mpi.ops.steps import (backtracking, exact_bias, power_iteration, split_stats, start_tau,
@@ -42,9 +46,8 @@ class MDLAMState:
 
 def _momentum(t):
     """Next Nesterov ``t`` and the extrapolation weight ``(t_old - 1)/t_new``."""
-    t_new = (1 + np.sqrt(1 + 4 * t * t)) / 2
-    import os
-    return t_new, (0.0 if os.environ.get('NOMOM') else (t - 1) / t_new)
+    t_new = (1 + math.sqrt(1 + 4 * t * t)) / 2
+    return t_new, (t - 1) / t_new
 
 
 def _worse(new, old):
@@ -55,9 +58,9 @@ def _worse(new, old):
 def centred_weight_objective(stats, W, c, mu):
     """``min_b (c/2)||T - W a - b||² + (mu/2)||W||²`` up to a constant (from reduced statistics)."""
     G, s_a, N, C, s_T = split_stats(stats)
-    Gc = G - np.outer(s_a, s_a) / N
-    Cc = C - np.outer(s_T, s_a) / N
-    return 0.5 * c * (float(np.sum((W @ Gc) * W)) - 2 * float(np.sum(W * Cc))) + 0.5 * mu * float(np.sum(W * W))
+    Gc = G - s_a[:, None] * s_a[None, :] / N
+    Cc = C - s_T[:, None] * s_a[None, :] / N
+    return 0.5 * c * (sum_all((W @ Gc) * W) - 2 * sum_all(W * Cc)) + 0.5 * mu * sum_all(W * W)
 
 
 class MDLAM:
@@ -73,17 +76,20 @@ class MDLAM:
         self.rho, self.mu, self.eps0, self.eps_min = rho, mu, eps, eps_min
 
     def init_state(self, X, Y, rng):
-        weights, biases = init_weights(self.spec.widths, rng, X.dtype)
+        weights, biases = init_weights(self.spec.widths, rng, X)
         a, z = forward_states(weights, biases, X, self.spec.h.apply)
         L = self.spec.n_layers
-        return MDLAMState(weights, biases, a, z, self.eps0, [w.copy() for w in weights], [x.copy() for x in a],
+        xp = namespace(X)
+        return MDLAMState(weights, biases, a, z, self.eps0, [xp.asarray(w, copy=True) for w in weights],
+                          [xp.asarray(x, copy=True) for x in a],
                           [1.0] * L, [1.0] * L, [None] * L, [None] * L)
 
     # -- blocks ---------------------------------------------------------------------------------
     def _update_weights(self, state, l):
         W, W_prev = state.weights[l], state.prev_weights[l]
         stats = self.grid.sum_to_root(local_normal_equations(state.a[l], state.z[l]))
-        Wb = np.empty((W.shape[0], W.shape[1] + 1), dtype=W.dtype)
+        xp = namespace(W)
+        Wb = xp.empty((W.shape[0], W.shape[1] + 1), dtype=W.dtype, device=getattr(W, "device", None))
         if self.grid.is_root:
             t_new, omega = _momentum(state.t_W[l])
             W_hat = W + omega * (W - W_prev)
@@ -96,21 +102,22 @@ class MDLAM:
                 t_new = 1.0  # restart the momentum of this block
             state.t_W[l], state.tau_W[l] = t_new, tau
             Wb[:, :-1], Wb[:, -1] = W_new, exact_bias(stats, W_new)
-        self.grid.bcast_from_root(Wb)
+        Wb = self.grid.bcast_from_root(Wb)
         state.prev_weights[l] = W
-        state.weights[l], state.biases[l] = Wb[:, :-1].copy(), Wb[:, -1].copy()
+        state.weights[l], state.biases[l] = xp.asarray(Wb[:, :-1], copy=True), xp.asarray(Wb[:, -1], copy=True)
 
     def _update_z(self, state, l, Y):
         m = state.weights[l] @ state.a[l] + state.biases[l][:, None]
         if l == self.spec.n_layers - 1:
-            state.z[l] = self.spec.loss_fn.prox(m, Y, np.zeros_like(m), self.rho / 2)
+            state.z[l] = self.spec.loss_fn.prox(m, Y, namespace(m).zeros_like(m), self.rho / 2)
             return
         a = state.a[l + 1]
         lo, hi = self.spec.h.inverse_box(a - state.eps, a + state.eps)
-        feasible = (lo <= hi) & (hi > -np.inf) & (lo < np.inf)
+        feasible = (lo <= hi) & (hi > -math.inf) & (lo < math.inf)
         # an empty box (a drifted out of h's range as eps shrank): take m; the a-step then
         # projects a back into the box around h(z)
-        state.z[l] = np.where(feasible, np.clip(m, lo, hi), m)
+        xp = namespace(m)
+        state.z[l] = xp.where(feasible, xp.clip(m, min=lo, max=hi), m)
 
     def _update_a(self, state, l):
         """a[l] (input of layer l): projected step on (rho/2)||z_l - W_l a - b_l||² over the box."""
@@ -119,41 +126,42 @@ class MDLAM:
         lo, hi = h_z - state.eps, h_z + state.eps
         t_new, omega = _momentum(state.t_a[l])
         a, a_prev = state.a[l], state.prev_a[l]
+        xp = namespace(a)
 
         def phi_and_grad(x):
             r = T - W @ x - b[:, None]
             return r, -self.rho * (W.T @ r)
 
-        t_sq = 0.5 * self.rho * float(np.sum(T * T))
+        t_sq = 0.5 * self.rho * sum_all(T * T)
 
         def take_step(start, tau):
             r, g = phi_and_grad(start)
-            phi_start, scale = self.grid.allsum(np.array([0.5 * self.rho * np.sum(r * r), t_sq]))
+            phi_start, scale = self.grid.allsum(np.array([0.5 * self.rho * sum_all(r * r), t_sq]))
             if phi_start <= 1e-24 * (1 + scale):
                 # already fitted to rounding: a search on rounding noise would only leave a
                 # meaningless τ behind (and one that differs between layouts)
                 return start, phi_start, tau
 
             def trial(tau_):
-                cand = np.clip(start - g / tau_, lo, hi)
+                cand = xp.clip(start - g / tau_, min=lo, max=hi)
                 d = cand - start
                 r_c = T - W @ cand - b[:, None]
                 phi_c, inner, dist = self.grid.allsum(np.array(
-                    [0.5 * self.rho * np.sum(r_c * r_c), np.sum(g * d), np.sum(d * d)]))
+                    [0.5 * self.rho * sum_all(r_c * r_c), sum_all(g * d), sum_all(d * d)]))
                 return (cand, phi_c), phi_c, inner, dist
 
-            tau0 = start_tau(tau, lambda: self.rho * power_iteration(lambda v: W.T @ (W @ v), W.shape[1], W.dtype))
+            tau0 = start_tau(tau, lambda: self.rho * power_iteration(lambda v: W.T @ (W @ v), W))
             result, tau, _ = backtracking(phi_start, tau0, trial)
             if result is None:
                 return start, phi_start, tau
             return result[0], result[1], tau
 
-        a_hat = np.clip(a + omega * (a - a_prev), lo, hi)
+        a_hat = xp.clip(a + omega * (a - a_prev), min=lo, max=hi)
         a_new, phi_new, tau = take_step(a_hat, state.tau_a[l])
         r_old = T - W @ a - b[:, None]
-        phi_old = self.grid.allsum(np.array([0.5 * self.rho * np.sum(r_old * r_old)]))[0]
+        phi_old = self.grid.allsum(np.array([0.5 * self.rho * sum_all(r_old * r_old)]))[0]
         if _worse(phi_new, phi_old):  # extrapolation hurt: step from the current point, restart momentum
-            a_new, _, tau = take_step(np.clip(a, lo, hi), tau)
+            a_new, _, tau = take_step(xp.clip(a, min=lo, max=hi), tau)
             t_new = 1.0
         state.prev_a[l], state.a[l] = a, a_new
         state.t_a[l], state.tau_a[l] = t_new, tau
@@ -175,14 +183,14 @@ class MDLAM:
         out = {}
         fit = 0.0
         for l in range(self.spec.n_layers):
-            r = float(np.sum((z[l] - W[l] @ a[l] - b[l][:, None]) ** 2))
+            r = sum_all((z[l] - W[l] @ a[l] - b[l][:, None]) ** 2)
             fit += r
             if l < self.spec.n_layers - 1:
-                out[f"residual_activation_{l}_sq"] = float(np.sum((a[l + 1] - self.spec.h.apply(z[l])) ** 2))
+                out[f"residual_activation_{l}_sq"] = sum_all((a[l + 1] - self.spec.h.apply(z[l])) ** 2)
             else:
                 out["residual_sq"] = r
         objective = self.spec.loss_fn.value(z[-1], Y) + 0.5 * self.rho * fit
         if self.grid.is_root:
-            objective += 0.5 * self.mu * sum(float(np.sum(w * w)) for w in W)
+            objective += 0.5 * self.mu * sum(sum_all(w * w) for w in W)
         out["objective"] = objective
         return out

@@ -35,6 +35,8 @@ from typing import ClassVar
 
 import numpy as np
 
+from admm_mpi.backend import dtype_name, from_host, namespace, sum_all, to_host
+
 from admm_mpi.errors import InputError
 from admm_mpi.grid import LayerGrid
 from admm_mpi.ops import quantize as quant
@@ -88,7 +90,7 @@ class PDADMM:
 
     def init_state(self, X, Y, rng):
         L = self.spec.n_layers
-        weights, biases = init_weights(self.spec.widths, rng, X.dtype)  # same seed: same weights everywhere
+        weights, biases = init_weights(self.spec.widths, rng, X)  # same seed: same weights everywhere
         a, z = forward_states(weights, biases, X, self.spec.h.apply)
         keep = set(self.owned)
         p_keep = set(range(self.first, min(self.stop + 1, L)))
@@ -98,8 +100,8 @@ class PDADMM:
             biases=[b if l in keep else None for l, b in enumerate(biases)],
             p=[a[l] if l in p_keep else None for l in range(L)],
             z=[z[l] if l in keep else None for l in range(L)],
-            q=[a[l + 1].copy() if l in b_keep else None for l in range(L - 1)],
-            u=[np.zeros_like(a[l + 1]) if l in b_keep else None for l in range(L - 1)],
+            q=[namespace(X).asarray(a[l + 1], copy=True) if l in b_keep else None for l in range(L - 1)],
+            u=[namespace(a[l + 1]).zeros_like(a[l + 1]) if l in b_keep else None for l in range(L - 1)],
             tau_W=[None] * L, tau_p=[None] * L)
         if self.bits:
             for l in range(max(self.first, 1), min(self.stop + 1, L)):
@@ -115,7 +117,9 @@ class PDADMM:
         The range is reduced over the data shards (max and min are exact), so the grid — and
         with it every value — is the one the serial run uses.
         """
-        hi, neg_lo = self.grid.data.allmax(np.array([x.max(initial=-np.inf), -x.min(initial=np.inf)]))
+        xp = namespace(x)
+        local = [float(xp.max(x)), -float(xp.min(x))] if x.size else [-np.inf, -np.inf]
+        hi, neg_lo = self.grid.data.allmax(np.array(local))
         levels = quant.uniform_levels(-neg_lo, hi, self.bits, x.dtype)
         codes = quant.encode(x, levels, self.bits)
         return codes, levels, quant.decode(codes, levels, x.dtype)
@@ -127,15 +131,25 @@ class PDADMM:
         codes, levels, x_hat = self._quantize(x)
         return [self.grid.isend(codes, to_next, tag), self.grid.isend(levels, to_next, tag + 100)], x_hat
 
-    def _recv(self, rows, n, dtype, from_prev, tag):
-        """Start receiving a boundary variable; returns ``(requests, finish)``, finish() → array."""
+    def _recv(self, like, rows, from_prev, tag):
+        """Start receiving a boundary variable shaped ``rows x`` like's columns, of like's kind.
+
+        Returns ``(requests, finish)``; ``finish()`` gives the array once the requests are done.
+        """
+        xp, n, dtype = namespace(like), like.shape[1], np.dtype(dtype_name(like.dtype))
         if not self.bits:
             buf = np.empty((rows, n), dtype)
-            return [self.grid.irecv(buf, from_prev, tag)], lambda: buf
+            return [self.grid.irecv(buf, from_prev, tag)], lambda: from_host(xp, buf, like=like)
         codes = np.empty((rows, n), quant.code_dtype(self.bits))
         levels = np.empty(2, dtype)
         requests = [self.grid.irecv(codes, from_prev, tag), self.grid.irecv(levels, from_prev, tag + 100)]
-        return requests, lambda: quant.decode(codes, levels, dtype)
+        return requests, lambda: quant.decode(from_host(xp, codes, like=like), levels, like.dtype)
+
+    def _recv_raw(self, like, rows):
+        """Start receiving an unquantised forward-pass activation (for the pipelined evaluation)."""
+        xp, dtype = namespace(like), np.dtype(dtype_name(like.dtype))
+        buf = np.empty((rows, like.shape[1]), dtype)
+        return [self.grid.irecv(buf, True, TAG_FORWARD)], lambda: from_host(xp, buf, like=like)
 
     def _project(self, x):
         return self._quantize(x)[2] if self.bits else x
@@ -145,7 +159,7 @@ class PDADMM:
         g, L, h = self.grid, self.spec.n_layers, self.spec.h
         nu, rho = self.nu, self.rho
         W, b, p, z, q, u = state.weights, state.biases, state.p, state.z, state.q, state.u
-        n, dtype = z[self.first].shape[1], z[self.first].dtype
+        like = z[self.first]
 
         # 1. p (from the previous q, u), then p_first goes back
         for l in range(max(self.first, 1), self.stop):
@@ -158,7 +172,7 @@ class PDADMM:
             sent, p[self.first] = self._send(p[self.first], False, TAG_P)
             pending += sent
         if g.next_rank is not None:
-            requests, receive_p = self._recv(self.spec.widths[self.stop], n, dtype, False, TAG_P)
+            requests, receive_p = self._recv(like, self.spec.widths[self.stop], False, TAG_P)
             pending += requests
 
         # 2.-3. W, b, z of every owned layer, while the p exchange is in flight
@@ -184,7 +198,7 @@ class PDADMM:
             sent, q[self.stop - 1] = self._send(q[self.stop - 1], True, TAG_Q)
             pending += sent
         if g.prev_rank is not None:
-            requests, receive_q = self._recv(self.spec.widths[self.first], n, dtype, True, TAG_Q)
+            requests, receive_q = self._recv(like, self.spec.widths[self.first], True, TAG_Q)
             pending += requests
         g.wait(pending)
         if receive_q is not None:
@@ -206,20 +220,22 @@ class PDADMM:
         total.
         """
         g, L = self.grid, self.spec.n_layers
-        n = X.shape[1]
         if g.prev_rank is None:
             a = X
         else:
-            a = np.empty((self.spec.widths[self.first], n), X.dtype)
-            g.wait([g.irecv(a, True, TAG_FORWARD)])
+            requests, receive = self._recv_raw(X, self.spec.widths[self.first])
+            g.wait(requests)
+            a = receive()
         for l in self.owned:
             a = state.weights[l] @ a + state.biases[l][:, None]
             if l < L - 1:
                 a = self.spec.h.apply(a)
         if g.next_rank is not None:
-            g.wait([g.isend(np.ascontiguousarray(a), True, TAG_FORWARD)])
+            g.wait([g.isend(a, True, TAG_FORWARD)])
             return 0
-        return int(np.sum(self.spec.loss_fn.predict(a) == y)) if y is not None and y.size else 0
+        if y is None or not y.size:
+            return 0
+        return int(np.sum(to_host(self.spec.loss_fn.predict(a)) == y))
 
     def full_model(self, state):
         """All layers' ``(weights, biases)`` on the world root (None elsewhere)."""
@@ -243,14 +259,14 @@ class PDADMM:
         for l in range(L):
             lin = act = coup = 0.0
             if l in self.owned:
-                lin = float(np.sum((z[l] - W[l] @ p[l] - b[l][:, None]) ** 2))
+                lin = sum_all((z[l] - W[l] @ p[l] - b[l][:, None]) ** 2)
                 if self.grid.data.is_root:  # weights are global in the group: count once
-                    weight_sq += float(np.sum(W[l] * W[l]))
+                    weight_sq += sum_all(W[l] * W[l])
                 if l < L - 1:
-                    act = float(np.sum((q[l] - h(z[l])) ** 2))
+                    act = sum_all((q[l] - h(z[l])) ** 2)
                     r = p[l + 1] - q[l]
-                    coup = float(np.sum(r * r))
-                    lagrange += float(np.sum(u[l] * r))
+                    coup = sum_all(r * r)
+                    lagrange += sum_all(u[l] * r)
                 else:
                     loss = self.spec.loss_fn.value(z[l], Y)
             out[f"residual_linear_{l}_sq"] = lin

@@ -29,6 +29,8 @@ from typing import ClassVar
 
 import numpy as np
 
+from admm_mpi.backend import namespace, sum_all
+
 from admm_mpi.ops.linalg import transpose_reduce_weights, with_ones_row
 from admm_mpi.ops.steps import backtracking, power_iteration, start_tau
 from admm_mpi.solvers.common import forward_states, init_weights
@@ -60,10 +62,10 @@ class SigmoidADMM:
         self.beta, self.mu, self.omega = beta, mu, omega
 
     def init_state(self, X, Y, rng):
-        weights, biases = init_weights(self.spec.widths, rng, X.dtype)
+        weights, biases = init_weights(self.spec.widths, rng, X)
         a, z = forward_states(weights, biases, X, self.spec.h.apply)
         L = self.spec.n_layers
-        return SigmoidADMMState(weights, biases, a, z, [np.zeros_like(zl) for zl in z], [None] * L, [None] * L)
+        return SigmoidADMMState(weights, biases, a, z, [namespace(zl).zeros_like(zl) for zl in z], [None] * L, [None] * L)
 
     def _g(self, state, l, W=None, b=None, V=None):
         """Layer l's constraint function and pre-activation at (W, b, V)."""
@@ -77,7 +79,7 @@ class SigmoidADMM:
         """<Λ_l, g - V_l> + (beta/2)||g - V_l||² (local sum), and its gradient wrt g."""
         target = state.z[-1] if l == self.spec.n_layers - 1 else state.a[l + 1]
         d = g - target
-        value = float(np.sum(state.lam[l] * d)) + 0.5 * self.beta * float(np.sum(d * d))
+        value = sum_all(state.lam[l] * d) + 0.5 * self.beta * sum_all(d * d)
         return value, state.lam[l] + self.beta * d
 
     def _grad_pre(self, state, l, g, pre):
@@ -107,7 +109,7 @@ class SigmoidADMM:
 
         def own_terms(x):
             d = g_own - x
-            return float(np.sum(lam_own * d)) + 0.5 * self.beta * float(np.sum(d * d))
+            return sum_all(lam_own * d) + 0.5 * self.beta * sum_all(d * d)
 
         own_V = own_terms(V)
         phi0 = self.grid.allsum(np.array([smooth_value(V) + own_V]))[0]
@@ -119,13 +121,13 @@ class SigmoidADMM:
             own_x = own_terms(x)
             # sufficient decrease of the linearised (smooth) part; the exact own terms sit on both sides
             phi, inner, dist = self.grid.allsum(np.array(
-                [smooth_value(x) + own_x, np.sum(grad_next * d) + own_x - own_V, np.sum(d * d)]))
+                [smooth_value(x) + own_x, sum_all(grad_next * d) + own_x - own_V, sum_all(d * d)]))
             return x, phi, inner, dist
 
         W = state.weights[l]
         scale = 0.25 if self.spec.activation == "sigmoid" else 1.0
         tau0 = start_tau(state.tau_V[l], lambda: self.omega * self.beta * scale ** 2 * power_iteration(
-            lambda v: W.T @ (W @ v), W.shape[1], W.dtype))
+            lambda v: W.T @ (W @ v), W))
         x, tau, _ = backtracking(phi0, tau0, trial)
         if x is not None:
             state.a[l] = x
@@ -139,9 +141,12 @@ class SigmoidADMM:
         g, pre = self._g(state, l)
         A = with_ones_row(state.a[l])
         grad_local = self._grad_pre(state, l, g, pre) @ A.T
-        reduced = self.grid.allsum(np.append(grad_local.ravel(), self._layer_terms(state, l, g)[0]))
-        grad = reduced[:-1].reshape(grad_local.shape)
-        phi0 = reduced[-1] + 0.5 * self.mu * float(np.sum(W * W))
+        xp = namespace(W)
+        value = xp.asarray([self._layer_terms(state, l, g)[0]], dtype=grad_local.dtype,
+                           device=getattr(W, "device", None))
+        reduced = self.grid.allsum(xp.concat([xp.reshape(grad_local, (-1,)), value]))
+        grad = xp.reshape(reduced[:-1], grad_local.shape)
+        phi0 = float(reduced[-1]) + 0.5 * self.mu * sum_all(W * W)
 
         def trial(omega):
             # argmin (mu/2)||W||² + <grad, Θ> + (omega/2)||Θ - Θ_k||²  (no decay on b)
@@ -149,11 +154,11 @@ class SigmoidADMM:
             b_new = b - grad[:, -1] / omega
             g_new, _ = self._g(state, l, W=W_new, b=b_new)
             value = self.grid.allsum(np.array([self._layer_terms(state, l, g_new)[0]]))[0]
-            value += 0.5 * self.mu * float(np.sum(W_new * W_new))
+            value += 0.5 * self.mu * sum_all(W_new * W_new)
             dW, db = W_new - W, b_new - b
-            inner = float(np.sum(grad[:, :-1] * dW) + np.sum(grad[:, -1] * db)) + 0.5 * self.mu * float(
-                np.sum(W_new * W_new) - np.sum(W * W))
-            return (W_new, b_new), value, inner, float(np.sum(dW * dW) + np.sum(db * db))
+            inner = float(sum_all(grad[:, :-1] * dW) + sum_all(grad[:, -1] * db)) + 0.5 * self.mu * float(
+                sum_all(W_new * W_new) - sum_all(W * W))
+            return (W_new, b_new), value, inner, float(sum_all(dW * dW) + sum_all(db * db))
 
         tau0 = start_tau(state.tau_W[l], lambda: self.omega * self.beta * float(self.n_total))
         result, tau, _ = backtracking(phi0, tau0, trial)
@@ -186,10 +191,10 @@ class SigmoidADMM:
             al += value
             target = state.z[-1] if l == L - 1 else state.a[l + 1]
             name = "residual_sq" if l == L - 1 else f"residual_activation_{l}_sq"
-            out[name] = float(np.sum((g - target) ** 2))
+            out[name] = sum_all((g - target) ** 2)
         objective = self.spec.loss_fn.value(state.z[-1], Y)
         if self.grid.is_root:
-            objective += 0.5 * self.mu * sum(float(np.sum(w * w)) for w in state.weights)
+            objective += 0.5 * self.mu * sum(sum_all(w * w) for w in state.weights)
         out["objective"] = objective
         out["augmented_lagrangian"] = objective + al
         return out

@@ -16,6 +16,8 @@ from typing import ClassVar
 
 import numpy as np
 
+from admm_mpi.backend import namespace, sum_all
+
 from admm_mpi.ops.blocks import blas_threads, for_each_block
 from admm_mpi.ops.linalg import activation_solver, transpose_reduce_weights
 from admm_mpi.solvers.common import forward_states, init_weights
@@ -62,9 +64,9 @@ class TaylorADMM:
         self.eps = ridge * n_total
 
     def init_state(self, X, Y, rng):
-        weights, biases = init_weights(self.spec.widths, rng, X.dtype)
+        weights, biases = init_weights(self.spec.widths, rng, X)
         a, z = forward_states(weights, biases, X, self.spec.h.apply)
-        return TaylorState(weights, biases, a, z, [zl.copy() for zl in z], np.zeros_like(z[-1]))
+        return TaylorState(weights, biases, a, z, [namespace(zl).asarray(zl, copy=True) for zl in z], namespace(z[-1]).zeros_like(z[-1]))
 
     def step(self, state, Y, iteration):
         """One ADMM iteration (``iteration`` counts from 1)."""
@@ -102,12 +104,12 @@ class TaylorADMM:
         """This rank's sums: the objective and the squared output residual."""
         h = self.spec.h.apply
         z, m, a = state.z, state.m, state.a
-        total = self.spec.loss_fn.value(z[-1], Y) + float(np.sum(state.lam * z[-1]))
-        residual_sq = float(np.sum((z[-1] - m[-1]) ** 2))
+        total = self.spec.loss_fn.value(z[-1], Y) + sum_all(state.lam * z[-1])
+        residual_sq = sum_all((z[-1] - m[-1]) ** 2)
         total += self.beta * residual_sq
         for l in range(self.spec.n_layers - 1):
-            total += self.gamma * float(np.sum((a[l + 1] - h(z[l])) ** 2))
-            total += self.beta * float(np.sum((z[l] - m[l]) ** 2))
+            total += self.gamma * sum_all((a[l + 1] - h(z[l])) ** 2)
+            total += self.beta * sum_all((z[l] - m[l]) ** 2)
         return {"objective": total, "residual_sq": residual_sq}
 
     def end_of_iteration(self, state, metrics):
