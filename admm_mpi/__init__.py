@@ -2,13 +2,15 @@
 
 Layout of the package (one job per module):
 
-- ``backend``   array namespace (numpy now, cupy-ready) and dtype policy
+- ``backend``   array namespace of the inputs (array API: numpy, cupy), host <-> device
 - ``partition`` pure block-layout arithmetic, no MPI
-- ``grid``      the process grid: the only module that talks to MPI
+- ``grid``      the process grids (data-parallel; layer groups x data shards): the only module
+                that talks to MPI
 - ``data``      HDF5 datasets, each rank reading only its own slab of rows
 - ``model``     network spec, forward pass, prediction, model files
 - ``ops``       activations, losses and their proximal steps, weight solves
 - ``solvers``   the ADMM algorithms as pure maths on local arrays
+- ``graph``     graph-augmented inputs for pdADMM-G
 - ``train``     the training loop: schedule, stopping, metrics, outputs
 - ``cli``       the ``admm-mpi`` command
 """

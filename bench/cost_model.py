@@ -20,8 +20,9 @@ Model of the seconds of one step on P ranks, one thread each, N samples:
 with ``t_reduce_bcast(P, n) = 2 ceil(log2 P) (α + n β)`` (binomial trees). It is checked against
 the measured step times (``mpiexec -n P admm-mpi train``) at P = 1, 2 and 4 (4 ranks on 2 cores
 are oversubscribed: the model divides the compute by min(P, cores)/P); then projected to
-64–4 096 ranks for the Taylor paper's Higgs (10.5 M x 28, 28-300-1) and SVHN (120 290 x 648,
-648-100-50-1) problems, with this machine's α, β and with a typical InfiniBand
+64–4 096 ranks for the Taylor paper's Higgs (10.5 M x 28; 28-300-1, the hidden width 300 is our
+assumption: the seed document gives no widths for Higgs) and SVHN (120 290 x 648, 648-100-50-1 as
+in the seed document) problems, with this machine's α, β and with a typical InfiniBand
 (α = 1.5 µs, 1/β = 10 GB/s), into ``results/cost_model.md``.
 """
 
@@ -239,6 +240,9 @@ def markdown(result):
         lines.append(f"| {c['ranks']} | {c['measured']:.3f} | {c['predicted']:.3f} | {100 * c['error']:+.0f}% |")
     lines += ["", "(4 ranks run on 2 cores: the model halves their compute rate.)", "",
               "## Projection (one rank per core at this machine's per-core rates)", "",
+              "Shapes: SVHN 648-100-50-1 (the Taylor paper's, seed 002); Higgs 28-300-1 (its hidden width "
+              "is our assumption). The time of the reductions grows with log2 P; the compute shrinks "
+              "with 1/P until the per-iteration solves (fixed) and the reductions dominate.", "",
               "| problem | ranks | s/step, this machine's α-β | s/step, InfiniBand α = 1.5 µs, 10 GB/s |",
               "|---|---|---|---|"]
     for r in result["projections"]:
