@@ -88,20 +88,46 @@ def _read_global(group, name):
             for i in range(int(item.attrs["length"]))]
 
 
-def save(run_dir, iteration, state, shard, config, grid, keep=2):
-    """Write a checkpoint of ``state`` after ``iteration`` (collective; the root writes)."""
+def _entries(value):
+    """``(index, item)`` pairs of a state field: list items by position, a single value as index None."""
+    return list(enumerate(value)) if isinstance(value, list) else [(None, value)]
+
+
+def save(run_dir, iteration, state, shard, config, grid, keep=2, owns=None):
+    """Write a checkpoint of ``state`` after ``iteration`` (collective; the root writes).
+
+    ``owns(field, index)`` says whether this rank's value of an entry is the one to save (on a
+    layer grid each layer's values live on its layer group only; ``index`` is None for a field
+    that is not a list). By default every rank owns its columns of every per-sample entry and the
+    root owns the global state, which every rank holds identically.
+    """
+    if owns is None:
+        def owns(name, index):
+            return name in state.sample_fields or grid.is_root
     directory = os.path.join(run_dir, "checkpoints")
-    samples = {}
+    samples, globals_ = {}, {}
     for name in state.sample_fields:
         value = getattr(state, name)
-        items = value if isinstance(value, list) else [value]
-        local = [DATA_MARKER if item is shard.X else to_host(item) for item in items]
-        gathered = grid.gather_to_root(local)  # a list per rank, each a list of arrays
+        local = {i: DATA_MARKER if item is shard.X else to_host(item)
+                 for i, item in _entries(value) if item is not None and owns(name, i)}
+        gathered = grid.gather_to_root((shard.start, local))  # every rank's columns of its entries
         if grid.is_root:
-            samples[name] = (isinstance(value, list), [
-                DATA_MARKER if parts[0] is DATA_MARKER or isinstance(parts[0], str)
-                else np.concatenate(parts, axis=-1)
-                for parts in zip(*gathered)])
+            items = []
+            for i, _ in _entries(value):
+                parts = [d[i] for _, d in sorted(gathered, key=lambda sd: sd[0]) if i in d]
+                items.append(DATA_MARKER if any(isinstance(p, str) for p in parts)
+                             else np.concatenate(parts, axis=-1))
+            samples[name] = (isinstance(value, list), items)
+    for field in dataclasses.fields(state):
+        if field.name in state.sample_fields:
+            continue
+        value = getattr(state, field.name)
+        local = {i: to_host(v) if hasattr(v, "shape") else v for i, v in _entries(value) if owns(field.name, i)}
+        gathered = grid.gather_to_root(local)
+        if grid.is_root:
+            merged = {i: v for d in gathered for i, v in d.items()}
+            globals_[field.name] = [merged.get(i) for i, _ in _entries(value)] if isinstance(value, list) \
+                else merged[None]
     if not grid.is_root:
         return None
     os.makedirs(directory, exist_ok=True)
@@ -113,9 +139,8 @@ def save(run_dir, iteration, state, shard, config, grid, keep=2):
                           config=json.dumps(config.as_dict()), data=json.dumps(fingerprint(shard)),
                           ranks=grid.size, admm_mpi_version=__version__)
         g = f.create_group("global")
-        for field in dataclasses.fields(state):
-            if field.name not in state.sample_fields:
-                _write_global(g, field.name, getattr(state, field.name))
+        for name, value in globals_.items():
+            _write_global(g, name, value)
         s = f.create_group("samples")
         for name, (is_list, items) in samples.items():
             sub = s.create_group(name)
@@ -148,7 +173,8 @@ def latest(run_dir):
 
 # settings that may change between the run that wrote a checkpoint and the one that resumes it
 # (the data *path* may change; the data fingerprint checks the content)
-RESUMABLE_CHANGES = {"iters", "out", "progress", "tol", "resume", "checkpoint_every", "data", "device"}
+RESUMABLE_CHANGES = {"iters", "out", "progress", "tol", "resume", "checkpoint_every", "data", "device", "layout",
+                     "layer_groups"}
 
 
 def check_compatible(path, config, shard):
@@ -176,31 +202,47 @@ def check_compatible(path, config, shard):
     return None
 
 
-def load(path, state, shard, grid):
+def load(path, state, shard, grid, needs=None):
     """Fill ``state`` (freshly initialised) from the checkpoint; returns its iteration.
 
     Every rank reads the global state and its own columns of the per-sample state, so the
-    checkpoint continues on any number of ranks.
+    checkpoint continues on any number of ranks. ``needs(field, index)`` picks the entries this
+    rank keeps (a layer group: its layers and their boundaries); the others stay as they are.
     """
+    needs = needs or (lambda name, index: True)
     start, stop = shard.start, shard.start + shard.X.shape[1]
     xp = namespace(shard.X)
+
+    def on_device(v):
+        return from_host(xp, v, like=shard.X) if isinstance(v, np.ndarray) else v
+
     with h5py.File(path, "r") as f:
         iteration = int(f["meta"].attrs["iteration"])
         g = f["global"]
         for field in dataclasses.fields(state):
-            if field.name not in state.sample_fields:
-                value = _read_global(g, field.name)
-                if isinstance(value, np.ndarray):
-                    value = from_host(xp, value, like=shard.X)
-                elif isinstance(value, list):
-                    value = [from_host(xp, v, like=shard.X) if isinstance(v, np.ndarray) else v for v in value]
-                setattr(state, field.name, value)
+            if field.name in state.sample_fields:
+                continue
+            value = _read_global(g, field.name)
+            if isinstance(value, list):
+                current = getattr(state, field.name)
+                value = [on_device(v) if needs(field.name, i) else current[i] for i, v in enumerate(value)]
+            else:
+                value = on_device(value)
+            setattr(state, field.name, value)
         for name in state.sample_fields:
             sub = f["samples"][name]
-            items = [shard.X if sub.attrs.get(f"data_{i}", False) else
-                     from_host(xp, np.ascontiguousarray(sub[str(i)][..., start:stop]), like=shard.X)
-                     for i in range(int(sub.attrs["length"]))]
-            setattr(state, name, items if sub.attrs["is_list"] else items[0])
+            is_list = bool(sub.attrs["is_list"])
+            current = getattr(state, name)
+            items = []
+            for i in range(int(sub.attrs["length"])):
+                index = i if is_list else None
+                if not needs(name, index):
+                    items.append(current[i] if is_list else current)
+                elif sub.attrs.get(f"data_{i}", False):
+                    items.append(shard.X)
+                else:
+                    items.append(on_device(np.ascontiguousarray(sub[str(i)][..., start:stop])))
+            setattr(state, name, items if is_list else items[0])
     return iteration
 
 

@@ -215,9 +215,6 @@ def validate(config):
         raise InputError("layout 'hybrid' needs --layer-groups G (at least 1)")
     if config.layout != "hybrid" and config.layer_groups:
         raise InputError(f"layer_groups applies to layout 'hybrid' only (the layout is {config.layout!r})")
-    if config.layout != "data" and (config.checkpoint_every or config.resume):
-        raise InputError(f"checkpoints are written by the data layout only; layout {config.layout!r} cannot "
-                         "use checkpoint_every or resume yet")
     if config.w_steps is not None and config.w_steps < 1:
         raise InputError(f"w_steps must be at least 1, got {config.w_steps}")
     for name in ("warm_start", "rho_patience"):

@@ -177,7 +177,7 @@ def train(config, grid, *, out=True, shard=None):
         grid.agree(problem)
         resume_from = grid.bcast_decision(resume_from)
         if resume_from is not None:
-            first = checkpoint.load(resume_from, state, shard, grid) + 1
+            first = checkpoint.load(resume_from, state, shard, grid, needs=getattr(solver, "needs", None)) + 1
             grid.agree(None if first <= config.iters else
                        f"checkpoint {resume_from} is already at iteration {first - 1}; ask for more --iters")
 
@@ -249,9 +249,10 @@ def train(config, grid, *, out=True, shard=None):
             if decision == "diverged":
                 raise TrainingError(f"training diverged at iteration {iteration}: the objective is not finite "
                                     "(try a larger ridge or smaller beta/gamma)")
-            if out and config.layout == "data" and (decision == "preempted" or (
+            if out and (decision == "preempted" or (
                     config.checkpoint_every and iteration % config.checkpoint_every == 0)):
-                saved = checkpoint.save(config.out, iteration, state, shard, config, grid)
+                saved = checkpoint.save(config.out, iteration, state, shard, config, grid,
+                                        owns=getattr(solver, "owns", None))
             if decision == "converged":
                 converged = True
                 break
@@ -273,6 +274,8 @@ def train(config, grid, *, out=True, shard=None):
         "data_shards": getattr(solver.grid, "shards", grid.size),
         "ranks": grid.size,
         "iterations": iteration,
+        "first_iteration": first,
+        "resumed_from": resume_from,
         "train_accuracy": row["train_accuracy"],
         "test_accuracy": row["test_accuracy"],
         "seconds_per_iteration": statistics.median(seconds),

@@ -31,7 +31,7 @@ BAD_LAYOUTS = [
     (2, ["--solver", "pdadmm", "--layout", "hybrid"], "needs --layer-groups"),
     (3, ["--solver", "pdadmm", "--layout", "hybrid", "--layer-groups", "2"], "do not divide 3 ranks"),
     (3, ["--solver", "pdadmm", "--layout", "layer", "--hidden", "8"], "at most one layer group per layer"),
-    (2, ["--solver", "pdadmm", "--layout", "layer", "--checkpoint-every", "2"], "data layout only"),
+    (2, ["--solver", "pdadmm", "--layout", "layer", "--layer-groups", "2"], "applies to layout 'hybrid' only"),
     (2, ["--solver", "pdadmm", "--quantize", "1"], "quantize must be"),
     (2, ["--solver", "dladmm", "--quantize", "8"], "has no setting quantize"),
 ]

@@ -211,6 +211,25 @@ class PDADMM:
     def end_of_iteration(self, state, metrics):
         pass
 
+    # -- checkpoints: which entries of the state are this rank's ----------------------------------
+    def owns(self, name, index):
+        """Whether this rank's value of ``name[index]`` is the one a checkpoint stores."""
+        if index is None:
+            return self.grid.is_root
+        L = self.spec.n_layers
+        mine = self.first <= index < (min(self.stop, L - 1) if name in ("q", "u") else self.stop)
+        return mine if name in PDADMMState.sample_fields else mine and self.grid.shard == 0
+
+    def needs(self, name, index):
+        """Whether this rank keeps ``name[index]`` (its layers, plus the neighbours' boundary copies)."""
+        if index is None:
+            return True
+        if name == "p":
+            return self.first <= index <= self.stop and index < self.spec.n_layers
+        if name in ("q", "u"):
+            return index in self.boundaries
+        return self.first <= index < self.stop
+
     # -- outputs -------------------------------------------------------------------------------------
     def count_correct(self, state, X, y):
         """Correct predictions of the network on this rank's columns ``X``, counted on the last group.
