@@ -44,7 +44,7 @@ def _add_train_arguments(p):
     p.add_argument("--loss", help="least_squares | cross_entropy | ova_hinge | binary_hinge "
                                  "(default: the solver's)")
     p.add_argument("--iters", type=int, help="iterations (default: 60)")
-    p.add_argument("--dtype", help="float32 | float64 (default: float64)")
+    p.add_argument("--dtype", help="float32 | float64 (default: float32)")
     p.add_argument("--device", help="cpu | gpu (default: cpu; gpu needs cupy)")
     p.add_argument("--seed", type=int, help="seed of the initial weights (default: 0)")
     p.add_argument("--out", help="output directory (default: runs/latest)")

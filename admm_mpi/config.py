@@ -39,7 +39,7 @@ class TrainConfig:
     activation: str = ""          # "" = the solver's default (relu; sigmoid for sigmoid_admm)
     loss: str = ""                # "" = the solver's default
     iters: int = 60
-    dtype: str = "float64"
+    dtype: str = "float32"       # float32 | float64 (the small factorisations are float64 either way)
     device: str = "cpu"           # cpu | gpu (cupy arrays; one GPU per rank)
     seed: int = 0
     out: str = "runs/latest"

@@ -47,7 +47,7 @@ class _ADMMBase(BaseEstimator):
     }
 
     def __init__(self, hidden_layer_sizes=(100,), *, solver="taylor", activation=None, max_iter=30, tol=0.0,
-                 random_state=None, dtype="float64", solver_params=None, comm=None):
+                 random_state=None, dtype="float32", solver_params=None, comm=None):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.solver = solver
         self.activation = activation
@@ -123,7 +123,7 @@ class ADMMClassifier(ClassifierMixin, _ADMMBase):
     tol : float, default=0
         Stop when the output residual falls below ``tol * sqrt(n_samples)``; 0 runs max_iter.
     random_state : int, RandomState or None
-    dtype : {"float64", "float32"}
+    dtype : {"float32", "float64"}, default "float32"
     solver_params : dict or None
         Solver settings by the names of the command line (``{"ridge": 1e-4}``, ``{"rho": 0.1}``).
     comm : mpi4py communicator or None
@@ -141,7 +141,7 @@ class ADMMClassifier(ClassifierMixin, _ADMMBase):
     }
 
     def __init__(self, hidden_layer_sizes=(100,), *, solver="taylor", activation=None, loss=None, max_iter=30,
-                 tol=0.0, random_state=None, dtype="float64", solver_params=None, comm=None):
+                 tol=0.0, random_state=None, dtype="float32", solver_params=None, comm=None):
         super().__init__(hidden_layer_sizes, solver=solver, activation=activation, max_iter=max_iter, tol=tol,
                          random_state=random_state, dtype=dtype, solver_params=solver_params, comm=comm)
         self.loss = loss

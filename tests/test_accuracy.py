@@ -18,8 +18,8 @@ BARS = {"dladmm": 0.975, "mdlam": 0.95, "sigmoid_admm": 0.975}
 @pytest.mark.parametrize("solver", sorted(BARS))
 def test_solver_accuracy_on_digits(tmp_path, solver):
     out = tmp_path / solver
-    proc = run_admm(2, "train", "--solver", solver, "--hidden", "1000,1000", "--iters", 60, "--no-progress",
-                    "--out", out, timeout=900)
+    proc = run_admm(2, "train", "--solver", solver, "--hidden", "1000,1000", "--iters", 60, "--dtype", "float64",
+                    "--no-progress", "--out", out, timeout=900)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((out / "summary.json").read_text())
     print(f"{solver}: test accuracy {summary['test_accuracy']:.4f} after {summary['iterations']} iterations, "

@@ -17,10 +17,10 @@ def test_layer_layout_run_writes_a_whole_model_that_evaluates_to_the_same_accura
     assert summary["layout"] == "layer" and summary["layer_groups"] == 3 and summary["data_shards"] == 1
     per_rank = summary["bytes_per_iteration_per_rank"]
     assert len(per_rank) == 3 and all(b > 0 for b in per_rank)
-    # 8-bit codes of the 32 x 1500 boundaries plus (offset, scale): p back, q forward
+    # 8-bit codes of the 32 x 1500 boundaries plus (offset, scale) as 2 float32: p back, q forward
     n = 1500
-    assert per_rank[0] == 32 * n + 16            # q forward only
-    assert per_rank[1] == 2 * (32 * n + 16)      # p back and q forward
+    assert per_rank[0] == 32 * n + 8             # q forward only
+    assert per_rank[1] == 2 * (32 * n + 8)       # p back and q forward
     evaluated = run_admm(2, "evaluate", "--model", run / "model.h5", "--data", "digits")
     assert evaluated.returncode == 0, evaluated.stderr
     assert json.loads(evaluated.stdout)["test_accuracy"] == pytest.approx(summary["test_accuracy"], abs=1e-12)
