@@ -26,7 +26,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from admm_mpi.config import SOLVER_FIELDS, TrainConfig, validate
 from admm_mpi.data import Shard
 from admm_mpi.grid import Grid
-from admm_mpi.model import ModelSpec, forward
+from admm_mpi.model import forward
 from admm_mpi.ops.activations import ACTIVATIONS
 from admm_mpi.ops.losses import softmax
 from admm_mpi.solvers import SOLVERS

@@ -138,16 +138,16 @@ class Grid:
         decisions derived from these sums must not differ between ranks.
         """
         if self._comm is None:
-            return namespace(local).asarray(local, copy=True) if not is_numpy(local) else np.array(local, copy=True)
+            return _copy(local)
         out = self.sum_to_root(local)
         if out is None:
-            out = namespace(local).asarray(local, copy=True) if not is_numpy(local) else np.array(local, copy=True)
+            out = _copy(local)
         return self.bcast_from_root(out)
 
     def allmax(self, local):
         """Element-wise maximum over ranks of a small array."""
         if self._comm is None:
-            return namespace(local).asarray(local, copy=True) if not is_numpy(local) else np.array(local, copy=True)
+            return _copy(local)
         from mpi4py import MPI
 
         send = self._buffer(local)
@@ -237,6 +237,11 @@ class Grid:
             if not MPI.Is_finalized():
                 self._comm.Free()
             self._comm = None
+
+
+def _copy(x):
+    """A copy of an array of any backend."""
+    return np.array(x, copy=True) if is_numpy(x) else namespace(x).asarray(x, copy=True)
 
 
 def _cuda_aware():

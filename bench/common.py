@@ -23,6 +23,25 @@ def median_seconds(fn, repeats=5, warmup=1):
     return statistics.median(times), times
 
 
+def mpiexec():
+    """The mpiexec beside this Python (the pip MPICH wheel), else the one on PATH."""
+    import sys
+
+    local = Path(sys.executable).with_name("mpiexec")
+    return str(local) if local.exists() else "mpiexec"
+
+
+def median_step_seconds(solver, state, Y, repeats):
+    """Median seconds of ``solver.step`` over ``repeats`` iterations (after one warm-up iteration)."""
+    iteration = [0]
+
+    def one():
+        iteration[0] += 1
+        solver.step(state, Y, iteration[0])
+
+    return median_seconds(one, repeats=repeats)
+
+
 def gemm_rate(dtype, n=1000, repeats=7):
     """Measured GEMM rate of this machine (GFLOP/s) for n x n x n products, median of repeats."""
     rng = np.random.default_rng(0)

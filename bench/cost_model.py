@@ -40,17 +40,12 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, machine, median_seconds, save_plot, synthetic_mnist, write_result  # noqa: E402
+from common import RESULTS, machine, median_seconds, mpiexec, save_plot, synthetic_mnist, write_result  # noqa: E402
 
 WIDTHS = (784, 1000, 1000, 10)
 PROJECTIONS = {"Higgs (10.5 M x 28)": ((28, 300, 1), 10_500_000),
                "SVHN (120 290 x 648)": ((648, 100, 50, 1), 120_290)}
 INFINIBAND = (1.5e-6, 1 / 10e9)
-
-
-def mpiexec():
-    local = Path(sys.executable).with_name("mpiexec")
-    return str(local) if local.exists() else "mpiexec"
 
 
 # ---- the model ------------------------------------------------------------------------------

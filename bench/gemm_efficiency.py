@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import gemm_rate, machine, median_seconds, save_plot, synthetic_mnist, write_result  # noqa: E402
+from common import gemm_rate, machine, median_step_seconds, save_plot, synthetic_mnist, write_result  # noqa: E402
 
 WIDTHS = (784, 1000, 1000, 10)
 DLADMM_GPU_SECONDS = (5.8, 13.4)  # the dlADMM paper's GPU code on this shape (GTX 1080 Ti), DESIGN.md
@@ -62,13 +62,7 @@ def run(repeats, n, threads):
             Y = spec.loss_fn.targets(y, 10, dtype)
             solver = TaylorADMM(spec, Grid.serial(), n, **TaylorADMM.defaults)
             state = solver.init_state(X, Y, np.random.default_rng(0))
-            it = [0]
-
-            def one():
-                it[0] += 1
-                solver.step(state, Y, it[0])
-
-            seconds, times = median_seconds(one, repeats=repeats)
+            seconds, times = median_step_seconds(solver, state, Y, repeats)
             flops = taylor_flops(WIDTHS, n)
             row = {"dtype": np.dtype(dtype).name, "samples": n, "threads": threads, "median_seconds": seconds,
                    "times": times, "gflop_per_iteration": flops / 1e9, "achieved_gflops": flops / seconds / 1e9,

@@ -25,17 +25,12 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, write_result  # noqa: E402
+from common import machine, mpiexec, write_result  # noqa: E402
 
 from admm_mpi.data import write_dataset  # noqa: E402
 
 HIDDEN = "1000,1000,1000,1000,1000,1000,1000"
 TARGET = 1.6
-
-
-def mpiexec():
-    local = Path(sys.executable).with_name("mpiexec")
-    return str(local) if local.exists() else "mpiexec"
 
 
 def make_data(path, n=6000, n_test=1000):
@@ -94,7 +89,7 @@ def main():
     args = parser.parse_args()
     result = run(args.repeats, args.iters)
     path = write_result("layer_parallel", result)
-    print(f"| ranks | step s/it | iteration s/it |\n|---|---|---|")
+    print("| ranks | step s/it | iteration s/it |\n|---|---|---|")
     for p in ("1", "2"):
         print(f"| {p} | {result['step_seconds'][p]:.3f} | {result['iteration_seconds'][p]:.3f} |")
     print(f"step speed-up {result['step_speedup']:.2f}x, whole iteration {result['iteration_speedup']:.2f}x "

@@ -23,17 +23,12 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, save_plot, synthetic_mnist, write_result  # noqa: E402
+from common import machine, mpiexec, save_plot, synthetic_mnist, write_result  # noqa: E402
 
 from admm_mpi.data import write_dataset  # noqa: E402
 
 CONFIGS = [(1, 1), (2, 1), (1, 2)]  # (ranks, threads per rank)
 TARGET = 1.8
-
-
-def mpiexec():
-    local = Path(sys.executable).with_name("mpiexec")
-    return str(local) if local.exists() else "mpiexec"
 
 
 def make_data(path, n):
@@ -62,7 +57,6 @@ def run(repeats, iters, n):
             cmd, summary = train(ranks, threads, data, os.path.join(tmp, f"run-{ranks}x{threads}-{r}"), iters)
             commands[f"{ranks}x{threads}"] = f"OMP_NUM_THREADS={threads} " + " ".join(cmd)
             runs[(ranks, threads)].append(summary["step_seconds_per_iteration"])
-    bytes_n = runs_bytes = None
     _, s_n = train(2, 1, data, os.path.join(tmp, "bytes-n"), 2)
     make_data(data2, 2 * n)
     _, s_2n = train(2, 1, data2, os.path.join(tmp, "bytes-2n"), 2)

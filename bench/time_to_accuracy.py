@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, save_plot, write_result  # noqa: E402
+from common import machine, mpiexec, save_plot, write_result  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 LBFGS_BUDGET_SECONDS = 300  # full-batch L-BFGS on 60 000 samples costs seconds per iteration
@@ -38,11 +38,6 @@ PROBLEMS = {
     "mnist": {"data": None, "hidden": (1000, 1000), "target": 0.94, "epochs": 4, "dtype": "float32",
               "admm": [("taylor", ["--iters", "30"])]},
 }
-
-
-def mpiexec():
-    local = Path(sys.executable).with_name("mpiexec")
-    return str(local) if local.exists() else "mpiexec"
 
 
 def time_to_target(curve, target):
