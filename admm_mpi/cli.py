@@ -50,13 +50,16 @@ def _add_train_arguments(p):
     p.add_argument("--out", help="output directory (default: runs/latest)")
     p.add_argument("--tol", type=float, help="stop when ||z_L - W_L a_{L-1} - b_L|| <= tol*sqrt(N) (default: 0, off)")
     h = p.add_argument_group("solver settings (default: the chosen solver's own; see README)")
-    h.add_argument("--beta", type=float, help="taylor, sigmoid_admm: penalty on the linear constraints")
-    h.add_argument("--gamma", type=float, help="taylor: penalty on a = h(z)")
-    h.add_argument("--ridge", type=float, help="taylor: weight ridge per training sample")
+    h.add_argument("--beta", type=float, help="taylor, sigmoid_admm, minibatch_am: penalty on the linear constraints")
+    h.add_argument("--gamma", type=float, help="taylor, minibatch_am: penalty on a = h(z)")
+    h.add_argument("--ridge", type=float, help="taylor, minibatch_am: weight ridge per (batch) sample")
+    h.add_argument("--batch-size", dest="batch_size", type=int,
+                   help="minibatch_am: columns per global mini-batch (one iteration = one epoch)")
     h.add_argument("--warm-start", dest="warm_start", type=int,
                    help="taylor: iterations before the Bregman updates start")
     h.add_argument("--nu", type=float, help="dladmm, pdadmm: penalty of the relaxed layer constraints")
-    h.add_argument("--rho", type=float, help="dladmm, pdadmm, mdlam: penalty of the output / boundary constraints")
+    h.add_argument("--rho", type=float, help="dladmm, pdadmm, mdlam: penalty of the output / boundary constraints; "
+                        "minibatch_am: proximal weight of the weight step per batch sample")
     h.add_argument("--quantize", type=int, metavar="BITS",
                    help="pdadmm: send boundary variables as BITS-bit codes (0: off; 8 as in pdADMM-G-Q)")
     h.add_argument("--rho-max", dest="rho_max", type=float, help="dladmm: largest rho of the schedule")

@@ -63,6 +63,7 @@ class TrainConfig:
     omega: float = None
     w_steps: int = None
     quantize: int = None
+    batch_size: int = None
 
     def solver_class(self):
         from admm_mpi.solvers import get_solver
@@ -96,7 +97,8 @@ def _solver_names():
 
 SOLVER_FIELDS = {"beta": float, "gamma": float, "ridge": float, "warm_start": int, "nu": float, "rho": float,
                  "rho_max": float, "rho_growth": float, "rho_patience": int, "mu": float, "eps": float,
-                 "eps_min": float, "omega": float, "w_steps": int, "quantize": int}
+                 "eps_min": float, "omega": float, "w_steps": int, "quantize": int,
+                 "batch_size": int}
 FIELD_TYPES = {f.name: SOLVER_FIELDS.get(f.name, type(f.default)) for f in fields(TrainConfig)}
 
 
@@ -215,6 +217,8 @@ def validate(config):
         raise InputError("layout 'hybrid' needs --layer-groups G (at least 1)")
     if config.layout != "hybrid" and config.layer_groups:
         raise InputError(f"layer_groups applies to layout 'hybrid' only (the layout is {config.layout!r})")
+    if config.batch_size is not None and config.batch_size < 1:
+        raise InputError(f"batch_size must be at least 1, got {config.batch_size}")
     if config.w_steps is not None and config.w_steps < 1:
         raise InputError(f"w_steps must be at least 1, got {config.w_steps}")
     for name in ("warm_start", "rho_patience"):
@@ -230,7 +234,7 @@ def validate(config):
 
 FIELD_HELP = {
     "data": "HDF5 data set, or 'digits' for the bundled one",
-    "solver": "taylor | dladmm | pdadmm | mdlam | sigmoid_admm",
+    "solver": "taylor | dladmm | pdadmm | mdlam | sigmoid_admm | minibatch_am",
     "layout": "parallel layout: data | layer (pdadmm: one layer group per rank) | hybrid (pdadmm: layer groups x data shards)",
     "layer_groups": "hybrid layout: number of layer groups G (the ranks form a G x P/G grid)",
     "hidden": "hidden layer widths",

@@ -30,6 +30,7 @@ CASES = {
     "sigmoid_admm-tanh-ce": dict(solver="sigmoid_admm", activation="tanh", loss="cross_entropy"),
     "taylor-hinge-hard_tanh": dict(solver="taylor", loss="ova_hinge", activation="hard_tanh"),
     "dladmm-leaky": dict(solver="dladmm", activation="leaky_relu", loss="least_squares"),
+    "minibatch_am": dict(solver="minibatch_am", batch_size=13),
 }
 
 

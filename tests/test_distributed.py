@@ -29,14 +29,18 @@ CASES = {
     "mdlam-leaky_relu": dict(solver="mdlam", activation="leaky_relu", loss="least_squares"),
     "sigmoid_admm-least_squares": dict(solver="sigmoid_admm"),
     "sigmoid_admm-tanh-ce": dict(solver="sigmoid_admm", activation="tanh", loss="cross_entropy"),
+    # batches of 29 of 203 columns (the last one 0 long); batches of 3 leave some ranks without
+    # a column of a batch at 4 ranks
+    "minibatch_am-cross_entropy": dict(solver="minibatch_am", batch_size=29),
+    "minibatch_am-least_squares-3": dict(solver="minibatch_am", loss="least_squares", batch_size=3, iters=3),
 }
 
 
 @pytest.mark.mpi(ranks=[1, 2, 3, 4], timeout=180)
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_distributed_equals_serial(comm, shared_tmp, case):
-    config = TrainConfig(data=_dataset(shared_tmp, comm), hidden=(12, 8), iters=20, dtype="float64",
-                         progress=False, **CASES[case])
+    config = TrainConfig(**{**dict(data=_dataset(shared_tmp, comm), hidden=(12, 8), iters=20, dtype="float64",
+                                   progress=False), **CASES[case]})
     grid = Grid(comm)
     distributed = train(config, grid, out=False)
     serial = train(config, Grid.serial(), out=False)  # every rank runs the whole serial job

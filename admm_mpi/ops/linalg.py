@@ -127,7 +127,7 @@ def gram(a):
         return a @ a.T
     syrk = {np.dtype(np.float32): scipy.linalg.blas.ssyrk,
             np.dtype(np.float64): scipy.linalg.blas.dsyrk}.get(a.dtype)
-    if syrk is None or not a.flags.c_contiguous:
+    if syrk is None or not a.flags.c_contiguous or a.shape[1] == 0:  # (an empty mini-batch shard)
         return a @ a.T
     upper = syrk(1.0, a.T, trans=1)  # a.T is Fortran-ordered: no copy; the upper triangle is filled
     return np.triu(upper) + np.triu(upper, 1).T
@@ -159,24 +159,34 @@ def local_normal_equations(a, z):
     return stats
 
 
-def solve_normal_equations(stats, ridge):
-    """Weights ``[W | b]`` minimising ``||z - W a - b||² + ridge ||[W b]||²`` from reduced stats."""
+def solve_normal_equations(stats, ridge, anchor=None, anchor_weight=0.0):
+    """Weights ``[W | b]`` minimising ``||z - W a - b||² + ridge ||[W b]||²`` from reduced stats.
+
+    With ``anchor`` (a ``[W | b]``), ``+ anchor_weight ||[W b] - anchor||²`` as well: a proximal
+    term that keeps a mini-batch solve near the current weights.
+    """
     k = stats.shape[0]
-    gram_ = stats[:, :k] + ridge * _eye(namespace(stats), k, stats)
-    return spd_solve(gram_, stats[:, k:]).T
+    gram_ = stats[:, :k] + (ridge + anchor_weight) * _eye(namespace(stats), k, stats)
+    rhs = stats[:, k:]
+    if anchor is not None and anchor_weight:
+        rhs = rhs + anchor_weight * anchor.T
+    return spd_solve(gram_, rhs).T
 
 
-def transpose_reduce_weights(grid, a, z, ridge):
+def transpose_reduce_weights(grid, a, z, ridge, anchor=None, anchor_weight=0.0):
     """Least-squares layer weights over all ranks' samples (transpose reduction).
 
     Each rank forms ``[a;1][a;1]ᵀ`` and ``z [a;1]ᵀ`` on its columns; the sums are reduced to the
     root, solved there once, and the solution is broadcast, so the weights are bit-identical on
-    every rank. Traffic is independent of the number of samples.
+    every rank. Traffic is independent of the number of samples. ``anchor = (W, b)`` adds the
+    proximal term of :func:`solve_normal_equations`.
     """
     xp = namespace(a, z)
     stats = grid.sum_to_root(local_normal_equations(a, z))
     Wb = xp.empty((z.shape[0], a.shape[0] + 1), dtype=a.dtype, device=getattr(a, "device", None))
     if grid.is_root:
-        Wb[...] = solve_normal_equations(stats, ridge)
+        if anchor is not None:
+            anchor = xp.concat([anchor[0], anchor[1][:, None]], axis=1)
+        Wb[...] = solve_normal_equations(stats, ridge, anchor, anchor_weight)
     Wb = grid.bcast_from_root(Wb)
     return xp.asarray(Wb[:, :-1], copy=True), xp.asarray(Wb[:, -1], copy=True)

@@ -2,11 +2,13 @@
 
 from admm_mpi.solvers.dladmm import DLADMM
 from admm_mpi.solvers.mdlam import MDLAM
+from admm_mpi.solvers.minibatch_am import MiniBatchAM
 from admm_mpi.solvers.pdadmm import PDADMM
 from admm_mpi.solvers.sigmoid_admm import SigmoidADMM
 from admm_mpi.solvers.taylor import TaylorADMM
 
-SOLVERS = {"taylor": TaylorADMM, "dladmm": DLADMM, "pdadmm": PDADMM, "mdlam": MDLAM, "sigmoid_admm": SigmoidADMM}
+SOLVERS = {"taylor": TaylorADMM, "dladmm": DLADMM, "pdadmm": PDADMM, "mdlam": MDLAM, "sigmoid_admm": SigmoidADMM,
+           "minibatch_am": MiniBatchAM}
 
 
 def get_solver(name):

@@ -1,0 +1,117 @@
+"""Mini-batch alternating minimisation with Taylor's sub-problems (online AM; DESIGN.md §1).
+
+Full-batch Taylor ADMM makes one weight update per pass over the data and keeps its
+auxiliary variables ``a_l, z_l`` for the whole run; on MNIST it plateaus near 0.95 however its
+penalties are set. This variant makes one weight update per mini-batch of columns, as the
+online alternating-minimisation papers do, with the same sub-problem solvers:
+
+1. codes from the forward pass of the batch: ``z_l = W_l a_{l-1} + b_l``, ``a_l = h(z_l)``;
+2. output target by the loss prox, ``z*_L = argmin loss(z, Y) + beta ||z - z_L||²``;
+3. backwards, Taylor's a-update ``a*_l = argmin beta ||z*_{l+1} - W_{l+1} a - b||² + gamma ||a - a_l||²``
+   and z-update ``z*_l = argmin gamma ||a*_l - h(z)||² + beta ||z - z_l||²``;
+4. every layer's weights by one transpose-reduced least-squares solve on the batch,
+   ``argmin ||z*_l - W a_{l-1} - b||² + ridge n ||[W b]||² + rho n ||[W b] - [W b]_old||²``
+   (``n`` the batch size): the proximal term makes it a step, the ridge a weight decay.
+
+Codes start from the forward pass on every batch, so nothing per-sample is stored and a fixed
+point has targets equal to the forward pass: no relaxation gap between the auxiliary variables
+and the network that is evaluated. One iteration of the training loop is one epoch. Batches are
+slices of a permutation of the *global* column indices drawn from the seed and the epoch, each
+rank taking the batch's columns it holds, so any number of ranks runs the same batches and
+a resumed run the same permutation.
+"""
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from admm_mpi.backend import from_host, namespace, sum_all
+from admm_mpi.ops.linalg import activation_solver, transpose_reduce_weights
+from admm_mpi.solvers.common import forward_states, init_weights
+
+
+@dataclass
+class MiniBatchState:
+    sample_fields: ClassVar[tuple] = ()  # codes are rebuilt per batch: no per-sample state
+    weights: list
+    biases: list
+    shuffle_seed: int
+    epoch_loss: float = 0.0          # this rank's sum of batch losses over the last epoch
+    epoch_displacement: float = 0.0  # and of ||z*_L - z_L||² (how far the loss prox moved the outputs)
+
+
+class MiniBatchAM:
+    """Online alternating minimisation on mini-batches of this rank's columns.
+
+    Parameters
+    ----------
+    beta, gamma : float
+        Penalties of the target problems (``beta`` for ``z = W a + b``, ``gamma`` for ``a = h(z)``);
+        a small ``beta`` moves the output targets further.
+    rho : float
+        Proximal weight per batch sample of the weight solve (a larger ``rho`` is a smaller step).
+    ridge : float
+        Weight decay per batch sample.
+    batch_size : int
+        Columns per global mini-batch (the last batch of an epoch may be smaller).
+    """
+
+    name = "minibatch_am"
+    defaults = {"beta": 0.1, "gamma": 1.0, "rho": 1e-2, "ridge": 1e-4, "batch_size": 2000}
+    default_loss = "cross_entropy"
+    default_activation = "relu"
+
+    def __init__(self, spec, grid, n_total, *, beta, gamma, rho, ridge, batch_size):
+        self.spec, self.grid, self.n_total = spec, grid, n_total
+        self.beta, self.gamma, self.rho, self.ridge = beta, gamma, rho, ridge
+        self.batch_size = batch_size
+        self.start, self.stop = grid.block_range(n_total)
+
+    def init_state(self, X, Y, rng):
+        weights, biases = init_weights(self.spec.widths, rng, X)
+        self.X = X  # the batches are drawn from it; not state (a checkpoint never copies the data)
+        return MiniBatchState(weights, biases, shuffle_seed=int(rng.integers(2**62)))
+
+    def batches(self, state, epoch):
+        """This rank's local column indices of every batch of ``epoch``, with the global batch size."""
+        order = np.random.default_rng([state.shuffle_seed, epoch]).permutation(self.n_total)
+        for first in range(0, self.n_total, self.batch_size):
+            batch = order[first:first + self.batch_size]
+            mine = batch[(batch >= self.start) & (batch < self.stop)] - self.start
+            yield np.sort(mine), batch.size
+
+    def targets(self, W, b, a, z, Yb):
+        """Targets ``z*_l`` of every layer from the batch's forward codes (steps 2 and 3)."""
+        beta, gamma, h = self.beta, self.gamma, self.spec.h
+        xp = namespace(z[-1])
+        target = self.spec.loss_fn.prox(z[-1], Yb, xp.zeros_like(z[-1]), beta)
+        targets = [target]
+        for l in range(len(W) - 1, 0, -1):
+            a_target = activation_solver(W[l], beta, gamma)(target - b[l][:, None], a[l])
+            target = h.z_update(a_target, z[l - 1], gamma, beta)
+            targets.append(target)
+        return targets[::-1]
+
+    def step(self, state, Y, iteration):
+        """One epoch: a weight update per mini-batch (``iteration`` counts epochs from 1)."""
+        X, W, b = self.X, state.weights, state.biases
+        xp = namespace(X)
+        state.epoch_loss = state.epoch_displacement = 0.0
+        for local, n_batch in self.batches(state, iteration):
+            cols = from_host(xp, local, like=X)
+            Xb, Yb = xp.take(X, cols, axis=1), xp.take(Y, cols, axis=1)
+            a, z = forward_states(W, b, Xb, self.spec.h.apply)
+            targets = self.targets(W, b, a, z, Yb)
+            state.epoch_loss += self.spec.loss_fn.value(z[-1], Yb)
+            state.epoch_displacement += sum_all((targets[-1] - z[-1]) ** 2)
+            for l in range(len(W)):
+                W[l], b[l] = transpose_reduce_weights(self.grid, a[l], targets[l], self.ridge * n_batch,
+                                                      anchor=(W[l], b[l]), anchor_weight=self.rho * n_batch)
+
+    def local_metrics(self, state, Y):
+        """The epoch's summed batch losses (before each batch's update) and output displacement."""
+        return {"objective": state.epoch_loss, "residual_sq": state.epoch_displacement}
+
+    def end_of_iteration(self, state, metrics):
+        """No schedule: the step size is set by ``rho`` alone."""

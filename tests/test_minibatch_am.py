@@ -1,0 +1,119 @@
+"""Mini-batch alternating minimisation: its weight step against brute force, its batches, its fixed point."""
+
+import numpy as np
+import pytest
+
+from admm_mpi.grid import Grid
+from admm_mpi.model import ModelSpec
+from admm_mpi.ops.activations import relu_z_update
+from admm_mpi.ops.linalg import local_normal_equations, solve_normal_equations
+from admm_mpi.solvers.minibatch_am import MiniBatchAM
+
+
+def _spec(widths, loss="least_squares"):
+    return ModelSpec(widths=widths, activation="relu", loss=loss, n_classes=widths[-1])
+
+
+class _Ranks:
+    """Stand-in for rank ``rank`` of ``size``: only the block layout is used by ``batches``."""
+
+    def __init__(self, size, rank):
+        self.size, self.rank = size, rank
+
+    def block_range(self, n):
+        from admm_mpi.partition import block_range
+
+        return block_range(n, self.size, self.rank)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_anchored_weight_solve_is_the_least_squares_minimiser(seed):
+    """``||z - W a - b||² + r ||[W b]||² + q ||[W b] - anchor||²`` against lstsq of the stacked system."""
+    rng = np.random.default_rng(seed)
+    n_in, n_out, n = rng.integers(2, 9), rng.integers(1, 6), rng.integers(3, 40)
+    a, z = rng.standard_normal((n_in, n)), rng.standard_normal((n_out, n))
+    anchor = rng.standard_normal((n_out, n_in + 1))
+    ridge, weight = rng.uniform(0, 2), rng.uniform(0, 5)
+    got = solve_normal_equations(local_normal_equations(a, z), ridge, anchor, weight)
+    k = n_in + 1
+    A1 = np.vstack([a, np.ones((1, n))])
+    lhs = np.vstack([A1.T, np.sqrt(ridge) * np.eye(k), np.sqrt(weight) * np.eye(k)])
+    rhs = np.vstack([z.T, np.zeros((k, n_out)), np.sqrt(weight) * anchor.T])
+    expected = np.linalg.lstsq(lhs, rhs, rcond=None)[0].T
+    np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 4])
+@pytest.mark.parametrize("n, batch", [(203, 29), (10, 3), (7, 100)])
+def test_each_epoch_visits_every_global_column_once_on_any_rank_count(size, n, batch):
+    spec = _spec((3, 4, 2))
+    solvers = [MiniBatchAM(spec, _Ranks(size, r), n, beta=1.0, gamma=1.0, rho=1.0, ridge=0.0, batch_size=batch)
+               for r in range(size)]
+    state = solvers[0].init_state(np.zeros((3, 1)), None, np.random.default_rng(0))
+    orders = []
+    for epoch in (1, 2):
+        per_rank = [list(s.batches(state, epoch)) for s in solvers]
+        sizes = [[n_batch for _, n_batch in batches] for batches in per_rank]
+        assert all(s == sizes[0] for s in sizes) and sum(sizes[0]) == n
+        assert max(sizes[0]) == min(batch, n)
+        seen = []
+        for k in range(len(sizes[0])):  # batch k: the ranks' columns, as global indices
+            cols = [s.start + local for s, batches in zip(solvers, per_rank) for local in batches[k][0]]
+            assert len(cols) == sizes[0][k]
+            seen += cols
+        assert sorted(seen) == list(range(n))
+        orders.append(seen)
+    if n > batch:
+        assert orders[0] != orders[1]  # a fresh permutation every epoch
+
+
+def test_one_epoch_matches_the_sub_problems_solved_by_hand():
+    """A single full batch: forward codes, loss prox, Taylor's a- and z-updates, anchored solves,
+    each written out densely (the a-update without Woodbury, the W step by lstsq)."""
+    rng = np.random.default_rng(3)
+    widths, n = (5, 7, 6, 3), 40
+    X, Y = rng.standard_normal((5, n)), rng.standard_normal((3, n))
+    beta, gamma, rho, ridge = 0.7, 1.3, 0.05, 0.01
+    solver = MiniBatchAM(_spec(widths), Grid.serial(), n, beta=beta, gamma=gamma, rho=rho, ridge=ridge,
+                         batch_size=n)
+    state = solver.init_state(X, Y, np.random.default_rng(0))
+    W0, b0 = [w.copy() for w in state.weights], [b.copy() for b in state.biases]
+    solver.step(state, Y, 1)
+
+    relu = lambda v: np.maximum(v, 0)
+    a = [X, relu(W0[0] @ X + b0[0][:, None])]
+    a.append(relu(W0[1] @ a[1] + b0[1][:, None]))
+    z = [W0[l] @ a[l] + b0[l][:, None] for l in range(3)]
+    targets = [None, None, (Y + 2 * beta * z[2]) / (1 + 2 * beta)]  # 0.5||z - Y||² + beta||z - z_L||²
+    for l in (2, 1):
+        M = beta * W0[l].T @ W0[l] + gamma * np.eye(W0[l].shape[1])
+        a_t = np.linalg.solve(M, beta * W0[l].T @ (targets[l] - b0[l][:, None]) + gamma * a[l])
+        targets[l - 1] = relu_z_update(a_t, z[l - 1], gamma, beta)  # brute-force tested in test_ops
+    for l in range(3):
+        k = a[l].shape[0] + 1
+        A1 = np.vstack([a[l], np.ones((1, n))])
+        anchor = np.column_stack([W0[l], b0[l]])
+        lhs = np.vstack([A1.T, np.sqrt(ridge * n) * np.eye(k), np.sqrt(rho * n) * np.eye(k)])
+        rhs = np.vstack([targets[l].T, np.zeros((k, widths[l + 1])), np.sqrt(rho * n) * anchor.T])
+        Wb = np.linalg.lstsq(lhs, rhs, rcond=None)[0].T
+        np.testing.assert_allclose(state.weights[l], Wb[:, :-1], rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(state.biases[l], Wb[:, -1], rtol=1e-9, atol=1e-12)
+
+
+def test_weights_stay_put_when_the_forward_pass_already_fits():
+    """No relaxation gap: targets equal to the forward pass leave the weights where they are."""
+    rng = np.random.default_rng(1)
+    widths, n = (4, 6, 5, 2), 30
+    X = rng.standard_normal((4, n))
+    solver = MiniBatchAM(_spec(widths), Grid.serial(), n, beta=0.5, gamma=2.0, rho=0.1, ridge=0.0, batch_size=7)
+    state = solver.init_state(X, None, np.random.default_rng(0))
+    W0 = [w.copy() for w in state.weights + state.biases]
+    a = X
+    for l, (W, b) in enumerate(zip(state.weights, state.biases)):
+        out = W @ a + b[:, None]
+        a = np.maximum(out, 0)
+    Y = out  # least-squares targets the network already produces
+    solver.step(state, Y, 1)
+    for got, before in zip(state.weights + state.biases, W0):
+        np.testing.assert_allclose(got, before, rtol=1e-9, atol=1e-12)
+    assert state.epoch_displacement == pytest.approx(0.0, abs=1e-20)
