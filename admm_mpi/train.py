@@ -8,7 +8,9 @@ import json
 import math
 import os
 import platform
+import resource
 import statistics
+import sys
 import time
 
 import numpy as np
@@ -266,6 +268,7 @@ def train(config, grid, *, out=True, shard=None):
 
     per_rank_bytes = grid.gather_to_root(statistics.median(bytes_per_iteration))
     per_rank_eval_bytes = grid.gather_to_root(statistics.median(evaluation_bytes))
+    peak_memory = grid.gather_to_root(peak_memory_bytes())
     weights, biases = solver.full_model(state) if hasattr(solver, "full_model") else (state.weights, state.biases)
     summary = {
         "solver": config.solver,
@@ -283,6 +286,7 @@ def train(config, grid, *, out=True, shard=None):
         "bytes_per_iteration_per_rank": [int(b) for b in per_rank_bytes] if grid.is_root else None,
         "evaluation_bytes_per_iteration_per_rank": [int(b) for b in per_rank_eval_bytes] if grid.is_root else None,
         "step_seconds_per_iteration": statistics.median(step_seconds),
+        "peak_memory_bytes_per_rank": [int(m) for m in peak_memory] if grid.is_root else None,
         "objective": row["objective"],
         "residual": row["residual"],
         "converged": converged,
@@ -305,6 +309,12 @@ def train(config, grid, *, out=True, shard=None):
     summary["spec"] = spec
     summary["objective_history"] = objectives
     return summary
+
+
+def peak_memory_bytes():
+    """This process's peak resident memory so far (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
 
 
 def evaluate(model_path, data_path, grid):

@@ -70,15 +70,16 @@ def write_result(name, result):
     return path
 
 
-def save_plot(name, draw):
-    """Draw with ``draw(ax)`` on a fresh figure and save ``results/<name>.png``; returns the path."""
+def save_plot(name, draw, panels=1):
+    """Draw with ``draw(ax)`` (``draw(axes)`` for several panels side by side) on a fresh figure and
+    save ``results/<name>.png``; returns the path."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     RESULTS.mkdir(exist_ok=True)
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = plt.subplots(1, panels, figsize=(7 * panels, 4.2))
     draw(ax)
     fig.tight_layout()
     path = RESULTS / f"{name}.png"

@@ -1,0 +1,217 @@
+"""Accuracy on real data: every committed config in configs/ against PyTorch Adam on the same MLP.
+
+    pip install -e ".[bench]"      # torch==2.13.0 (CPU) and matplotlib, for the Adam reference and plots
+    python bench/accuracy.py                       # every config, both data sets, Adam, the ablation
+    python bench/accuracy.py --only mnist-minibatch_am --skip-adam --skip-ablation
+
+Each config ``configs/<dataset>-<solver>.toml`` runs as
+
+    mpiexec -n 2 admm-mpi train --config configs/<dataset>-<solver>.toml --data <dataset>.h5
+
+with one BLAS thread per rank (the two cores of this machine), exactly as recorded in the result.
+The data sets are converted once from their IDX files (MNIST: ../shared/data/mnist; Fashion-MNIST:
+Debian's dataset-fashion-mnist, /usr/share/datasets/fashion-mnist) into --cache; a data set whose
+files are absent is skipped with a message. The reported accuracy is the *last* iteration's on the
+official 10 000 test images (no best-of-curve picking). PyTorch Adam (lr 1e-3, batch 128, the
+config's widths, ReLU, cross-entropy, torch.set_num_threads(2)) is the reference.
+
+Writes results/accuracy.json (merged by run name, so a partial run updates its entries only),
+results/accuracy.png (test accuracy against iteration and against training seconds) and
+results/accuracy.md (the ablation: what each ingredient of the best recipe adds on MNIST).
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, machine, mpiexec, save_plot, write_result  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+SOURCES = {
+    "mnist": REPO.parent / "shared" / "data" / "mnist",
+    "fashion_mnist": Path("/usr/share/datasets/fashion-mnist"),
+}
+ADAM_EPOCHS = 10
+# The ablation: the best MNIST recipe with one ingredient taken away at a time (short runs: the
+# iteration count of each row is in the table). Each entry: (label, config, overrides).
+ABLATION = [
+    ("full-batch Taylor ADMM (least squares, 1000-1000)", "mnist-taylor",
+     ["--hidden", "1000,1000", "--loss", "least_squares"]),
+    ("+ width 4000-4000 (full batch)", "mnist-taylor", []),
+    ("mini-batch AM, least-squares output, no weight decay", "mnist-minibatch_am",
+     ["--loss", "least_squares", "--beta", "1", "--ridge", "0"]),
+    ("mini-batch AM, cross-entropy output (exact prox), no weight decay", "mnist-minibatch_am", ["--ridge", "0"]),
+    ("+ weight decay (the committed recipe)", "mnist-minibatch_am", []),
+]
+
+
+def data_file(name, cache):
+    """The data set as the project's HDF5 (converted on first use), or None if its files are absent."""
+    source = SOURCES[name]
+    files = [source / f for f in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+                                  "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")]
+    if not all(f.exists() for f in files):
+        return None
+    path = Path(cache) / f"{name}.h5"
+    if not path.exists():
+        from admm_mpi.convert import convert
+
+        Path(cache).mkdir(parents=True, exist_ok=True)
+        tmp = str(path) + ".tmp"
+        convert(f"{files[0]},{files[1]}", tmp, fmt="idx", test_inputs=f"{files[2]},{files[3]}", scale=255.0,
+                name=name)
+        os.replace(tmp, path)
+    return str(path)
+
+
+def run_config(name, data, out_root, ranks=2, extra=()):
+    """Train one config under mpiexec; returns the result entry (command, accuracy, curve, cost)."""
+    out = Path(out_root) / name
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    cmd = [mpiexec(), "-n", str(ranks), sys.executable, "-m", "admm_mpi", "train",
+           "--config", str((CONFIGS / f"{name.split('+')[0]}.toml").relative_to(REPO)), "--data", data,
+           *extra, "--no-progress", "--out", str(out)]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=6 * 3600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+    summary = json.loads((out / "summary.json").read_text())
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    clock, curve = 0.0, []
+    for r in rows:
+        clock += r["seconds"]
+        curve.append({"iteration": r["iteration"], "seconds": round(clock, 3),
+                      "test_accuracy": r["test_accuracy"], "train_accuracy": r["train_accuracy"]})
+    return {
+        "name": name, "dataset": name.split("-")[0], "solver": summary["solver"],
+        "command": " ".join(["OMP_NUM_THREADS=1", "mpiexec", *cmd[1:3], "admm-mpi", *cmd[6:]]),
+        "test_accuracy": summary["test_accuracy"], "train_accuracy": summary["train_accuracy"],
+        "iterations": summary["iterations"], "seconds_per_iteration": summary["seconds_per_iteration"],
+        "ranks": summary["ranks"], "widths": summary["widths"], "config": summary["config"],
+        "peak_memory_bytes_per_rank": summary["peak_memory_bytes_per_rank"],
+        "wall_seconds": round(time.perf_counter() - t0, 1), "curve": curve,
+    }
+
+
+def run_adam(dataset, data, hidden, epochs=ADAM_EPOCHS):
+    """PyTorch Adam on the same MLP, data and cores (time_to_accuracy's loop); curve per quarter epoch."""
+    import torch
+    from time_to_accuracy import load, run_torch
+
+    arrays = load(data)
+    problem = {"hidden": tuple(hidden), "epochs": epochs, "target": 1.0}
+    curve = run_torch(problem, "adam", arrays)
+    per_epoch = len(curve) / epochs
+    return {"name": f"{dataset}-pytorch_adam", "dataset": dataset, "solver": f"PyTorch {torch.__version__} Adam",
+            "test_accuracy": curve[-1][1], "iterations": epochs, "widths": [arrays[0].shape[1], *hidden, 10],
+            "command": f"python bench/accuracy.py (run_adam: lr 1e-3, batch 128, {epochs} epochs, 2 threads)",
+            "curve": [{"iteration": (k + 1) / per_epoch, "seconds": round(s, 3), "test_accuracy": a}
+                      for k, (s, a) in enumerate(curve)]}
+
+
+def merge(entries):
+    path = RESULTS / "accuracy.json"
+    old = json.loads(path.read_text()) if path.exists() else {"runs": [], "ablation": []}
+    for key in ("runs", "ablation"):
+        fresh = {e["name"]: e for e in entries.get(key, [])}
+        old[key] = [fresh.pop(e["name"], e) for e in old[key]] + list(fresh.values())
+    old.update(benchmark="accuracy on real data", machine=machine(),
+               command_of_last_update="python bench/accuracy.py " + " ".join(sys.argv[1:]))
+    write_result("accuracy", old)
+    return old
+
+
+def plot(result):
+    datasets = sorted({r["dataset"] for r in result["runs"]})
+    for dataset in datasets:
+        runs = [r for r in result["runs"] if r["dataset"] == dataset]
+
+        def draw(axes, runs=runs, dataset=dataset):
+            for r in runs:
+                it = [p["iteration"] for p in r["curve"]]
+                secs = [p["seconds"] for p in r["curve"]]
+                acc = [p["test_accuracy"] for p in r["curve"]]
+                style = dict(label=f"{r['solver']} ({r['test_accuracy']:.4f})",
+                             linestyle="--" if "PyTorch" in r["solver"] else "-")
+                axes[0].plot(it, acc, **style)
+                axes[1].plot(secs, acc, **style)
+            for ax, xlabel in zip(axes, ("iteration (epoch for minibatch_am and Adam)", "seconds (2 cores)")):
+                ax.set_ylim(0.8 if dataset == "mnist" else 0.7, 1.0)
+                ax.set_xlabel(xlabel)
+                ax.set_ylabel("test accuracy")
+                ax.grid(alpha=0.3)
+            axes[1].set_xscale("log")
+            axes[0].set_title(f"{dataset}: test accuracy")
+            axes[0].legend(fontsize=7)
+
+        save_plot(f"accuracy_{dataset}", draw, panels=2)
+
+
+def ablation_markdown(result):
+    lines = ["# What each ingredient adds (MNIST, 784-…-10, 2 ranks)", "",
+             "Generated by `python bench/accuracy.py`; each row is one run of the committed config with the",
+             "overrides shown, last-iteration test accuracy on the official 10 000 test images.", "",
+             "| run | overrides | iterations | test accuracy | change |", "|---|---|---|---|---|"]
+    previous = None
+    for r in result["ablation"]:
+        change = "" if previous is None else f"{r['test_accuracy'] - previous:+.4f}"
+        lines.append(f"| {r['label']} | `{' '.join(r['overrides']) or '(none)'}` | {r['iterations']} | "
+                     f"{r['test_accuracy']:.4f} | {change} |")
+        previous = r["test_accuracy"]
+    (RESULTS / "accuracy.md").write_text("\n".join(lines) + "\n")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", action="append", default=[], help="run these config names only (repeatable)")
+    parser.add_argument("--skip-adam", action="store_true")
+    parser.add_argument("--skip-ablation", action="store_true")
+    parser.add_argument("--ablation-only", action="store_true")
+    parser.add_argument("--cache", default=str(REPO / "bench" / ".data"), help="converted data sets")
+    parser.add_argument("--out", default=str(REPO / "runs" / "accuracy"), help="run directories")
+    args = parser.parse_args(argv)
+    entries = {"runs": [], "ablation": []}
+    names = sorted(p.stem for p in CONFIGS.glob("*.toml"))
+    if args.only:
+        names = [n for n in names if n in args.only]
+    for dataset in SOURCES:
+        data = data_file(dataset, args.cache)
+        if data is None:
+            print(f"skipping {dataset}: its IDX files are not in {SOURCES[dataset]}")
+            continue
+        if not args.ablation_only:
+            for name in (n for n in names if n.split("-")[0] == dataset):
+                entry = run_config(name, data, args.out)
+                entries["runs"].append(entry)
+                print(f"{name}: test {entry['test_accuracy']:.4f} after {entry['iterations']} iterations, "
+                      f"{entry['seconds_per_iteration']:.2f} s/iteration", flush=True)
+                merge({"runs": [entry]})
+            if not args.skip_adam:
+                best = max((e for e in entries["runs"] if e["dataset"] == dataset),
+                           key=lambda e: e["test_accuracy"], default=None)
+                hidden = best["widths"][1:-1] if best else [1000, 1000]
+                entry = run_adam(dataset, data, hidden)
+                print(f"{dataset} Adam: test {entry['test_accuracy']:.4f}", flush=True)
+                merge({"runs": [entry]})
+        if dataset == "mnist" and not args.skip_ablation:
+            for k, (label, config, overrides) in enumerate(ABLATION):
+                entry = run_config(f"{config}+ablation{k}", data, args.out, extra=overrides)
+                entry.update(label=label, overrides=overrides)
+                print(f"ablation {label}: {entry['test_accuracy']:.4f}", flush=True)
+                merge({"ablation": [entry]})
+    result = merge({})
+    plot(result)
+    if result["ablation"]:
+        ablation_markdown(result)
+
+
+if __name__ == "__main__":
+    main()
