@@ -11,7 +11,7 @@ import pytest
 
 from tests.helpers import run_admm
 
-BARS = {"dladmm": 0.975, "mdlam": 0.95, "sigmoid_admm": 0.975}
+BARS = {"dladmm": 0.975, "mdlam": 0.95, "sigmoid_admm": 0.975, "minibatch_am": 0.985}
 
 
 @pytest.mark.slow

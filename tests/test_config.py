@@ -50,3 +50,19 @@ def test_unknown_key_and_missing_file(tmp_path):
         resolve(file=str(toml), environ={})
     with pytest.raises(InputError, match="does not exist"):
         resolve(file=str(tmp_path / "none.toml"), environ={})
+
+
+def test_committed_recipes_are_valid_and_named_after_their_dataset_and_solver():
+    """configs/<dataset>-<solver>.toml: each resolves to a valid configuration of that solver."""
+    from pathlib import Path
+
+    from admm_mpi.config import resolve
+
+    recipes = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml"))
+    assert recipes, "no committed configs"
+    for path in recipes:
+        dataset, solver = path.stem.split("-")
+        assert dataset in ("mnist", "fashion_mnist"), path
+        config = resolve(file=str(path))
+        assert config.solver == solver, path
+        assert config.data == "digits"  # the data set is given on the command line, never a path in the recipe
