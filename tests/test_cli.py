@@ -37,6 +37,9 @@ def test_default_run_on_bundled_digits_under_two_ranks(tmp_path):
     assert [r["iteration"] for r in rows] == list(range(1, len(rows) + 1))
     assert rows[-1]["test_accuracy"] == summary["test_accuracy"]
     assert summary["bytes_per_iteration"] > 0
+    # peak resident memory of each rank: more than the interpreter with numpy, less than the machine
+    assert len(summary["peak_memory_bytes_per_rank"]) == 2
+    assert all(20e6 < m < 16e9 for m in summary["peak_memory_bytes_per_rank"])
     with h5py.File(out / "model.h5", "r") as f:
         assert [f[f"layers/{l}/W"].shape for l in range(3)] == [(512, 64), (512, 512), (10, 512)]
         assert f["layers/2/b"].shape == (10,)
