@@ -114,7 +114,7 @@ class ADMMClassifier(ClassifierMixin, _ADMMBase):
     Parameters
     ----------
     hidden_layer_sizes : tuple of int, default=(100,)
-    solver : {"taylor", "dladmm", "mdlam", "sigmoid_admm"}, default="taylor"
+    solver : {"taylor", "dladmm", "mdlam", "sigmoid_admm", "minibatch_am"}, default="taylor"
     activation : str or None
         Hidden activation; None takes the solver's default (relu; sigmoid for sigmoid_admm).
     loss : {"least_squares", "cross_entropy", "ova_hinge"} or None
