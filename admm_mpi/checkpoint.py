@@ -119,7 +119,7 @@ def save(run_dir, iteration, state, shard, config, grid, keep=2, owns=None):
                              else np.concatenate(parts, axis=-1))
             samples[name] = (isinstance(value, list), items)
     for field in dataclasses.fields(state):
-        if field.name in state.sample_fields:
+        if field.name in state.sample_fields or field.name in getattr(state, "transient_fields", ()):
             continue
         value = getattr(state, field.name)
         local = {i: to_host(v) if hasattr(v, "shape") else v for i, v in _entries(value) if owns(field.name, i)}
@@ -220,7 +220,7 @@ def load(path, state, shard, grid, needs=None):
         iteration = int(f["meta"].attrs["iteration"])
         g = f["global"]
         for field in dataclasses.fields(state):
-            if field.name in state.sample_fields:
+            if field.name in state.sample_fields or field.name in getattr(state, "transient_fields", ()):
                 continue
             value = _read_global(g, field.name)
             if isinstance(value, list):

@@ -64,6 +64,7 @@ class TrainConfig:
     w_steps: int = None
     quantize: int = None
     batch_size: int = None
+    batch_sweeps: int = None
 
     def solver_class(self):
         from admm_mpi.solvers import get_solver
@@ -98,7 +99,7 @@ def _solver_names():
 SOLVER_FIELDS = {"beta": float, "gamma": float, "ridge": float, "warm_start": int, "nu": float, "rho": float,
                  "rho_max": float, "rho_growth": float, "rho_patience": int, "mu": float, "eps": float,
                  "eps_min": float, "omega": float, "w_steps": int, "quantize": int,
-                 "batch_size": int}
+                 "batch_size": int, "batch_sweeps": int}
 FIELD_TYPES = {f.name: SOLVER_FIELDS.get(f.name, type(f.default)) for f in fields(TrainConfig)}
 
 
@@ -217,8 +218,11 @@ def validate(config):
         raise InputError("layout 'hybrid' needs --layer-groups G (at least 1)")
     if config.layout != "hybrid" and config.layer_groups:
         raise InputError(f"layer_groups applies to layout 'hybrid' only (the layout is {config.layout!r})")
-    if config.batch_size is not None and config.batch_size < 1:
-        raise InputError(f"batch_size must be at least 1, got {config.batch_size}")
+    if config.batch_size is not None and config.batch_size < (1 if config.solver == "minibatch_am" else 0):
+        raise InputError(f"batch_size must be at least 1 (0: full batch, where the solver has both), "
+                         f"got {config.batch_size}")
+    if config.batch_sweeps is not None and config.batch_sweeps < 1:
+        raise InputError(f"batch_sweeps must be at least 1, got {config.batch_sweeps}")
     if config.w_steps is not None and config.w_steps < 1:
         raise InputError(f"w_steps must be at least 1, got {config.w_steps}")
     for name in ("warm_start", "rho_patience"):

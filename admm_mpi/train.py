@@ -21,7 +21,7 @@ from admm_mpi.backend import DTYPES, device_namespace, from_host, is_numpy, name
 from admm_mpi.data import load_shard, resolve_path
 from admm_mpi.errors import InputError, TrainingError
 from admm_mpi.model import ModelSpec, predict, save_model
-from admm_mpi.solvers import get_solver
+from admm_mpi.solvers import make_solver
 
 
 _STOP_REQUESTED = False
@@ -140,7 +140,7 @@ def build(config, grid, shard=None):
         loss=loss.name,
         n_classes=shard.n_classes,
     )
-    solver = get_solver(config.solver)(spec, procs, shard.n_total, **config.solver_params())
+    solver = make_solver(config.solver, spec, procs, shard.n_total, config.solver_params())
     return shard, spec, solver
 
 

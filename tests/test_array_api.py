@@ -31,6 +31,9 @@ CASES = {
     "taylor-hinge-hard_tanh": dict(solver="taylor", loss="ova_hinge", activation="hard_tanh"),
     "dladmm-leaky": dict(solver="dladmm", activation="leaky_relu", loss="least_squares"),
     "minibatch_am": dict(solver="minibatch_am", batch_size=13),
+    "dladmm-batches": dict(solver="dladmm", batch_size=13, batch_sweeps=2),
+    "mdlam-batches": dict(solver="mdlam", batch_size=13, batch_sweeps=3),
+    "sigmoid_admm-batches": dict(solver="sigmoid_admm", batch_size=13),
 }
 
 

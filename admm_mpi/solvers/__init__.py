@@ -1,5 +1,6 @@
 """ADMM solvers: pure maths on this rank's columns, talking to other ranks only via the grid."""
 
+from admm_mpi.solvers.batches import MiniBatchMode
 from admm_mpi.solvers.dladmm import DLADMM
 from admm_mpi.solvers.mdlam import MDLAM
 from admm_mpi.solvers.minibatch_am import MiniBatchAM
@@ -16,3 +17,14 @@ def get_solver(name):
         return SOLVERS[name]
     except KeyError:
         raise ValueError(f"unknown solver {name!r}; choose from {sorted(SOLVERS)}") from None
+
+
+def make_solver(name, spec, grid, n_total, params):
+    """The solver ``name`` with ``params``; in its mini-batch mode when it has one and ``batch_size > 0``."""
+    cls = get_solver(name)
+    if "batch_sweeps" not in cls.defaults:  # no mini-batch mode, or its own (minibatch_am)
+        return cls(spec, grid, n_total, **params)
+    params = dict(params)
+    batch_size, sweeps = params.pop("batch_size"), params.pop("batch_sweeps")
+    solver = cls(spec, grid, n_total, **params)
+    return MiniBatchMode(solver, batch_size, sweeps) if batch_size > 0 else solver

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from admm_mpi.backend import from_host, namespace, sum_all, to_host
+from admm_mpi.backend import dtype_name, from_host, namespace, sum_all
 
 
 def init_weights(widths, rng, like):
@@ -13,7 +13,7 @@ def init_weights(widths, rng, like):
     xp = namespace(like)
     weights, biases = [], []
     for n_in, n_out in zip(widths[:-1], widths[1:]):
-        W = (rng.standard_normal((n_out, n_in)) * np.sqrt(2.0 / n_in)).astype(to_host(like[:1, :1]).dtype)
+        W = (rng.standard_normal((n_out, n_in)) * np.sqrt(2.0 / n_in)).astype(dtype_name(like.dtype))
         weights.append(from_host(xp, W, like=like))
         biases.append(xp.zeros(n_out, dtype=like.dtype, device=getattr(like, "device", None)))
     return weights, biases

@@ -56,7 +56,8 @@ class DLADMM:
 
     name = "dladmm"
     defaults = {"nu": 0.0, "rho": 1e-2, "rho_max": 0.1, "rho_growth": 10.0, "rho_patience": 3, "mu": 0.0,
-                "w_steps": 5}
+                "w_steps": 5,
+                "batch_size": 0, "batch_sweeps": 1}
     center = True
     default_loss = "cross_entropy"
     default_activation = "relu"
@@ -72,9 +73,15 @@ class DLADMM:
 
     def init_state(self, X, Y, rng):
         weights, biases = init_weights(self.spec.widths, rng, X)
-        a, z = forward_states(weights, biases, X, self.spec.h.apply)
         L = self.spec.n_layers
-        return DLADMMState(weights, biases, a, z, namespace(z[-1]).zeros_like(z[-1]), self.rho0, [None] * L, [None] * L)
+        state = DLADMMState(weights, biases, None, None, None, self.rho0, [None] * L, [None] * L)
+        self.fresh_codes(state, X)
+        return state
+
+    def fresh_codes(self, state, X):
+        """Per-sample variables of ``X``'s columns from the forward pass of the current weights."""
+        state.a, state.z = forward_states(state.weights, state.biases, X, self.spec.h.apply)
+        state.u = namespace(state.z[-1]).zeros_like(state.z[-1])
 
     # -- the blocks -------------------------------------------------------------------------
     def _target(self, state, l):

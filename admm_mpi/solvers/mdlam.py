@@ -67,7 +67,7 @@ class MDLAM:
     """mDLAM on this rank's columns."""
 
     name = "mdlam"
-    defaults = {"rho": 1e-3, "mu": 1e-6, "eps": 100.0, "eps_min": 1e-3}
+    defaults = {"rho": 1e-3, "mu": 1e-6, "eps": 100.0, "eps_min": 1e-3, "batch_size": 0, "batch_sweeps": 1}
     default_loss = "cross_entropy"
     default_activation = "relu"
 
@@ -77,12 +77,18 @@ class MDLAM:
 
     def init_state(self, X, Y, rng):
         weights, biases = init_weights(self.spec.widths, rng, X)
-        a, z = forward_states(weights, biases, X, self.spec.h.apply)
         L = self.spec.n_layers
         xp = namespace(X)
-        return MDLAMState(weights, biases, a, z, self.eps0, [xp.asarray(w, copy=True) for w in weights],
-                          [xp.asarray(x, copy=True) for x in a],
-                          [1.0] * L, [1.0] * L, [None] * L, [None] * L)
+        state = MDLAMState(weights, biases, None, None, self.eps0, [xp.asarray(w, copy=True) for w in weights],
+                           None, [1.0] * L, [1.0] * L, [None] * L, [None] * L)
+        self.fresh_codes(state, X)
+        return state
+
+    def fresh_codes(self, state, X):
+        """Per-sample variables of ``X``'s columns from the forward pass; their momentum restarts."""
+        state.a, state.z = forward_states(state.weights, state.biases, X, self.spec.h.apply)
+        state.prev_a = [namespace(x).asarray(x, copy=True) for x in state.a]
+        state.t_a = [1.0] * self.spec.n_layers
 
     # -- blocks ---------------------------------------------------------------------------------
     def _update_weights(self, state, l):

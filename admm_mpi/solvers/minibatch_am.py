@@ -24,10 +24,9 @@ a resumed run the same permutation.
 from dataclasses import dataclass
 from typing import ClassVar
 
-import numpy as np
-
-from admm_mpi.backend import from_host, namespace, sum_all
+from admm_mpi.backend import namespace, sum_all
 from admm_mpi.ops.linalg import activation_solver, transpose_reduce_weights
+from admm_mpi.solvers.batches import epoch_batches, take_columns
 from admm_mpi.solvers.common import forward_states, init_weights
 
 
@@ -75,11 +74,7 @@ class MiniBatchAM:
 
     def batches(self, state, epoch):
         """This rank's local column indices of every batch of ``epoch``, with the global batch size."""
-        order = np.random.default_rng([state.shuffle_seed, epoch]).permutation(self.n_total)
-        for first in range(0, self.n_total, self.batch_size):
-            batch = order[first:first + self.batch_size]
-            mine = batch[(batch >= self.start) & (batch < self.stop)] - self.start
-            yield np.sort(mine), batch.size
+        return epoch_batches(state.shuffle_seed, epoch, self.n_total, self.batch_size, self.start, self.stop)
 
     def targets(self, W, b, a, z, Yb):
         """Targets ``z*_l`` of every layer from the batch's forward codes (steps 2 and 3)."""
@@ -96,11 +91,9 @@ class MiniBatchAM:
     def step(self, state, Y, iteration):
         """One epoch: a weight update per mini-batch (``iteration`` counts epochs from 1)."""
         X, W, b = self.X, state.weights, state.biases
-        xp = namespace(X)
         state.epoch_loss = state.epoch_displacement = 0.0
         for local, n_batch in self.batches(state, iteration):
-            cols = from_host(xp, local, like=X)
-            Xb, Yb = xp.take(X, cols, axis=1), xp.take(Y, cols, axis=1)
+            Xb, Yb = take_columns(X, local), take_columns(Y, local)
             a, z = forward_states(W, b, Xb, self.spec.h.apply)
             targets = self.targets(W, b, a, z, Yb)
             state.epoch_loss += self.spec.loss_fn.value(z[-1], Yb)

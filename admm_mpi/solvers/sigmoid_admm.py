@@ -53,7 +53,7 @@ class SigmoidADMM:
     """sigmoid-ADMM on this rank's columns."""
 
     name = "sigmoid_admm"
-    defaults = {"beta": 1.0, "mu": 1e-4, "omega": 1.0}
+    defaults = {"beta": 1.0, "mu": 1e-4, "omega": 1.0, "batch_size": 0, "batch_sweeps": 1}
     default_loss = "least_squares"
     default_activation = "sigmoid"
 
@@ -63,9 +63,15 @@ class SigmoidADMM:
 
     def init_state(self, X, Y, rng):
         weights, biases = init_weights(self.spec.widths, rng, X)
-        a, z = forward_states(weights, biases, X, self.spec.h.apply)
         L = self.spec.n_layers
-        return SigmoidADMMState(weights, biases, a, z, [namespace(zl).zeros_like(zl) for zl in z], [None] * L, [None] * L)
+        state = SigmoidADMMState(weights, biases, None, None, None, [None] * L, [None] * L)
+        self.fresh_codes(state, X)
+        return state
+
+    def fresh_codes(self, state, X):
+        """Per-sample variables of ``X``'s columns from the forward pass of the current weights."""
+        state.a, state.z = forward_states(state.weights, state.biases, X, self.spec.h.apply)
+        state.lam = [namespace(zl).zeros_like(zl) for zl in state.z]
 
     def _g(self, state, l, W=None, b=None, V=None):
         """Layer l's constraint function and pre-activation at (W, b, V)."""

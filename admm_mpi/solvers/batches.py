@@ -1,0 +1,94 @@
+"""Mini-batches of columns, and the mini-batch mode of the full-batch solvers.
+
+Full-batch dlADMM, mDLAM and sigmoid-ADMM make one weight update (a few gradient steps) per
+pass over the data and underfit MNIST in any affordable number of iterations (README, Accuracy).
+Their mini-batch mode (``batch_size > 0``) runs the *same* solver iteration on one mini-batch of
+columns at a time, as the online alternating-minimisation papers do:
+
+1. the batch's per-sample variables are rebuilt from the forward pass of the current weights
+   (``a_l = h(z_l)``, ``z_l = W_l a_{l-1} + b_l``, duals zero) by the solver's ``fresh_codes``;
+2. ``batch_sweeps`` iterations of the solver run on the batch, with the global state (weights,
+   step sizes, momentum, schedules) carried from batch to batch;
+3. the batch's per-sample variables are dropped.
+
+So nothing per-sample is stored between batches (a checkpoint holds the global state only) and
+the weights that are evaluated are those the codes came from. One iteration of the training loop
+is one epoch. Solvers that sweep the layers in one direction only (mDLAM's forward sweep) move
+information back by one layer per iteration: they need ``batch_sweeps`` of about the depth.
+
+Batches are slices of a permutation of the *global* column indices drawn from the seed and the
+epoch; each rank takes the batch's columns it holds, so any number of ranks runs the same batches
+(distributed == serial) and a resumed run redraws the same permutation.
+"""
+
+import numpy as np
+
+from admm_mpi.backend import from_host, namespace, sum_all
+
+
+def epoch_batches(shuffle_seed, epoch, n_total, batch_size, start, stop):
+    """This rank's local column indices of every batch of ``epoch``, with the global batch size.
+
+    ``[start, stop)`` is this rank's block of global columns.
+    """
+    order = np.random.default_rng([shuffle_seed, epoch]).permutation(n_total)
+    for first in range(0, n_total, batch_size):
+        batch = order[first:first + batch_size]
+        mine = batch[(batch >= start) & (batch < stop)] - start
+        yield np.sort(mine), batch.size
+
+
+def take_columns(x, local):
+    """Columns ``local`` (host indices) of ``x``, on ``x``'s device."""
+    xp = namespace(x)
+    return xp.take(x, from_host(xp, local, like=x), axis=1)
+
+
+class MiniBatchMode:
+    """Run a full-batch solver one mini-batch of columns at a time (one iteration = one epoch).
+
+    ``inner`` is the solver; it provides ``init_state``, ``fresh_codes(state, X)`` (the per-sample
+    variables of ``X``'s columns from the forward pass) and ``step``. Its state keeps the
+    per-sample fields of the current batch only, so they are *transient*: not checkpointed.
+    """
+
+    def __init__(self, inner, batch_size, sweeps):
+        self.inner, self.batch_size, self.sweeps = inner, batch_size, sweeps
+        self.spec, self.grid, self.n_total, self.name = inner.spec, inner.grid, inner.n_total, inner.name
+        self.start, self.stop = self.grid.block_range(self.n_total)
+
+    def init_state(self, X, Y, rng):
+        self.X = X  # the batches are drawn from it; not state (a checkpoint never copies the data)
+        state = self.inner.init_state(X[:, :0], Y[:, :0], rng)  # weights only: codes come per batch
+        state.transient_fields = type(state).sample_fields
+        state.sample_fields = ()
+        state.shuffle_seed = int(rng.integers(2**62))  # drawn after the weights: same seed, same batches
+        state.epoch_loss = state.epoch_displacement = 0.0
+        return state
+
+    def step(self, state, Y, iteration):
+        """One epoch: ``sweeps`` solver iterations per mini-batch (``iteration`` counts epochs from 1)."""
+        state.epoch_loss = state.epoch_displacement = 0.0
+        full_total = self.inner.n_total
+        try:
+            for local, n_batch in epoch_batches(state.shuffle_seed, iteration, self.n_total, self.batch_size,
+                                                self.start, self.stop):
+                Yb = take_columns(Y, local)
+                self.inner.fresh_codes(state, take_columns(self.X, local))
+                forward_output = namespace(state.z[-1]).asarray(state.z[-1], copy=True)
+                state.epoch_loss += self.spec.loss_fn.value(forward_output, Yb)
+                self.inner.n_total = n_batch  # the problem the inner solver sees is the batch
+                for _ in range(self.sweeps):
+                    self.inner.step(state, Yb, iteration)
+                state.epoch_displacement += sum_all((state.z[-1] - forward_output) ** 2)
+        finally:
+            self.inner.n_total = full_total
+        for name in state.transient_fields:  # free the last batch's codes
+            setattr(state, name, None)
+
+    def local_metrics(self, state, Y):
+        """The epoch's summed batch losses (at each batch's forward pass) and output displacement."""
+        return {"objective": state.epoch_loss, "residual_sq": state.epoch_displacement}
+
+    def end_of_iteration(self, state, metrics):
+        """The inner schedules run per sweep inside ``step`` (mDLAM's box); none per epoch."""
