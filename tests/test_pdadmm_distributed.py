@@ -17,17 +17,20 @@ CASES = {
     "hybrid-2": ("hybrid", 2, (12, 10, 8), 0),         # 2 layer groups x size/2 data shards
     "hybrid-2-8bit": ("hybrid", 2, (12, 10, 8), 8),
     "data": ("data", 0, (12, 10, 8), 0),               # pdadmm data-parallel
+    # the mini-batch mode: codes from the pipelined forward pass, batches split over data shards
+    "layer-L4-batches": ("layer", 0, (12, 10, 8), 0, dict(batch_size=29, batch_sweeps=3, iters=3)),
+    "hybrid-2-8bit-batches": ("hybrid", 2, (12, 10, 8), 8, dict(batch_size=29, batch_sweeps=2, iters=3)),
 }
 
 
 @pytest.mark.mpi(ranks=[1, 2, 3, 4], timeout=180)
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_pdadmm_grid_equals_serial(comm, shared_tmp, case):
-    layout, groups, hidden, bits = CASES[case]
+    layout, groups, hidden, bits, *extra = CASES[case]
     if layout == "hybrid" and comm.size % groups:
         pytest.skip(f"{groups} layer groups need an even number of ranks")
     config = TrainConfig(data=_dataset(shared_tmp, comm), solver="pdadmm", layout=layout, layer_groups=groups,
-                         hidden=hidden, quantize=bits, iters=15, dtype="float64", progress=False)
+                         hidden=hidden, quantize=bits, dtype="float64", progress=False, **{"iters": 15, **(extra or [{}])[0]})
     grid = Grid(comm)
     distributed = train(config, grid, out=False)
     serial = train(config.__class__(**{**config.__dict__, "layout": "data", "layer_groups": 0}),

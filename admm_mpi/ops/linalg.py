@@ -85,34 +85,39 @@ def spd_inverse(A, dtype):
 def activation_solver(W, beta, gamma):
     """Column-wise ``a = argmin beta ||T - W a||² + gamma ||a - H||²`` (Taylor's a-update), as ``solve(T, H)``.
 
-    The normal equations are ``(beta WᵀW + gamma I) a = beta WᵀT + gamma H``. Their matrix is
-    the same for every column: it is inverted once (float64, then cast) and applied as a GEMM to
-    any block of columns; when ``W`` is wide (fewer outputs than inputs, e.g. the layer before a
-    10-class output) the Woodbury identity
-    ``(gamma I + beta WᵀW)⁻¹ = (I - Wᵀ((gamma/beta) I + W Wᵀ)⁻¹ W) / gamma`` inverts only
-    n_out x n_out and every product is thin.
+    The normal equations are ``(beta WᵀW + gamma I) a = beta WᵀT + gamma H``; their solution is
+    applied as a correction of ``H`` by the residual ``T - W H``:
+
+        a = H + P (T - W H),   P = (beta WᵀW + gamma I)⁻¹ beta Wᵀ = Wᵀ ((gamma/beta) I + W Wᵀ)⁻¹
+
+    ``P`` (n_in x n_out) is the same for every column: it is formed once in float64 through the
+    smaller of the two inverses (the second form, Woodbury's push-through identity, when ``W``
+    is wide, e.g. the layer before a 10-class output), cast to the working dtype and applied as
+    two thin GEMMs to any block of columns.
+
+    The correction form keeps exact answers exact. When ``T = W H`` (the first iteration, from
+    the forward pass) it returns ``H`` itself, and a unit that is inactive on every sample
+    (``h(z) = 0``) gets ``a = 0`` exactly, its column of the next ``W`` then solves to exactly 0,
+    and it stays 0. Solving the normal equations directly would return that 0 as a
+    cancellation of O(1) terms, i.e. rounding noise that depends on how BLAS splits the columns
+    (the tail columns of a GEMM round differently); Taylor's iteration amplifies such a unit
+    some 20x per iteration, so the noise grew into O(1) weights and a distributed run no
+    longer matched the serial one.
     """
     xp = namespace(W)
     n_out, n_in = W.shape
     W64 = xp.astype(W, xp.float64)
     if n_out < n_in:
-        S = spd_inverse((gamma / beta) * _eye(xp, n_out, W64) + W64 @ W64.T, W.dtype)
-
-        def solve(T, H):
-            rhs = W.T @ T
-            rhs *= beta
-            rhs += gamma * H
-            rhs -= W.T @ (S @ (W @ rhs))
-            rhs *= 1.0 / gamma
-            return rhs
+        S = spd_inverse((gamma / beta) * _eye(xp, n_out, W64) + W64 @ W64.T, xp.float64)
+        P = xp.astype(W64.T @ S, W.dtype)
     else:
-        K = spd_inverse(beta * (W64.T @ W64) + gamma * _eye(xp, n_in, W64), W.dtype)
+        K = spd_inverse(beta * (W64.T @ W64) + gamma * _eye(xp, n_in, W64), xp.float64)
+        P = xp.astype(K @ (beta * W64.T), W.dtype)
 
-        def solve(T, H):
-            rhs = W.T @ T
-            rhs *= beta
-            rhs += gamma * H
-            return K @ rhs
+    def solve(T, H):
+        a = P @ (T - W @ H)
+        a += H
+        return a
     return solve
 
 

@@ -55,7 +55,14 @@ class MiniBatchMode:
     def __init__(self, inner, batch_size, sweeps):
         self.inner, self.batch_size, self.sweeps = inner, batch_size, sweeps
         self.spec, self.grid, self.n_total, self.name = inner.spec, inner.grid, inner.n_total, inner.name
-        self.start, self.stop = self.grid.block_range(self.n_total)
+        # a layer grid splits the columns over the data shards of each layer group
+        self.start, self.stop = getattr(self.grid, "data", self.grid).block_range(self.n_total)
+
+    def __getattr__(self, name):
+        """Everything else is the inner solver's (pdADMM's pipelined evaluation, checkpoint ownership)."""
+        if name == "inner":  # not set yet (e.g. while unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.inner, name)
 
     def init_state(self, X, Y, rng):
         self.X = X  # the batches are drawn from it; not state (a checkpoint never copies the data)
@@ -75,12 +82,15 @@ class MiniBatchMode:
                                                 self.start, self.stop):
                 Yb = take_columns(Y, local)
                 self.inner.fresh_codes(state, take_columns(self.X, local))
-                forward_output = namespace(state.z[-1]).asarray(state.z[-1], copy=True)
-                state.epoch_loss += self.spec.loss_fn.value(forward_output, Yb)
+                output = state.z[-1]  # None on a layer group without the output layer: it counts 0
+                if output is not None:
+                    output = namespace(output).asarray(output, copy=True)
+                    state.epoch_loss += self.spec.loss_fn.value(output, Yb)
                 self.inner.n_total = n_batch  # the problem the inner solver sees is the batch
                 for _ in range(self.sweeps):
                     self.inner.step(state, Yb, iteration)
-                state.epoch_displacement += sum_all((state.z[-1] - forward_output) ** 2)
+                if output is not None:
+                    state.epoch_displacement += sum_all((state.z[-1] - output) ** 2)
         finally:
             self.inner.n_total = full_total
         for name in state.transient_fields:  # free the last batch's codes

@@ -41,7 +41,7 @@ from admm_mpi.errors import InputError
 from admm_mpi.grid import LayerGrid
 from admm_mpi.ops import quantize as quant
 from admm_mpi.ops.activations import proximal_z_update
-from admm_mpi.solvers.common import activation_step, forward_states, init_weights, weight_step
+from admm_mpi.solvers.common import activation_step, init_weights, weight_step
 
 TAG_P, TAG_Q, TAG_FORWARD = 11, 12, 13
 
@@ -64,7 +64,7 @@ class PDADMM:
     """pdADMM on this rank's layers and columns."""
 
     name = "pdadmm"
-    defaults = {"nu": 1.0, "rho": 1.0, "mu": 0.0, "w_steps": 5, "quantize": 0}
+    defaults = {"nu": 1.0, "rho": 1.0, "mu": 0.0, "w_steps": 5, "quantize": 0, "batch_size": 0, "batch_sweeps": 1}
     default_loss = "cross_entropy"
     default_activation = "relu"
 
@@ -91,24 +91,60 @@ class PDADMM:
     def init_state(self, X, Y, rng):
         L = self.spec.n_layers
         weights, biases = init_weights(self.spec.widths, rng, X)  # same seed: same weights everywhere
-        a, z = forward_states(weights, biases, X, self.spec.h.apply)
         keep = set(self.owned)
-        p_keep = set(range(self.first, min(self.stop + 1, L)))
-        b_keep = set(self.boundaries)
         state = PDADMMState(
             weights=[w if l in keep else None for l, w in enumerate(weights)],
             biases=[b if l in keep else None for l, b in enumerate(biases)],
-            p=[a[l] if l in p_keep else None for l in range(L)],
-            z=[z[l] if l in keep else None for l in range(L)],
-            q=[namespace(X).asarray(a[l + 1], copy=True) if l in b_keep else None for l in range(L - 1)],
-            u=[namespace(a[l + 1]).zeros_like(a[l + 1]) if l in b_keep else None for l in range(L - 1)],
-            tau_W=[None] * L, tau_p=[None] * L)
+            p=None, z=None, q=None, u=None, tau_W=[None] * L, tau_p=[None] * L)
+        self.fresh_codes(state, X)
+        return state
+
+    def fresh_codes(self, state, X):
+        """Per-sample variables of ``X``'s columns from the (pipelined) forward pass; duals zero.
+
+        Every boundary starts consistent: ``q_l = p_{l+1} = h(z_l)``, projected onto the
+        quantisation grid when the exchange is quantised.
+        """
+        L = self.spec.n_layers
+        inputs, pre, out = self._forward(state, X, keep=True)
+        xp = namespace(X)
+        state.p, state.z, state.q, state.u = [None] * L, [None] * L, [None] * (L - 1), [None] * (L - 1)
+        for l in self.owned:
+            state.p[l], state.z[l] = inputs[l], pre[l]
+        if self.stop < L:
+            state.p[self.stop] = out  # the next group's input, as this group sends it
+        for l in self.boundaries:
+            state.q[l] = xp.asarray(state.p[l + 1], copy=True)
+            state.u[l] = xp.zeros_like(state.q[l])
         if self.bits:
             for l in range(max(self.first, 1), min(self.stop + 1, L)):
                 state.p[l] = self._quantize(state.p[l])[2]
             for l in self.boundaries:
                 state.q[l] = self._quantize(state.q[l])[2]
-        return state
+
+    def _forward(self, state, X, keep=False):
+        """The forward pass through the layer groups: each applies its layers to what the previous
+        group sends (unquantised) and passes the result on.
+
+        Returns ``(inputs, pre, out)``: with ``keep``, this group's layer inputs and pre-activations
+        by layer (else empty), and the group's output (the network's output on the last group).
+        """
+        g, L = self.grid, self.spec.n_layers
+        if g.prev_rank is None:
+            a = X
+        else:
+            requests, receive = self._recv_raw(X, self.spec.widths[self.first])
+            g.wait(requests)
+            a = receive()
+        inputs, pre = {}, {}
+        for l in self.owned:
+            z = state.weights[l] @ a + state.biases[l][:, None]
+            if keep:
+                inputs[l], pre[l] = a, z
+            a = self.spec.h.apply(z) if l < L - 1 else z
+        if g.next_rank is not None:
+            g.wait([g.isend(a, True, TAG_FORWARD)])
+        return inputs, pre, a
 
     # -- quantised exchange ---------------------------------------------------------------------
     def _quantize(self, x):
@@ -238,23 +274,10 @@ class PDADMM:
         sends and passes the result on; the other groups count 0, so a sum over all ranks is the
         total.
         """
-        g, L = self.grid, self.spec.n_layers
-        if g.prev_rank is None:
-            a = X
-        else:
-            requests, receive = self._recv_raw(X, self.spec.widths[self.first])
-            g.wait(requests)
-            a = receive()
-        for l in self.owned:
-            a = state.weights[l] @ a + state.biases[l][:, None]
-            if l < L - 1:
-                a = self.spec.h.apply(a)
-        if g.next_rank is not None:
-            g.wait([g.isend(a, True, TAG_FORWARD)])
+        _, _, out = self._forward(state, X)
+        if self.grid.next_rank is not None or y is None or not y.size:
             return 0
-        if y is None or not y.size:
-            return 0
-        return int(np.sum(to_host(self.spec.loss_fn.predict(a)) == y))
+        return int(np.sum(to_host(self.spec.loss_fn.predict(out)) == y))
 
     def full_model(self, state):
         """All layers' ``(weights, biases)`` on the world root (None elsewhere)."""
