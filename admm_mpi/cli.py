@@ -54,10 +54,10 @@ def _add_train_arguments(p):
     h.add_argument("--gamma", type=float, help="taylor, minibatch_am: penalty on a = h(z)")
     h.add_argument("--ridge", type=float, help="taylor, minibatch_am: weight ridge per (batch) sample")
     h.add_argument("--batch-size", dest="batch_size", type=int,
-                   help="minibatch_am; dladmm, mdlam, sigmoid_admm (0: full batch): columns per global "
+                   help="minibatch_am; dladmm, pdadmm, mdlam, sigmoid_admm (0: full batch): columns per global "
                         "mini-batch (one iteration = one epoch)")
     h.add_argument("--batch-sweeps", dest="batch_sweeps", type=int,
-                   help="dladmm, mdlam, sigmoid_admm with --batch-size: solver iterations per mini-batch")
+                   help="dladmm, pdadmm, mdlam, sigmoid_admm with --batch-size: solver iterations per mini-batch")
     h.add_argument("--warm-start", dest="warm_start", type=int,
                    help="taylor: iterations before the Bregman updates start")
     h.add_argument("--nu", type=float, help="dladmm, pdadmm: penalty of the relaxed layer constraints")

@@ -125,7 +125,9 @@ class ADMMClassifier(ClassifierMixin, _ADMMBase):
     random_state : int, RandomState or None
     dtype : {"float32", "float64"}, default "float32"
     solver_params : dict or None
-        Solver settings by the names of the command line (``{"ridge": 1e-4}``, ``{"rho": 0.1}``).
+        Solver settings by the names of the command line (``{"ridge": 1e-4}``, ``{"rho": 0.1}``;
+        ``{"batch_size": 2000}`` runs dladmm, mdlam or sigmoid_admm in mini-batch mode, where
+        ``max_iter`` counts epochs).
     comm : mpi4py communicator or None
         Data-parallel fit: every rank calls ``fit`` with its own rows.
 

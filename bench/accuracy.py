@@ -170,7 +170,39 @@ def ablation_markdown(result):
         lines.append(f"| {r['label']} | `{' '.join(r['overrides']) or '(none)'}` | {r['iterations']} | "
                      f"{r['test_accuracy']:.4f} | {change} |")
         previous = r["test_accuracy"]
+    lines += mode_table(result)
     (RESULTS / "accuracy.md").write_text("\n".join(lines) + "\n")
+
+
+def mode_table(result):
+    """Full batch against the mini-batch mode, per solver on MNIST: what the mode added.
+
+    ``result["full_batch"]`` keeps the full-batch runs of the solvers whose committed recipe is now
+    in mini-batch mode (recorded by this script with the earlier full-batch recipes).
+    """
+    current = {r["name"]: r for r in result["runs"]}
+    rows = [(old, current.get(old["name"])) for old in result.get("full_batch", [])]
+    if not rows:
+        return []
+    lines = ["", "## Full batch against the mini-batch mode (MNIST, 2 ranks)", "",
+             "Each solver's own iteration; the mini-batch mode runs it per batch from forward-pass codes",
+             "(README, *Mini-batch mode*). Last-iteration test accuracy; seconds per iteration of the loop",
+             "(an epoch in mini-batch mode).", "",
+             "| solver | full batch: MLP, iterations | test accuracy | s/iteration | mini-batch mode: MLP, batch, sweeps, epochs "
+             "| test accuracy | s/epoch | change |", "|---|---|---|---|---|---|---|---|"]
+    for old, new in rows:
+        def mlp(r):
+            return "-".join(str(w) for w in r["widths"])
+        left = f"| {old['solver']} | {mlp(old)}, {old['iterations']} | {old['test_accuracy']:.4f} | " \
+               f"{old['seconds_per_iteration']:.1f} |"
+        if new is None or not new["config"].get("batch_size"):
+            lines.append(left + " (not run) | | | |")
+            continue
+        c = new["config"]
+        lines.append(left + f" {mlp(new)}, {c['batch_size']}, {c.get('batch_sweeps', 1)}, {new['iterations']} | "
+                     f"{new['test_accuracy']:.4f} | {new['seconds_per_iteration']:.1f} | "
+                     f"{new['test_accuracy'] - old['test_accuracy']:+.4f} |")
+    return lines
 
 
 def main(argv=None):

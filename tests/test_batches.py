@@ -125,3 +125,23 @@ def test_bad_batch_settings_name_the_setting(cli, message):
 
     with pytest.raises(InputError, match=message):
         validate(TrainConfig(**cli))
+
+
+@pytest.mark.parametrize("name", ["mdlam", "pdadmm"])
+def test_one_block_per_sweep_solvers_reach_the_first_layer_in_sweep_2L(name):
+    """mDLAM (forward sweep) and pdADMM (Jacobi) move the output's target back one block per
+    iteration: from forward-pass codes the first of 3 layers' weights stay put (to rounding) for
+    5 sweeps and move in the 6th — why their recipes take more than 2L sweeps per batch."""
+    X, Y = _problem(3)
+    params, loss, activation = SOLVERS[name]
+    spec = ModelSpec(widths=(6, 9, 7, 3), activation=activation, loss=loss, n_classes=3)
+    moved = {}
+    for sweeps in (5, 6):
+        solver = make_solver(name, spec, Grid.serial(), X.shape[1],
+                             {**params, "mu": 0.0, "batch_size": 64, "batch_sweeps": sweeps})
+        state = solver.init_state(X, Y, np.random.default_rng(0))
+        W0 = state.weights[0].copy()
+        solver.step(state, Y, 1)
+        moved[sweeps] = np.linalg.norm(state.weights[0] - W0) / np.linalg.norm(W0)
+        assert np.linalg.norm(state.weights[-1] - solver.inner.init_state(X, Y, np.random.default_rng(0)).weights[-1]) > 0
+    assert moved[5] < 1e-12 and moved[6] > 1e-4, moved
