@@ -70,7 +70,7 @@ def _add_train_arguments(p):
     h.add_argument("--rho-patience", dest="rho_patience", type=int,
                    help="dladmm: rising-objective iterations before rho grows")
     h.add_argument("--w-steps", dest="w_steps", type=int,
-                   help="dladmm: W steps per block on the same reduced statistics (paper: 1)")
+                   help="dladmm, pdadmm, mdlam: W steps per block on the same reduced statistics (paper: 1)")
     h.add_argument("--mu", type=float, help="dladmm, mdlam, sigmoid_admm: weight decay (mu/2)||W||^2")
     h.add_argument("--eps", type=float, help="mdlam: initial half-width of the box a in h(z) +- eps")
     h.add_argument("--eps-min", dest="eps_min", type=float, help="mdlam: smallest box half-width")

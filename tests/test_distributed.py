@@ -35,7 +35,7 @@ CASES = {
     "minibatch_am-least_squares-3": dict(solver="minibatch_am", loss="least_squares", batch_size=3, iters=3),
     # the mini-batch mode of the full-batch solvers, on the same uneven batches
     "dladmm-batches-29": dict(solver="dladmm", batch_size=29, batch_sweeps=2, iters=4),
-    "mdlam-batches-3": dict(solver="mdlam", batch_size=3, batch_sweeps=3, eps=1.0, iters=2),
+    "mdlam-batches-3": dict(solver="mdlam", batch_size=3, batch_sweeps=3, eps=1.0, iters=2, w_steps=2),
     "sigmoid_admm-batches-29": dict(solver="sigmoid_admm", loss="cross_entropy", batch_size=29, iters=4),
 }
 

@@ -9,7 +9,8 @@ extrapolated point, b is exact, hidden z is ``W a + b`` clamped into ``h⁻¹([a
 z_L is the loss prox. Unlike the published code the extrapolation really extrapolates (the
 previous iterate is kept, ``t`` advances), and it is monotone: when a block's objective at the
 extrapolated step is worse than at the current point, the step is redone from the current point
-and that block's momentum restarts.
+and that block's momentum restarts. ``w_steps`` W steps per block (1 in the paper) reuse the
+reduced statistics, as dlADMM's do: no extra communication and no pass over the samples.
 """
 
 from dataclasses import dataclass
@@ -67,13 +68,14 @@ class MDLAM:
     """mDLAM on this rank's columns."""
 
     name = "mdlam"
-    defaults = {"rho": 1e-3, "mu": 1e-6, "eps": 100.0, "eps_min": 1e-3, "batch_size": 0, "batch_sweeps": 1}
+    defaults = {"rho": 1e-3, "mu": 1e-6, "eps": 100.0, "eps_min": 1e-3, "w_steps": 1, "batch_size": 0,
+                "batch_sweeps": 1}
     default_loss = "cross_entropy"
     default_activation = "relu"
 
-    def __init__(self, spec, grid, n_total, *, rho, mu, eps, eps_min):
+    def __init__(self, spec, grid, n_total, *, rho, mu, eps, eps_min, w_steps):
         self.spec, self.grid, self.n_total = spec, grid, n_total
-        self.rho, self.mu, self.eps0, self.eps_min = rho, mu, eps, eps_min
+        self.rho, self.mu, self.eps0, self.eps_min, self.w_steps = rho, mu, eps, eps_min, w_steps
 
     def init_state(self, X, Y, rng):
         weights, biases = init_weights(self.spec.widths, rng, X)
@@ -100,11 +102,11 @@ class MDLAM:
             t_new, omega = _momentum(state.t_W[l])
             W_hat = W + omega * (W - W_prev)
             W_new, tau, _, _ = weight_gradient_step(stats, W_hat, state.biases[l], self.rho, self.mu,
-                                                    state.tau_W[l], bias_eliminated=True)
+                                                    state.tau_W[l], bias_eliminated=True, steps=self.w_steps)
             if _worse(centred_weight_objective(stats, W_new, self.rho, self.mu),
                       centred_weight_objective(stats, W, self.rho, self.mu)):
                 W_new, tau, _, _ = weight_gradient_step(stats, W, state.biases[l], self.rho, self.mu,
-                                                        tau, bias_eliminated=True)
+                                                        tau, bias_eliminated=True, steps=self.w_steps)
                 t_new = 1.0  # restart the momentum of this block
             state.t_W[l], state.tau_W[l] = t_new, tau
             Wb[:, :-1], Wb[:, -1] = W_new, exact_bias(stats, W_new)
