@@ -144,7 +144,7 @@ def plot(result):
                              linestyle="--" if "PyTorch" in r["solver"] else "-")
                 axes[0].plot(it, acc, **style)
                 axes[1].plot(secs, acc, **style)
-            for ax, xlabel in zip(axes, ("iteration (epoch for minibatch_am and Adam)", "seconds (2 cores)")):
+            for ax, xlabel in zip(axes, ("iteration (epoch for mini-batch runs and Adam)", "seconds (2 cores)")):
                 ax.set_ylim(0.8 if dataset == "mnist" else 0.7, 1.0)
                 ax.set_xlabel(xlabel)
                 ax.set_ylabel("test accuracy")
