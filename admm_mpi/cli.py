@@ -62,7 +62,8 @@ def _add_train_arguments(p):
                    help="taylor: iterations before the Bregman updates start")
     h.add_argument("--nu", type=float, help="dladmm, pdadmm: penalty of the relaxed layer constraints")
     h.add_argument("--rho", type=float, help="dladmm, pdadmm, mdlam: penalty of the output / boundary constraints; "
-                        "minibatch_am: proximal weight of the weight step per batch sample")
+                        "minibatch_am: proximal weight of the weight step per batch sample; "
+                        "sigmoid_admm: the same for the output layer's solve (default 0: off)")
     h.add_argument("--quantize", type=int, metavar="BITS",
                    help="pdadmm: send boundary variables as BITS-bit codes (0: off; 8 as in pdADMM-G-Q)")
     h.add_argument("--rho-max", dest="rho_max", type=float, help="dladmm: largest rho of the schedule")

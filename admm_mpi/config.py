@@ -200,11 +200,16 @@ def validate(config):
     for ok, message in checks:
         if not ok:
             raise InputError(message)
-    for name in ("beta", "gamma", "rho", "rho_max", "eps", "omega"):
+    # sigmoid_admm's rho is an optional anchor (0: off); everywhere else rho is a penalty
+    positive = ("beta", "gamma", "rho", "rho_max", "eps", "omega")
+    non_negative = ("ridge", "mu", "eps_min", "nu")  # nu = 0: tied to rho (dladmm)
+    if config.solver == "sigmoid_admm":
+        positive, non_negative = tuple(n for n in positive if n != "rho"), non_negative + ("rho",)
+    for name in positive:
         value = getattr(config, name)
         if value is not None and not (math.isfinite(value) and value > 0):
             raise InputError(f"{name} must be positive, got {value}")
-    for name in ("ridge", "mu", "eps_min", "nu"):  # nu = 0: tied to rho (dladmm)
+    for name in non_negative:
         value = getattr(config, name)
         if value is not None and not (math.isfinite(value) and value >= 0):
             raise InputError(f"{name} must be finite and non-negative, got {value}")

@@ -37,6 +37,8 @@ CASES = {
     "dladmm-batches-29": dict(solver="dladmm", batch_size=29, batch_sweeps=2, iters=4),
     "mdlam-batches-3": dict(solver="mdlam", batch_size=3, batch_sweeps=3, eps=1.0, iters=2, w_steps=2),
     "sigmoid_admm-batches-29": dict(solver="sigmoid_admm", loss="cross_entropy", batch_size=29, iters=4),
+    "sigmoid_admm-batches-anchored": dict(solver="sigmoid_admm", activation="tanh", loss="cross_entropy",
+                                          batch_size=29, iters=3, rho=0.05),
 }
 
 

@@ -53,3 +53,48 @@ def test_sigmoid_admm_is_stable_across_penalties_and_initialisations(blob_file, 
     out = train(config, Grid.serial(), out=False)
     assert np.isfinite(out["objective"])
     assert out["train_accuracy"] >= 0.9, (beta, seed, out["train_accuracy"])
+
+
+def test_sigmoid_admm_anchored_output_solve_is_the_minimiser():
+    """With ``rho`` the output block minimises (1/2)||T - W a - b||² + (mu/2beta)||W, b||²
+    + (rho n/2)||[W b] - [W b]_old||² (T = V_L - Λ_L/beta): zero gradient, checked by hand."""
+    from admm_mpi.model import ModelSpec
+    from admm_mpi.solvers.sigmoid_admm import SigmoidADMM
+
+    rng = np.random.default_rng(3)
+    spec = ModelSpec(widths=(5, 6, 3), activation="tanh", loss="cross_entropy", n_classes=3)
+    X = rng.normal(size=(5, 40))
+    Y = spec.loss_fn.targets(rng.integers(0, 3, 40), 3, np.float64)
+    solver = SigmoidADMM(spec, Grid.serial(), 40, beta=2.0, mu=1e-3, omega=1.0, rho=0.5)
+    state = solver.init_state(X, Y, rng)
+    state.lam[-1] = rng.normal(size=state.lam[-1].shape)
+    W_old, b_old = state.weights[-1].copy(), state.biases[-1].copy()
+    solver._update_output(state, Y)
+    W, b, a = state.weights[-1], state.biases[-1], state.a[-1]
+    T = state.z[-1] - state.lam[-1] / 2.0
+    r = T - W @ a - b[:, None]
+    anchor = 0.5 * 40
+    grad_W = -r @ a.T + (1e-3 / 2.0) * W + anchor * (W - W_old)
+    grad_b = -r.sum(axis=1) + (1e-3 / 2.0) * b + anchor * (b - b_old)
+    np.testing.assert_allclose(grad_W, 0, atol=1e-10)
+    np.testing.assert_allclose(grad_b, 0, atol=1e-10)
+    assert np.abs(W - W_old).max() > 1e-3  # it did move
+
+
+def test_mdlam_float32_codes_that_fit_exactly_do_not_freeze_the_a_step():
+    """Fresh codes fit ``z = W a + b`` to float32 rounding; a search on that rounding used to drive
+    the a-step's τ up by 2**60 and freeze the first hidden layer for the rest of the run."""
+    from admm_mpi.model import ModelSpec
+    from admm_mpi.solvers.mdlam import MDLAM
+
+    rng = np.random.default_rng(4)
+    spec = ModelSpec(widths=(30, 40, 40, 4), activation="relu", loss="cross_entropy", n_classes=4)
+    X = rng.random((30, 200)).astype(np.float32)
+    Y = spec.loss_fn.targets(rng.integers(0, 4, 200), 4, np.float32)
+    solver = MDLAM(spec, Grid.serial(), 200, rho=1e-3, mu=1e-6, eps=1.0, eps_min=1e-3, w_steps=1)
+    state = solver.init_state(X, Y, rng)
+    W0 = state.weights[0].copy()
+    for k in range(8):
+        solver.step(state, Y, k + 1)
+    assert all(t is None or t < 1e6 for t in state.tau_a), state.tau_a
+    assert np.linalg.norm(state.weights[0] - W0) > 1e-3 * np.linalg.norm(W0)  # the first layer trains

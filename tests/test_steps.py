@@ -47,6 +47,8 @@ def test_backtracking_never_loops_unbounded():
 
     candidate, tau, trials = backtracking(0.0, 1.0, never_good)
     assert candidate is None and trials == MAX_TRIALS and len(calls) == MAX_TRIALS
+    # a failed search hands back where it started: 2**60 would freeze the block in every later search
+    assert tau == 1.0 and calls[-1] == 2.0 ** (MAX_TRIALS - 1)
 
 
 def test_power_iteration_bounds_the_top_eigenvalue():

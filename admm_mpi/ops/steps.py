@@ -43,15 +43,18 @@ def backtracking(phi_x, tau, trial, *, grow=2.0, max_trials=MAX_TRIALS):
 
     ``trial(τ)`` returns ``(candidate, φ(candidate), <∇φ(x), candidate - x>, ||candidate - x||²)``.
     Returns ``(candidate, τ, trials)``; if no trial passes within ``max_trials``, returns
-    ``(None, τ, trials)`` and the caller keeps ``x`` (a null step never increases φ).
+    ``(None, tau, trials)`` with the ``tau`` it started from, and the caller keeps ``x`` (a null
+    step never increases φ). A failed search only says ``x`` is stationary to rounding; the
+    ``τ·grow^max_trials`` it reached would freeze the block in every later search.
     """
+    tau_start = tau
     for trials in range(1, max_trials + 1):
         candidate, phi_new, inner, dist_sq = trial(tau)
         # a relative slack of a few ulps keeps rounding from rejecting an exact step
         if phi_new <= phi_x + inner + 0.5 * tau * dist_sq + 1e-12 * abs(phi_x):
             return candidate, tau, trials
         tau *= grow
-    return None, tau, max_trials
+    return None, tau_start, max_trials
 
 
 def parabola_trial(phi_x, grad_sq, curvature, make_candidate=lambda tau: None):

@@ -141,11 +141,13 @@ class MDLAM:
             return r, -self.rho * (W.T @ r)
 
         t_sq = 0.5 * self.rho * sum_all(T * T)
+        # residuals below a thousand ulps of T are rounding (fresh codes fit exactly)
+        rounding = (1e3 * xp.finfo(a.dtype).eps) ** 2
 
         def take_step(start, tau):
             r, g = phi_and_grad(start)
             phi_start, scale = self.grid.allsum(np.array([0.5 * self.rho * sum_all(r * r), t_sq]))
-            if phi_start <= 1e-24 * (1 + scale):
+            if phi_start <= rounding * (1 + scale):
                 # already fitted to rounding: a search on rounding noise would only leave a
                 # meaningless τ behind (and one that differs between layouts)
                 return start, phi_start, tau

@@ -12,7 +12,10 @@ ADMM on the *nonlinearly* constrained problem, with a multiplier on every layer'
 One iteration, backward from the output:
 
 - ``V_L``: exact (the loss prox of ``loss(V) - <Λ_L, V> + (beta/2)||m - V||²``);
-- ``W_L, b_L``: exact ridge least squares by transpose reduction (target ``V_L - Λ_L/beta``);
+- ``W_L, b_L``: exact ridge least squares by transpose reduction (target ``V_L - Λ_L/beta``),
+  optionally anchored: ``rho n ||[W_L b_L] - [W_L b_L]_old||²`` added (``n`` samples; 0 in the
+  paper). In mini-batch mode the exact solve otherwise fits each batch afresh and forgets the
+  others (with as many inputs as batch columns it interpolates the batch);
 - for ``l = L-1 .. 1``: ``V_l`` by a linearised proximal step — the terms of layer ``l+1`` are
   linearised at the current ``V_l`` with proximal weight ``ω``, the terms of layer ``l`` (a
   quadratic in ``V_l``) are kept exactly — then ``[W_l b_l]`` by a linearised proximal step on
@@ -53,13 +56,13 @@ class SigmoidADMM:
     """sigmoid-ADMM on this rank's columns."""
 
     name = "sigmoid_admm"
-    defaults = {"beta": 1.0, "mu": 1e-4, "omega": 1.0, "batch_size": 0, "batch_sweeps": 1}
+    defaults = {"beta": 1.0, "mu": 1e-4, "omega": 1.0, "rho": 0.0, "batch_size": 0, "batch_sweeps": 1}
     default_loss = "least_squares"
     default_activation = "sigmoid"
 
-    def __init__(self, spec, grid, n_total, *, beta, mu, omega):
+    def __init__(self, spec, grid, n_total, *, beta, mu, omega, rho):
         self.spec, self.grid, self.n_total = spec, grid, n_total
-        self.beta, self.mu, self.omega = beta, mu, omega
+        self.beta, self.mu, self.omega, self.rho = beta, mu, omega, rho
 
     def init_state(self, X, Y, rng):
         weights, biases = init_weights(self.spec.widths, rng, X)
@@ -99,7 +102,8 @@ class SigmoidADMM:
         state.z[-1] = self.spec.loss_fn.prox(m, Y, -state.lam[-1], self.beta / 2)
         T = state.z[-1] - state.lam[-1] / self.beta
         state.weights[-1], state.biases[-1] = transpose_reduce_weights(
-            self.grid, state.a[-1], T, self.mu / self.beta)
+            self.grid, state.a[-1], T, self.mu / self.beta, anchor=(state.weights[-1], state.biases[-1]),
+            anchor_weight=self.rho * self.n_total)
 
     def _update_V(self, state, l):
         """V_l = a[l] (input of layer l, output of layer l-1)."""
