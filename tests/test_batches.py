@@ -14,7 +14,7 @@ SOLVERS = {  # solver: its settings (full-batch defaults) and loss
     "dladmm": ({**dict(nu=0.0, rho=0.1, rho_max=0.1, rho_growth=10.0, rho_patience=3, mu=0.0, w_steps=3)},
                "cross_entropy", "relu"),
     "mdlam": (dict(rho=1e-2, mu=1e-4, eps=1.0, eps_min=1e-3, w_steps=1), "cross_entropy", "relu"),
-    "sigmoid_admm": (dict(beta=1.0, mu=1e-4, omega=1.0), "least_squares", "sigmoid"),
+    "sigmoid_admm": (dict(beta=1.0, mu=1e-4, omega=1.0, rho=0.05), "least_squares", "sigmoid"),
     "pdadmm": (dict(nu=0.5, rho=1.0, mu=0.0, w_steps=2, quantize=0), "cross_entropy", "relu"),
 }
 
