@@ -48,8 +48,9 @@ def test_layer_parallel_pdadmm_on_digits_and_its_8bit_exchange(tmp_path):
 
 
 # The mini-batch mode of the committed MNIST recipes, on digits (256-256, batches of 250, 8 epochs,
-# 2 ranks): measured dladmm 0.966, mdlam 0.980, sigmoid_admm 0.902, pdadmm (layer layout) 0.966.
-BATCH_BARS = {"dladmm": 0.95, "mdlam": 0.96, "sigmoid_admm": 0.88, "pdadmm": 0.95}
+# 2 ranks): measured dladmm 0.966, mdlam 0.980, sigmoid_admm 0.976 (anchored output solve; 0.902
+# without), pdadmm (layer layout) 0.966.
+BATCH_BARS = {"dladmm": 0.95, "mdlam": 0.96, "sigmoid_admm": 0.95, "pdadmm": 0.95}
 
 
 @pytest.mark.slow
