@@ -16,7 +16,8 @@ from admm_mpi.errors import InputError, TrainingError
 
 EXIT_INPUT_ERROR = 2
 EXIT_TRAINING_ERROR = 3
-EXIT_PREEMPTED = 143  # 128 + SIGTERM, as a shell reports a job ended by SIGTERM
+# a job stopped by a signal exits with 128 + the signal number, as a shell reports it (143: SIGTERM,
+# 130: SIGINT), after writing a checkpoint
 
 
 class _Parser(argparse.ArgumentParser):
@@ -156,16 +157,28 @@ def _cmd_train(args, grid):
     config = cfg.resolve(file=args.config, cli=cli)
     import signal
 
-    from admm_mpi import train as train_module
+    from admm_mpi.stopping import StopRequest
 
-    # Slurm pre-emption and scancel send SIGTERM: finish the iteration, checkpoint, exit cleanly
-    signal.signal(signal.SIGTERM, lambda signum, frame: train_module.request_stop())
-    summary = train(config, grid)
+    # Slurm pre-emption and scancel send SIGTERM, Ctrl-C sends SIGINT: finish the iteration (or
+    # the mini-batch), checkpoint, exit cleanly. A second Ctrl-C interrupts at once.
+    stop = StopRequest()
+
+    def on_signal(signum, frame):
+        stop.request(signum)
+        if signum == signal.SIGINT:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    summary = train(config, grid, stop=stop)
     if summary.get("preempted"):
+        signum = summary["stopped_by_signal"]
         if grid.is_root:
-            print(f"admm-mpi: stopped by SIGTERM after iteration {summary['iterations']}; checkpoint "
-                  f"{summary['checkpoint']}; continue with --resume {config.out}", file=sys.stderr)
-        raise SystemExit(EXIT_PREEMPTED)
+            inside = summary["stopped_inside_iteration"]
+            where = f"inside iteration {inside}" if inside else f"after iteration {summary['iterations']}"
+            print(f"admm-mpi: stopped by {signal.Signals(signum).name} {where}; checkpoint "
+                  f"{summary['checkpoint']}; continue with --resume auto --out {config.out}", file=sys.stderr)
+        raise SystemExit(128 + signum)
     if grid.is_root:
         print(f"admm-mpi: {summary['iterations']} iterations on {summary['ranks']} rank(s): "
               f"train accuracy {summary['train_accuracy']:.4f}, test accuracy "

@@ -22,37 +22,15 @@ from admm_mpi.data import load_shard, resolve_path
 from admm_mpi.errors import InputError, TrainingError
 from admm_mpi.model import ModelSpec, predict, save_model
 from admm_mpi.solvers import make_solver
+from admm_mpi.solvers.batches import INTERRUPTED
+from admm_mpi.stopping import StopRequest
 
 
-_STOP_REQUESTED = False
+def open_out_dir(config, grid):
+    """Create, lock and check the run directory (collective); the root keeps the lock."""
+    from admm_mpi.rundir import RunDirectory
 
-
-def request_stop():
-    """Ask the loop to checkpoint and stop after the current iteration (signal handlers call this)."""
-    global _STOP_REQUESTED
-    _STOP_REQUESTED = True
-
-
-def prepare_out_dir(path, grid, resuming=False):
-    """Create ``path`` on the root and check it is writable; all ranks agree on the verdict.
-
-    A fresh run refuses a directory that holds another run's checkpoints: mixing the two would
-    let the new run's pruning delete them.
-    """
-    problem = None
-    if grid.is_root:
-        if not resuming and checkpoint.latest(path) is not None:
-            problem = (f"{path} holds checkpoints of an earlier run: pass --resume auto to continue it, "
-                       "or choose another --out")
-        try:
-            os.makedirs(path, exist_ok=True)
-            probe = os.path.join(path, ".write-test")
-            with open(probe, "w") as f:
-                f.write("ok")
-            os.remove(probe)
-        except OSError as exc:
-            problem = problem or f"output directory {path} is not writable ({exc.strerror or exc})"
-    grid.agree(problem)
+    return RunDirectory(config.out).open(grid, resuming=bool(config.resume))
 
 
 def count_correct(spec, weights, biases, X, y):
@@ -150,38 +128,55 @@ def _count_correct(solver, spec, state, X, y):
     return count_correct(spec, state.weights, state.biases, X, y)
 
 
-def train(config, grid, *, out=True, shard=None):
+def resume(config, grid, solver, state, shard):
+    """Continue from a checkpoint if asked (collective): ``(first iteration, checkpoint path)``.
+
+    The checkpoint is found by scanning (newest intact one first), checked against this run's
+    configuration and data, and read back re-sharded onto this run's ranks.
+    """
+    if not config.resume:
+        return 1, None
+    manifest = checkpoint.resolve_resume(config.resume, config.out, grid)
+    if manifest is None:  # --resume auto on a run without checkpoints: a fresh start
+        return 1, None
+    grid.agree(checkpoint.check_compatible(manifest, config, shard) if grid.is_root else None)
+    iteration, batches_done = checkpoint.load(manifest, state, shard, grid, needs=getattr(solver, "needs", None))
+    first = iteration + 1  # a checkpoint inside an epoch continues that epoch after its batches
+    grid.agree(None if first <= config.iters else
+               f"checkpoint {manifest['path']} is already at iteration {iteration}; ask for more --iters")
+    return first, manifest["path"]
+
+
+def write_checkpoint(config, grid, solver, state, shard, iteration, batches_done=0):
+    return checkpoint.save(config.out, iteration, state, shard, config, grid,
+                           owns=getattr(solver, "owns", None), batches_done=batches_done)
+
+
+def train(config, grid, *, out=True, shard=None, stop=None):
     """Run a training job; returns the summary dict (on every rank).
 
     With ``out=False`` nothing is written (the estimator and the tests that compare weights in
     memory); the final state is then in ``summary["state"]``. ``shard`` replaces reading
-    ``config.data`` (in-memory data, e.g. from the scikit-learn estimator).
+    ``config.data`` (in-memory data, e.g. from the scikit-learn estimator). ``stop`` is the
+    :class:`~admm_mpi.stopping.StopRequest` the signal handlers set (None: nothing stops the run).
     """
-    if out:
-        prepare_out_dir(config.out, grid, resuming=bool(config.resume))
+    run_dir = open_out_dir(config, grid) if out else None
+    try:
+        return _train(config, grid, out, shard, stop or StopRequest())
+    finally:
+        if run_dir is not None:
+            run_dir.close()
+
+
+def _train(config, grid, out, shard, stop):
     shard, spec, solver = build(config, grid, shard)
+    solver.stop_request = stop
     regression = shard.Y is not None
     Y = shard.Y if regression else spec.loss_fn.targets(shard.y, shard.n_classes, to_host(shard.X[:1, :1]).dtype)
     Y = from_host(namespace(shard.X), Y, like=shard.X) if is_numpy(Y) else Y  # on the data's device
     state = solver.init_state(shard.X, Y, np.random.default_rng(config.seed))
 
-    first = 1
-    resume_from = None
-    if config.resume:
-        problem = None
-        if grid.is_root:
-            try:
-                resume_from = checkpoint.resolve_resume(config.resume, config.out)
-                if resume_from is not None:
-                    problem = checkpoint.check_compatible(resume_from, config, shard)
-            except InputError as exc:
-                problem = str(exc)
-        grid.agree(problem)
-        resume_from = grid.bcast_decision(resume_from)
-        if resume_from is not None:
-            first = checkpoint.load(resume_from, state, shard, grid, needs=getattr(solver, "needs", None)) + 1
-            grid.agree(None if first <= config.iters else
-                       f"checkpoint {resume_from} is already at iteration {first - 1}; ask for more --iters")
+    first, resume_from = resume(config, grid, solver, state, shard)
 
     metrics_file = None
     if out and grid.is_root:
@@ -196,13 +191,18 @@ def train(config, grid, *, out=True, shard=None):
     seconds, step_seconds, row, objectives = [], [], None, []
     bytes_per_iteration, evaluation_bytes = [], []
     converged = preempted = False
-    saved = None
+    saved = inside = None
     iteration = first - 1
     try:
         for iteration in range(first, config.iters + 1):
             t0 = time.perf_counter()
             sent0 = grid.bytes_sent
-            solver.step(state, Y, iteration)
+            if solver.step(state, Y, iteration) == INTERRUPTED:  # a stop request between two batches
+                saved = write_checkpoint(config, grid, solver, state, shard, iteration - 1, state.batches_done) \
+                    if out else None
+                preempted, inside = True, iteration
+                iteration -= 1
+                break
             step_seconds.append(time.perf_counter() - t0)
             sent1 = grid.bytes_sent
             local = solver.local_metrics(state, Y)
@@ -218,6 +218,7 @@ def train(config, grid, *, out=True, shard=None):
                 else:
                     metrics[name] = float(value)
             correct, correct_test = sums[-2], sums[-1]
+            stop.agree(grid)  # any rank's signal stops every rank
             # Rank 0 decides; everyone follows, so all ranks leave the loop together.
             decision = None
             if grid.is_root:
@@ -225,7 +226,7 @@ def train(config, grid, *, out=True, shard=None):
                     decision = "diverged"
                 elif config.tol > 0 and metrics["residual"] <= config.tol * math.sqrt(shard.n_total):
                     decision = "converged"
-                elif _STOP_REQUESTED:
+                elif stop.agreed:
                     decision = "preempted"
             decision = grid.bcast_decision(decision)
             solver.end_of_iteration(state, metrics)  # schedules: same global values on every rank
@@ -253,8 +254,7 @@ def train(config, grid, *, out=True, shard=None):
                                     "(try a larger ridge or smaller beta/gamma)")
             if out and (decision == "preempted" or (
                     config.checkpoint_every and iteration % config.checkpoint_every == 0)):
-                saved = checkpoint.save(config.out, iteration, state, shard, config, grid,
-                                        owns=getattr(solver, "owns", None))
+                saved = write_checkpoint(config, grid, solver, state, shard, iteration)
             if decision == "converged":
                 converged = True
                 break
@@ -266,8 +266,9 @@ def train(config, grid, *, out=True, shard=None):
         if metrics_file is not None:
             metrics_file.close()
 
-    per_rank_bytes = grid.gather_to_root(statistics.median(bytes_per_iteration))
-    per_rank_eval_bytes = grid.gather_to_root(statistics.median(evaluation_bytes))
+    row = row or {}  # a run stopped inside its first epoch has no metrics row
+    per_rank_bytes = grid.gather_to_root(_median(bytes_per_iteration) or 0)
+    per_rank_eval_bytes = grid.gather_to_root(_median(evaluation_bytes) or 0)
     peak_memory = grid.gather_to_root(peak_memory_bytes())
     weights, biases = solver.full_model(state) if hasattr(solver, "full_model") else (state.weights, state.biases)
     summary = {
@@ -279,18 +280,20 @@ def train(config, grid, *, out=True, shard=None):
         "iterations": iteration,
         "first_iteration": first,
         "resumed_from": resume_from,
-        "train_accuracy": row["train_accuracy"],
-        "test_accuracy": row["test_accuracy"],
-        "seconds_per_iteration": statistics.median(seconds),
+        "train_accuracy": row.get("train_accuracy"),
+        "test_accuracy": row.get("test_accuracy"),
+        "seconds_per_iteration": _median(seconds),
         "bytes_per_iteration": int(sum(per_rank_bytes)) if grid.is_root else None,
         "bytes_per_iteration_per_rank": [int(b) for b in per_rank_bytes] if grid.is_root else None,
         "evaluation_bytes_per_iteration_per_rank": [int(b) for b in per_rank_eval_bytes] if grid.is_root else None,
-        "step_seconds_per_iteration": statistics.median(step_seconds),
+        "step_seconds_per_iteration": _median(step_seconds),
         "peak_memory_bytes_per_rank": [int(m) for m in peak_memory] if grid.is_root else None,
-        "objective": row["objective"],
-        "residual": row["residual"],
+        "objective": row.get("objective"),
+        "residual": row.get("residual"),
         "converged": converged,
         "preempted": preempted,
+        "stopped_by_signal": stop.agreed if preempted else None,
+        "stopped_inside_iteration": inside,  # a mini-batch solver stopped between batches of it
         "checkpoint": saved,
         "data": resolve_path(config.data) if shard.name != "in-memory" else "in-memory",
         "n_train": shard.n_total,
@@ -299,16 +302,39 @@ def train(config, grid, *, out=True, shard=None):
         "config": config.as_dict(),
         "versions": {"admm_mpi": __version__, "numpy": np.__version__, "python": platform.python_version()},
     }
-    if out and grid.is_root:
-        save_model(os.path.join(config.out, "model.h5"), spec, [to_host(w) for w in weights],
-                   [to_host(b) for b in biases],
-                   extra={"solver": config.solver, "data": summary["data"]})
-        _write_json(os.path.join(config.out, "summary.json"), summary)
+    if out:
+        write_outputs(config, grid, spec, weights, biases, summary)
     summary["state"] = state
     summary["model"] = (weights, biases)  # every layer, on the root (a layer grid spreads them)
     summary["spec"] = spec
     summary["objective_history"] = objectives
     return summary
+
+
+def _median(values):
+    return statistics.median(values) if values else None
+
+
+def write_outputs(config, grid, spec, weights, biases, summary):
+    """model.h5 and summary.json, atomically, by the root; one clear error on every rank if not."""
+    problem = None
+    if grid.is_root:
+        try:
+            save_model(os.path.join(config.out, "model.h5"), spec, [to_host(w) for w in weights],
+                       [to_host(b) for b in biases], extra={"solver": config.solver, "data": summary["data"]})
+            _write_json(os.path.join(config.out, "summary.json"), summary)
+        except OSError as exc:
+            for name in ("model.h5.tmp", "summary.json.tmp"):
+                try:
+                    os.remove(os.path.join(config.out, name))
+                except OSError:
+                    pass
+            problem = (f"cannot write the model to {config.out} ({exc.strerror or exc}); "
+                       + (f"the last checkpoint is {summary['checkpoint']}" if summary.get("checkpoint")
+                          else "no checkpoint was written (--checkpoint-every)"))
+    problem = grid.bcast_decision(problem)
+    if problem:
+        raise checkpoint.CheckpointError(problem)
 
 
 def peak_memory_bytes():

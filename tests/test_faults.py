@@ -1,6 +1,7 @@
 """Faults: a rank killed mid-run ends the job (then resume reproduces the run); NaN stops
 training and keeps the last good checkpoint; bad input never touches an existing checkpoint."""
 
+import json
 import os
 import signal
 import subprocess
@@ -75,6 +76,7 @@ def test_sigkill_of_one_rank_ends_the_job_and_resume_reproduces_the_run(tmp_path
     target = stopped + 3
     resumed = run_admm(2, "train", *COMMON, "--iters", target, "--resume", "auto", "--out", run, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((run / "summary.json").read_text())["first_iteration"] == stopped + 1
     uninterrupted = run_admm(2, "train", *COMMON, "--iters", target, "--out", full, timeout=300)
     assert uninterrupted.returncode == 0, uninterrupted.stderr
     for W, W_ref in zip(_weights(run), _weights(full)):
@@ -103,9 +105,10 @@ def test_nan_in_the_iterates_stops_with_the_iteration_and_keeps_the_last_good_ch
                           timeout=120, env=child_env())
     assert proc.returncode == 3, proc.stderr
     assert "diverged at iteration 5" in proc.stderr and "Traceback" not in proc.stderr
-    assert (run / "checkpoints" / "latest").read_text().strip() == "ckpt-000004.h5"
-    with h5py.File(run / "checkpoints" / "ckpt-000004.h5", "r") as f:
-        assert all(np.all(np.isfinite(f[f"samples/z/{i}"][...])) for i in range(2))
+    assert (run / "checkpoints" / "latest").read_text().strip() == "ckpt-000004"
+    for rank in range(2):
+        with h5py.File(run / "checkpoints" / "ckpt-000004" / f"part-{rank:05d}.h5", "r") as f:
+            assert all(np.all(np.isfinite(f[f"samples/z/{i}"][...])) for i in range(2))
 
 
 def _bad_file(tmp_path, kind):
@@ -146,7 +149,7 @@ def test_bad_input_leaves_an_existing_checkpoint_untouched(tmp_path, args, messa
     run = tmp_path / "run"
     ok = run_admm(2, "train", "--hidden", "8", "--iters", 2, "--checkpoint-every", 2, "--no-progress", "--out", run)
     assert ok.returncode == 0, ok.stderr
-    ckpt = run / "checkpoints" / "ckpt-000002.h5"
+    ckpt = run / "checkpoints" / "ckpt-000002" / "part-00000.h5"
     before = (ckpt.read_bytes(), ckpt.stat().st_mtime_ns, (run / "model.h5").read_bytes())
     (tmp_path / "bad.toml").write_text("iterations = 3\n")
     names = {"tmp": tmp_path, **{k: _bad_file(tmp_path, k) for k in ("corrupt", "names", "width", "inf")}}

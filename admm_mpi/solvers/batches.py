@@ -42,6 +42,35 @@ def epoch_batches(shuffle_seed, epoch, n_total, batch_size, start, stop):
         yield np.sort(mine), batch.size
 
 
+INTERRUPTED = "interrupted"  # what ``step`` returns when a stop request ended the epoch early
+
+
+def run_epoch(grid, state, batches, do_batch, stop=None):
+    """Run ``do_batch(local, n_batch) -> (loss, displacement)`` over the epoch's ``batches``.
+
+    Starts after ``state.batches_done`` batches (a checkpoint taken inside the epoch) and sums
+    the batches' losses into ``state.epoch_loss`` / ``state.epoch_displacement``. Between
+    batches every rank's stop request is combined (``stop.agree``); when one is set the epoch
+    ends early: the partial sums become global (held by the root), ``state.batches_done``
+    records the position and ``INTERRUPTED`` is returned, so the loop can checkpoint mid-epoch.
+    """
+    if not state.batches_done or not grid.is_root:
+        # fresh epoch; or resumed inside one, where the saved partial sums are global (the root's)
+        state.epoch_loss = state.epoch_displacement = 0.0
+    batches = list(batches)
+    for k in range(state.batches_done, len(batches)):
+        loss, displacement = do_batch(*batches[k])
+        state.epoch_loss += loss
+        state.epoch_displacement += displacement
+        if stop is not None and k + 1 < len(batches) and stop.agree(grid):
+            sums = grid.allsum(np.array([state.epoch_loss, state.epoch_displacement], dtype=np.float64))
+            state.epoch_loss, state.epoch_displacement = (float(s) if grid.is_root else 0.0 for s in sums)
+            state.batches_done = k + 1
+            return INTERRUPTED
+    state.batches_done = 0
+    return None
+
+
 def take_columns(x, local):
     """Columns ``local`` (host indices) of ``x``, on ``x``'s device."""
     xp = namespace(x)
@@ -59,6 +88,7 @@ class MiniBatchMode:
     def __init__(self, inner, batch_size, sweeps):
         self.inner, self.batch_size, self.sweeps = inner, batch_size, sweeps
         self.spec, self.grid, self.n_total, self.name = inner.spec, inner.grid, inner.n_total, inner.name
+        self.stop_request = None  # set by the training loop: checked between batches
         # a layer grid splits the columns over the data shards of each layer group
         self.start, self.stop = getattr(self.grid, "data", self.grid).block_range(self.n_total)
 
@@ -75,30 +105,39 @@ class MiniBatchMode:
         state.sample_fields = ()
         state.shuffle_seed = int(rng.integers(2**62))  # drawn after the weights: same seed, same batches
         state.epoch_loss = state.epoch_displacement = 0.0
+        state.batches_done = 0  # batches of the current epoch done (a checkpoint inside an epoch)
+        state.extra_global_fields = ("shuffle_seed", "batches_done", "epoch_loss", "epoch_displacement")
         return state
 
     def step(self, state, Y, iteration):
-        """One epoch: ``sweeps`` solver iterations per mini-batch (``iteration`` counts epochs from 1)."""
-        state.epoch_loss = state.epoch_displacement = 0.0
+        """One epoch: ``sweeps`` solver iterations per mini-batch (``iteration`` counts epochs from 1).
+
+        Returns ``INTERRUPTED`` when a stop request ended the epoch between two batches.
+        """
         full_total = self.inner.n_total
+
+        def batch(local, n_batch):
+            Yb = take_columns(Y, local)
+            self.inner.fresh_codes(state, take_columns(self.X, local))
+            output = state.z[-1]  # None on a layer group without the output layer: it counts 0
+            loss = 0.0
+            if output is not None:
+                output = namespace(output).asarray(output, copy=True)
+                loss = self.spec.loss_fn.value(output, Yb)
+            self.inner.n_total = n_batch  # the problem the inner solver sees is the batch
+            for _ in range(self.sweeps):
+                self.inner.step(state, Yb, iteration)
+            return loss, 0.0 if output is None else sum_all((state.z[-1] - output) ** 2)
+
         try:
-            for local, n_batch in epoch_batches(state.shuffle_seed, iteration, self.n_total, self.batch_size,
-                                                self.start, self.stop):
-                Yb = take_columns(Y, local)
-                self.inner.fresh_codes(state, take_columns(self.X, local))
-                output = state.z[-1]  # None on a layer group without the output layer: it counts 0
-                if output is not None:
-                    output = namespace(output).asarray(output, copy=True)
-                    state.epoch_loss += self.spec.loss_fn.value(output, Yb)
-                self.inner.n_total = n_batch  # the problem the inner solver sees is the batch
-                for _ in range(self.sweeps):
-                    self.inner.step(state, Yb, iteration)
-                if output is not None:
-                    state.epoch_displacement += sum_all((state.z[-1] - output) ** 2)
+            batches = epoch_batches(state.shuffle_seed, iteration, self.n_total, self.batch_size,
+                                    self.start, self.stop)
+            outcome = run_epoch(self.grid, state, batches, batch, self.stop_request)
         finally:
             self.inner.n_total = full_total
         for name in state.transient_fields:  # free the last batch's codes
             setattr(state, name, None)
+        return outcome
 
     def local_metrics(self, state, Y):
         """The epoch's summed batch losses (at each batch's forward pass) and output displacement."""

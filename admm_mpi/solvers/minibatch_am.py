@@ -26,7 +26,7 @@ from typing import ClassVar
 
 from admm_mpi.backend import namespace, sum_all
 from admm_mpi.ops.linalg import activation_solver, transpose_reduce_weights
-from admm_mpi.solvers.batches import epoch_batches, take_columns
+from admm_mpi.solvers.batches import epoch_batches, run_epoch, take_columns
 from admm_mpi.solvers.common import forward_states, init_weights
 
 
@@ -38,6 +38,7 @@ class MiniBatchState:
     shuffle_seed: int
     epoch_loss: float = 0.0          # this rank's sum of batch losses over the last epoch
     epoch_displacement: float = 0.0  # and of ||z*_L - z_L||² (how far the loss prox moved the outputs)
+    batches_done: int = 0            # batches of the current epoch done (a checkpoint inside an epoch)
 
 
 class MiniBatchAM:
@@ -66,6 +67,7 @@ class MiniBatchAM:
         self.beta, self.gamma, self.rho, self.ridge = beta, gamma, rho, ridge
         self.batch_size = batch_size
         self.start, self.stop = grid.block_range(n_total)
+        self.stop_request = None  # set by the training loop: checked between batches
 
     def init_state(self, X, Y, rng):
         weights, biases = init_weights(self.spec.widths, rng, X)
@@ -89,18 +91,23 @@ class MiniBatchAM:
         return targets[::-1]
 
     def step(self, state, Y, iteration):
-        """One epoch: a weight update per mini-batch (``iteration`` counts epochs from 1)."""
+        """One epoch: a weight update per mini-batch (``iteration`` counts epochs from 1).
+
+        Returns ``INTERRUPTED`` when a stop request ended the epoch between two batches.
+        """
         X, W, b = self.X, state.weights, state.biases
-        state.epoch_loss = state.epoch_displacement = 0.0
-        for local, n_batch in self.batches(state, iteration):
+
+        def batch(local, n_batch):
             Xb, Yb = take_columns(X, local), take_columns(Y, local)
             a, z = forward_states(W, b, Xb, self.spec.h.apply)
             targets = self.targets(W, b, a, z, Yb)
-            state.epoch_loss += self.spec.loss_fn.value(z[-1], Yb)
-            state.epoch_displacement += sum_all((targets[-1] - z[-1]) ** 2)
+            losses = self.spec.loss_fn.value(z[-1], Yb), sum_all((targets[-1] - z[-1]) ** 2)
             for l in range(len(W)):
                 W[l], b[l] = transpose_reduce_weights(self.grid, a[l], targets[l], self.ridge * n_batch,
                                                       anchor=(W[l], b[l]), anchor_weight=self.rho * n_batch)
+            return losses
+
+        return run_epoch(self.grid, state, self.batches(state, iteration), batch, self.stop_request)
 
     def local_metrics(self, state, Y):
         """The epoch's summed batch losses (before each batch's update) and output displacement."""
