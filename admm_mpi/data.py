@@ -109,6 +109,12 @@ def hdf5_open_problem(path, exc):
     return f"cannot read {path}: damaged HDF5 file ({_hdf5_reason(exc)})"
 
 
+def write_problem(path, exc):
+    """One line for a failed write (full disk, read-only file system, missing directory)."""
+    reason = os.strerror(exc.errno) if getattr(exc, "errno", None) else _hdf5_reason(exc)
+    return f"cannot write {path}: {reason}"
+
+
 def _n_classes_problem(value, path, n_samples):
     """Problem with the file's ``n_classes`` attribute, or None.
 
