@@ -210,7 +210,7 @@ def _cmd_predict(args, grid):
 
 def _check_writable(path, grid):
     """Rank 0 creates and removes ``path``'s temporary file; every rank raises if that failed."""
-    from admm_mpi.data import write_problem
+    from admm_mpi.files import write_problem
 
     problem = None
     if grid.is_root:
@@ -228,7 +228,7 @@ def _check_writable(path, grid):
 
 def _write_text(path, text):
     """Write ``text`` to ``path`` through a temporary file; on failure remove it and say why."""
-    from admm_mpi.data import write_problem
+    from admm_mpi.files import write_problem
 
     tmp = f"{path}.tmp"
     try:

@@ -18,7 +18,7 @@ import zipfile
 import h5py
 import numpy as np
 
-from admm_mpi.data import hdf5_open_problem, write_problem
+from admm_mpi.files import hdf5_open_problem, reserve_space, write_problem
 from admm_mpi.errors import InputError
 
 FORMATS = ("npz", "csv", "libsvm", "idx", "hdf5")
@@ -256,7 +256,10 @@ def _convert(inputs, tmp, *, fmt=None, test_inputs=None, test_fraction=0.0, stan
              chunk=10000, seed=0, name=None, dtype=np.float32, scale=1.0, **options):
     """The conversion of :func:`convert`, written to ``tmp``."""
     # Pass 1: the labels (small) — classes and, for a split, the test rows.
-    labels = [np.asarray(y) for _, y in reader(inputs, fmt, chunk, **options)]
+    labels, width = [], 0
+    for X, y in reader(inputs, fmt, chunk, **options):
+        labels.append(np.asarray(y))
+        width = max(width, X.shape[1])
     y_all = np.concatenate(labels) if labels else np.empty(0)
     if y_all.size == 0:
         raise InputError(f"{inputs} holds no samples")
@@ -276,6 +279,8 @@ def _convert(inputs, tmp, *, fmt=None, test_inputs=None, test_fraction=0.0, stan
             k = int(round(test_fraction * members.size))
             is_test[rng.choice(members, size=k, replace=False)] = True
 
+    n_rows = y_all.size + (0 if test_labels is None else test_labels.size)
+    reserve_space(tmp, n_rows * (width * np.dtype(dtype).itemsize + 8))  # a full disk fails here, cleanly
     sums = sq = None
     n_train = 0
     with h5py.File(tmp, "w") as f:

@@ -12,12 +12,13 @@ rank and the ranks agree on the verdict before anything collective happens (``Gr
 """
 
 import os
-import re
 from dataclasses import dataclass
 from importlib import resources
 
 import h5py
 import numpy as np
+
+from admm_mpi.files import hdf5_open_problem, hdf5_reason
 
 BUNDLED = {"digits": "digits.h5"}
 READ_ROWS = 8192  # rows per read when converting the stored dtype (bounds the float64 copy)
@@ -74,45 +75,6 @@ def _check_layout(f, path):
         if key in f and f[key].dtype.kind not in "iuf":
             return f"{path}: {key} has non-numeric dtype {f[key].dtype}"
     return None
-
-
-def _hdf5_reason(exc):
-    """The cause in HDF5's error text, without its timestamp, descriptor and buffer address."""
-    text = str(exc)
-    found = re.search(r"error message = '([^']*)'", text)
-    if found:
-        return found.group(1)
-    found = re.search(r"\(([^(),=]+)\)", text)
-    return found.group(1) if found else re.sub(r"\[Errno \d+\] ", "", text.splitlines()[0] if text else "")
-
-
-def hdf5_open_problem(path, exc):
-    """One line naming why ``path`` could not be opened as HDF5, the same text on every rank.
-
-    HDF5's own message holds a timestamp, a file descriptor and a buffer address, which differ
-    between ranks and runs: name the cause from the file itself instead.
-    """
-    if not os.path.exists(path):
-        return f"{path} does not exist"
-    if os.path.isdir(path):
-        return f"cannot read {path}: it is a directory, not an HDF5 file"
-    if not os.access(path, os.R_OK):
-        return f"cannot read {path}: permission denied"
-    if os.path.getsize(path) == 0:
-        return f"cannot read {path}: the file is empty (0 bytes), not an HDF5 file"
-    try:
-        signature = h5py.is_hdf5(path)
-    except Exception:  # is_hdf5 itself failed to read: the same verdict
-        signature = False
-    if not signature:
-        return f"cannot read {path}: not an HDF5 file (no HDF5 signature)"
-    return f"cannot read {path}: damaged HDF5 file ({_hdf5_reason(exc)})"
-
-
-def write_problem(path, exc):
-    """One line for a failed write (full disk, read-only file system, missing directory)."""
-    reason = os.strerror(exc.errno) if getattr(exc, "errno", None) else _hdf5_reason(exc)
-    return f"cannot write {path}: {reason}"
 
 
 def _n_classes_problem(value, path, n_samples):
@@ -224,7 +186,7 @@ def load_shard(path, grid, dtype=np.float64, part=None):
                 X_test, y_test, problem_t, problem_xt = np.empty((0, d), dtype), np.empty(0, np.int64), None, None
         problem = problem_x or problem or problem_xt or problem_t
     except OSError as exc:  # a damaged chunk in this rank's slab
-        problem = f"cannot read rows {start}..{stop} of {path} ({_hdf5_reason(exc)})"
+        problem = f"cannot read rows {start}..{stop} of {path} ({hdf5_reason(exc)})"
     grid.agree(problem)
 
     if n_classes is None:  # not recorded: the largest label over all ranks decides

@@ -10,7 +10,7 @@ import numpy as np
 
 from admm_mpi import __version__
 from admm_mpi.errors import InputError
-from admm_mpi.data import hdf5_open_problem, write_problem
+from admm_mpi.files import hdf5_open_problem, reserve_space, write_problem
 from admm_mpi.ops.activations import ACTIVATIONS, get_activation
 from admm_mpi.ops.losses import LOSSES, get_loss
 
@@ -74,6 +74,7 @@ def save_model(path, spec, weights, biases, extra=None):
     """
     tmp = f"{path}.tmp"
     try:
+        reserve_space(tmp, sum(a.nbytes for a in (*weights, *biases)))
         with h5py.File(tmp, "w") as f:
             f.attrs["format"] = "admm-mpi model"
             f.attrs["format_version"] = MODEL_FORMAT_VERSION
