@@ -236,7 +236,7 @@ def _write_text(path, text):
             f.write(text)
         os.replace(tmp, path)
     except OSError as exc:
-        if os.path.exists(tmp):
+        if os.path.isfile(tmp):  # ours, partly written (not whatever else has that name)
             os.remove(tmp)
         raise InputError(write_problem(path, exc)) from None
 

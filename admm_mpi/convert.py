@@ -244,7 +244,7 @@ def convert(inputs, out, **settings):
         summary = _convert(inputs, tmp, **settings)
         os.replace(tmp, out)
     except BaseException as exc:
-        if os.path.exists(tmp):
+        if os.path.isfile(tmp):  # ours, partly written (not whatever else has that name)
             os.remove(tmp)
         if isinstance(exc, OSError):  # the readers turn their own failures into InputError
             raise InputError(write_problem(out, exc)) from None

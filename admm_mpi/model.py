@@ -91,7 +91,7 @@ def save_model(path, spec, weights, biases, extra=None):
                 group["b"] = b
         os.replace(tmp, path)
     except OSError as exc:
-        if os.path.exists(tmp):
+        if os.path.isfile(tmp):  # ours, partly written (not whatever else has that name)
             os.remove(tmp)
         raise InputError(write_problem(path, exc)) from None
 
