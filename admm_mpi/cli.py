@@ -203,19 +203,55 @@ def _cmd_predict(args, grid):
     if args.split not in ("train", "test"):
         raise InputError(f"--split must be 'train' or 'test', got {args.split!r}")
     spec, weights, biases = load_model(args.model)
+    if args.output:  # before any work: an unwritable path must not cost the predictions
+        _check_writable(args.output, grid)
     shard = load_shard(args.data, grid, weights[0].dtype)
     if shard.n_features != spec.widths[0]:
         raise InputError(f"model expects {spec.widths[0]} features, {args.data} has {shard.n_features}")
+    if args.split == "test" and shard.n_test_total == 0:
+        raise InputError(f"{args.data} has no test split (no X_test and y_test); use --split train")
     X = shard.X if args.split == "train" else shard.X_test
     parts = grid.gather_to_root(predict(spec, weights, biases, X))
     if grid.is_root:
         labels = np.concatenate(parts)
         text = "".join(f"{int(v)}\n" for v in labels)
         if args.output:
-            with open(args.output, "w") as f:
-                f.write(text)
+            _write_text(args.output, text)
         else:
             sys.stdout.write(text)
+
+
+def _check_writable(path, grid):
+    """Rank 0 creates and removes ``path``'s temporary file; every rank raises if that failed."""
+    from admm_mpi.files import write_problem
+
+    problem = None
+    if grid.is_root:
+        if os.path.isdir(path):
+            problem = f"cannot write {path}: it is a directory"
+        else:
+            try:
+                with open(f"{path}.tmp", "w"):
+                    pass
+                os.remove(f"{path}.tmp")
+            except OSError as exc:
+                problem = write_problem(path, exc)
+    grid.agree(problem)
+
+
+def _write_text(path, text):
+    """Write ``text`` to ``path`` through a temporary file; on failure remove it and say why."""
+    from admm_mpi.files import write_problem
+
+    tmp = f"{path}.tmp"
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        if os.path.isfile(tmp):  # ours, partly written (not whatever else has that name)
+            os.remove(tmp)
+        raise InputError(write_problem(path, exc)) from None
 
 
 def _cmd_info(args, grid):

@@ -103,40 +103,72 @@ SOLVER_FIELDS = {"beta": float, "gamma": float, "ridge": float, "warm_start": in
 FIELD_TYPES = {f.name: SOLVER_FIELDS.get(f.name, type(f.default)) for f in fields(TrainConfig)}
 
 
-def _parse_hidden(value):
+def _whole_number(value, text_ok):
+    """``value`` as an int, or None if it is not a whole number of the right kind.
+
+    bool is not a number here (TOML ``iters = true`` is a mistake, not 1); a float is accepted only
+    when it is whole (``5.0``); text only where settings arrive as text (environment, command line).
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else None
+    if isinstance(value, str) and text_ok:
+        try:
+            return int(value.strip())
+        except ValueError:
+            return None
+    return None
+
+
+def _parse_hidden(value, text_ok=True):
+    """Hidden widths from a list of whole numbers or a comma-separated string."""
     if isinstance(value, (list, tuple)):
-        items = list(value)
+        items, text_ok = list(value), False  # TOML list items must be numbers, not text
+    elif isinstance(value, str):
+        items, text_ok = [s for s in value.replace(" ", "").split(",") if s], True
     else:
-        items = [s for s in str(value).replace(" ", "").split(",") if s]
-    try:
-        widths = tuple(int(s) for s in items)
-    except (TypeError, ValueError):
-        raise InputError(f"hidden must be comma-separated positive integers, got {value!r}") from None
-    return widths
+        items = None
+    widths = None if items is None else [_whole_number(item, text_ok) for item in items]
+    if widths is None or None in widths:
+        raise InputError(f"hidden must be comma-separated positive integers, got {value!r}")
+    return tuple(widths)
 
 
-def _coerce(name, value):
-    """Convert a value from TOML, the environment or the command line to the field's type."""
+def _coerce(name, value, text_ok=True):
+    """Convert a value to the field's type, strictly.
+
+    ``text_ok``: the value may be text to parse (environment variables and command-line flags
+    are text); values from a TOML file already carry a type, and it must be the field's.
+    """
     kind = FIELD_TYPES[name]
     if name == "hidden":
-        return _parse_hidden(value)
-    try:
-        if kind is bool:
-            if isinstance(value, bool):
-                return value
-            text = str(value).strip().lower()
-            if text in ("1", "true", "yes", "on"):
-                return True
-            if text in ("0", "false", "no", "off"):
-                return False
-            raise ValueError
-        if kind is int:
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return int(value)
-        return kind(value)
-    except (TypeError, ValueError):
-        raise InputError(f"{name} must be of type {kind.__name__}, got {value!r}") from None
+        return _parse_hidden(value, text_ok)
+    result = None
+    if kind is bool:
+        if isinstance(value, bool):
+            result = value
+        elif isinstance(value, str) and text_ok:
+            result = {"1": True, "true": True, "yes": True, "on": True,
+                      "0": False, "false": False, "no": False, "off": False}.get(value.strip().lower())
+    elif kind is int:
+        result = _whole_number(value, text_ok)
+    elif kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            result = float(value)
+        elif isinstance(value, str) and text_ok:
+            try:
+                result = float(value)
+            except ValueError:
+                result = None
+    elif isinstance(value, kind):
+        result = value
+    if result is None:
+        where = "" if text_ok else " (a TOML value needs that type, e.g. no quotes around numbers)"
+        raise InputError(f"{name} must be of type {kind.__name__}, got {value!r}{where}")
+    return result
 
 
 def read_toml(path):
@@ -170,10 +202,10 @@ def resolve(file=None, cli=None, environ=None):
     """Merge defaults, TOML file, environment and command line; validate; return TrainConfig."""
     merged = {}
     if file:
-        merged.update(read_toml(file))
-    merged.update(read_environment(environ))
-    merged.update({k: v for k, v in (cli or {}).items() if v is not None})
-    config = TrainConfig(**{k: _coerce(k, v) for k, v in merged.items()})
+        merged.update({k: _coerce(k, v, text_ok=False) for k, v in read_toml(file).items()})
+    merged.update({k: _coerce(k, v) for k, v in read_environment(environ).items()})
+    merged.update({k: _coerce(k, v) for k, v in (cli or {}).items() if v is not None})
+    config = TrainConfig(**merged)
     validate(config)
     return config
 

@@ -13,10 +13,12 @@ in chunks: the writer appends each block to resizable HDF5 datasets. Optional st
 import gzip
 import os
 import struct
+import zipfile
 
 import h5py
 import numpy as np
 
+from admm_mpi.files import hdf5_open_problem, reserve_space, write_problem
 from admm_mpi.errors import InputError
 
 FORMATS = ("npz", "csv", "libsvm", "idx", "hdf5")
@@ -68,16 +70,44 @@ def read_csv(path, chunk, label_column=0, delimiter=None, skip_header=0):
                 block = np.loadtxt(lines, delimiter=delimiter, ndmin=2)
             except ValueError as exc:
                 raise InputError(f"{path}: not numeric delimited text ({exc})") from None
+            if not -block.shape[1] <= label_column < block.shape[1]:
+                raise InputError(f"{path}: --label-column {label_column} is out of range for rows of "
+                                 f"{block.shape[1]} columns (0..{block.shape[1] - 1}, or negative from the end)")
             y = block[:, label_column]
             yield np.delete(block, label_column % block.shape[1], axis=1), y
 
 
+def _libsvm_line(line, path, number):
+    """``(label, [(index, value), ...])`` of one LIBSVM line, or raise InputError naming it."""
+    items = line.split("#")[0].split()
+    if not items:
+        return None
+    where = f"{path} line {number}"
+    try:
+        label = float(items[0])
+    except ValueError:
+        raise InputError(f"{where}: label {items[0]!r} is not a number") from None
+    pairs = []
+    for item in items[1:]:
+        index, sep, value = item.partition(":")
+        if not sep:
+            raise InputError(f"{where}: {item!r} is not an index:value pair")
+        try:
+            pairs.append((int(index), float(value)))
+        except ValueError:
+            raise InputError(f"{where}: {item!r} needs an integer index and a numeric value") from None
+        if pairs[-1][0] < 0:
+            raise InputError(f"{where}: feature index {pairs[-1][0]} is negative")
+    return label, pairs
+
+
 def _libsvm_index_range(path):
+    """Lowest and highest feature index; checks every line (the second pass then trusts them)."""
     lowest, highest = None, -1
     with _open_text(path) as f:
-        for line in f:
-            for item in line.split("#")[0].split()[1:]:
-                idx = int(item.split(":")[0])
+        for number, line in enumerate(f, 1):
+            parsed = _libsvm_line(line, path, number)
+            for idx, _ in parsed[1] if parsed else []:
                 highest = max(highest, idx)
                 lowest = idx if lowest is None else min(lowest, idx)
     return (lowest if lowest is not None else 1), highest
@@ -94,20 +124,23 @@ def read_libsvm(path, chunk, n_features=None, zero_based="auto"):
         zero_based = lowest == 0
     shift = 0 if zero_based else 1
     width = n_features or (highest + 1 - shift)
+    if highest + 1 - shift > width:
+        raise InputError(f"{path}: feature index {highest} is beyond the {width} features given")
     with _open_text(path) as f:
+        number = 0
         while True:
             lines = [line for _, line in zip(range(chunk), f)]
             if not lines:
                 return
-            rows = [line.split("#")[0].split() for line in lines]
+            rows = [_libsvm_line(line, path, number + i) for i, line in enumerate(lines, 1)]
+            number += len(lines)
             rows = [r for r in rows if r]
             X = np.zeros((len(rows), width))
             y = np.empty(len(rows))
-            for i, items in enumerate(rows):
-                y[i] = float(items[0])
-                for item in items[1:]:
-                    idx, value = item.split(":")
-                    X[i, int(idx) - shift] = float(value)
+            for i, (label, pairs) in enumerate(rows):
+                y[i] = label
+                for idx, value in pairs:
+                    X[i, idx - shift] = value
             yield X, y
 
 
@@ -117,8 +150,16 @@ def _idx_open(path):
     if len(magic) != 4 or magic[0] != 0 or magic[1] != 0:
         raise InputError(f"{path} is not an IDX file")
     dtypes = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+    if magic[2] not in dtypes:
+        f.close()
+        raise InputError(f"{path}: IDX type code 0x{magic[2]:02X} is not one of "
+                         f"{', '.join(f'0x{code:02X}' for code in dtypes)}")
     dtype = np.dtype(dtypes[magic[2]])
-    shape = struct.unpack(">" + "I" * magic[3], f.read(4 * magic[3]))
+    header = f.read(4 * magic[3])
+    if magic[3] == 0 or len(header) != 4 * magic[3]:
+        f.close()
+        raise InputError(f"{path}: IDX header with {magic[3]} dimensions is truncated or empty")
+    shape = struct.unpack(">" + "I" * magic[3], header)
     return f, dtype, shape
 
 
@@ -132,13 +173,18 @@ def read_idx(images, labels, chunk):
     with fx, fy:
         for s in range(0, shape[0], chunk):
             rows = min(chunk, shape[0] - s)
-            X = np.frombuffer(fx.read(rows * width * dtype.itemsize), dtype=dtype).reshape(rows, width)
-            y = np.frombuffer(fy.read(rows * ydtype.itemsize), dtype=ydtype)
-            yield X, y
+            x_bytes, y_bytes = fx.read(rows * width * dtype.itemsize), fy.read(rows * ydtype.itemsize)
+            if len(x_bytes) != rows * width * dtype.itemsize or len(y_bytes) != rows * ydtype.itemsize:
+                raise InputError(f"{images},{labels}: the files end before the {shape[0]} samples their headers give")
+            yield np.frombuffer(x_bytes, dtype=dtype).reshape(rows, width), np.frombuffer(y_bytes, dtype=ydtype)
 
 
 def read_hdf5(path, chunk, x_key="X", y_key="y"):
-    with h5py.File(path, "r") as f:
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise InputError(hdf5_open_problem(path, exc)) from None
+    with f:
         if x_key not in f or y_key not in f:
             raise InputError(f"{path}: needs datasets {x_key!r} and {y_key!r}, found {sorted(f.keys())}")
         X, y = f[x_key], f[y_key]
@@ -154,27 +200,66 @@ def reader(path, fmt, chunk, **options):
         if len(parts) != 2:
             raise InputError("IDX input is two files: IMAGES,LABELS (e.g. train-images-idx3-ubyte.gz,"
                              "train-labels-idx1-ubyte.gz)")
-        return read_idx(parts[0], parts[1], chunk)
+        return _guarded(read_idx(parts[0], parts[1], chunk), path)
     readers = {"npz": read_npz, "csv": read_csv, "libsvm": read_libsvm, "hdf5": read_hdf5}
     if fmt not in readers:
         raise InputError(f"unknown format {fmt!r}; choose from {list(FORMATS)}")
     for part in path.split(","):
         if not os.path.exists(part):
             raise InputError(f"input file {part} does not exist")
-    return readers[fmt](path, chunk, **options)
+    return _guarded(readers[fmt](path, chunk, **options), path)
+
+
+def _guarded(chunks, path):
+    """A reader's chunks; a failure to read or parse the input becomes one line naming it."""
+    try:
+        yield from chunks
+    except InputError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # gzip, zip, text decoding, npz
+        reason = os.strerror(exc.errno) if getattr(exc, "errno", None) else str(exc).splitlines()[0]
+        raise InputError(f"cannot read {path}: {reason}") from None
 
 
 # ---- writer -----------------------------------------------------------------------------------
-def convert(inputs, out, *, fmt=None, test_inputs=None, test_fraction=0.0, standardize=False,
-            chunk=10000, seed=0, name=None, dtype=np.float32, scale=1.0, **options):
+def convert(inputs, out, **settings):
     """Convert ``inputs`` (and optional ``test_inputs``) to ``out``; returns a summary dict.
 
     Labels are mapped to ``0..k-1`` in sorted order of their original values (recorded as the
     ``classes`` attribute). Features are divided by ``scale`` (e.g. 255 for 8-bit pixels). The
-    output is written to ``out.tmp`` and renamed when complete.
+    output is written to ``out.tmp`` and renamed when complete; on any failure the ``.tmp`` is
+    removed, so no partial output is left. ``out`` is checked for writing before any work.
     """
+    tmp = f"{out}.tmp"
+    problem = f"cannot write {out}: it is a directory" if os.path.isdir(out) else None
+    try:
+        if problem is None:
+            open(tmp, "w").close()
+            os.remove(tmp)
+    except OSError as exc:
+        problem = write_problem(out, exc)
+    if problem:
+        raise InputError(problem)
+    try:
+        summary = _convert(inputs, tmp, **settings)
+        os.replace(tmp, out)
+    except BaseException as exc:
+        if os.path.isfile(tmp):  # ours, partly written (not whatever else has that name)
+            os.remove(tmp)
+        if isinstance(exc, OSError):  # the readers turn their own failures into InputError
+            raise InputError(write_problem(out, exc)) from None
+        raise
+    return {"out": out, **summary}
+
+
+def _convert(inputs, tmp, *, fmt=None, test_inputs=None, test_fraction=0.0, standardize=False,
+             chunk=10000, seed=0, name=None, dtype=np.float32, scale=1.0, **options):
+    """The conversion of :func:`convert`, written to ``tmp``."""
     # Pass 1: the labels (small) — classes and, for a split, the test rows.
-    labels = [np.asarray(y) for _, y in reader(inputs, fmt, chunk, **options)]
+    labels, width = [], 0
+    for X, y in reader(inputs, fmt, chunk, **options):
+        labels.append(np.asarray(y))
+        width = max(width, X.shape[1])
     y_all = np.concatenate(labels) if labels else np.empty(0)
     if y_all.size == 0:
         raise InputError(f"{inputs} holds no samples")
@@ -194,7 +279,8 @@ def convert(inputs, out, *, fmt=None, test_inputs=None, test_fraction=0.0, stand
             k = int(round(test_fraction * members.size))
             is_test[rng.choice(members, size=k, replace=False)] = True
 
-    tmp = f"{out}.tmp"
+    n_rows = y_all.size + (0 if test_labels is None else test_labels.size)
+    reserve_space(tmp, n_rows * (width * np.dtype(dtype).itemsize + 8))  # a full disk fails here, cleanly
     sums = sq = None
     n_train = 0
     with h5py.File(tmp, "w") as f:
@@ -254,9 +340,8 @@ def convert(inputs, out, *, fmt=None, test_inputs=None, test_fraction=0.0, stand
         f.attrs["n_classes"] = len(classes)
         f.attrs["classes"] = [str(c) for c in classes]
         f.attrs["preprocessing"] = preprocessing
-        summary = {"out": out, "n_train": int(f["X"].shape[0]), "n_test": int(f["X_test"].shape[0]) if "X_test" in f else 0,
+        summary = {"n_train": int(f["X"].shape[0]), "n_test": int(f["X_test"].shape[0]) if "X_test" in f else 0,
                    "n_features": int(f["X"].shape[1]), "n_classes": len(classes)}
-    os.replace(tmp, out)
     return summary
 
 
@@ -264,8 +349,8 @@ def info(path):
     """Shapes, classes and class balance of an admm-mpi HDF5 file."""
     try:
         f = h5py.File(path, "r")
-    except (FileNotFoundError, OSError) as exc:
-        raise InputError(f"cannot read {path} as HDF5 ({exc})") from None
+    except OSError as exc:
+        raise InputError(hdf5_open_problem(path, exc)) from None
     with f:
         if "X" not in f or "y" not in f:
             raise InputError(f"{path}: no datasets X and y (found {sorted(f.keys())})")

@@ -18,7 +18,10 @@ from importlib import resources
 import h5py
 import numpy as np
 
+from admm_mpi.files import hdf5_open_problem, hdf5_reason
+
 BUNDLED = {"digits": "digits.h5"}
+READ_ROWS = 8192  # rows per read when converting the stored dtype (bounds the float64 copy)
 
 
 def resolve_path(name):
@@ -74,6 +77,48 @@ def _check_layout(f, path):
     return None
 
 
+def _n_classes_problem(value, path, n_samples):
+    """Problem with the file's ``n_classes`` attribute, or None.
+
+    Accepted: a whole number from 1 to the number of samples in the file (train + test). Classes
+    may be missing from the labels (a subset of a larger data set), but more classes than
+    samples means the attribute is damaged, and the targets and output layer are that wide.
+    """
+    whole = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+    if isinstance(value, (float, np.floating)) and np.isfinite(value) and float(value).is_integer():
+        whole, value = True, int(value)
+    if not whole:
+        return f"{path}: the n_classes attribute must be a whole number, got {value!r}"
+    if not 1 <= value <= n_samples:
+        return (f"{path}: the n_classes attribute is {int(value)}, outside 1..{n_samples} (at most one class per "
+                f"sample of the file's {n_samples} train and test samples)")
+    return None
+
+
+def _read_rows(dataset, start, stop, dtype, key):
+    """Rows ``start..stop`` of ``dataset`` as ``dtype``, read in blocks; ``(rows, problem)``.
+
+    A finite value too large for ``dtype`` (1e39 in a float64 file read as float32) is reported
+    as such, before the cast would turn it into Inf.
+    """
+    dtype = np.dtype(dtype)
+    stored = dataset.dtype
+    limit = None
+    if stored.kind == "f" and dtype.kind == "f" and np.finfo(stored).max > np.finfo(dtype).max:
+        limit = np.finfo(dtype).max
+    rows = np.empty((stop - start, *dataset.shape[1:]), dtype)
+    for s in range(start, stop, READ_ROWS):
+        block = dataset[s:min(s + READ_ROWS, stop)]
+        if limit is not None:
+            too_big = np.isfinite(block) & (np.abs(block) > limit)
+            if too_big.any():
+                r, c = np.argwhere(too_big)[0]
+                return None, (f"{key} value {block[r, c]:.6g} at row {s + r}, column {c} overflows {dtype.name} "
+                              f"(largest {limit:.4g}); rescale the data or use float64")
+        rows[s - start:s - start + block.shape[0]] = block
+    return rows, None
+
+
 def _labels(raw, key):
     """Integer labels, or a message if they are not whole numbers."""
     if raw.dtype.kind == "f":
@@ -111,12 +156,14 @@ def load_shard(path, grid, dtype=np.float64, part=None):
                 n, d = f["X"].shape
                 n_test = f["X_test"].shape[0] if "X_test" in f else 0
                 n_classes = f.attrs.get("n_classes")
+                if n_classes is not None:
+                    problem = _n_classes_problem(n_classes, path, n + n_test)
                 name = f.attrs.get("name", os.path.basename(path))
-                meta = (n, d, n_test, None if n_classes is None else int(n_classes), str(name))
+                meta = (n, d, n_test, None if n_classes is None or problem else int(n_classes), str(name))
     except FileNotFoundError:
         problem = f"data file {path} does not exist"
     except OSError as exc:
-        problem = f"cannot read {path} as HDF5 ({exc})"
+        problem = hdf5_open_problem(path, exc)
     grid.agree(problem)
 
     n, d, n_test, n_classes, name = meta
@@ -130,21 +177,24 @@ def load_shard(path, grid, dtype=np.float64, part=None):
     t_start, t_stop = part.block_range(n_test)
     try:
         with h5py.File(path, "r") as f:
-            X = np.asarray(f["X"][start:stop], dtype=dtype)
+            X, problem_x = _read_rows(f["X"], start, stop, dtype, "X")
             y, problem = _labels(np.asarray(f["y"][start:stop]), "y")
             if n_test:
-                X_test = np.asarray(f["X_test"][t_start:t_stop], dtype=dtype)
+                X_test, problem_xt = _read_rows(f["X_test"], t_start, t_stop, dtype, "X_test")
                 y_test, problem_t = _labels(np.asarray(f["y_test"][t_start:t_stop]), "y_test")
             else:
-                X_test, y_test, problem_t = np.empty((0, d), dtype), np.empty(0, np.int64), None
-        problem = problem or problem_t
+                X_test, y_test, problem_t, problem_xt = np.empty((0, d), dtype), np.empty(0, np.int64), None, None
+        problem = problem_x or problem or problem_xt or problem_t
     except OSError as exc:  # a damaged chunk in this rank's slab
-        problem = f"cannot read rows {start}..{stop} of {path} ({exc})"
+        problem = f"cannot read rows {start}..{stop} of {path} ({hdf5_reason(exc)})"
     grid.agree(problem)
 
     if n_classes is None:  # not recorded: the largest label over all ranks decides
         local_max = max(int(y.max(initial=0)), int(y_test.max(initial=0)))
         n_classes = int(grid.allmax(np.array([local_max], dtype=np.int64))[0]) + 1
+        if n_classes > n + n_test:  # the same bound as on the attribute: targets would be that wide
+            grid.agree(f"{path}: labels go up to {n_classes - 1}, more classes than the file's {n + n_test} "
+                       f"samples; relabel them 0..k-1 (admm-mpi data convert does) or set n_classes")
     problem = _check_values(X, y, "X", "y", n_classes, start) or _check_values(
         X_test, y_test, "X_test", "y_test", n_classes, t_start
     )

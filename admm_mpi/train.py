@@ -55,10 +55,15 @@ def to_device(shard, device, grid):
 
 def _write_json(path, obj):
     tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except OSError:
+        if os.path.isfile(tmp):
+            os.remove(tmp)
+        raise
 
 
 class _Progress:
@@ -323,15 +328,11 @@ def write_outputs(config, grid, spec, weights, biases, summary):
             save_model(os.path.join(config.out, "model.h5"), spec, [to_host(w) for w in weights],
                        [to_host(b) for b in biases], extra={"solver": config.solver, "data": summary["data"]})
             _write_json(os.path.join(config.out, "summary.json"), summary)
-        except OSError as exc:
-            for name in ("model.h5.tmp", "summary.json.tmp"):
-                try:
-                    os.remove(os.path.join(config.out, name))
-                except OSError:
-                    pass
-            problem = (f"cannot write the model to {config.out} ({exc.strerror or exc}); "
-                       + (f"the last checkpoint is {summary['checkpoint']}" if summary.get("checkpoint")
-                          else "no checkpoint was written (--checkpoint-every)"))
+        except (OSError, InputError) as exc:  # save_model names the file and the cause
+            problem = str(exc) if isinstance(exc, InputError) else \
+                f"cannot write {os.path.join(config.out, 'summary.json')}: {exc.strerror or exc}"
+            problem += (f"; the last checkpoint is {summary['checkpoint']}" if summary.get("checkpoint")
+                        else "; no checkpoint was written (see --checkpoint-every)")
     problem = grid.bcast_decision(problem)
     if problem:
         raise checkpoint.CheckpointError(problem)

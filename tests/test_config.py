@@ -66,3 +66,44 @@ def test_committed_recipes_are_valid_and_named_after_their_dataset_and_solver():
         config = resolve(file=str(path))
         assert config.solver == solver, path
         assert config.data == "digits"  # the data set is given on the command line, never a path in the recipe
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("iters = true", "iters must be of type int, got True"),       # bool is not a number
+        ("iters = 5.5", "iters must be of type int"),
+        ('iters = "5"', "iters must be of type int"),                  # quoted number in TOML
+        ('beta = "2"', "beta must be of type float"),
+        ("beta = true", "beta must be of type float"),
+        ("progress = 1", "progress must be of type bool"),
+        ("solver = 3", "solver must be of type str"),
+        ("hidden = [64.5]", "hidden must be comma-separated positive integers"),
+        ("hidden = [true, 8]", "hidden must be comma-separated positive integers"),
+        ('hidden = ["64"]', "hidden must be comma-separated positive integers"),
+    ],
+)
+def test_toml_values_must_have_the_field_type(tmp_path, line, message):
+    toml = tmp_path / "run.toml"
+    toml.write_text(line + "\n")
+    with pytest.raises(InputError, match=message):
+        resolve(file=str(toml), environ={})
+
+
+def test_whole_floats_in_toml_and_text_from_the_environment_still_parse(tmp_path):
+    toml = tmp_path / "run.toml"
+    toml.write_text("iters = 7.0\nhidden = [32.0, 16]\nbeta = 2\n")
+    config = resolve(file=str(toml), environ={"ADMM_MPI_SEED": "4", "ADMM_MPI_GAMMA": "0.5",
+                                              "ADMM_MPI_PROGRESS": "off"})
+    assert (config.iters, config.hidden, config.beta) == (7, (32, 16), 2.0)
+    assert (config.seed, config.gamma, config.progress) == (4, 0.5, False)
+    assert isinstance(config.iters, int) and isinstance(config.beta, float)
+
+
+@pytest.mark.parametrize("env, message", [({"ADMM_MPI_ITERS": "true"}, "iters must be of type int"),
+                                          ({"ADMM_MPI_ITERS": "2.5"}, "iters must be of type int"),
+                                          ({"ADMM_MPI_PROGRESS": "maybe"}, "progress must be of type bool"),
+                                          ({"ADMM_MPI_HIDDEN": "64.5"}, "hidden must be")])
+def test_bad_text_from_the_environment_is_refused(env, message):
+    with pytest.raises(InputError, match=message):
+        resolve(environ=env)

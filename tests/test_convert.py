@@ -117,6 +117,47 @@ def test_bad_inputs(tmp_path):
     with pytest.raises(InputError, match="NaN"):
         convert(str(tmp_path / "nan.csv"), str(tmp_path / "o.h5"), delimiter=",")
     assert not (tmp_path / "o.h5").exists()
+    assert not (tmp_path / "o.h5.tmp").exists()  # the partial output is removed too
+
+
+@pytest.mark.parametrize(
+    "text, options, message",
+    [
+        ("1 1:0.5\n0 2:1 abc\n", {"fmt": "libsvm"}, "line 2: 'abc' is not an index:value pair"),
+        ("1 1:0.5\n0 2:1e\n", {"fmt": "libsvm"}, "line 2: '2:1e' needs an integer index and a numeric value"),
+        ("1 1:0.5\n0 1.5:1\n", {"fmt": "libsvm"}, "line 2: '1.5:1' needs an integer index"),
+        ("1 1:0.5\n0 -5:1\n", {"fmt": "libsvm"}, "line 2: feature index -5 is negative"),
+        ("x 1:0.5\n", {"fmt": "libsvm"}, "line 1: label 'x' is not a number"),
+        ("1 7:0.5\n", {"fmt": "libsvm", "n_features": 3}, "feature index 7 is beyond the 3 features given"),
+        ("1,2,3\n0,1,2\n", {"fmt": "csv", "delimiter": ",", "label_column": 3}, "--label-column 3 is out of range"),
+        ("1,2,3\n0,1,2\n", {"fmt": "csv", "delimiter": ",", "label_column": -4}, "--label-column -4 is out of range"),
+        ("1,2,3\n0,1,2\n1,2\n", {"fmt": "csv", "delimiter": ",", "chunk": 1}, "rows of different widths"),
+        ("1,2,3\n0,1,2\n1,inf,2\n", {"fmt": "csv", "delimiter": ",", "chunk": 1}, "NaN or Inf near row 2"),
+    ],
+)
+def test_bad_text_input_is_one_line_and_leaves_no_output(tmp_path, text, options, message):
+    (tmp_path / "in.txt").write_text(text)
+    with pytest.raises(InputError, match=message):
+        convert(str(tmp_path / "in.txt"), str(tmp_path / "o.h5"), **options)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt"]
+
+
+def test_idx_type_code_and_truncated_files(tmp_path):
+    (tmp_path / "t7-idx").write_bytes(bytes([0, 0, 7, 1]) + struct.pack(">I", 2) + b"ab")
+    with pytest.raises(InputError, match="IDX type code 0x07 is not one of 0x08"):
+        convert(f"{tmp_path / 't7-idx'},{tmp_path / 't7-idx'}", str(tmp_path / "o.h5"), fmt="idx")
+    (tmp_path / "short-idx").write_bytes(bytes([0, 0, 8, 1]) + struct.pack(">I", 5) + b"ab")
+    with pytest.raises(InputError, match="the files end before the 5 samples their headers give"):
+        convert(f"{tmp_path / 'short-idx'},{tmp_path / 'short-idx'}", str(tmp_path / "o.h5"), fmt="idx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["short-idx", "t7-idx"]
+
+
+def test_unwritable_output_is_refused_before_reading(tmp_path):
+    (tmp_path / "d.csv").write_text("1,2\n0,1\n")
+    with pytest.raises(InputError, match=f"cannot write {tmp_path}/d.csv/o.h5: Not a directory"):
+        convert(str(tmp_path / "d.csv"), str(tmp_path / "d.csv" / "o.h5"), delimiter=",")
+    with pytest.raises(InputError, match=f"cannot write {tmp_path}: it is a directory"):
+        convert(str(tmp_path / "d.csv"), str(tmp_path), delimiter=",")
 
 
 def test_cli_convert_then_train(tmp_path, arrays):

@@ -90,3 +90,81 @@ def test_missing_class_count_is_inferred(tmp_path):
         f["X"] = np.zeros((5, 2))
         f["y"] = np.array([0, 1, 3, 1, 0])
     assert load_shard(str(path), Grid.serial()).n_classes == 4
+
+
+def _set_attr(path, name, value):
+    with h5py.File(path, "r+") as f:
+        f.attrs[name] = value
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("ten", "n_classes attribute must be a whole number, got 'ten'"),
+        (2.5, "n_classes attribute must be a whole number"),
+        (-3, "n_classes attribute is -3, outside 1..30"),
+        (0, "n_classes attribute is 0, outside 1..30"),
+        (10**9, "n_classes attribute is 1000000000, outside 1..30 (at most one class per sample"),
+    ],
+)
+def test_n_classes_attribute_is_validated(tmp_path, value, message):
+    path = tmp_path / "d.h5"
+    _write(path)  # 23 training + 7 test samples
+    _set_attr(path, "n_classes", value)
+    with pytest.raises(InputError, match=message.replace("(", r"\(")):
+        load_shard(str(path), Grid.serial())
+
+
+def test_inferred_class_count_is_bounded_too(tmp_path):
+    path = tmp_path / "noattr.h5"
+    with h5py.File(path, "w") as f:
+        f["X"] = np.zeros((5, 2))
+        f["y"] = np.array([0, 1, 10**9, 1, 0])
+    with pytest.raises(InputError, match="labels go up to 1000000000, more classes than the file's 5 samples"):
+        load_shard(str(path), Grid.serial())
+
+
+def test_a_whole_float_n_classes_and_classes_missing_from_the_labels_are_fine(tmp_path):
+    path = tmp_path / "d.h5"
+    _write(path)
+    _set_attr(path, "n_classes", 5.0)  # labels 0..2 present: a subset of a 5-class problem
+    assert load_shard(str(path), Grid.serial()).n_classes == 5
+
+
+def test_a_value_that_overflows_float32_is_named_without_warnings(tmp_path, recwarn):
+    path = tmp_path / "d.h5"
+    X, y, Xt, yt = _write(path, n=20000)  # more rows than one read block
+    X[12345, 2] = 1e39
+    write_dataset(str(path), X, y, Xt, yt, name="t", n_classes=3)
+    with pytest.raises(InputError, match=r"X value 1e\+39 at row 12345, column 2 overflows float32"):
+        load_shard(str(path), Grid.serial(), np.float32)
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)], [str(w.message) for w in recwarn]
+    assert load_shard(str(path), Grid.serial(), np.float64).X[2, 12345] == 1e39  # float64 holds it
+
+
+def test_inf_stays_reported_as_inf_in_float32(tmp_path):
+    path = tmp_path / "d.h5"
+    X, y, Xt, yt = _write(path)
+    Xt[4, 1] = -np.inf
+    write_dataset(str(path), X, y, Xt, yt, name="t", n_classes=3)
+    with pytest.raises(InputError, match=r"X_test contains NaN or Inf \(first at row 4\)"):
+        load_shard(str(path), Grid.serial(), np.float32)
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: p.mkdir(), "it is a directory, not an HDF5 file"),
+        (lambda p: p.write_bytes(b""), "the file is empty (0 bytes)"),
+        (lambda p: p.write_bytes(bytes(range(256)) * 8), "not an HDF5 file (no HDF5 signature)"),
+        (lambda p: p.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 64), "damaged HDF5 file"),
+    ],
+)
+def test_unreadable_files_give_one_line_without_hdf5_internals(tmp_path, make, message):
+    path = tmp_path / "bad.h5"
+    make(path)
+    with pytest.raises(InputError) as caught:
+        load_shard(str(path), Grid.serial())
+    text = str(caught.value)
+    assert text.startswith(f"cannot read {path}: ") and message in text, text
+    assert "\n" not in text and "time =" not in text and "file descriptor" not in text, text

@@ -52,6 +52,10 @@ def test_each_rank_fits_its_own_rows(comm):
     kwargs = dict(hidden_layer_sizes=(32,), max_iter=10, random_state=1, dtype="float64")  # 1e-10: float64
     distributed = ADMMClassifier(comm=comm, **kwargs).fit(X[start:stop], y[start:stop])
     serial = ADMMClassifier(**kwargs).fit(X, y)
+    assert len(distributed.coefs_) == len(serial.coefs_) == len(distributed.intercepts_) == len(serial.intercepts_)
     for W, W_ref in zip(distributed.coefs_, serial.coefs_):
         assert np.linalg.norm(W - W_ref) / np.linalg.norm(W_ref) < 1e-10
+    for b, b_ref in zip(distributed.intercepts_, serial.intercepts_):
+        # absolute scale: a bias near 0 would make a relative error measure rounding alone
+        assert np.linalg.norm(b - b_ref) <= 1e-10 * max(np.linalg.norm(b_ref), 1.0)
     np.testing.assert_array_equal(distributed.predict(X_test), serial.predict(X_test))

@@ -1,13 +1,26 @@
-"""Faults: a rank killed mid-run ends the job (then resume reproduces the run); NaN stops
-training and keeps the last good checkpoint; bad input never touches an existing checkpoint."""
+"""Faults and bad input: the record.
+
+``CASES`` is the table of bad-input and fault cases: each is one ``admm-mpi`` command line (with the
+files it needs), the exit status it must end with and a fragment of the one line
+``admm-mpi: error: ...`` it must print. Every case also checks the invariants: exactly one error
+line, the same on every rank (no "rank N:" prefix), no traceback, no warning, no hang (a timeout),
+no ``*.tmp`` left behind, and, where the case runs against a finished run, that run's checkpoints
+and model untouched. Add a case by adding a row (and, if it needs one, a file maker to ``FILES``).
+
+Besides the table: a rank killed mid-run ends the job (then resume reproduces the run); NaN stops
+training and keeps the last good checkpoint.
+"""
 
 import json
 import os
 import signal
 import subprocess
+import shutil
+import string
 import sys
 import textwrap
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -15,6 +28,7 @@ import numpy as np
 import pytest
 
 from admm_mpi.data import write_dataset
+from admm_mpi.model import ModelSpec, save_model
 
 from tests.helpers import blobs, child_env, mpiexec, run_admm
 
@@ -111,6 +125,19 @@ def test_nan_in_the_iterates_stops_with_the_iteration_and_keeps_the_last_good_ch
             assert all(np.all(np.isfinite(f[f"samples/z/{i}"][...])) for i in range(2))
 
 
+# ---- the table ---------------------------------------------------------------------------------
+# File makers: FILES[name](directory) writes one input a case names as {name} and returns its path.
+def _blobs_file(directory, name, edit=None, test=True, **attrs):
+    path = directory / f"{name}.h5"
+    X, y = blobs(40, 64, 10, seed=1)   # 64 features: digits-shaped, so the model below fits
+    if edit:
+        edit(X, y)
+    write_dataset(str(path), X, y, *((X[-8:], y[-8:]) if test else ()), name=name, n_classes=10)
+    with h5py.File(path, "r+") as f:
+        f.attrs.update(attrs)
+    return path
+
+
 def _bad_file(tmp_path, kind):
     path = tmp_path / f"{kind}.h5"
     X, y = blobs(40, 64, 10, seed=1)
@@ -127,40 +154,282 @@ def _bad_file(tmp_path, kind):
     return path
 
 
-BAD = [
-    (["--data", "{tmp}/missing.h5"], "does not exist"),
-    (["--data", "{corrupt}"], "cannot read"),
-    (["--data", "{names}"], "no dataset 'X'"),
-    (["--data", "{width}"], "features"),
-    (["--data", "{inf}"], "NaN or Inf"),
-    (["--activation", "swish"], "unknown activation"),
-    (["--beta", "-1"], "beta must be positive"),
-    (["--iters", "0"], "iters must be at least 1"),
-    (["--solver", "dladmm", "--ridge", "0.1"], "has no setting ridge"),
-    (["--config", "{tmp}/bad.toml"], "unknown keys"),
-    (["--resume", "{tmp}/nothing"], "does not exist"),
-    (["--hidden", "64,-3"], "positive layer width"),
-    ([], "holds checkpoints of an earlier run"),
+def _model(directory, name="model", weights_edit=None, attrs=None, legacy=False):
+    """A digits-shaped model file (64-8-10, float32) written by save_model, then optionally altered.
+
+    ``legacy``: as written before checksums existed (format version 1, no ``sha256``).
+    """
+    path = directory / f"{name}.h5"
+    rng = np.random.default_rng(0)
+    weights = [rng.standard_normal((8, 64)).astype(np.float32), rng.standard_normal((10, 8)).astype(np.float32)]
+    biases = [np.zeros(8, np.float32), np.zeros(10, np.float32)]
+    if weights_edit:
+        weights_edit(weights)
+    save_model(str(path), ModelSpec((64, 8, 10), "relu", "least_squares", 10), weights, biases)
+    with h5py.File(path, "r+") as f:
+        if legacy:
+            f.attrs["format_version"] = 1
+            del f.attrs["sha256"]
+        f.attrs.update(attrs or {})
+    return path
+
+
+def _flip_exponent_byte(directory):
+    """One flipped bit in the exponent of W[0, 0], in the raw file: what a bad disk block does."""
+    path = _model(directory, "flipped")
+    with h5py.File(path, "r") as f:
+        offset = f["layers/0/W"].id.get_offset()
+    data = bytearray(path.read_bytes())
+    data[offset + 3] ^= 0x40  # little-endian float32: byte 3 holds the sign and the exponent's top bits
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _without_checksum(path):
+    with h5py.File(path, "r+") as f:
+        del f.attrs["sha256"]  # and the format version still says 2
+    return path
+
+
+def _text(name, content):
+    def make(directory):
+        path = directory / name
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+        return path
+    return make
+
+
+def _idx_type_7(directory):
+    images = _text("images-idx3-ubyte", bytes([0, 0, 7, 1]) + (2).to_bytes(4, "big") + b"ab")(directory)
+    labels = _text("labels-idx1-ubyte", bytes([0, 0, 8, 1]) + (2).to_bytes(4, "big") + b"\0\1")(directory)
+    return f"{images},{labels}"
+
+
+def _set_big(X, y):
+    X[5, 3] = 1e39
+
+
+def _set_nan(weights):
+    weights[1][4, 2] = np.nan
+
+
+def _directory(directory):
+    path = directory / "a-directory"
+    path.mkdir()
+    return path
+
+
+FILES = {
+    **{kind: (lambda d, kind=kind: _bad_file(d, kind)) for kind in ("corrupt", "names", "width", "inf")},
+    "bad_toml": _text("bad.toml", "iterations = 3\n"),
+    "toml_bool": _text("bool.toml", "iters = true\n"),
+    "toml_fraction": _text("fraction.toml", "hidden = [64.5]\n"),
+    "toml_quoted": _text("quoted.toml", 'iters = "5"\n'),
+    "model": _model,
+    "model_flipped": _flip_exponent_byte,
+    "model_nan": lambda d: _model(d, "nan", weights_edit=_set_nan),
+    "model_widths": lambda d: _model(d, "widths", attrs={"widths": np.array([64, 60, 10])}),
+    "model_widths_v1": lambda d: _model(d, "widths_v1", attrs={"widths": np.array([64, 60, 10])}, legacy=True),
+    "model_nan_v1": lambda d: _model(d, "nan_v1", weights_edit=_set_nan, legacy=True),
+    "model_activation": lambda d: _model(d, "activation", attrs={"activation": "swish"}),
+    "model_loss": lambda d: _model(d, "loss", attrs={"loss": "hinge7"}),
+    "model_classes_v1": lambda d: _model(d, "classes_v1", attrs={"n_classes": 7}, legacy=True),
+    "model_unsummed": lambda d: _without_checksum(_model(d, "unsummed")),
+    "notest": lambda d: _blobs_file(d, "notest", test=False),
+    "overflow": lambda d: _blobs_file(d, "overflow", edit=_set_big),
+    "classes_ten": lambda d: _blobs_file(d, "classes_ten", n_classes="ten"),
+    "classes_negative": lambda d: _blobs_file(d, "classes_negative", n_classes=-3),
+    "classes_huge": lambda d: _blobs_file(d, "classes_huge", n_classes=10**9),
+    "dir": _directory,
+    "empty": _text("empty.h5", b""),
+    "garbage": _text("garbage.h5", bytes(range(256)) * 4),
+    "svm_token": _text("token.svm", "1 1:0.5 2:1\n0 abc\n"),
+    "svm_value": _text("value.svm", "1 1:0.5 2:x\n"),
+    "svm_index": _text("index.svm", "1 -5:0.5 2:1\n0 1:1\n"),
+    "idx_type_7": _idx_type_7,
+    "csv": _text("small.csv", "1,2,3\n0,1,2\n"),
+    "ragged_csv": _text("ragged.csv", "1,2,3\n0,1,2\n1,2,3,4\n"),
+    "big_csv": _text("big.csv", "".join(f"{i % 3}," + ",".join(["0.5"] * 99) + "\n" for i in range(2000))),
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One fault or bad-input case.
+
+    ``args`` is the ``admm-mpi`` command line: ``{name}`` stands for the path ``FILES[name]`` makes
+    in the case's own directory, ``{tmp}`` for that directory and ``{run}`` for a copy of a
+    finished run with a checkpoint (its checkpoints and model must come out untouched).
+    """
+
+    id: str
+    args: tuple
+    message: str               # fragment of the one "admm-mpi: error:" line ({names} allowed)
+    exit_code: int = 2
+    ranks: int = 2             # 0: one process without MPI (ADMM_MPI_NO_MPI=1)
+    env: tuple = ()            # (NAME, value) pairs added to the environment
+    file_size_limit: int = 0   # RLIMIT_FSIZE in bytes: a full disk, without root or a small file system
+    absent: tuple = ()         # paths that must not exist afterwards: no output, no partial output
+
+
+def _continue(*args):
+    """Continue the finished run {run} with ``args``: the bad input must not reach its checkpoint."""
+    return ("train", *args, "--out", "{run}", "--resume", "auto")
+
+
+def _evaluate(model="{model}", data="digits"):
+    return ("evaluate", "--model", model, "--data", data)
+
+
+def _convert(source, *args, out="{tmp}/out.h5"):
+    return ("data", "convert", source, "--out", out, *args)
+
+
+NO_OUT = ("{tmp}/out",)
+NO_H5 = ("{tmp}/out.h5",)
+
+CASES = [
+    # training input against an existing run
+    Case("train-data-missing", _continue("--data", "{tmp}/missing.h5"), "does not exist"),
+    Case("train-data-corrupt", _continue("--data", "{corrupt}"), "cannot read"),
+    Case("train-data-names", _continue("--data", "{names}"), "no dataset 'X'"),
+    Case("train-data-width", _continue("--data", "{width}"), "features"),
+    Case("train-data-inf", _continue("--data", "{inf}"), "NaN or Inf"),
+    Case("train-activation", _continue("--activation", "swish"), "unknown activation"),
+    Case("train-beta", _continue("--beta", "-1"), "beta must be positive"),
+    Case("train-iters-0", _continue("--iters", "0"), "iters must be at least 1"),
+    Case("train-setting-of-another-solver", _continue("--solver", "dladmm", "--ridge", "0.1"),
+         "has no setting ridge"),
+    Case("train-config-unknown-key", _continue("--config", "{bad_toml}"), "unknown keys"),
+    Case("train-resume-missing", ("train", "--resume", "{tmp}/nothing", "--out", "{run}"), "does not exist"),
+    Case("train-hidden-negative", _continue("--hidden", "64,-3"), "positive layer width"),
+    Case("train-fresh-into-a-run", ("train", "--out", "{run}"), "holds checkpoints of an earlier run"),
+    # setting types (TOML values carry a type; environment and flags are text)
+    Case("config-toml-bool-for-int", ("train", "--config", "{toml_bool}", "--out", "{tmp}/out"),
+         "iters must be of type int, got True", absent=NO_OUT),
+    Case("config-toml-fraction-width", ("train", "--config", "{toml_fraction}", "--out", "{tmp}/out"),
+         "hidden must be comma-separated positive integers, got [64.5]", absent=NO_OUT),
+    Case("config-toml-quoted-number", ("train", "--config", "{toml_quoted}", "--out", "{tmp}/out"),
+         "iters must be of type int, got '5'", absent=NO_OUT),
+    Case("config-env-not-a-number", ("train", "--out", "{tmp}/out"), "iters must be of type int, got 'true'",
+         env=(("ADMM_MPI_ITERS", "true"),), absent=NO_OUT),
+    # model files
+    Case("model-missing", _evaluate("{tmp}/none.h5"), "does not exist"),
+    Case("model-directory", _evaluate("{dir}"), "it is a directory, not an HDF5 file"),
+    Case("model-not-a-model", _evaluate("{notest}"), "is not an admm-mpi model file"),
+    Case("model-flipped-exponent-bit", _evaluate("{model_flipped}"), "checksum does not match"),
+    Case("model-widths-changed", _evaluate("{model_widths}"), "checksum does not match"),
+    Case("model-no-checksum-in-v2", _evaluate("{model_unsummed}"), "but no checksum"),
+    Case("model-nan-weight", _evaluate("{model_nan}"), "layer 1 W contains NaN or Inf"),
+    Case("model-v1-nan-weight", ("predict", "--model", "{model_nan_v1}"), "layer 1 W contains NaN or Inf"),
+    Case("model-v1-widths-contradict-W", ("predict", "--model", "{model_widths_v1}"),
+         "layer 0 has W (8, 64) and b (8,), but widths [64, 60, 10] give W (60, 64)"),
+    Case("model-v1-classes-contradict-output", _evaluate("{model_classes_v1}"),
+         "output width 10 does not fit 7 classes"),
+    Case("model-unknown-activation", ("predict", "--model", "{model_activation}"), "unknown activation 'swish'"),
+    Case("model-unknown-loss", _evaluate("{model_loss}"), "unknown loss 'hinge7'"),
+    # data files given to evaluate and predict
+    Case("data-directory", _evaluate(data="{dir}"), "cannot read {dir}: it is a directory, not an HDF5 file"),
+    Case("data-empty-file", _evaluate(data="{empty}"), "the file is empty (0 bytes)"),
+    Case("data-garbage-file", _evaluate(data="{garbage}"), "not an HDF5 file (no HDF5 signature)"),
+    Case("data-n_classes-text", _evaluate(data="{classes_ten}"), "n_classes attribute must be a whole number"),
+    Case("data-n_classes-negative", _evaluate(data="{classes_negative}"), "n_classes attribute is -3, outside 1..48"),
+    Case("data-n_classes-huge", _evaluate(data="{classes_huge}"),
+         "n_classes attribute is 1000000000, outside 1..48 (at most one class per sample"),
+    Case("data-overflows-float32", _evaluate(data="{overflow}"),
+         "X value 1e+39 at row 5, column 3 overflows float32"),
+    # predict
+    Case("predict-no-test-split", ("predict", "--model", "{model}", "--data", "{notest}"),
+         "has no test split (no X_test and y_test); use --split train"),
+    Case("predict-bad-split", ("predict", "--model", "{model}", "--split", "validation"), "--split must be"),
+    # the output is checked before the data is even read
+    Case("predict-output-unwritable", ("predict", "--model", "{model}", "--data", "{tmp}/missing.h5", "--output",
+                                       "{tmp}/no/labels.txt"), "cannot write {tmp}/no/labels.txt: No such file"),
+    Case("predict-output-directory", ("predict", "--model", "{model}", "--output", "{dir}"),
+         "cannot write {dir}: it is a directory"),
+    # data convert (serial: rank 0 works)
+    Case("convert-libsvm-token", _convert("{svm_token}"), "line 2: 'abc' is not an index:value pair",
+         ranks=1, absent=NO_H5),
+    Case("convert-libsvm-value", _convert("{svm_value}"), "line 1: '2:x' needs an integer index and a numeric value",
+         ranks=1, absent=NO_H5),
+    Case("convert-libsvm-negative-index", _convert("{svm_index}"), "line 1: feature index -5 is negative",
+         ranks=1, absent=NO_H5),
+    Case("convert-idx-type-7", _convert("{idx_type_7}", "--format", "idx"), "IDX type code 0x07 is not one of",
+         ranks=1, absent=NO_H5),
+    Case("convert-label-column", _convert("{csv}", "--delimiter", ",", "--label-column", "7"),
+         "--label-column 7 is out of range for rows of 3 columns", ranks=1, absent=NO_H5),
+    Case("convert-ragged-rows", _convert("{ragged_csv}", "--delimiter", ",", "--chunk-rows", "1"),
+         "rows of different widths", ranks=1, absent=NO_H5),
+    Case("convert-out-under-a-file", _convert("{csv}", "--delimiter", ",", out="{csv}/out.h5"),
+         "cannot write {csv}/out.h5: Not a directory", ranks=1),
+    Case("convert-out-missing-directory", _convert("{csv}", "--delimiter", ",", out="{tmp}/no/out.h5"),
+         "cannot write {tmp}/no/out.h5: No such file or directory", ranks=1),
+    Case("convert-out-is-a-directory", _convert("{csv}", "--delimiter", ",", out="{dir}"),
+         "cannot write {dir}: it is a directory", ranks=1),
+    Case("convert-disk-full", _convert("{big_csv}", "--delimiter", ","), "cannot write {tmp}/out.h5: File too large",
+         ranks=0, file_size_limit=100_000, absent=NO_H5),
+    Case("data-info-garbage", ("data", "info", "{garbage}"), "not an HDF5 file", ranks=1),
+    # a full disk while model.h5 is written: one line, the partial .tmp removed
+    Case("train-disk-full-model", ("train", "--iters", "2", "--no-progress", "--out", "{tmp}/full"),
+         "cannot write {tmp}/full/model.h5: File too large", exit_code=3, ranks=0, file_size_limit=300_000,
+         absent=("{tmp}/full/model.h5",)),
 ]
 
+# sets RLIMIT_FSIZE, then runs the command (Python ignores SIGXFSZ, so a write fails with EFBIG)
+_LIMIT_FILE_SIZE = ("import os, resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]),) * 2); "
+                    "os.execv(sys.argv[2], sys.argv[2:])")
+TIMEOUT = 60
 
-@pytest.mark.parametrize("args, message", BAD)
-def test_bad_input_leaves_an_existing_checkpoint_untouched(tmp_path, args, message):
-    run = tmp_path / "run"
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A 2-rank run with a checkpoint at iteration 2: cases copy it and must leave it untouched."""
+    run = tmp_path_factory.mktemp("finished") / "run"
     ok = run_admm(2, "train", "--hidden", "8", "--iters", 2, "--checkpoint-every", 2, "--no-progress", "--out", run)
     assert ok.returncode == 0, ok.stderr
-    ckpt = run / "checkpoints" / "ckpt-000002" / "part-00000.h5"
-    before = (ckpt.read_bytes(), ckpt.stat().st_mtime_ns, (run / "model.h5").read_bytes())
-    (tmp_path / "bad.toml").write_text("iterations = 3\n")
-    names = {"tmp": tmp_path, **{k: _bad_file(tmp_path, k) for k in ("corrupt", "names", "width", "inf")}}
-    start = time.time()
-    args = [a.format(**names) for a in args]
-    if args and "--resume" not in args:
-        args += ["--resume", "auto"]  # continuing this run: the bad input must not reach its checkpoint
-    proc = run_admm(2, "train", *args, "--out", run, timeout=30)
-    assert time.time() - start < 30
-    assert proc.returncode == 2, proc.stderr
+    assert (run / "checkpoints" / "ckpt-000002" / "manifest.json").exists()
+    return run
+
+
+def _snapshot(run):
+    """Bytes and modification times of the run's checkpoints and model."""
+    files = [run / "model.h5", *sorted(p for p in (run / "checkpoints").rglob("*") if p.is_file())]
+    return {str(p.relative_to(run)): (p.read_bytes(), p.stat().st_mtime_ns) for p in files}
+
+
+def _command(case, args):
+    cmd = [sys.executable, "-m", "admm_mpi", *args]
+    if case.ranks:
+        cmd = [mpiexec(), "-n", str(case.ranks), *cmd]
+    if case.file_size_limit:
+        cmd = [sys.executable, "-c", _LIMIT_FILE_SIZE, str(case.file_size_limit), *cmd]
+    env = child_env(**dict(case.env))
+    if not case.ranks:
+        env["ADMM_MPI_NO_MPI"] = "1"
+    return cmd, env
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
+def test_fault_case(tmp_path, request, case):
+    names = {field for text in case.args for _, field, _, _ in string.Formatter().parse(text) if field}
+    paths = {"tmp": tmp_path}
+    for name in sorted(names - {"tmp", "run"}):
+        paths[name] = FILES[name](tmp_path)
+    if "run" in names:
+        paths["run"] = tmp_path / "run"
+        shutil.copytree(request.getfixturevalue("finished_run"), paths["run"])  # copy2 keeps mtimes
+        before = _snapshot(paths["run"])
+    cmd, env = _command(case, [a.format(**paths) for a in case.args])
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=env)  # a hang fails here
+
+    assert proc.returncode == case.exit_code, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("admm-mpi: error:")]
-    assert len(errors) == 1 and message in errors[0], proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert (ckpt.read_bytes(), ckpt.stat().st_mtime_ns, (run / "model.h5").read_bytes()) == before
+    assert len(errors) == 1, proc.stderr
+    assert case.message.format(**paths) in errors[0], proc.stderr
+    assert not errors[0].startswith("admm-mpi: error: rank "), errors[0]  # the same text on every rank
+    assert "Traceback" not in proc.stderr and "Warning" not in proc.stderr, proc.stderr
+    assert not list(tmp_path.rglob("*.tmp")), "a partial output was left behind"
+    for path in case.absent:
+        assert not Path(path.format(**paths)).exists(), path
+    if "run" in names:
+        assert _snapshot(paths["run"]) == before
