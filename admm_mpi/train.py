@@ -178,9 +178,9 @@ def evaluate_model(solver, spec, model, shard, grid, splits, Y_val=None):
     """Accuracies of ``model`` (weights, biases) on ``splits`` and the validation loss per row.
 
     ``splits`` names some of train, validation, test; every rank must ask for the same. A split
-    that is not asked for, or has no rows or labels, scores None. The sums are exact integers
-    (and bit-identical on every rank), so every rank reaches the same stopping and selection
-    decisions from them.
+    that is not asked for, or has no rows or labels, scores None. The counts of correct
+    predictions are exact integers, bit-identical on every rank (``Grid.allsum``), so every rank
+    reaches the same stopping and selection decisions from them without another broadcast.
     """
     data = {"train": (shard.X, None if shard.Y is not None else shard.y, shard.n_total, None),
             "validation": (shard.X_val, shard.y_val, shard.n_val_total, Y_val),
@@ -209,7 +209,8 @@ class _Selection:
     kept), and the evaluations since it last improved (for early stopping)."""
 
     def __init__(self, keep_copy):
-        self.keep_copy, self.accuracy, self.iteration, self.row, self.model, self.stale = keep_copy, None, None, None, None, 0
+        self.keep_copy, self.stale = keep_copy, 0
+        self.accuracy = self.iteration = self.row = self.model = None
 
     def update(self, iteration, accuracy, state):
         """Record an evaluation; a strictly better accuracy becomes the best (the first one wins ties)."""
