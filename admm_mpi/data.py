@@ -268,15 +268,17 @@ def load_shard(path, grid, dtype=np.float64, part=None, *, validation_fraction=0
     )
 
 
-def write_dataset(path, X, y, X_test=None, y_test=None, *, name="", n_classes=None, preprocessing="", classes=None):
+def write_dataset(path, X, y, X_test=None, y_test=None, *, name="", n_classes=None, preprocessing="", classes=None,
+                  X_val=None, y_val=None):
     """Write arrays (rows = samples) in the admm-mpi HDF5 format, atomically."""
     tmp = f"{path}.tmp"
     with h5py.File(tmp, "w") as f:
         f.create_dataset("X", data=X)
         f.create_dataset("y", data=y)
-        if X_test is not None:
-            f.create_dataset("X_test", data=X_test)
-            f.create_dataset("y_test", data=y_test)
+        for key, X_split, y_split in (("test", X_test, y_test), ("val", X_val, y_val)):
+            if X_split is not None:
+                f.create_dataset(f"X_{key}", data=X_split)
+                f.create_dataset(f"y_{key}", data=y_split)
         f.attrs["name"] = name
         f.attrs["n_classes"] = int(n_classes if n_classes is not None else int(np.max(y)) + 1)
         f.attrs["preprocessing"] = preprocessing

@@ -93,13 +93,15 @@ def test_a_files_own_validation_split_is_used_instead_of_holding_out(tmp_path):
     X, y = blobs(80, 5, 3, seed=1)
     Xv, yv = blobs(20, 5, 3, seed=2)
     path = tmp_path / "val.h5"
-    write_dataset(str(path), X, y, name="v", n_classes=3)
-    with h5py.File(path, "r+") as f:
-        f["X_val"], f["y_val"] = Xv, yv
+    write_dataset(str(path), X, y, name="v", n_classes=3, X_val=Xv, y_val=yv)
     shard = load_shard(str(path), Grid.serial(), validation_fraction=0.3, seed=0)
     assert (shard.n_total, shard.n_val_total, shard.validation_source) == (80, 20, "file")
     np.testing.assert_array_equal(shard.X_val, Xv.T)
     np.testing.assert_array_equal(shard.X, X.T)
+    summary = train(TrainConfig(data=str(path), hidden=(8,), iters=3, progress=False, validation_fraction=0.3,
+                                keep="best"), Grid.serial(), out=False)
+    assert (summary["n_train"], summary["n_validation"], summary["validation_source"]) == (80, 20, "file")
+    assert summary["validation_accuracy"] is not None
 
 
 # -- selection and stopping ----------------------------------------------------------------------------
