@@ -81,7 +81,10 @@ def _add_train_arguments(p):
     p.add_argument("--resume", help="continue from a checkpoint: auto | RUN_DIR | FILE")
     p.add_argument("--no-progress", dest="progress", action="store_const", const=False,
                    help="no progress bar")
-    v = p.add_argument_group("validation, model selection and evaluation")
+    _add_validation_arguments(p.add_argument_group("validation, model selection and evaluation"))
+
+
+def _add_validation_arguments(v):
     v.add_argument("--validation-fraction", dest="validation_fraction", type=float, metavar="F",
                    help="hold out this fraction of each class's training rows for validation, drawn from --seed "
                         "(default: 0, none; a data file's X_val, y_val are used instead when present)")
