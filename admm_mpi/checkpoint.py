@@ -96,7 +96,8 @@ def _same_data(saved, current):
 # settings that may change between the run that wrote a checkpoint and the one that resumes it
 # (the data *path* may change; the data fingerprint checks the content)
 RESUMABLE_CHANGES = {"iters", "out", "progress", "tol", "resume", "checkpoint_every", "data", "device", "layout",
-                     "layer_groups", "checkpoint_state"}
+                     "layer_groups", "checkpoint_state", "eval_every", "eval_test", "keep", "early_stopping",
+                     "patience"}
 
 
 def check_compatible(manifest, config, shard):

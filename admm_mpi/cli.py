@@ -82,6 +82,24 @@ def _add_train_arguments(p):
     p.add_argument("--resume", help="continue from a checkpoint: auto | RUN_DIR | FILE")
     p.add_argument("--no-progress", dest="progress", action="store_const", const=False,
                    help="no progress bar")
+    _add_validation_arguments(p.add_argument_group("validation, model selection and evaluation"))
+
+
+def _add_validation_arguments(v):
+    v.add_argument("--validation-fraction", dest="validation_fraction", type=float, metavar="F",
+                   help="hold out this fraction of each class's training rows for validation, drawn from --seed "
+                        "(default: 0, none; a data file's X_val, y_val are used instead when present)")
+    v.add_argument("--early-stopping", dest="early_stopping", action="store_const", const=True,
+                   help="stop when validation accuracy has not improved for --patience evaluations")
+    v.add_argument("--patience", type=int, metavar="K",
+                   help="evaluations without a better validation accuracy before --early-stopping stops (default: 10)")
+    v.add_argument("--keep", metavar="best|last",
+                   help="iterate written to model.h5 and summarised: last, or best validation accuracy (default: last)")
+    v.add_argument("--eval-test", dest="eval_test", metavar="never|end|every",
+                   help="test split: never read, evaluated once on the kept model at the end, or at every "
+                        "evaluation (default: end)")
+    v.add_argument("--eval-every", dest="eval_every", type=int, metavar="K",
+                   help="evaluate train and validation accuracy every K iterations and at the last (default: 1)")
 
 
 def make_parser():
@@ -180,10 +198,21 @@ def _cmd_train(args, grid):
                   f"{summary['checkpoint']}; continue with --resume auto --out {config.out}", file=sys.stderr)
         raise SystemExit(128 + signum)
     if grid.is_root:
-        print(f"admm-mpi: {summary['iterations']} iterations on {summary['ranks']} rank(s): "
-              f"train accuracy {summary['train_accuracy']:.4f}, test accuracy "
-              f"{summary['test_accuracy'] if summary['test_accuracy'] is None else format(summary['test_accuracy'], '.4f')}, "
-              f"{summary['seconds_per_iteration']:.3g} s/iteration; outputs in {config.out}")
+        print(_train_line(summary, config), flush=True)
+
+
+def _train_line(summary, config):
+    """The one line ``train`` prints: why it stopped, which iterate it kept, its accuracies."""
+    stopped = {"early_stopping": f" (early stopping: no better validation accuracy in {config.patience} "
+                                 "evaluations)", "converged": f" (converged: residual below --tol {config.tol})"}
+    kept = (f"kept iteration {summary['kept_iteration']} (best validation accuracy)"
+            if summary["kept"] == "best" else "")
+    figures = [f"{name} accuracy {summary[key]:.4f}" for name, key in (
+        ("train", "train_accuracy"), ("validation", "validation_accuracy"), ("test", "test_accuracy"))
+        if summary[key] is not None]
+    return (f"admm-mpi: {summary['iterations']} iterations on {summary['ranks']} rank(s)"
+            f"{stopped.get(summary['stopped'], '')}: " + ", ".join(([kept] if kept else []) + figures)
+            + f", {summary['seconds_per_iteration']:.3g} s/iteration; outputs in {config.out}")
 
 
 def _cmd_evaluate(args, grid):

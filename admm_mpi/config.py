@@ -21,6 +21,8 @@ from admm_mpi.ops.activations import ACTIVATIONS
 from admm_mpi.ops.losses import LOSSES
 
 LAYOUTS = ("data", "layer", "hybrid")
+KEEP = ("last", "best")
+EVAL_TEST = ("never", "end", "every")
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,13 @@ class TrainConfig:
     progress: bool = True
     checkpoint_every: int = 0     # iterations between checkpoints (0: none, except on SIGTERM)
     resume: str = ""              # "auto" (the run's own latest checkpoint), a run directory or a file
+    # validation, selection and evaluation
+    validation_fraction: float = 0.0  # rows of each class held out of X for validation (0: none)
+    early_stopping: bool = False  # stop when validation accuracy stops improving
+    patience: int = 10            # evaluations without improvement before early stopping
+    keep: str = "last"            # the iterate that becomes model.h5: last | best (validation accuracy)
+    eval_test: str = "end"        # never | end (the kept model, once) | every (each evaluation)
+    eval_every: int = 1           # iterations between evaluations (and the last iteration)
     # solver hyper-parameters (None: the solver's default)
     beta: float = None
     gamma: float = None
@@ -225,6 +234,12 @@ def validate(config):
         (len(config.hidden) >= 1 and all(w >= 1 for w in config.hidden),
          f"hidden must list at least one positive layer width, got {list(config.hidden)}"),
         (config.iters >= 1, f"iters must be at least 1, got {config.iters}"),
+        (math.isfinite(config.validation_fraction) and 0 <= config.validation_fraction < 1,
+         f"validation_fraction must lie in [0, 1), got {config.validation_fraction}"),
+        (config.patience >= 1, f"patience must be at least 1, got {config.patience}"),
+        (config.keep in KEEP, f"unknown keep {config.keep!r}; choose from {list(KEEP)}"),
+        (config.eval_test in EVAL_TEST, f"unknown eval_test {config.eval_test!r}; choose from {list(EVAL_TEST)}"),
+        (config.eval_every >= 1, f"eval_every must be at least 1, got {config.eval_every}"),
         (config.seed >= 0, f"seed must be non-negative, got {config.seed}"),
         (config.checkpoint_every >= 0, f"checkpoint_every must be non-negative, got {config.checkpoint_every}"),
         (math.isfinite(config.tol) and config.tol >= 0, f"tol must be finite and non-negative, got {config.tol}"),
@@ -290,6 +305,13 @@ FIELD_HELP = {
     "progress": "progress bar on rank 0",
     "checkpoint_every": "write a checkpoint every this many iterations (0: only on SIGTERM)",
     "resume": "continue from a checkpoint: auto (this run's own, if any), a run directory or a file",
+    "validation_fraction": "fraction of each class's training rows held out for validation, drawn from the seed "
+                           "(0: none; a file's X_val, y_val are used instead when present)",
+    "early_stopping": "stop when validation accuracy has not improved for `patience` evaluations",
+    "patience": "evaluations without a better validation accuracy before early stopping",
+    "keep": "the iterate written to model.h5 and summarised: last | best (best validation accuracy)",
+    "eval_test": "test split evaluated: never | end (the kept model, once) | every (at each evaluation)",
+    "eval_every": "evaluate train and validation accuracy every this many iterations (and at the last)",
 }
 
 

@@ -5,12 +5,19 @@ On-disk format (rows are samples, as users produce them):
 - ``X``  float, N x d            training features
 - ``y``  integer, N              training labels in ``0 .. n_classes-1``
 - ``X_test``, ``y_test``         optional held-out split, same width
+- ``X_val``, ``y_val``           optional validation split, same width (else ``train
+                                 --validation-fraction`` holds out training rows)
 - attributes: ``name``, ``n_classes``, ``preprocessing`` (free text), ``classes`` (optional names)
 
 In memory samples are columns (``d x n_local``), as in the ADMM papers. Every check runs on every
 rank and the ranks agree on the verdict before anything collective happens (``Grid.agree``).
+
+A validation split held out of ``X`` is chosen from the seed and the labels of *all* rows by
+global row index (:func:`validation_rows`), so every rank count holds out the same rows; the
+remaining training rows are then split in contiguous balanced blocks, as without one.
 """
 
+import math
 import os
 from dataclasses import dataclass
 from importlib import resources
@@ -21,7 +28,8 @@ import numpy as np
 from admm_mpi.files import hdf5_open_problem, hdf5_reason
 
 BUNDLED = {"digits": "digits.h5"}
-READ_ROWS = 8192  # rows per read when converting the stored dtype (bounds the float64 copy)
+VALIDATION_STREAM = 0x76616C  # seeds the validation draw apart from the weights' and batches' streams
+READ_BYTES = 64 << 20         # largest span of file rows read at once
 
 
 def resolve_path(name):
@@ -44,8 +52,12 @@ class Shard:
     n_features: int
     n_classes: int
     name: str
-    start: int               # global index of this rank's first training row
+    start: int               # index of this rank's first column among all training columns
     Y: np.ndarray = None     # real-valued targets (outputs x n_local) for regression; None: classes
+    X_val: np.ndarray = None  # d x n_val_local (None: no validation split)
+    y_val: np.ndarray = None
+    n_val_total: int = 0
+    validation_source: str = None  # "file" (X_val, y_val), "held_out" (rows of X), None
 
 
 def _check_layout(f, path):
@@ -60,18 +72,20 @@ def _check_layout(f, path):
         return f"{path}: X has {X.shape[0]} rows but y has {y.shape[0]} labels"
     if X.shape[0] == 0 or X.shape[1] == 0:
         return f"{path}: X is empty (shape {X.shape})"
-    if ("X_test" in f) != ("y_test" in f):
-        return f"{path}: X_test and y_test must be given together"
-    if "X_test" in f:
-        Xt, yt = f["X_test"], f["y_test"]
-        if Xt.ndim != 2 or yt.ndim != 1 or Xt.shape[0] != yt.shape[0]:
-            return f"{path}: X_test {Xt.shape} and y_test {yt.shape} do not match"
-        if Xt.shape[1] != X.shape[1]:
-            return f"{path}: X_test has {Xt.shape[1]} features but X has {X.shape[1]}"
-    for key in ("X", "X_test"):
+    for split in ("test", "val"):
+        kx, ky = f"X_{split}", f"y_{split}"
+        if (kx in f) != (ky in f):
+            return f"{path}: {kx} and {ky} must be given together"
+        if kx in f:
+            Xt, yt = f[kx], f[ky]
+            if Xt.ndim != 2 or yt.ndim != 1 or Xt.shape[0] != yt.shape[0]:
+                return f"{path}: {kx} {Xt.shape} and {ky} {yt.shape} do not match"
+            if Xt.shape[1] != X.shape[1]:
+                return f"{path}: {kx} has {Xt.shape[1]} features but X has {X.shape[1]}"
+    for key in ("X", "X_test", "X_val"):
         if key in f and f[key].dtype.kind not in "fiu":
             return f"{path}: {key} has non-numeric dtype {f[key].dtype}"
-    for key in ("y", "y_test"):
+    for key in ("y", "y_test", "y_val"):
         if key in f and f[key].dtype.kind not in "iuf":
             return f"{path}: {key} has non-numeric dtype {f[key].dtype}"
     return None
@@ -95,30 +109,6 @@ def _n_classes_problem(value, path, n_samples):
     return None
 
 
-def _read_rows(dataset, start, stop, dtype, key):
-    """Rows ``start..stop`` of ``dataset`` as ``dtype``, read in blocks; ``(rows, problem)``.
-
-    A finite value too large for ``dtype`` (1e39 in a float64 file read as float32) is reported
-    as such, before the cast would turn it into Inf.
-    """
-    dtype = np.dtype(dtype)
-    stored = dataset.dtype
-    limit = None
-    if stored.kind == "f" and dtype.kind == "f" and np.finfo(stored).max > np.finfo(dtype).max:
-        limit = np.finfo(dtype).max
-    rows = np.empty((stop - start, *dataset.shape[1:]), dtype)
-    for s in range(start, stop, READ_ROWS):
-        block = dataset[s:min(s + READ_ROWS, stop)]
-        if limit is not None:
-            too_big = np.isfinite(block) & (np.abs(block) > limit)
-            if too_big.any():
-                r, c = np.argwhere(too_big)[0]
-                return None, (f"{key} value {block[r, c]:.6g} at row {s + r}, column {c} overflows {dtype.name} "
-                              f"(largest {limit:.4g}); rescale the data or use float64")
-        rows[s - start:s - start + block.shape[0]] = block
-    return rows, None
-
-
 def _labels(raw, key):
     """Integer labels, or a message if they are not whole numbers."""
     if raw.dtype.kind == "f":
@@ -127,9 +117,10 @@ def _labels(raw, key):
     return raw.astype(np.int64), None
 
 
-def _check_values(X, y, key_x, key_y, n_classes, offset):
+def _check_values(X, y, key_x, key_y, n_classes, rows):
+    """Problem with the values, or None; ``rows`` are the file rows of ``X``'s rows (for the message)."""
     if X.size and not np.all(np.isfinite(X)):
-        row = offset + int(np.argwhere(~np.isfinite(X))[0][0])
+        row = int(rows[int(np.argwhere(~np.isfinite(X))[0][0])])
         return f"{key_x} contains NaN or Inf (first at row {row})"
     if y.size and (y.min() < 0 or (n_classes is not None and y.max() >= n_classes)):
         bad = y[(y < 0) | ((y >= n_classes) if n_classes is not None else False)][0]
@@ -137,91 +128,205 @@ def _check_values(X, y, key_x, key_y, n_classes, offset):
     return None
 
 
-def load_shard(path, grid, dtype=np.float64, part=None):
-    """Read this rank's slab of the training (and test) rows of the HDF5 file at ``path``.
+def validation_rows(y, fraction, seed):
+    """Sorted global indices of the rows of ``y`` held out for validation.
+
+    Stratified: of each class's ``n_c`` rows, ``round(fraction * n_c)`` (at most ``n_c - 1``, so
+    every class keeps a training row) are drawn from the seed. The result depends only on the
+    labels of all rows, the fraction and the seed, never on the number of ranks.
+    """
+    y = np.asarray(y)
+    if fraction <= 0 or y.size == 0:
+        return np.empty(0, np.int64)
+    rng = np.random.default_rng([VALIDATION_STREAM, seed])
+    order = np.argsort(y, kind="stable")  # each class's rows, in increasing row order
+    counts = np.unique(y, return_counts=True)[1]
+    held = []
+    for members in np.split(order, np.cumsum(counts)[:-1]):
+        k = min(int(math.floor(fraction * members.size + 0.5)), members.size - 1)
+        held.append(rng.permutation(members)[:k])
+    return np.sort(np.concatenate(held)).astype(np.int64)
+
+
+class _Overflow(ValueError):
+    """A finite stored value too large for the working dtype (its message names where)."""
+
+
+def _read_rows(dset, rows, dtype=None, key=None):
+    """The rows ``rows`` (sorted global indices) of an HDF5 dataset, converted to ``dtype``.
+
+    Read in contiguous spans of bounded size: a scattered selection costs about one pass over
+    its range and little memory, not one read per row. A finite value too large for ``dtype``
+    (1e39 in a float64 file read as float32) raises :class:`_Overflow` naming it, before the
+    cast would turn it into Inf.
+    """
+    dtype = np.dtype(dtype or dset.dtype)
+    limit = None
+    if dset.dtype.kind == "f" and dtype.kind == "f" and np.finfo(dset.dtype).max > np.finfo(dtype).max:
+        limit = np.finfo(dtype).max
+    out = np.empty((rows.size, *dset.shape[1:]), dtype)
+    row_bytes = max(1, int(np.prod(dset.shape[1:], dtype=np.int64)) * dset.dtype.itemsize)
+    span = max(1, READ_BYTES // row_bytes)
+    i = 0
+    while i < rows.size:
+        lo = int(rows[i])
+        j = int(np.searchsorted(rows, lo + span, side="left"))
+        block = dset[lo:int(rows[j - 1]) + 1][rows[i:j] - lo]
+        if limit is not None:
+            too_big = np.isfinite(block) & (np.abs(block) > limit)
+            if too_big.any():
+                r, c = np.argwhere(too_big)[0]
+                raise _Overflow(f"{key} value {block[r, c]:.6g} at row {int(rows[i + r])}, column {c} overflows "
+                                f"{dtype.name} (largest {limit:.4g}); rescale the data or use float64")
+        out[i:j] = block
+        i = j
+    return out
+
+
+def _read_meta(path):
+    """``((n, d, n_test, n_val, n_classes, name), problem)`` from the file's layout."""
+    try:
+        with h5py.File(path, "r") as f:
+            problem = _check_layout(f, path)
+            if problem is not None:
+                return None, problem
+            n, d = f["X"].shape
+            n_test = f["X_test"].shape[0] if "X_test" in f else 0
+            n_val = f["X_val"].shape[0] if "X_val" in f else 0
+            n_classes = f.attrs.get("n_classes")
+            if n_classes is not None:
+                problem = _n_classes_problem(n_classes, path, n + n_test + n_val)
+                if problem:
+                    return None, problem
+            name = f.attrs.get("name", os.path.basename(path))
+            return (n, d, n_test, n_val, None if n_classes is None else int(n_classes), str(name)), None
+    except FileNotFoundError:
+        return None, f"data file {path} does not exist"
+    except OSError as exc:
+        return None, hdf5_open_problem(path, exc)
+
+
+def _held_out_rows(path, n, fraction, seed):
+    """``(global rows held out of X for validation, problem)``; every rank reads all labels."""
+    try:
+        with h5py.File(path, "r") as f:
+            y, problem = _labels(np.asarray(f["y"][...]), "y")
+    except OSError as exc:
+        return None, f"cannot read the labels y of {path} ({hdf5_reason(exc)})"
+    if problem:
+        return None, problem
+    held = validation_rows(y, fraction, seed)
+    if held.size == 0:
+        return None, (f"validation_fraction {fraction} holds out no row of the {n} training rows of {path} "
+                      "(at most all but one row of each class); use a larger fraction")
+    return held, None
+
+
+def _read_split(f, part, n_train, held, d, dtype, read_test, read_val_file):
+    """This rank's training, validation and test rows: ``{key: array}`` (rows = samples), with
+    ``rows``, ``rows_val``, ``rows_test``: their row indices in the file's datasets.
+
+    ``held``: the global rows of X held out for validation (None: none); the others are the
+    training rows, split over ``part`` in contiguous balanced blocks.
+    """
+    start, stop = part.block_range(n_train)
+    if held is None:
+        rows = np.arange(start, stop)
+    else:
+        rows = np.delete(np.arange(f["X"].shape[0]), held)[start:stop]
+    found = {"": (f["X"], f["y"], rows)}
+    if held is not None:
+        v0, v1 = part.block_range(held.size)
+        found["_val"] = (f["X"], f["y"], held[v0:v1])
+    elif read_val_file:
+        found["_val"] = (f["X_val"], f["y_val"], np.arange(*part.block_range(f["X_val"].shape[0])))
+    if read_test and "X_test" in f:
+        found["_test"] = (f["X_test"], f["y_test"], np.arange(*part.block_range(f["X_test"].shape[0])))
+    arrays = {"X_test": np.empty((0, d), dtype), "y_test": np.empty(0, np.int64)}
+    for split, (X, y, split_rows) in found.items():
+        arrays["X" + split] = _read_rows(X, split_rows, dtype, key="X" + split)
+        arrays["y" + split] = _read_rows(y, split_rows)
+        arrays["rows" + split] = split_rows
+    return arrays
+
+
+def load_shard(path, grid, dtype=np.float64, part=None, *, validation_fraction=0.0, seed=0, read_test=True):
+    """Read this rank's slab of the training, validation and test rows of the HDF5 file at ``path``.
 
     ``part`` is the grid whose ranks split the rows (default ``grid``; on a layer × data grid,
     the data shards of this rank's layer group); ``grid`` is the one that agrees on errors.
+    The validation split is the file's ``X_val``/``y_val`` when it has them, else
+    ``validation_fraction`` of the rows of ``X`` (stratified, drawn from ``seed``), else none.
+    ``read_test=False`` leaves the test split unread (empty; ``n_test_total`` still counts it).
 
     Raises :class:`InputError` on every rank if any rank finds a problem: missing or unreadable
     file, wrong dataset names or shapes, fewer samples than ranks, NaN/Inf, bad labels.
     """
     path = resolve_path(path)
-    problem = None
-    meta = None
-    try:
-        with h5py.File(path, "r") as f:
-            problem = _check_layout(f, path)
-            if problem is None:
-                n, d = f["X"].shape
-                n_test = f["X_test"].shape[0] if "X_test" in f else 0
-                n_classes = f.attrs.get("n_classes")
-                if n_classes is not None:
-                    problem = _n_classes_problem(n_classes, path, n + n_test)
-                name = f.attrs.get("name", os.path.basename(path))
-                meta = (n, d, n_test, None if n_classes is None or problem else int(n_classes), str(name))
-    except FileNotFoundError:
-        problem = f"data file {path} does not exist"
-    except OSError as exc:
-        problem = hdf5_open_problem(path, exc)
+    meta, problem = _read_meta(path)
     grid.agree(problem)
-
-    n, d, n_test, n_classes, name = meta
+    n, d, n_test, n_val_file, n_classes, name = meta
+    held = None
+    if not n_val_file and validation_fraction > 0:
+        held, problem = _held_out_rows(path, n, validation_fraction, seed)
+        grid.agree(problem)
+    n_train = n - (0 if held is None else held.size)
     part = part or grid
-    if n < part.size:
+    if n_train < part.size:
         shards = f"{part.size} ranks" if part is grid else f"{part.size} data shards of a layer group"
-        problem = f"{path} has {n} training samples, fewer than the {shards}; use fewer ranks"
+        problem = f"{path} has {n_train} training samples, fewer than the {shards}; use fewer ranks"
     grid.agree(problem)
 
-    start, stop = part.block_range(n)
-    t_start, t_stop = part.block_range(n_test)
+    start = part.block_range(n_train)[0]
     try:
         with h5py.File(path, "r") as f:
-            X, problem_x = _read_rows(f["X"], start, stop, dtype, "X")
-            y, problem = _labels(np.asarray(f["y"][start:stop]), "y")
-            if n_test:
-                X_test, problem_xt = _read_rows(f["X_test"], t_start, t_stop, dtype, "X_test")
-                y_test, problem_t = _labels(np.asarray(f["y_test"][t_start:t_stop]), "y_test")
-            else:
-                X_test, y_test, problem_t, problem_xt = np.empty((0, d), dtype), np.empty(0, np.int64), None, None
-        problem = problem_x or problem or problem_xt or problem_t
-    except OSError as exc:  # a damaged chunk in this rank's slab
-        problem = f"cannot read rows {start}..{stop} of {path} ({hdf5_reason(exc)})"
+            arrays = _read_split(f, part, n_train, held, d, dtype, read_test, bool(n_val_file))
+    except _Overflow as exc:
+        arrays, problem = None, str(exc)
+    except OSError as exc:  # a damaged chunk in this rank's rows
+        arrays, problem = None, f"cannot read the rows of {path} ({hdf5_reason(exc)})"
     grid.agree(problem)
+    labels = {}
+    for key in ("y", "y_val", "y_test"):
+        if key in arrays:
+            labels[key], problem = _labels(arrays[key], key)
+            grid.agree(problem)
 
-    if n_classes is None:  # not recorded: the largest label over all ranks decides
-        local_max = max(int(y.max(initial=0)), int(y_test.max(initial=0)))
+    if n_classes is None:  # not recorded: the largest training or validation label over all ranks decides
+        local_max = max(int(labels[k].max(initial=0)) for k in ("y", "y_val") if k in labels)
         n_classes = int(grid.allmax(np.array([local_max], dtype=np.int64))[0]) + 1
-        if n_classes > n + n_test:  # the same bound as on the attribute: targets would be that wide
-            grid.agree(f"{path}: labels go up to {n_classes - 1}, more classes than the file's {n + n_test} "
-                       f"samples; relabel them 0..k-1 (admm-mpi data convert does) or set n_classes")
-    problem = _check_values(X, y, "X", "y", n_classes, start) or _check_values(
-        X_test, y_test, "X_test", "y_test", n_classes, t_start
-    )
+        if n_classes > n + n_test + n_val_file:  # the same bound as on the attribute: targets would be that wide
+            grid.agree(f"{path}: labels go up to {n_classes - 1}, more classes than the file's "
+                       f"{n + n_test + n_val_file} samples; relabel them 0..k-1 (admm-mpi data convert does) "
+                       "or set n_classes")
+    for split in ("", "_val", "_test"):
+        if "y" + split in labels:
+            problem = problem or _check_values(arrays["X" + split], labels["y" + split], "X" + split,
+                                               "y" + split, n_classes, arrays.get("rows" + split))
     grid.agree(problem)
+    has_val = "X_val" in arrays
     return Shard(
-        X=np.ascontiguousarray(X.T),
-        y=y,
-        X_test=np.ascontiguousarray(X_test.T),
-        y_test=y_test,
-        n_total=n,
-        n_test_total=n_test,
-        n_features=d,
-        n_classes=n_classes,
-        name=name,
-        start=start,
+        X=np.ascontiguousarray(arrays["X"].T), y=labels["y"],
+        X_test=np.ascontiguousarray(arrays["X_test"].T), y_test=labels["y_test"],
+        n_total=n_train, n_test_total=n_test, n_features=d, n_classes=n_classes, name=name, start=start,
+        X_val=np.ascontiguousarray(arrays["X_val"].T) if has_val else None,
+        y_val=labels["y_val"] if has_val else None,
+        n_val_total=n_val_file or (0 if held is None else held.size),
+        validation_source="file" if n_val_file else "held_out" if held is not None else None,
     )
 
 
-def write_dataset(path, X, y, X_test=None, y_test=None, *, name="", n_classes=None, preprocessing="", classes=None):
+def write_dataset(path, X, y, X_test=None, y_test=None, *, name="", n_classes=None, preprocessing="", classes=None,
+                  X_val=None, y_val=None):
     """Write arrays (rows = samples) in the admm-mpi HDF5 format, atomically."""
     tmp = f"{path}.tmp"
     with h5py.File(tmp, "w") as f:
         f.create_dataset("X", data=X)
         f.create_dataset("y", data=y)
-        if X_test is not None:
-            f.create_dataset("X_test", data=X_test)
-            f.create_dataset("y_test", data=y_test)
+        for key, X_split, y_split in (("test", X_test, y_test), ("val", X_val, y_val)):
+            if X_split is not None:
+                f.create_dataset(f"X_{key}", data=X_split)
+                f.create_dataset(f"y_{key}", data=y_split)
         f.attrs["name"] = name
         f.attrs["n_classes"] = int(n_classes if n_classes is not None else int(np.max(y)) + 1)
         f.attrs["preprocessing"] = preprocessing

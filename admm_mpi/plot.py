@@ -47,11 +47,15 @@ def plot_runs(run_dirs, out, labels=None):
         for key in sorted(k for k in rows[0] if k.startswith("residual_")):
             ax_res.plot(it, [r[key] for r in rows], color=color, linestyle=":", alpha=0.6,
                         label=f"{label}: {key[9:]}")
-        for split, style in (("train_accuracy", "--"), ("test_accuracy", "-")):
-            if rows[0].get(split) is not None:
-                name = f"{label} {split.split('_')[0]}"
-                ax_it.plot(it, [r[split] for r in rows], style, color=color, label=name)
-                ax_sec.plot(elapsed, [r[split] for r in rows], style, color=color, label=name)
+        for split, style in (("train_accuracy", "--"), ("validation_accuracy", ":"), ("test_accuracy", "-")):
+            # only the evaluated iterations (--eval-every, --eval-test end: one point)
+            points = [(i, t, r[split]) for i, t, r in zip(it, elapsed, rows) if r.get(split) is not None]
+            if points:
+                name, marker = f"{label} {split.split('_')[0]}", "o" if len(points) == 1 else None
+                ax_it.plot([p[0] for p in points], [p[2] for p in points], style, marker=marker, color=color,
+                           label=name)
+                ax_sec.plot([p[1] for p in points], [p[2] for p in points], style, marker=marker, color=color,
+                            label=name)
     ax_obj.set(yscale="log", xlabel="iteration", title="|objective|")
     ax_res.set(yscale="log", xlabel="iteration", title="primal residuals")
     ax_it.set(xlabel="iteration", ylabel="accuracy", title="accuracy by iteration")

@@ -12,6 +12,7 @@ import resource
 import statistics
 import sys
 import time
+import types
 
 import numpy as np
 
@@ -20,7 +21,7 @@ from admm_mpi import checkpoint
 from admm_mpi.backend import DTYPES, device_namespace, from_host, is_numpy, namespace, to_host
 from admm_mpi.data import load_shard, resolve_path
 from admm_mpi.errors import InputError, TrainingError
-from admm_mpi.model import ModelSpec, predict, save_model
+from admm_mpi.model import ModelSpec, forward, predict, save_model
 from admm_mpi.solvers import make_solver
 from admm_mpi.solvers.batches import INTERRUPTED
 from admm_mpi.stopping import StopRequest
@@ -48,6 +49,8 @@ def to_device(shard, device, grid):
     xp = device_namespace(device)
     xp.cuda.Device(grid.local_rank() % xp.cuda.runtime.getDeviceCount()).use()
     shard.X, shard.X_test = xp.asarray(shard.X), xp.asarray(shard.X_test)
+    if shard.X_val is not None:
+        shard.X_val = xp.asarray(shard.X_val)
     if shard.Y is not None:
         shard.Y = xp.asarray(shard.Y)
     return shard
@@ -78,8 +81,11 @@ class _Progress:
 
     def update(self, row):
         if self.bar is not None:
-            self.bar.set_postfix(obj=f"{row['objective']:.4g}", res=f"{row['residual']:.3g}",
-                                 train=f"{row['train_accuracy']:.4f}", test=f"{row['test_accuracy']:.4f}")
+            shown = {"obj": f"{row['objective']:.4g}", "res": f"{row['residual']:.3g}"}
+            for key, split in (("train", "train_accuracy"), ("val", "validation_accuracy"), ("test", "test_accuracy")):
+                if row.get(split) is not None:  # evaluated at this iteration
+                    shown[key] = f"{row[split]:.4f}"
+            self.bar.set_postfix(shown)
             self.bar.update(1)
 
     def close(self):
@@ -111,7 +117,12 @@ def build(config, grid, shard=None):
         grid.agree(problem)
     procs = process_grid(config, grid)
     if shard is None:
-        shard = to_device(load_shard(config.data, grid, dtype, part=getattr(procs, "data", grid)), config.device, grid)
+        shard = to_device(load_shard(config.data, grid, dtype, part=getattr(procs, "data", grid),
+                                     validation_fraction=config.validation_fraction, seed=config.seed,
+                                     read_test=config.eval_test != "never"), config.device, grid)
+    if (config.keep == "best" or config.early_stopping) and not shard.n_val_total:
+        raise InputError(f"{'--keep best' if config.keep == 'best' else '--early-stopping'} needs a validation "
+                         "split: --validation-fraction F, or X_val and y_val in the data file")
     from admm_mpi.ops.losses import get_loss
 
     loss = get_loss(config.resolved_loss())
@@ -127,10 +138,93 @@ def build(config, grid, shard=None):
     return shard, spec, solver
 
 
-def _count_correct(solver, spec, state, X, y):
-    if hasattr(solver, "count_correct"):  # layer-parallel: a pipelined forward pass
-        return solver.count_correct(state, X, y)
-    return count_correct(spec, state.weights, state.biases, X, y)
+SCORES = ("train_accuracy", "validation_accuracy", "validation_loss", "test_accuracy")
+
+
+def _outputs(solver, spec, model, X):
+    """Network outputs on this rank's columns ``X`` (None on a layer group without the output layer)."""
+    if hasattr(solver, "outputs"):  # layer-parallel: a pipelined forward pass
+        return solver.outputs(model, X)
+    return forward(spec, model.weights, model.biases, X)
+
+
+def _split_sums(solver, spec, model, X, y, Y=None):
+    """``[correct predictions, summed loss]`` on this rank's columns (loss only with targets ``Y``)."""
+    out = _outputs(solver, spec, model, X)
+    if out is None or y is None or not y.size:
+        return [0.0, 0.0]
+    correct = float(np.sum(to_host(spec.loss_fn.predict(out)) == y))
+    return [correct, float(spec.loss_fn.value(out, Y)) if Y is not None else 0.0]
+
+
+def evaluate_model(solver, spec, model, shard, grid, splits, Y_val=None):
+    """Accuracies of ``model`` (weights, biases) on ``splits`` and the validation loss per row.
+
+    ``splits`` names some of train, validation, test; every rank must ask for the same. A split
+    that is not asked for, or has no rows or labels, scores None. The counts of correct
+    predictions are exact integers, bit-identical on every rank (``Grid.allsum``), so every rank
+    reaches the same stopping and selection decisions from them without another broadcast.
+    """
+    data = {"train": (shard.X, None if shard.Y is not None else shard.y, shard.n_total, None),
+            "validation": (shard.X_val, shard.y_val, shard.n_val_total, Y_val),
+            "test": (shard.X_test, shard.y_test, shard.n_test_total, None)}
+    asked = [s for s in splits if data[s][2] and data[s][0] is not None and (s != "train" or shard.Y is None)]
+    local = [v for s in asked for v in _split_sums(solver, spec, model, data[s][0], data[s][1], data[s][3])]
+    totals = grid.allsum(np.array(local, dtype=np.float64)) if asked else []
+    scores = dict.fromkeys(SCORES)
+    for k, split in enumerate(asked):
+        n = data[split][2]
+        scores[f"{split}_accuracy"] = totals[2 * k] / n
+        if split == "validation":
+            scores["validation_loss"] = totals[2 * k + 1] / n
+    return scores
+
+
+def _copy_model(state):
+    """A copy of the current weights and biases (None where a layer grid keeps a layer elsewhere)."""
+    copy = [[None if a is None else namespace(a).asarray(a, copy=True) for a in arrays]
+            for arrays in (state.weights, state.biases)]
+    return types.SimpleNamespace(weights=copy[0], biases=copy[1])
+
+
+class _Selection:
+    """Best validation accuracy so far, its iteration and metrics row, a copy of its weights (when
+    kept), and the evaluations since it last improved (for early stopping)."""
+
+    def __init__(self, keep_copy):
+        self.keep_copy, self.stale = keep_copy, 0
+        self.accuracy = self.iteration = self.row = self.model = None
+
+    def update(self, iteration, accuracy, state):
+        """Record an evaluation; a strictly better accuracy becomes the best (the first one wins ties)."""
+        if accuracy is None:
+            return
+        if self.accuracy is None or accuracy > self.accuracy:
+            self.accuracy, self.iteration, self.stale = accuracy, iteration, 0
+            self.model = _copy_model(state) if self.keep_copy else None
+        else:
+            self.stale += 1
+
+
+def _evaluate_iteration(config, solver, spec, state, shard, grid, Y_val, iteration, decision, selection):
+    """This iteration's scores (None where not evaluated) and the loop's decision after them.
+
+    Evaluated every ``eval_every`` iterations, at the last one and whenever the loop is about
+    to stop; the test split only as ``eval_test`` asks (``end``: here only when the last iterate
+    is the one kept). Early stopping: ``patience`` evaluations without a better validation
+    accuracy. The test scores never reach ``selection`` or a decision.
+    """
+    due = decision is not None or iteration % config.eval_every == 0 or iteration == config.iters
+    if decision == "diverged" or not due:
+        return dict.fromkeys(SCORES), decision
+    scores = evaluate_model(solver, spec, state, shard, grid, ("train", "validation"), Y_val)
+    selection.update(iteration, scores["validation_accuracy"], state)
+    if decision is None and config.early_stopping and selection.stale >= config.patience:
+        decision = "early_stopped"
+    final = decision is not None or iteration == config.iters
+    if config.eval_test == "every" or (config.eval_test == "end" and config.keep == "last" and final):
+        scores["test_accuracy"] = evaluate_model(solver, spec, state, shard, grid, ("test",))["test_accuracy"]
+    return scores, decision
 
 
 def resume(config, grid, solver, state, shard):
@@ -180,6 +274,11 @@ def _train(config, grid, out, shard, stop):
     Y = shard.Y if regression else spec.loss_fn.targets(shard.y, shard.n_classes, to_host(shard.X[:1, :1]).dtype)
     Y = from_host(namespace(shard.X), Y, like=shard.X) if is_numpy(Y) else Y  # on the data's device
     state = solver.init_state(shard.X, Y, np.random.default_rng(config.seed))
+    Y_val = None
+    if shard.n_val_total:
+        Y_val = spec.loss_fn.targets(shard.y_val, shard.n_classes, to_host(shard.X[:1, :1]).dtype)
+        Y_val = from_host(namespace(shard.X), Y_val, like=shard.X)
+    selection = _Selection(keep_copy=config.keep == "best")
 
     first, resume_from = resume(config, grid, solver, state, shard)
 
@@ -197,7 +296,7 @@ def _train(config, grid, out, shard, stop):
     bytes_per_iteration, evaluation_bytes = [], []
     converged = preempted = False
     saved = inside = None
-    iteration = first - 1
+    iteration, decision = first - 1, None
     try:
         for iteration in range(first, config.iters + 1):
             t0 = time.perf_counter()
@@ -205,24 +304,20 @@ def _train(config, grid, out, shard, stop):
             if solver.step(state, Y, iteration) == INTERRUPTED:  # a stop request between two batches
                 saved = write_checkpoint(config, grid, solver, state, shard, iteration - 1, state.batches_done) \
                     if out else None
-                preempted, inside = True, iteration
+                preempted, inside, decision = True, iteration, "preempted"
                 iteration -= 1
                 break
             step_seconds.append(time.perf_counter() - t0)
             sent1 = grid.bytes_sent
             local = solver.local_metrics(state, Y)
             names = list(local)
-            sums = grid.allsum(np.array([local[n] for n in names] + [
-                _count_correct(solver, spec, state, shard.X, None if regression else shard.y),
-                _count_correct(solver, spec, state, shard.X_test, shard.y_test),
-            ], dtype=np.float64))
+            sums = grid.allsum(np.array([local[n] for n in names], dtype=np.float64))
             metrics = {}
             for name, value in zip(names, sums):  # sums of squares become norms
                 if name.endswith("_sq"):
                     metrics[name[:-3]] = math.sqrt(value) if value >= 0 else float("nan")
                 else:
                     metrics[name] = float(value)
-            correct, correct_test = sums[-2], sums[-1]
             stop.agree(grid)  # any rank's signal stops every rank
             # Rank 0 decides; everyone follows, so all ranks leave the loop together.
             decision = None
@@ -234,6 +329,8 @@ def _train(config, grid, out, shard, stop):
                 elif stop.agreed:
                     decision = "preempted"
             decision = grid.bcast_decision(decision)
+            scores, decision = _evaluate_iteration(config, solver, spec, state, shard, grid, Y_val, iteration,
+                                                   decision, selection)
             solver.end_of_iteration(state, metrics)  # schedules: same global values on every rank
             bytes_per_iteration.append(sent1 - sent0)  # the training's traffic; metrics counted apart
             evaluation_bytes.append(grid.bytes_sent - sent1)
@@ -242,18 +339,18 @@ def _train(config, grid, out, shard, stop):
                 "iteration": iteration,
                 "objective": metrics.pop("objective"),
                 "residual": metrics.pop("residual"),
-                "train_accuracy": None if regression else correct / shard.n_total,
-                "test_accuracy": correct_test / shard.n_test_total if shard.n_test_total else None,
+                **scores,
                 "seconds": seconds[-1],
                 "step_seconds": step_seconds[-1],
                 **metrics,
             }
+            if selection.iteration == iteration:
+                selection.row = row
             objectives.append(row["objective"])
             if metrics_file is not None:
                 metrics_file.write(json.dumps(row) + "\n")
                 metrics_file.flush()
-            progress.update({**row, "train_accuracy": row["train_accuracy"] or 0.0,
-                             "test_accuracy": row["test_accuracy"] or 0.0})
+            progress.update(row)
             if decision == "diverged":
                 raise TrainingError(f"training diverged at iteration {iteration}: the objective is not finite "
                                     "(try a larger ridge or smaller beta/gamma)")
@@ -266,6 +363,8 @@ def _train(config, grid, out, shard, stop):
             if decision == "preempted":
                 preempted = True
                 break
+            if decision == "early_stopped":
+                break
     finally:
         progress.close()
         if metrics_file is not None:
@@ -275,7 +374,13 @@ def _train(config, grid, out, shard, stop):
     per_rank_bytes = grid.gather_to_root(_median(bytes_per_iteration) or 0)
     per_rank_eval_bytes = grid.gather_to_root(_median(evaluation_bytes) or 0)
     peak_memory = grid.gather_to_root(peak_memory_bytes())
-    weights, biases = solver.full_model(state) if hasattr(solver, "full_model") else (state.weights, state.biases)
+    kept_model, kept_row = ((selection.model, selection.row) if config.keep == "best" and selection.model is not None
+                            else (state, row))
+    test_accuracy = kept_row.get("test_accuracy")
+    if config.eval_test == "end" and test_accuracy is None:  # the kept iterate, once
+        test_accuracy = evaluate_model(solver, spec, kept_model, shard, grid, ("test",))["test_accuracy"]
+    weights, biases = (solver.full_model(kept_model) if hasattr(solver, "full_model")
+                       else (kept_model.weights, kept_model.biases))
     summary = {
         "solver": config.solver,
         "layout": config.layout,
@@ -285,16 +390,23 @@ def _train(config, grid, out, shard, stop):
         "iterations": iteration,
         "first_iteration": first,
         "resumed_from": resume_from,
-        "train_accuracy": row.get("train_accuracy"),
-        "test_accuracy": row.get("test_accuracy"),
+        "stopped": {None: "iterations", "converged": "converged", "preempted": "preempted",
+                    "early_stopped": "early_stopping"}[decision],
+        "kept": config.keep,
+        "kept_iteration": kept_row.get("iteration"),
+        "best_validation_iteration": selection.iteration,
+        "train_accuracy": kept_row.get("train_accuracy"),
+        "validation_accuracy": kept_row.get("validation_accuracy"),
+        "validation_loss": kept_row.get("validation_loss"),
+        "test_accuracy": test_accuracy,
         "seconds_per_iteration": _median(seconds),
         "bytes_per_iteration": int(sum(per_rank_bytes)) if grid.is_root else None,
         "bytes_per_iteration_per_rank": [int(b) for b in per_rank_bytes] if grid.is_root else None,
         "evaluation_bytes_per_iteration_per_rank": [int(b) for b in per_rank_eval_bytes] if grid.is_root else None,
         "step_seconds_per_iteration": _median(step_seconds),
         "peak_memory_bytes_per_rank": [int(m) for m in peak_memory] if grid.is_root else None,
-        "objective": row.get("objective"),
-        "residual": row.get("residual"),
+        "objective": kept_row.get("objective"),
+        "residual": kept_row.get("residual"),
         "converged": converged,
         "preempted": preempted,
         "stopped_by_signal": stop.agreed if preempted else None,
@@ -303,6 +415,8 @@ def _train(config, grid, out, shard, stop):
         "data": resolve_path(config.data) if shard.name != "in-memory" else "in-memory",
         "n_train": shard.n_total,
         "n_test": shard.n_test_total,
+        "n_validation": shard.n_val_total,
+        "validation_source": shard.validation_source,
         "widths": list(spec.widths),
         "config": config.as_dict(),
         "versions": {"admm_mpi": __version__, "numpy": np.__version__, "python": platform.python_version()},

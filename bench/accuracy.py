@@ -79,7 +79,7 @@ def run_config(name, data, out_root, ranks=2, extra=()):
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
     cmd = [mpiexec(), "-n", str(ranks), sys.executable, "-m", "admm_mpi", "train",
            "--config", str((CONFIGS / f"{name.split('+')[0]}.toml").relative_to(REPO)), "--data", data,
-           *extra, "--no-progress", "--out", str(out)]
+           *extra, "--eval-test", "every", "--no-progress", "--out", str(out)]  # the test curve of every iteration
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=6 * 3600)
     if proc.returncode != 0:

@@ -52,7 +52,7 @@ def run_admm(problem, solver, extra, tmp):
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
     cmd = [mpiexec(), "-n", "2", sys.executable, "-m", "admm_mpi", "train", "--data", problem["data"],
            "--solver", solver, "--hidden", ",".join(map(str, problem["hidden"])), "--dtype", problem["dtype"],
-           *extra, "--no-progress", "--out", out]
+           *extra, "--eval-test", "every", "--no-progress", "--out", out]  # the test curve of every iteration
     subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=7200)
     rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
     curve, clock = [], 0.0

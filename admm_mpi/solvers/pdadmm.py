@@ -279,6 +279,12 @@ class PDADMM:
             return 0
         return int(np.sum(to_host(self.spec.loss_fn.predict(out)) == y))
 
+    def outputs(self, state, X):
+        """The network's outputs for this rank's columns ``X`` on the last layer group, None on the
+        others (a pipelined forward pass of ``state.weights``, ``state.biases``: every rank calls it)."""
+        _, _, out = self._forward(state, X)
+        return out if self.grid.next_rank is None else None
+
     def full_model(self, state):
         """All layers' ``(weights, biases)`` on the world root (None elsewhere)."""
         g = self.grid

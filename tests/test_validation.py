@@ -1,0 +1,248 @@
+"""Validation split, model selection, early stopping and when the test split is evaluated."""
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from admm_mpi.config import TrainConfig, resolve
+from admm_mpi.data import load_shard, validation_rows, write_dataset
+from admm_mpi.errors import InputError
+from admm_mpi.grid import Grid
+from admm_mpi.model import forward, load_model
+from admm_mpi.train import train
+
+from tests.helpers import blobs, run_admm
+
+
+def _noisy(path, n=300, seed=11, **kw):
+    """Overlapping blobs: validation accuracy rises, then wanders (the best iterate is not the last)."""
+    X, y = blobs(n, 6, 3, seed=seed, spread=2.5)
+    Xt, yt = blobs(60, 6, 3, seed=seed + 1, spread=2.5)
+    write_dataset(str(path), X, y, Xt, yt, name="noisy", n_classes=3, **kw)
+    return X, y, Xt, yt
+
+
+def _rows(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def _summary(out):
+    return json.loads((out / "summary.json").read_text())
+
+
+def _weights(path):
+    with h5py.File(path, "r") as f:
+        return [f[f"layers/{l}/{k}"][...] for l in range(len(f["layers"])) for k in "Wb"]
+
+
+def _same_weights(a, b):
+    wa, wb = _weights(a), _weights(b)
+    return len(wa) == len(wb) and all(x.dtype == y.dtype and np.array_equal(x, y) for x, y in zip(wa, wb))
+
+
+def _train(tmp_path, name, *args, ranks=2, data=None):
+    out = tmp_path / name
+    proc = run_admm(ranks, "train", "--data", data or tmp_path / "noisy.h5", "--hidden", "16,16", "--dtype",
+                    "float64", "--no-progress", "--out", out, *args)
+    assert proc.returncode == 0, proc.stderr
+    return out, proc
+
+
+# -- the split ---------------------------------------------------------------------------------------
+def test_validation_rows_are_stratified_and_drawn_from_the_seed():
+    y = np.repeat([0, 1, 2, 3], [50, 31, 2, 1])
+    held = validation_rows(y, 0.2, seed=4)
+    assert np.all(np.diff(held) > 0)  # sorted, no repeats
+    # round(0.2 n_c) per class, but every class keeps a training row (the single row of class 3)
+    assert list(np.bincount(y[held], minlength=4)) == [10, 6, 0, 0]
+    assert np.array_equal(held, validation_rows(y, 0.2, seed=4))
+    assert not np.array_equal(held, validation_rows(y, 0.2, seed=5))
+    assert validation_rows(y, 0.0, seed=4).size == 0
+
+
+@pytest.mark.mpi(ranks=[1, 2, 3, 4], timeout=60)
+def test_every_rank_count_holds_out_the_same_rows(comm, shared_tmp):
+    """Gathered in rank order, the validation and training columns are the serial run's, on any
+    number of ranks; the training columns stay in contiguous balanced blocks."""
+    path = shared_tmp / "d.h5"
+    if comm.rank == 0:
+        X, y = blobs(61, 4, 3, seed=2)
+        write_dataset(str(path), X, y, name="d", n_classes=3)
+    comm.Barrier()
+    with h5py.File(path, "r") as f:
+        X, y = f["X"][...], f["y"][...]
+    held = validation_rows(y, 0.25, seed=3)
+    kept = np.setdiff1d(np.arange(61), held)
+    grid = Grid(comm)
+    shard = load_shard(str(path), grid, validation_fraction=0.25, seed=3)
+    assert (shard.n_total, shard.n_val_total, shard.validation_source) == (kept.size, held.size, "held_out")
+    train_cols = np.concatenate(comm.allgather(shard.X.T))
+    val_cols = np.concatenate(comm.allgather(shard.X_val.T))
+    np.testing.assert_array_equal(train_cols, X[kept])
+    np.testing.assert_array_equal(np.concatenate(comm.allgather(shard.y)), y[kept])
+    np.testing.assert_array_equal(val_cols, X[held])
+    np.testing.assert_array_equal(np.concatenate(comm.allgather(shard.y_val)), y[held])
+    sizes = comm.allgather(shard.X.shape[1])
+    assert max(sizes) - min(sizes) <= 1 and shard.start == sum(sizes[:comm.rank])
+    grid.close()
+
+
+def test_a_files_own_validation_split_is_used_instead_of_holding_out(tmp_path):
+    X, y = blobs(80, 5, 3, seed=1)
+    Xv, yv = blobs(20, 5, 3, seed=2)
+    path = tmp_path / "val.h5"
+    write_dataset(str(path), X, y, name="v", n_classes=3, X_val=Xv, y_val=yv)
+    shard = load_shard(str(path), Grid.serial(), validation_fraction=0.3, seed=0)
+    assert (shard.n_total, shard.n_val_total, shard.validation_source) == (80, 20, "file")
+    np.testing.assert_array_equal(shard.X_val, Xv.T)
+    np.testing.assert_array_equal(shard.X, X.T)
+    summary = train(TrainConfig(data=str(path), hidden=(8,), iters=3, progress=False, validation_fraction=0.3,
+                                keep="best"), Grid.serial(), out=False)
+    assert (summary["n_train"], summary["n_validation"], summary["validation_source"]) == (80, 20, "file")
+    assert summary["validation_accuracy"] is not None
+
+
+# -- selection and stopping ----------------------------------------------------------------------------
+@pytest.mark.parametrize("solver", [["--solver", "taylor"], ["--solver", "pdadmm", "--layout", "layer"]])
+def test_keep_best_saves_the_best_validation_iterate(tmp_path, solver):
+    """model.h5 is the first iterate with the highest validation accuracy in metrics.jsonl: its
+    accuracy recomputed from model.h5 matches, and training only up to it gives the same bits."""
+    _, y, _, _ = _noisy(tmp_path / "noisy.h5")
+    best, _ = _train(tmp_path, "best", *solver, "--iters", 25, "--validation-fraction", 0.3, "--keep", "best")
+    rows, summary = _rows(best), _summary(best)
+    accuracies = [r["validation_accuracy"] for r in rows]
+    k = int(np.argmax(accuracies)) + 1
+    assert summary["kept_iteration"] == summary["best_validation_iteration"] == k
+    assert k < 25, "the setting must leave the best iterate before the last, or the test shows nothing"
+    assert summary["validation_accuracy"] == accuracies[k - 1]
+    assert summary["train_accuracy"] == rows[k - 1]["train_accuracy"]
+
+    spec, weights, biases = load_model(best / "model.h5")
+    with h5py.File(tmp_path / "noisy.h5", "r") as f:
+        X = f["X"][...]
+    held = validation_rows(y, 0.3, seed=0)
+    predicted = spec.loss_fn.predict(forward(spec, weights, biases, X[held].T))
+    assert np.mean(predicted == y[held]) == accuracies[k - 1]
+
+    upto, _ = _train(tmp_path, "upto", *solver, "--iters", k, "--validation-fraction", 0.3, "--keep", "last")
+    assert _same_weights(best / "model.h5", upto / "model.h5")
+    last, _ = _train(tmp_path, "last", *solver, "--iters", 25, "--validation-fraction", 0.3)
+    assert not _same_weights(best / "model.h5", last / "model.h5")
+    assert _summary(last)["kept_iteration"] == 25
+
+
+def test_early_stopping_stops_after_patience_evaluations_without_improvement(tmp_path):
+    _noisy(tmp_path / "noisy.h5")
+    out, proc = _train(tmp_path, "early", "--iters", 60, "--validation-fraction", 0.3, "--early-stopping",
+                       "--patience", 3, "--eval-every", 2, "--keep", "best")
+    rows, summary = _rows(out), _summary(out)
+    evaluated = [(r["iteration"], r["validation_accuracy"]) for r in rows if r["validation_accuracy"] is not None]
+    assert [i for i, _ in evaluated] == list(range(2, rows[-1]["iteration"] + 1, 2))
+    best, stale, stop = -1.0, 0, None
+    for iteration, accuracy in evaluated:
+        best, stale = (accuracy, 0) if accuracy > best else (best, stale + 1)
+        if stale == 3:
+            stop = iteration
+            break
+    assert stop is not None and stop == rows[-1]["iteration"] == summary["iterations"] < 60
+    assert summary["stopped"] == "early_stopping" and "early stopping" in proc.stdout
+    assert summary["validation_accuracy"] == best
+
+
+def test_eval_every_and_eval_test_change_no_weight(tmp_path):
+    _noisy(tmp_path / "noisy.h5")
+    for solver in (["--solver", "taylor"], ["--solver", "pdadmm", "--layout", "layer"]):
+        name = solver[1]
+        every, _ = _train(tmp_path, f"{name}-every", *solver, "--iters", 10, "--validation-fraction", 0.3,
+                          "--eval-every", 1, "--eval-test", "every")
+        sparse, _ = _train(tmp_path, f"{name}-sparse", *solver, "--iters", 10, "--validation-fraction", 0.3,
+                           "--eval-every", 4, "--eval-test", "never")
+        assert _same_weights(every / "model.h5", sparse / "model.h5"), name
+        rows = _rows(sparse)
+        assert [r["iteration"] for r in rows if r["train_accuracy"] is not None] == [4, 8, 10]
+        assert [r["iteration"] for r in rows if r["validation_loss"] is not None] == [4, 8, 10]
+        assert all(r["test_accuracy"] is None for r in rows) and _summary(sparse)["test_accuracy"] is None
+        assert all(r["test_accuracy"] is not None for r in _rows(every))
+        assert _rows(every)[9]["validation_accuracy"] == rows[9]["validation_accuracy"]
+
+
+def test_the_test_split_never_influences_training(tmp_path):
+    """Permuted test labels and other test features: the same weights bit for bit, under every
+    setting that reads the test split while training (each evaluation, early stopping, keep best)."""
+    X, y, Xt, yt = _noisy(tmp_path / "noisy.h5")
+    other = tmp_path / "other.h5"
+    rng = np.random.default_rng(0)
+    write_dataset(str(other), X, y, rng.standard_normal(Xt.shape) * 5, rng.permutation(yt), name="noisy", n_classes=3)
+    args = ("--iters", 30, "--validation-fraction", 0.3, "--eval-test", "every", "--keep", "best",
+            "--early-stopping", "--patience", 4)
+    a, _ = _train(tmp_path, "a", *args)
+    b, _ = _train(tmp_path, "b", *args, data=other)
+    assert _same_weights(a / "model.h5", b / "model.h5")
+    ra, rb = _rows(a), _rows(b)
+    assert [r["validation_accuracy"] for r in ra] == [r["validation_accuracy"] for r in rb]
+    assert [r["test_accuracy"] for r in ra] != [r["test_accuracy"] for r in rb]  # the test split was read
+
+
+def test_eval_test_never_does_not_read_the_test_split(tmp_path):
+    X, y = blobs(120, 5, 3, seed=3)
+    Xt, yt = blobs(30, 5, 3, seed=4)
+    Xt[4, 2] = np.nan  # a test split that would be refused if it were read
+    path = tmp_path / "nan_test.h5"
+    write_dataset(str(path), X, y, Xt, yt, name="t", n_classes=3)
+    out, proc = _train(tmp_path, "never", "--iters", 3, "--eval-test", "never", data=path)
+    assert all(r["test_accuracy"] is None for r in _rows(out))
+    assert _summary(out)["test_accuracy"] is None and "test accuracy" not in proc.stdout
+    refused = run_admm(1, "train", "--data", path, "--iters", 3, "--no-progress", "--out", tmp_path / "end")
+    assert refused.returncode == 2 and "X_test contains NaN" in refused.stderr
+
+
+# -- distributed == serial -------------------------------------------------------------------------------
+@pytest.mark.mpi(ranks=[2, 3, 4], timeout=120)
+def test_selection_and_stopping_distributed_equals_serial(comm, shared_tmp):
+    path = shared_tmp / "noisy.h5"
+    if comm.rank == 0:
+        _noisy(path)
+    comm.Barrier()
+    config = TrainConfig(data=str(path), hidden=(12, 8), iters=40, dtype="float64", progress=False,
+                         validation_fraction=0.3, keep="best", early_stopping=True, patience=4, eval_every=2)
+    distributed = train(config, Grid(comm), out=False)
+    serial = train(config, Grid.serial(), out=False)
+    for key in ("iterations", "kept_iteration", "stopped", "validation_accuracy", "train_accuracy", "test_accuracy"):
+        assert distributed[key] == serial[key], key
+    assert distributed["validation_loss"] == pytest.approx(serial["validation_loss"], rel=1e-10)
+    for W, W_ref in zip(distributed["model"][0] + distributed["model"][1], serial["model"][0] + serial["model"][1]):
+        assert np.linalg.norm(W - W_ref) <= 1e-10 * np.linalg.norm(W_ref)
+
+
+# -- bad settings ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("setting, message", [
+    ({"validation_fraction": 1.0}, "validation_fraction must lie in \\[0, 1\\)"),
+    ({"validation_fraction": -0.1}, "validation_fraction must lie in \\[0, 1\\)"),
+    ({"validation_fraction": "nan"}, "validation_fraction must lie in \\[0, 1\\)"),
+    ({"patience": 0}, "patience must be at least 1"),
+    ({"keep": "worst"}, "unknown keep 'worst'"),
+    ({"eval_test": "sometimes"}, "unknown eval_test 'sometimes'"),
+    ({"eval_every": 0}, "eval_every must be at least 1"),
+    ({"early_stopping": "perhaps"}, "early_stopping"),
+])
+def test_bad_settings_are_refused(setting, message):
+    with pytest.raises(InputError, match=message):
+        resolve(cli=setting)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--keep", "best"], "--keep best needs a validation split"),
+    (["--early-stopping"], "--early-stopping needs a validation split"),
+    (["--validation-fraction", "0.001"], "holds out no row"),
+    (["--validation-fraction", "1.5"], "validation_fraction must lie in [0, 1)"),
+    (["--eval-test", "always"], "unknown eval_test 'always'"),
+])
+def test_bad_settings_exit_2_with_one_line(tmp_path, args, message):
+    _noisy(tmp_path / "noisy.h5", n=60)
+    proc = run_admm(2, "train", "--data", tmp_path / "noisy.h5", "--iters", 2, "--no-progress",
+                    "--out", tmp_path / "run", *args)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("admm-mpi: error: ") and message in lines[0], proc.stderr
