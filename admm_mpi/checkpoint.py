@@ -257,11 +257,11 @@ def _owned_items(state, shard, owns):
     global_items, sample_items = [], []
     for name in global_fields(state):
         for suffix, index, item in _entries(getattr(state, name)):
-            if owns(name, index):
+            if owns(name, index, False):
                 global_items.append((name + suffix, to_host(item) if hasattr(item, "shape") else item))
     for name in state.sample_fields:
         for suffix, index, item in _entries(getattr(state, name)):
-            if item is not None and owns(name, index):
+            if item is not None and owns(name, index, True):
                 sample_items.append((name + suffix, None if item is shard.X else to_host(item)))
     return global_items, sample_items
 
@@ -280,16 +280,16 @@ def _field_shapes(state):
 def save(run_dir, iteration, state, shard, config, grid, keep=2, owns=None, batches_done=0):
     """Write a checkpoint of ``state`` after ``iteration`` (collective: every rank writes its part).
 
-    ``owns(field, index)`` says whether this rank's value of an entry is the one to save (on a
-    layer grid each layer's values live on its layer group only; ``index`` is None for a field
-    that is not a list). By default every rank owns its columns of every per-sample entry and the
+    ``owns(field, index, per_sample)`` says whether this rank's value of an entry is the one to
+    save (on a layer grid each layer's values live on its layer group only; ``index`` is None for
+    a field that is not a list). By default every rank owns its columns of every per-sample entry and the
     root owns the global state, which every rank holds identically. ``batches_done`` > 0 marks a
     checkpoint taken inside an epoch of a mini-batch solver. Raises :class:`CheckpointError` on
     every rank if any rank cannot write (the partial checkpoint is removed, the previous kept).
     """
     if owns is None:
-        def owns(name, index):
-            return name in state.sample_fields or grid.is_root
+        def owns(name, index, per_sample):
+            return per_sample or grid.is_root
     directory = os.path.join(run_dir, "checkpoints", checkpoint_name(iteration, batches_done))
     problem = None
     if grid.is_root:

@@ -264,8 +264,10 @@ def validate(config):
         raise InputError(f"rho_growth must be at least 1, got {config.rho_growth}")
     if config.quantize is not None and config.quantize != 0 and not 2 <= config.quantize <= 16:
         raise InputError(f"quantize must be 0 (off) or 2..16 bits, got {config.quantize}")
-    if config.layout != "data" and config.solver != "pdadmm":
-        raise InputError(f"layout {config.layout!r} needs the layer-parallel solver pdadmm, not {config.solver!r}")
+    if config.layout != "data" and not SOLVERS[config.solver].layer_parallel:
+        layered = sorted(n for n, cls in SOLVERS.items() if cls.layer_parallel)
+        raise InputError(f"layout {config.layout!r} needs a layer-parallel solver ({', '.join(layered)}), "
+                         f"not {config.solver!r}")
     if config.layout == "hybrid" and config.layer_groups < 1:
         raise InputError("layout 'hybrid' needs --layer-groups G (at least 1)")
     if config.layout != "hybrid" and config.layer_groups:

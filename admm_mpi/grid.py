@@ -99,6 +99,18 @@ class Grid:
         return self._comm is not None
 
     # ---- layout -------------------------------------------------------------------------
+    # A data-parallel grid is the 1 x P case of the layer grid: one layer group of P data shards.
+    groups = 1
+
+    @property
+    def shards(self):
+        return self.size
+
+    @property
+    def data(self):
+        """The grid over which the samples are split: this one."""
+        return self
+
     def block_range(self, n):
         """This rank's rows ``[start, stop)`` of ``n`` rows."""
         return block_range(n, self.size, self.rank)

@@ -21,7 +21,7 @@ from admm_mpi import checkpoint
 from admm_mpi.backend import DTYPES, device_namespace, from_host, is_numpy, namespace, to_host
 from admm_mpi.data import load_shard, resolve_path
 from admm_mpi.errors import InputError, TrainingError
-from admm_mpi.model import ModelSpec, forward, predict, save_model
+from admm_mpi.model import ModelSpec, predict, save_model
 from admm_mpi.solvers import make_solver
 from admm_mpi.solvers.batches import INTERRUPTED
 from admm_mpi.stopping import StopRequest
@@ -95,7 +95,7 @@ class _Progress:
 
 def process_grid(config, grid):
     """The grid the solver works on: the world itself, or a layer groups x data shards grid."""
-    if config.solver_class().name != "pdadmm":
+    if not config.solver_class().layer_parallel:
         return grid
     from admm_mpi.grid import LayerGrid
 
@@ -117,7 +117,7 @@ def build(config, grid, shard=None):
         grid.agree(problem)
     procs = process_grid(config, grid)
     if shard is None:
-        shard = to_device(load_shard(config.data, grid, dtype, part=getattr(procs, "data", grid),
+        shard = to_device(load_shard(config.data, grid, dtype, part=procs.data,
                                      validation_fraction=config.validation_fraction, seed=config.seed,
                                      read_test=config.eval_test != "never"), config.device, grid)
     if (config.keep == "best" or config.early_stopping) and not shard.n_val_total:
@@ -141,16 +141,9 @@ def build(config, grid, shard=None):
 SCORES = ("train_accuracy", "validation_accuracy", "validation_loss", "test_accuracy")
 
 
-def _outputs(solver, spec, model, X):
-    """Network outputs on this rank's columns ``X`` (None on a layer group without the output layer)."""
-    if hasattr(solver, "outputs"):  # layer-parallel: a pipelined forward pass
-        return solver.outputs(model, X)
-    return forward(spec, model.weights, model.biases, X)
-
-
 def _split_sums(solver, spec, model, X, y, Y=None):
     """``[correct predictions, summed loss]`` on this rank's columns (loss only with targets ``Y``)."""
-    out = _outputs(solver, spec, model, X)
+    out = solver.outputs(model, X)  # None on a layer group without the output layer
     if out is None or y is None or not y.size:
         return [0.0, 0.0]
     correct = float(np.sum(to_host(spec.loss_fn.predict(out)) == y))
@@ -239,7 +232,7 @@ def resume(config, grid, solver, state, shard):
     if manifest is None:  # --resume auto on a run without checkpoints: a fresh start
         return 1, None
     grid.agree(checkpoint.check_compatible(manifest, config, shard) if grid.is_root else None)
-    iteration, batches_done = checkpoint.load(manifest, state, shard, grid, needs=getattr(solver, "needs", None))
+    iteration, batches_done = checkpoint.load(manifest, state, shard, grid, needs=solver.needs)
     first = iteration + 1  # a checkpoint inside an epoch continues that epoch after its batches
     grid.agree(None if first <= config.iters else
                f"checkpoint {manifest['path']} is already at iteration {iteration}; ask for more --iters")
@@ -248,7 +241,7 @@ def resume(config, grid, solver, state, shard):
 
 def write_checkpoint(config, grid, solver, state, shard, iteration, batches_done=0):
     return checkpoint.save(config.out, iteration, state, shard, config, grid,
-                           owns=getattr(solver, "owns", None), batches_done=batches_done)
+                           owns=solver.owns, batches_done=batches_done)
 
 
 def train(config, grid, *, out=True, shard=None, stop=None):
@@ -379,13 +372,12 @@ def _train(config, grid, out, shard, stop):
     test_accuracy = kept_row.get("test_accuracy")
     if config.eval_test == "end" and test_accuracy is None:  # the kept iterate, once
         test_accuracy = evaluate_model(solver, spec, kept_model, shard, grid, ("test",))["test_accuracy"]
-    weights, biases = (solver.full_model(kept_model) if hasattr(solver, "full_model")
-                       else (kept_model.weights, kept_model.biases))
+    weights, biases = solver.full_model(kept_model)
     summary = {
         "solver": config.solver,
         "layout": config.layout,
-        "layer_groups": getattr(solver.grid, "groups", 1),
-        "data_shards": getattr(solver.grid, "shards", grid.size),
+        "layer_groups": solver.grid.groups,
+        "data_shards": solver.grid.shards,
         "ranks": grid.size,
         "iterations": iteration,
         "first_iteration": first,

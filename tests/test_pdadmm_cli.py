@@ -27,7 +27,7 @@ def test_layer_layout_run_writes_a_whole_model_that_evaluates_to_the_same_accura
 
 
 BAD_LAYOUTS = [
-    (3, ["--layout", "layer"], "needs the layer-parallel solver pdadmm"),
+    (3, ["--layout", "layer"], "needs a layer-parallel solver (pdadmm)"),
     (2, ["--solver", "pdadmm", "--layout", "hybrid"], "needs --layer-groups"),
     (3, ["--solver", "pdadmm", "--layout", "hybrid", "--layer-groups", "2"], "do not divide 3 ranks"),
     (3, ["--solver", "pdadmm", "--layout", "layer", "--hidden", "8"], "at most one layer group per layer"),

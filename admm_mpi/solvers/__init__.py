@@ -1,5 +1,6 @@
 """ADMM solvers: pure maths on this rank's columns, talking to other ranks only via the grid."""
 
+from admm_mpi.solvers.base import SOLVERS, Solver, register
 from admm_mpi.solvers.batches import MiniBatchMode
 from admm_mpi.solvers.dladmm import DLADMM
 from admm_mpi.solvers.mdlam import MDLAM
@@ -8,8 +9,10 @@ from admm_mpi.solvers.pdadmm import PDADMM
 from admm_mpi.solvers.sigmoid_admm import SigmoidADMM
 from admm_mpi.solvers.taylor import TaylorADMM
 
-SOLVERS = {"taylor": TaylorADMM, "dladmm": DLADMM, "pdadmm": PDADMM, "mdlam": MDLAM, "sigmoid_admm": SigmoidADMM,
-           "minibatch_am": MiniBatchAM}
+for _cls in (TaylorADMM, DLADMM, PDADMM, MDLAM, SigmoidADMM, MiniBatchAM):
+    register(_cls)
+
+__all__ = ["SOLVERS", "Solver", "register", "get_solver", "make_solver"]
 
 
 def get_solver(name):

@@ -28,6 +28,7 @@ columns are split over the data shards of each layer group, and every group take
 import numpy as np
 
 from admm_mpi.backend import from_host, namespace, sum_all
+from admm_mpi.solvers.base import Solver
 
 
 def epoch_batches(shuffle_seed, epoch, n_total, batch_size, start, stop):
@@ -77,7 +78,7 @@ def take_columns(x, local):
     return xp.take(x, from_host(xp, local, like=x), axis=1)
 
 
-class MiniBatchMode:
+class MiniBatchMode(Solver):
     """Run a full-batch solver one mini-batch of columns at a time (one iteration = one epoch).
 
     ``inner`` is the solver; it provides ``init_state``, ``fresh_codes(state, X)`` (the per-sample
@@ -88,15 +89,22 @@ class MiniBatchMode:
     def __init__(self, inner, batch_size, sweeps):
         self.inner, self.batch_size, self.sweeps = inner, batch_size, sweeps
         self.spec, self.grid, self.n_total, self.name = inner.spec, inner.grid, inner.n_total, inner.name
-        self.stop_request = None  # set by the training loop: checked between batches
         # a layer grid splits the columns over the data shards of each layer group
         self.start, self.stop = getattr(self.grid, "data", self.grid).block_range(self.n_total)
 
-    def __getattr__(self, name):
-        """Everything else is the inner solver's (pdADMM's pipelined evaluation, checkpoint ownership)."""
-        if name == "inner":  # not set yet (e.g. while unpickling): no recursion
-            raise AttributeError(name)
-        return getattr(self.inner, name)
+    # evaluation, the saved model and checkpoint ownership are the inner solver's (pdADMM's
+    # pipelined evaluation and layer groups)
+    def outputs(self, model, X):
+        return self.inner.outputs(model, X)
+
+    def full_model(self, state):
+        return self.inner.full_model(state)
+
+    def owns(self, name, index, per_sample):
+        return self.inner.owns(name, index, per_sample)
+
+    def needs(self, name, index):
+        return self.inner.needs(name, index)
 
     def init_state(self, X, Y, rng):
         self.X = X  # the batches are drawn from it; not state (a checkpoint never copies the data)

@@ -34,6 +34,7 @@ import numpy as np
 from admm_mpi.backend import namespace, sum_all
 
 from admm_mpi.solvers.common import activation_step, forward_states, init_weights, weight_step
+from admm_mpi.solvers.base import Solver
 
 
 @dataclass
@@ -51,7 +52,7 @@ class DLADMMState:
     objectives: list = field(default_factory=list)
 
 
-class DLADMM:
+class DLADMM(Solver):
     """dlADMM on this rank's columns."""
 
     name = "dladmm"

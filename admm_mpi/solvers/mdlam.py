@@ -26,6 +26,7 @@ from admm_mpi.ops.linalg import local_normal_equations
 from admm_mpi.ops.steps import (backtracking, exact_bias, power_iteration, split_stats, start_tau,
                                 weight_gradient_step)
 from admm_mpi.solvers.common import forward_states, init_weights
+from admm_mpi.solvers.base import Solver
 
 
 @dataclass
@@ -64,7 +65,7 @@ def centred_weight_objective(stats, W, c, mu):
     return 0.5 * c * (sum_all((W @ Gc) * W) - 2 * sum_all(W * Cc)) + 0.5 * mu * sum_all(W * W)
 
 
-class MDLAM:
+class MDLAM(Solver):
     """mDLAM on this rank's columns."""
 
     name = "mdlam"

@@ -28,6 +28,7 @@ from admm_mpi.backend import namespace, sum_all
 from admm_mpi.ops.linalg import activation_solver, transpose_reduce_weights
 from admm_mpi.solvers.batches import epoch_batches, run_epoch, take_columns
 from admm_mpi.solvers.common import forward_states, init_weights
+from admm_mpi.solvers.base import Solver
 
 
 @dataclass
@@ -41,7 +42,7 @@ class MiniBatchState:
     batches_done: int = 0            # batches of the current epoch done (a checkpoint inside an epoch)
 
 
-class MiniBatchAM:
+class MiniBatchAM(Solver):
     """Online alternating minimisation on mini-batches of this rank's columns.
 
     Parameters
@@ -67,7 +68,6 @@ class MiniBatchAM:
         self.beta, self.gamma, self.rho, self.ridge = beta, gamma, rho, ridge
         self.batch_size = batch_size
         self.start, self.stop = grid.block_range(n_total)
-        self.stop_request = None  # set by the training loop: checked between batches
 
     def init_state(self, X, Y, rng):
         weights, biases = init_weights(self.spec.widths, rng, X)

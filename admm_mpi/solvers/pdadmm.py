@@ -42,6 +42,7 @@ from admm_mpi.grid import LayerGrid
 from admm_mpi.ops import quantize as quant
 from admm_mpi.ops.activations import proximal_z_update
 from admm_mpi.solvers.common import activation_step, init_weights, weight_step
+from admm_mpi.solvers.base import Solver
 
 TAG_P, TAG_Q, TAG_FORWARD = 11, 12, 13
 
@@ -60,10 +61,11 @@ class PDADMMState:
     tau_p: list
 
 
-class PDADMM:
+class PDADMM(Solver):
     """pdADMM on this rank's layers and columns."""
 
     name = "pdadmm"
+    layer_parallel = True
     defaults = {"nu": 1.0, "rho": 1.0, "mu": 0.0, "w_steps": 5, "quantize": 0, "batch_size": 0, "batch_sweeps": 1}
     default_loss = "cross_entropy"
     default_activation = "relu"
@@ -244,17 +246,15 @@ class PDADMM:
         for l in self.boundaries:
             u[l] = u[l] + rho * (p[l + 1] - q[l])
 
-    def end_of_iteration(self, state, metrics):
-        pass
-
     # -- checkpoints: which entries of the state are this rank's ----------------------------------
-    def owns(self, name, index):
-        """Whether this rank's value of ``name[index]`` is the one a checkpoint stores."""
+    def owns(self, name, index, per_sample):
+        """Whether this rank's value of ``name[index]`` is the one a checkpoint stores: its layer
+        group's layers, per-sample entries by every data shard (its columns), global ones by shard 0."""
         if index is None:
             return self.grid.is_root
         L = self.spec.n_layers
         mine = self.first <= index < (min(self.stop, L - 1) if name in ("q", "u") else self.stop)
-        return mine if name in PDADMMState.sample_fields else mine and self.grid.shard == 0
+        return mine if per_sample else mine and self.grid.shard == 0
 
     def needs(self, name, index):
         """Whether this rank keeps ``name[index]`` (its layers, plus the neighbours' boundary copies)."""
@@ -267,18 +267,6 @@ class PDADMM:
         return self.first <= index < self.stop
 
     # -- outputs -------------------------------------------------------------------------------------
-    def count_correct(self, state, X, y):
-        """Correct predictions of the network on this rank's columns ``X``, counted on the last group.
-
-        A pipelined forward pass: each layer group applies its layers to what the previous group
-        sends and passes the result on; the other groups count 0, so a sum over all ranks is the
-        total.
-        """
-        _, _, out = self._forward(state, X)
-        if self.grid.next_rank is not None or y is None or not y.size:
-            return 0
-        return int(np.sum(to_host(self.spec.loss_fn.predict(out)) == y))
-
     def outputs(self, state, X):
         """The network's outputs for this rank's columns ``X`` on the last layer group, None on the
         others (a pipelined forward pass of ``state.weights``, ``state.biases``: every rank calls it)."""

@@ -37,6 +37,7 @@ from admm_mpi.backend import namespace, sum_all
 from admm_mpi.ops.linalg import transpose_reduce_weights, with_ones_row
 from admm_mpi.ops.steps import backtracking, power_iteration, start_tau
 from admm_mpi.solvers.common import forward_states, init_weights
+from admm_mpi.solvers.base import Solver
 
 
 @dataclass
@@ -52,7 +53,7 @@ class SigmoidADMMState:
     tau_W: list
 
 
-class SigmoidADMM:
+class SigmoidADMM(Solver):
     """sigmoid-ADMM on this rank's columns."""
 
     name = "sigmoid_admm"

@@ -21,6 +21,7 @@ from admm_mpi.backend import namespace, sum_all
 from admm_mpi.ops.blocks import blas_threads, for_each_block
 from admm_mpi.ops.linalg import activation_solver, transpose_reduce_weights
 from admm_mpi.solvers.common import forward_states, init_weights
+from admm_mpi.solvers.base import Solver
 
 
 @dataclass
@@ -35,7 +36,7 @@ class TaylorState:
     lam: np.ndarray  # Bregman multiplier of the output layer (local columns)
 
 
-class TaylorADMM:
+class TaylorADMM(Solver):
     """Taylor ADMM on this rank's columns; ``grid`` supplies the transpose reduction.
 
     Parameters

@@ -1,0 +1,75 @@
+"""The contract between a solver and the training loop.
+
+A solver is one class deriving from :class:`Solver`. It declares its name, its settings with their
+defaults, its default loss and activation, and whether it runs on a layer grid; the loop calls
+only the hooks below, so nothing in ``train.py`` names a solver or probes for a method. The
+registry (:func:`register`) makes a new solver reachable from ``admm-mpi train --solver NAME``.
+
+Hooks, in the order the loop uses them:
+
+- ``init_state(X, Y, rng)``: the state (a dataclass with ``sample_fields``: the per-sample entries
+  held as this rank's columns; every other field is global and identical on every rank);
+- ``step(state, Y, iteration)``: one iteration (for the mini-batch solvers one epoch); returns
+  ``INTERRUPTED`` when a stop request ended it between two mini-batches, else None;
+- ``local_metrics(state, Y)``: this rank's sums (``objective``, ``residual_sq``), summed over ranks;
+- ``end_of_iteration(state, metrics)``: schedules from the global metrics;
+- ``outputs(model, X)``: network outputs for this rank's columns ``X`` (evaluation);
+- ``full_model(state)``: every layer's ``(weights, biases)`` on the root (the saved model);
+- ``owns(name, index, per_sample)`` / ``needs(name, index)``: which entries of the state this rank
+  writes to a checkpoint, and which it reads back.
+"""
+
+from typing import ClassVar
+
+from admm_mpi.model import forward
+
+SOLVERS = {}
+
+
+def register(cls):
+    """Make ``cls`` (a :class:`Solver`) available by its ``name`` (usable as a class decorator)."""
+    if not (isinstance(cls, type) and issubclass(cls, Solver)) or not getattr(cls, "name", ""):
+        raise TypeError(f"{cls!r} is not a Solver subclass with a name")
+    SOLVERS[cls.name] = cls
+    return cls
+
+
+class Solver:
+    """Base class of every solver: the loop's hooks, with the data-parallel defaults."""
+
+    name: ClassVar[str] = ""
+    defaults: ClassVar[dict] = {}          # setting -> default value (its type is the value's type)
+    default_loss: ClassVar[str] = "cross_entropy"
+    default_activation: ClassVar[str] = "relu"
+    layer_parallel: ClassVar[bool] = False  # True: runs on a layer-groups x data-shards grid
+
+    stop_request = None  # the loop's StopRequest; mini-batch solvers check it between batches
+
+    def init_state(self, X, Y, rng):
+        raise NotImplementedError
+
+    def step(self, state, Y, iteration):
+        raise NotImplementedError
+
+    def local_metrics(self, state, Y):
+        raise NotImplementedError
+
+    def end_of_iteration(self, state, metrics):
+        """Schedules that depend on the global metrics: none by default."""
+
+    def outputs(self, model, X):
+        """Outputs of the network ``model`` (``.weights``, ``.biases``) for this rank's columns ``X``."""
+        return forward(self.spec, model.weights, model.biases, X)
+
+    def full_model(self, state):
+        """Every layer's ``(weights, biases)`` on the root: every rank holds them all here."""
+        return state.weights, state.biases
+
+    def owns(self, name, index, per_sample):
+        """Whether this rank writes entry ``name[index]`` to a checkpoint: its own columns of every
+        per-sample entry; the global entries, identical on every rank, once, by the root."""
+        return per_sample or self.grid.is_root
+
+    def needs(self, name, index):
+        """Whether this rank reads entry ``name[index]`` back from a checkpoint: all of them."""
+        return True
