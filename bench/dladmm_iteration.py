@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import gemm_rate, machine, median_step_seconds, write_result  # noqa: E402
+from common import gemm_rate, median_step_seconds, write_result  # noqa: E402
 
 from admm_mpi.data import load_shard  # noqa: E402
 from admm_mpi.grid import Grid  # noqa: E402
@@ -85,7 +85,7 @@ def run(repeats):
                   f"(target {TARGET_SPEEDUP[name]}x); {row['achieved_gflops']:.1f} GFLOP/s achieved = "
                   f"{100 * row['fraction_of_gemm_rate']:.0f}% of the measured GEMM rate "
                   f"{row['gemm_rate_gflops']:.1f} GFLOP/s", flush=True)
-    return {"benchmark": "dladmm_iteration", "machine": machine(), "rows": rows}
+    return {"benchmark": "dladmm_iteration", "rows": rows}
 
 
 def markdown(result):
