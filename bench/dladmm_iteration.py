@@ -2,7 +2,7 @@
 
     OMP_NUM_THREADS=2 python bench/dladmm_iteration.py [--repeats 5]
 
-Shapes (DESIGN.md §2): 64-1000-1000-10 on the 1 500 bundled digits samples, and
+Shapes (docs/design.md §3): 64-1000-1000-10 on the 1 500 bundled digits samples, and
 784-1000-1000-10 on 11 000 synthetic MNIST-shaped samples; float32 and float64. The published
 dlADMM code needs 2.7 s and about 50 s per iteration for these on a 2-core machine like this one.
 The achieved rate is the GEMM flop count of one iteration (from the layer shapes, see

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import gemm_rate, median_step_seconds, save_plot, synthetic_mnist, write_result  # noqa: E402
 
 WIDTHS = (784, 1000, 1000, 10)
-DLADMM_GPU_SECONDS = (5.8, 13.4)  # the dlADMM paper's GPU code on this shape (GTX 1080 Ti), DESIGN.md
+DLADMM_GPU_SECONDS = (5.8, 13.4)  # the dlADMM paper's GPU code on this shape (GTX 1080 Ti), docs/design.md §11
 
 
 def taylor_flops(widths, n):
