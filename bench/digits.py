@@ -18,6 +18,7 @@ tables' rows only) and results/digits.md.
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -63,6 +64,7 @@ def planned_runs():
 def train(name, ranks, settings):
     """One run from the repository root; returns its row (command, accuracies, cost)."""
     out = OUT_ROOT / name
+    shutil.rmtree(REPO / out, ignore_errors=True)  # this script's own run directory: a fresh run each time
     args = ["train", *settings, "--no-progress", "--out", str(out)]
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
     cmd = [mpiexec(), "-n", str(ranks), sys.executable, "-m", "admm_mpi", *args]
