@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, machine, mpiexec, save_plot, write_result  # noqa: E402
+from common import RESULTS, git_commit, mpiexec, save_plot, write_result  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -98,7 +98,7 @@ def run_config(name, data, out_root, ranks=2, extra=()):
         "iterations": summary["iterations"], "seconds_per_iteration": summary["seconds_per_iteration"],
         "ranks": summary["ranks"], "widths": summary["widths"], "config": summary["config"],
         "peak_memory_bytes_per_rank": summary["peak_memory_bytes_per_rank"],
-        "wall_seconds": round(time.perf_counter() - t0, 1), "curve": curve,
+        "wall_seconds": round(time.perf_counter() - t0, 1), "commit": git_commit(), "curve": curve,
     }
 
 
@@ -124,8 +124,8 @@ def merge(entries):
     for key in ("runs", "ablation"):
         fresh = {e["name"]: e for e in entries.get(key, [])}
         old[key] = [fresh.pop(e["name"], e) for e in old[key]] + list(fresh.values())
-    old.update(benchmark="accuracy on real data", machine=machine(),
-               command_of_last_update="python bench/accuracy.py " + " ".join(sys.argv[1:]))
+    old["benchmark"] = "accuracy on real data"
+    old.pop("command_of_last_update", None)  # write_result records the last update's argv, commit, machine
     write_result("accuracy", old)
     return old
 

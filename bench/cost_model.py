@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, machine, median_seconds, mpiexec, save_plot, synthetic_mnist, write_result  # noqa: E402
+from common import RESULTS, median_seconds, mpiexec, save_plot, synthetic_mnist, write_result  # noqa: E402
 
 WIDTHS = (784, 1000, 1000, 10)
 PROJECTIONS = {"Higgs (10.5 M x 28)": ((28, 300, 1), 10_500_000),
@@ -218,8 +218,7 @@ def run(n, repeats, iters):
                                 "seconds_infiniband": predict(params, widths, N, P, network=INFINIBAND)})
     return {"benchmark": "cost model", "solver": "taylor", "shape": "784-1000-1000-10", "samples": n,
             "dtype": "float32", "params": params, "tree_check": tree_check, "checks": checks,
-            "projections": projections, "infiniband": {"alpha": INFINIBAND[0], "beta": INFINIBAND[1]},
-            "command": "python bench/cost_model.py " + " ".join(sys.argv[1:]), "machine": machine()}
+            "projections": projections, "infiniband": {"alpha": INFINIBAND[0], "beta": INFINIBAND[1]}}
 
 
 def markdown(result):

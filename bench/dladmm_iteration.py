@@ -2,7 +2,7 @@
 
     OMP_NUM_THREADS=2 python bench/dladmm_iteration.py [--repeats 5]
 
-Shapes (DESIGN.md §2): 64-1000-1000-10 on the 1 500 bundled digits samples, and
+Shapes (docs/design.md §3): 64-1000-1000-10 on the 1 500 bundled digits samples, and
 784-1000-1000-10 on 11 000 synthetic MNIST-shaped samples; float32 and float64. The published
 dlADMM code needs 2.7 s and about 50 s per iteration for these on a 2-core machine like this one.
 The achieved rate is the GEMM flop count of one iteration (from the layer shapes, see
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import gemm_rate, machine, median_step_seconds, write_result  # noqa: E402
+from common import gemm_rate, median_step_seconds, write_result  # noqa: E402
 
 from admm_mpi.data import load_shard  # noqa: E402
 from admm_mpi.grid import Grid  # noqa: E402
@@ -85,7 +85,7 @@ def run(repeats):
                   f"(target {TARGET_SPEEDUP[name]}x); {row['achieved_gflops']:.1f} GFLOP/s achieved = "
                   f"{100 * row['fraction_of_gemm_rate']:.0f}% of the measured GEMM rate "
                   f"{row['gemm_rate_gflops']:.1f} GFLOP/s", flush=True)
-    return {"benchmark": "dladmm_iteration", "machine": machine(), "rows": rows}
+    return {"benchmark": "dladmm_iteration", "rows": rows}
 
 
 def markdown(result):

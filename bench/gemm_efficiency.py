@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import gemm_rate, machine, median_step_seconds, save_plot, synthetic_mnist, write_result  # noqa: E402
+from common import gemm_rate, median_step_seconds, save_plot, synthetic_mnist, write_result  # noqa: E402
 
 WIDTHS = (784, 1000, 1000, 10)
-DLADMM_GPU_SECONDS = (5.8, 13.4)  # the dlADMM paper's GPU code on this shape (GTX 1080 Ti), DESIGN.md
+DLADMM_GPU_SECONDS = (5.8, 13.4)  # the dlADMM paper's GPU code on this shape (GTX 1080 Ti), docs/design.md §11
 
 
 def taylor_flops(widths, n):
@@ -73,9 +73,7 @@ def run(repeats, n, threads):
                   f"{100 * row['fraction_of_gemm_rate']:.0f}% of the GEMM rate {rate:.0f} GFLOP/s", flush=True)
             del state, X, Y
     return {"benchmark": "gemm_efficiency", "shape": "784-1000-1000-10", "solver": "taylor",
-            "command": "python bench/gemm_efficiency.py " + " ".join(sys.argv[1:]),
-            "target_fraction_float32": 0.70, "dladmm_paper_gpu_seconds": DLADMM_GPU_SECONDS,
-            "machine": machine(), "rows": rows}
+            "target_fraction_float32": 0.70, "dladmm_paper_gpu_seconds": DLADMM_GPU_SECONDS, "rows": rows}
 
 
 def plot(result):

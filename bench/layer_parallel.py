@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, mpiexec, write_result  # noqa: E402
+from common import mpiexec, write_result  # noqa: E402
 
 from admm_mpi.data import write_dataset  # noqa: E402
 
@@ -68,6 +68,8 @@ def run(repeats, iters):
         "benchmark": "layer-parallel pdADMM speed-up at 2 ranks",
         "shape": f"784-{HIDDEN.replace(',', '-')}-10", "samples": 6000, "dtype": "float32",
         "commands": {str(p): " ".join(c) for p, c in commands.items()},
+        "data": "6 000 + 1 000 MNIST-shaped synthetic samples (make_data, seed 0) that this script writes to a "
+                "temporary directory; rerun the script, not the inner commands",
         "repeats": repeats, "iterations_per_run": iters,
         "step_seconds": {str(p): step[p] for p in step},
         "iteration_seconds": {str(p): whole[p] for p in whole},
@@ -78,7 +80,6 @@ def run(repeats, iters):
         "boundary_bytes_per_rank_float32": bytes32,
         "boundary_bytes_per_rank_8bit": bytes8,
         "bytes_reduction_8bit": sum(bytes32) / sum(bytes8),
-        "machine": machine(),
     }
 
 

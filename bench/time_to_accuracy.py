@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, mpiexec, save_plot, write_result  # noqa: E402
+from common import mpiexec, save_plot, write_result  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 LBFGS_BUDGET_SECONDS = 300  # full-batch L-BFGS on 60 000 samples costs seconds per iteration
@@ -171,8 +171,7 @@ def run(mnist_dir, skip_mnist):
         entry["ratio_admm_over_best_torch"] = (entry["best_admm_seconds"] / entry["best_torch_seconds"]
                                                if admm and torch_times else None)
         results.append(entry)
-    return {"benchmark": "time to accuracy", "torch": torch.__version__, "problems": results,
-            "command": "python bench/time_to_accuracy.py " + " ".join(sys.argv[1:]), "machine": machine()}
+    return {"benchmark": "time to accuracy", "torch": torch.__version__, "problems": results}
 
 
 def plot(result):

@@ -1,6 +1,9 @@
-"""Regenerate data/digits.h5 from scikit-learn's bundled digits (needs scikit-learn).
+"""Regenerate the bundled digits data set from scikit-learn's digits (needs scikit-learn).
 
     python data/make_digits.py [OUT]
+
+OUT defaults to the package copy, ``admm_mpi/datasets/digits.h5`` (what ``--data digits`` reads,
+also in an installed package); ``data/digits.h5`` is a symbolic link to it, so there is one copy.
 
 1 797 images of 8x8 pixels, 10 classes. Pixels are divided by 16 so they lie in [0, 1].
 Split: stratified by class, 1 500 training and 297 test images, with
@@ -15,6 +18,10 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 from admm_mpi.data import write_dataset
+
+# the real file (write_dataset renames a temporary file over its target, which would replace the
+# data/digits.h5 link by a second copy)
+PACKAGE_COPY = Path(__file__).resolve().parents[1] / "admm_mpi" / "datasets" / "digits.h5"
 
 
 def main(out):
@@ -32,4 +39,4 @@ def main(out):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else str(Path(__file__).with_name("digits.h5")))
+    main(sys.argv[1] if len(sys.argv) > 1 else str(PACKAGE_COPY))

@@ -3,7 +3,7 @@
 # Usage: launch/local-slurm.sh start DIR | stop DIR
 # After `start`, use: export SLURM_CONF=DIR/slurm.conf; sinfo; sbatch ...
 # Needs Debian's slurm-wlm and munge. One node, 4 CPUs (SlurmdParameters=config_overrides lets a
-# 2-core machine advertise 4), task/none, proctrack/linuxproc; see DESIGN.md "Operations notes".
+# 2-core machine advertise 4), task/none, proctrack/linuxproc; see docs/operations.md.
 set -euo pipefail
 cmd=$1; dir=$(realpath -m "$2")
 case $cmd in

@@ -1,4 +1,4 @@
-"""Uniform quantisation of exchanged boundary variables (pdADMM-G-Q, DESIGN.md §3).
+"""Uniform quantisation of exchanged boundary variables (pdADMM-G-Q; docs/design.md §4).
 
 A tensor is mapped onto ``2**bits`` evenly spaced levels between its minimum ``lo`` and maximum
 ``hi``: ``code = rint((x - lo) / scale)``, ``x̂ = lo + code * scale``. Rounding finds the nearest

@@ -1,4 +1,4 @@
-"""dlADMM (Wang et al., KDD 2019; DESIGN.md §2).
+"""dlADMM (Wang et al., KDD 2019; docs/design.md §3).
 
 Relaxed problem with one equality constraint at the output:
 

@@ -1,4 +1,4 @@
-"""mDLAM (Wang, Li, Zhao 2022; DESIGN.md §4): alternating minimisation with box constraints.
+"""mDLAM (Wang, Li, Zhao 2022; docs/design.md §5): alternating minimisation with box constraints.
 
     R(z_L; y) + (rho/2) sum_l ||z_l - W_l a_{l-1} - b_l||² + (mu/2) sum_l ||W_l||²
     s.t.  h(z_l) - eps <= a_l <= h(z_l) + eps        (l < L), no duals

@@ -1,4 +1,4 @@
-"""Mini-batch alternating minimisation with Taylor's sub-problems (online AM; DESIGN.md §1).
+"""Mini-batch alternating minimisation with Taylor's sub-problems (online AM; docs/design.md §7).
 
 Full-batch Taylor ADMM makes one weight update per pass over the data and keeps its
 auxiliary variables ``a_l, z_l`` for the whole run; on MNIST it plateaus near 0.95 however its

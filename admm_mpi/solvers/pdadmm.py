@@ -1,4 +1,4 @@
-"""pdADMM (Wang et al., 2020; DESIGN.md §3): layer-parallel ADMM, optionally quantised.
+"""pdADMM (Wang et al., 2020; docs/design.md §4): layer-parallel ADMM, optionally quantised.
 
 Every layer boundary is split into the output ``q_l`` of layer l and the input ``p_{l+1}`` of
 layer l+1, tied by ``p_{l+1} = q_l`` with dual ``u_l`` and penalty ``rho``:

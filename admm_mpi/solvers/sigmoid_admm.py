@@ -1,5 +1,5 @@
 """sigmoid-ADMM (Zeng, Lin, Yao, Zhou, "On ADMM in Deep Learning: Convergence and
-Saturation-Avoidance", JMLR 2021; DESIGN.md §5).
+Saturation-Avoidance", JMLR 2021; docs/design.md §6).
 
 ADMM on the *nonlinearly* constrained problem, with a multiplier on every layer's constraint:
 
@@ -24,7 +24,7 @@ One iteration, backward from the output:
 - every multiplier: ``Λ_l ← Λ_l + beta (g_l - V_l)``.
 
 No published code was available to compare with; this follows the paper's scheme (prox-linear
-updates of W and V, duals on the nonlinear constraints) as described in DESIGN.md §5.
+updates of W and V, duals on the nonlinear constraints) as described in docs/design.md §6.
 """
 
 from dataclasses import dataclass

@@ -1,4 +1,4 @@
-"""Taylor et al. (2016) ADMM with Bregman iteration on the output layer (DESIGN.md §1).
+"""Taylor et al. (2016) ADMM with Bregman iteration on the output layer (docs/design.md §2).
 
 Minimises, over weights ``W_l, b_l``, activations ``a_l`` and pre-activations ``z_l``,
 
@@ -49,7 +49,7 @@ class TaylorADMM(Solver):
         Penalties on ``z = W a + b`` and ``a = h(z)``.
     ridge : float
         Weight-solve regulariser per sample: ``eps = ridge * n_total`` is added to the Gram
-        matrix. A real regulariser, not only numerical safety (DESIGN.md §1).
+        matrix. A real regulariser, not only numerical safety (docs/design.md §11).
     warm_start : int
         Iterations run with ``lam`` frozen at 0 before the Bregman updates begin.
     """
