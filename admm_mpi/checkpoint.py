@@ -36,7 +36,7 @@ import numpy as np
 
 from admm_mpi import __version__
 from admm_mpi.backend import from_host, namespace, to_host
-from admm_mpi.errors import InputError, TrainingError
+from admm_mpi.errors import TrainingError
 
 FORMAT = "admm-mpi checkpoint"
 FORMAT_VERSION = 2

@@ -331,20 +331,103 @@ class LayerGrid:
                 return g
         raise ValueError(layer)
 
-    # ---- neighbour exchange (non-blocking, counted) --------------------------------------
-    def isend(self, buf, to_next, tag):
-        """Start sending a contiguous array to the next (``to_next``) or previous layer group."""
-        dest = self.next_rank if to_next else self.prev_rank
-        data = Grid._buffer(buf)  # numpy as is; a device array staged (or passed when CUDA-aware)
-        self.world._count(data.nbytes)
-        return self.world._comm.Isend(data, dest=dest, tag=tag)
+    # ---- neighbour exchange (planned, non-blocking, counted) --------------------------------
+    def boundary_exchange(self, to_next, tag, bits=0):
+        """The planned exchange of one boundary variable with the next (``to_next``) or previous
+        layer group: see :class:`BoundaryExchange`."""
+        return BoundaryExchange(self, to_next, tag, bits)
 
-    def irecv(self, buf, from_prev, tag):
-        """Start receiving into ``buf`` from the previous (``from_prev``) or next layer group."""
-        source = self.prev_rank if from_prev else self.next_rank
-        return self.world._comm.Irecv(buf, source=source, tag=tag)
+    def close(self):
+        """Free the split communicator of the data shards (the world is the caller's to close)."""
+        if self.data is not self.world:
+            self.data.close()
 
-    @staticmethod
-    def wait(requests):
-        for request in requests:
+
+class Pending:
+    """Messages in flight; ``wait()`` completes them and returns the received value (or None)."""
+
+    def __init__(self, requests, finish=None):
+        self._requests, self._finish = requests, finish
+
+    def wait(self):
+        for request in self._requests:
             request.Wait()
+        self._requests = []
+        return self._finish() if self._finish is not None else None
+
+
+class BoundaryExchange:
+    """One boundary variable's messages between neighbouring layer groups, planned once.
+
+    The sender calls :meth:`send` (it returns the :class:`Pending` send and the value the sender
+    keeps), the receiver :meth:`receive` (its ``wait()`` returns the array). Unquantised, the
+    array travels as it is. With ``bits``, both sides use the same grid of ``2**bits`` levels
+    spanning the variable's range over the whole layer group (agreed over its data shards, so
+    the serial run's grid), and codes and range travel as one packed message. Receive buffers
+    are allocated once per shape and used in turn by two messages, so the value a ``wait()``
+    returned stays valid while the next message arrives.
+    """
+
+    def __init__(self, grid, to_next, tag, bits):
+        self.grid, self.to_next, self.tag, self.bits = grid, to_next, tag, bits
+        # the variable flows one way: sent to the next group and received from the previous one, or back
+        self.send_to = grid.next_rank if to_next else grid.prev_rank
+        self.receive_from = grid.prev_rank if to_next else grid.next_rank
+        self._buffers, self._turn = {}, 0
+
+    def _levels(self, x):
+        from admm_mpi.ops import quantize as quant
+
+        xp = namespace(x)
+        local = [float(xp.max(x)), -float(xp.min(x))] if x.size else [-np.inf, -np.inf]
+        hi, neg_lo = self.grid.data.allmax(np.array(local))
+        return quant.uniform_levels(-neg_lo, hi, self.bits, x.dtype)
+
+    def project(self, x):
+        """``x`` as the receiver will see it (its value on the shared quantisation grid)."""
+        from admm_mpi.ops import quantize as quant
+
+        if not self.bits:
+            return x
+        levels = self._levels(x)
+        return quant.decode(quant.encode(x, levels, self.bits), levels, x.dtype)
+
+    def send(self, x):
+        """Start sending ``x``; returns ``(Pending, the value this side keeps)``."""
+        from admm_mpi.ops import quantize as quant
+
+        if not self.bits:
+            data = Grid._buffer(x)
+            kept = x
+        else:
+            levels = self._levels(x)
+            codes = quant.encode(x, levels, self.bits)
+            kept = quant.decode(codes, levels, x.dtype)
+            codes = np.ascontiguousarray(to_host(codes))
+            data = np.empty(codes.nbytes + levels.nbytes, np.uint8)
+            data[:codes.nbytes] = codes.reshape(-1).view(np.uint8)
+            data[codes.nbytes:] = levels.view(np.uint8)
+        self.grid.world._count(data.nbytes)
+        return Pending([self.grid.world._comm.Isend(data, dest=self.send_to, tag=self.tag)]), kept
+
+    def receive(self, rows, like):
+        """Start receiving a ``rows x like.shape[1]`` array of ``like``'s dtype and kind."""
+        from admm_mpi.backend import dtype_name
+        from admm_mpi.ops import quantize as quant
+
+        shape, dtype = (rows, like.shape[1]), np.dtype(dtype_name(like.dtype))
+        code_type = np.dtype(quant.code_dtype(self.bits)) if self.bits else None
+        nbytes = rows * like.shape[1] * (code_type.itemsize if self.bits else dtype.itemsize) + \
+            (2 * dtype.itemsize if self.bits else 0)
+        pair = self._buffers.setdefault((shape, dtype.str), (np.empty(nbytes, np.uint8), np.empty(nbytes, np.uint8)))
+        buf, self._turn = pair[self._turn], 1 - self._turn
+        xp = namespace(like)
+
+        def finish():
+            if not self.bits:
+                return from_host(xp, buf.view(dtype).reshape(shape), like=like)
+            n_codes = rows * like.shape[1] * code_type.itemsize
+            codes = buf[:n_codes].view(code_type).reshape(shape)
+            return quant.decode(from_host(xp, codes, like=like), buf[n_codes:].view(dtype), like.dtype)
+
+        return Pending([self.grid.world._comm.Irecv(buf, source=self.receive_from, tag=self.tag)], finish)

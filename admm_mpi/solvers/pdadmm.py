@@ -33,13 +33,10 @@ Per-sample lists are indexed by global layer and hold ``None`` where this rank k
 from dataclasses import dataclass
 from typing import ClassVar
 
-import numpy as np
-
-from admm_mpi.backend import dtype_name, from_host, namespace, sum_all, to_host
+from admm_mpi.backend import namespace, sum_all
 
 from admm_mpi.errors import InputError
 from admm_mpi.grid import LayerGrid
-from admm_mpi.ops import quantize as quant
 from admm_mpi.ops.activations import proximal_z_update
 from admm_mpi.solvers.common import activation_step, init_weights, weight_step
 from admm_mpi.solvers.base import Solver
@@ -80,6 +77,7 @@ class PDADMM(Solver):
         self.spec, self.grid, self.n_total = spec, grid, n_total
         self.nu, self.rho, self.mu, self.w_steps, self.bits = nu, rho, mu, w_steps, quantize
         self.first, self.stop = grid.layers(L)
+        self._exchanges = {}
 
     @property
     def owned(self):
@@ -120,9 +118,9 @@ class PDADMM(Solver):
             state.u[l] = xp.zeros_like(state.q[l])
         if self.bits:
             for l in range(max(self.first, 1), min(self.stop + 1, L)):
-                state.p[l] = self._quantize(state.p[l])[2]
+                state.p[l] = self._project(state.p[l])
             for l in self.boundaries:
-                state.q[l] = self._quantize(state.q[l])[2]
+                state.q[l] = self._project(state.q[l])
 
     def _forward(self, state, X, keep=False):
         """The forward pass through the layer groups: each applies its layers to what the previous
@@ -134,10 +132,9 @@ class PDADMM(Solver):
         g, L = self.grid, self.spec.n_layers
         if g.prev_rank is None:
             a = X
-        else:
-            requests, receive = self._recv_raw(X, self.spec.widths[self.first])
-            g.wait(requests)
-            a = receive()
+        else:  # a copy: the exchange's buffers are reused by later passes
+            a = namespace(X).asarray(self._exchange("forward").receive(self.spec.widths[self.first], X).wait(),
+                                     copy=True)
         inputs, pre = {}, {}
         for l in self.owned:
             z = state.weights[l] @ a + state.biases[l][:, None]
@@ -145,52 +142,21 @@ class PDADMM(Solver):
                 inputs[l], pre[l] = a, z
             a = self.spec.h.apply(z) if l < L - 1 else z
         if g.next_rank is not None:
-            g.wait([g.isend(a, True, TAG_FORWARD)])
+            self._exchange("forward").send(a)[0].wait()
         return inputs, pre, a
 
-    # -- quantised exchange ---------------------------------------------------------------------
-    def _quantize(self, x):
-        """``(codes, levels, x̂)`` on the grid spanning x's range over the whole layer group.
-
-        The range is reduced over the data shards (max and min are exact), so the grid — and
-        with it every value — is the one the serial run uses.
-        """
-        xp = namespace(x)
-        local = [float(xp.max(x)), -float(xp.min(x))] if x.size else [-np.inf, -np.inf]
-        hi, neg_lo = self.grid.data.allmax(np.array(local))
-        levels = quant.uniform_levels(-neg_lo, hi, self.bits, x.dtype)
-        codes = quant.encode(x, levels, self.bits)
-        return codes, levels, quant.decode(codes, levels, x.dtype)
-
-    def _send(self, x, to_next, tag):
-        """Start sending a boundary variable; returns ``(requests, value this side keeps)``."""
-        if not self.bits:
-            return [self.grid.isend(x, to_next, tag)], x
-        codes, levels, x_hat = self._quantize(x)
-        return [self.grid.isend(codes, to_next, tag), self.grid.isend(levels, to_next, tag + 100)], x_hat
-
-    def _recv(self, like, rows, from_prev, tag):
-        """Start receiving a boundary variable shaped ``rows x`` like's columns, of like's kind.
-
-        Returns ``(requests, finish)``; ``finish()`` gives the array once the requests are done.
-        """
-        xp, n, dtype = namespace(like), like.shape[1], np.dtype(dtype_name(like.dtype))
-        if not self.bits:
-            buf = np.empty((rows, n), dtype)
-            return [self.grid.irecv(buf, from_prev, tag)], lambda: from_host(xp, buf, like=like)
-        codes = np.empty((rows, n), quant.code_dtype(self.bits))
-        levels = np.empty(2, dtype)
-        requests = [self.grid.irecv(codes, from_prev, tag), self.grid.irecv(levels, from_prev, tag + 100)]
-        return requests, lambda: quant.decode(from_host(xp, codes, like=like), levels, like.dtype)
-
-    def _recv_raw(self, like, rows):
-        """Start receiving an unquantised forward-pass activation (for the pipelined evaluation)."""
-        xp, dtype = namespace(like), np.dtype(dtype_name(like.dtype))
-        buf = np.empty((rows, like.shape[1]), dtype)
-        return [self.grid.irecv(buf, True, TAG_FORWARD)], lambda: from_host(xp, buf, like=like)
+    # -- exchanges with the neighbouring layer groups (planned once, on the grid) ------------------
+    def _exchange(self, name):
+        """The planned exchange ``name``: p goes back, q goes forward, the forward pass forward."""
+        if name not in self._exchanges:
+            to_next, tag, bits = {"p": (False, TAG_P, self.bits), "q": (True, TAG_Q, self.bits),
+                                  "forward": (True, TAG_FORWARD, 0)}[name]
+            self._exchanges[name] = self.grid.boundary_exchange(to_next, tag, bits)
+        return self._exchanges[name]
 
     def _project(self, x):
-        return self._quantize(x)[2] if self.bits else x
+        """``x`` on the quantisation grid of the exchanges (itself when they are not quantised)."""
+        return self._exchange("q").project(x)
 
     # -- one iteration ----------------------------------------------------------------------------
     def step(self, state, Y, iteration):
@@ -205,13 +171,11 @@ class PDADMM(Solver):
                                                    rho, state.tau_p[l])
             if l != self.first or g.prev_rank is None:
                 p[l] = self._project(p[l])
-        pending, receive_p = [], None
+        sent_p = received_p = None
         if g.prev_rank is not None:
-            sent, p[self.first] = self._send(p[self.first], False, TAG_P)
-            pending += sent
+            sent_p, p[self.first] = self._exchange("p").send(p[self.first])
         if g.next_rank is not None:
-            requests, receive_p = self._recv(like, self.spec.widths[self.stop], False, TAG_P)
-            pending += requests
+            received_p = self._exchange("p").receive(self.spec.widths[self.stop], like)
 
         # 2.-3. W, b, z of every owned layer, while the p exchange is in flight
         for l in self.owned:
@@ -222,25 +186,25 @@ class PDADMM(Solver):
                 z[l] = self.spec.loss_fn.prox(m, Y, 0.0, nu / 2)
             else:
                 z[l] = proximal_z_update(h, q[l], m, z[l], nu)
-        g.wait(pending)
-        if receive_p is not None:
-            p[self.stop] = receive_p()
+        if sent_p is not None:
+            sent_p.wait()
+        if received_p is not None:
+            p[self.stop] = received_p.wait()
 
         # 4. q (from the new p), then q_{stop-1} goes forward
         for l in range(self.first, min(self.stop, L - 1)):
             q[l] = (rho * p[l + 1] + u[l] + nu * h.apply(z[l])) / (rho + nu)
             if l != self.stop - 1 or g.next_rank is None:
                 q[l] = self._project(q[l])
-        pending, receive_q = [], None
+        sent_q = received_q = None
         if g.next_rank is not None:
-            sent, q[self.stop - 1] = self._send(q[self.stop - 1], True, TAG_Q)
-            pending += sent
+            sent_q, q[self.stop - 1] = self._exchange("q").send(q[self.stop - 1])
         if g.prev_rank is not None:
-            requests, receive_q = self._recv(like, self.spec.widths[self.first], True, TAG_Q)
-            pending += requests
-        g.wait(pending)
-        if receive_q is not None:
-            q[self.first - 1] = receive_q()
+            received_q = self._exchange("q").receive(self.spec.widths[self.first], like)
+        if sent_q is not None:
+            sent_q.wait()
+        if received_q is not None:
+            q[self.first - 1] = received_q.wait()
 
         # 5. u on every boundary this rank keeps (both sides compute the same numbers)
         for l in self.boundaries:
