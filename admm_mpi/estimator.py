@@ -153,8 +153,11 @@ class ADMMClassifier(ClassifierMixin, _ADMMBase):
         X, y = validate_data(self, X, y, dtype=[np.float64, np.float32])
         check_classification_targets(y)
         classes = np.unique(y)
-        if self.comm is not None and self.comm.Get_size() > 1:  # the classes of all ranks' rows
-            classes = np.unique(np.concatenate(self.comm.allgather(classes)))
+        grid = self._grid()
+        try:  # the classes of all ranks' rows
+            classes = np.unique(np.concatenate(grid.gather_to_all(classes)))
+        finally:
+            grid.close()
         if classes.size < 2:
             raise ValueError(f"ADMMClassifier needs samples of at least 2 classes; got 1 class ({classes[0]!r})")
         self.classes_ = classes

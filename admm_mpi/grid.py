@@ -181,6 +181,12 @@ class Grid:
             return [value]
         return self._comm.gather(value, root=0)
 
+    def gather_to_all(self, value):
+        """List of every rank's small object, on every rank."""
+        if self._comm is None:
+            return [value]
+        return self._comm.allgather(value)
+
     def agree(self, message):
         """Collective verdict on local checks: raise InputError on every rank if any rank failed.
 

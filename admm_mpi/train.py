@@ -415,6 +415,8 @@ def _train(config, grid, out, shard, stop):
     }
     if out:
         write_outputs(config, grid, spec, weights, biases, summary)
+    if solver.grid is not grid:
+        solver.grid.close()  # a layer grid's split communicator
     summary["state"] = state
     summary["model"] = (weights, biases)  # every layer, on the root (a layer grid spreads them)
     summary["spec"] = spec
