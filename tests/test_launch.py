@@ -60,6 +60,7 @@ def test_sbatch_requeue_resumes_from_the_checkpoint(slurm, tmp_path):
     assert _job_state(job, env) in ("COMPLETED", "GONE"), log
     summary = json.loads((run / "summary.json").read_text())
     assert summary["iterations"] == 250 and summary["ranks"] == 2
+    assert summary["first_iteration"] > 1 and "ckpt-" in summary["resumed_from"], summary  # not a restart
     rows = [json.loads(line)["iteration"] for line in metrics.read_text().splitlines()]
     assert rows == list(range(1, 251))                # resumed, not restarted, and no duplicates
     assert (run / "checkpoints" / "latest").exists()

@@ -82,4 +82,5 @@ def test_pdadmm_checkpoint_resumes_on_any_layout(comm, shared_tmp, case):
             assert np.linalg.norm(layer - ref) / np.linalg.norm(ref) < 1e-10
     assert resumed["objective"] == pytest.approx(serial["objective"], rel=1e-10)
     assert resumed["iterations"] == 9 and resumed["first_iteration"] == 6  # it did continue iteration 5
+    assert resumed["resumed_from"].endswith("ckpt-000005")
     grid.close()
