@@ -239,11 +239,6 @@ def resume(config, grid, solver, state, shard):
     return first, manifest["path"]
 
 
-def write_checkpoint(config, grid, solver, state, shard, iteration, batches_done=0):
-    return checkpoint.save(config.out, iteration, state, shard, config, grid,
-                           owns=solver.owns, batches_done=batches_done)
-
-
 def train(config, grid, *, out=True, shard=None, stop=None):
     """Run a training job; returns the summary dict (on every rank).
 
@@ -260,167 +255,198 @@ def train(config, grid, *, out=True, shard=None, stop=None):
             run_dir.close()
 
 
+class MetricsSink:
+    """``metrics.jsonl`` (root only, when writing outputs) and the progress bar.
+
+    A resumed run keeps the rows before its first iteration, so the file never repeats one.
+    """
+
+    def __init__(self, config, grid, out, first):
+        self.file = None
+        if out and grid.is_root:
+            path = os.path.join(config.out, "metrics.jsonl")
+            kept = []
+            if first > 1 and os.path.exists(path):  # keep the rows up to the checkpoint
+                with open(path) as f:
+                    kept = [line for line in f if line.strip() and json.loads(line)["iteration"] < first]
+            self.file = open(path, "w")
+            self.file.writelines(kept)
+        self.progress = _Progress(out and grid.is_root and config.progress, config.iters)
+
+    def write(self, row):
+        if self.file is not None:
+            self.file.write(json.dumps(row) + "\n")
+            self.file.flush()
+        self.progress.update(row)
+
+    def close(self):
+        self.progress.close()
+        if self.file is not None:
+            self.file.close()
+
+
+class _Run:
+    """One training job's parts: setup, one iteration, the decision, the checkpoint policy, the
+    summary. Every rank runs the same calls; rank 0 decides and every rank follows."""
+
+    def __init__(self, config, grid, out, shard, stop):
+        self.config, self.grid, self.out, self.stop = config, grid, out, stop
+        self.shard, self.spec, self.solver = build(config, grid, shard)
+        self.solver.stop_request = stop
+        shard, spec = self.shard, self.spec
+        dtype = to_host(shard.X[:1, :1]).dtype
+        Y = shard.Y if shard.Y is not None else spec.loss_fn.targets(shard.y, shard.n_classes, dtype)
+        self.Y = from_host(namespace(shard.X), Y, like=shard.X) if is_numpy(Y) else Y  # on the data's device
+        self.state = self.solver.init_state(shard.X, self.Y, np.random.default_rng(config.seed))
+        self.Y_val = None
+        if shard.n_val_total:
+            Y_val = spec.loss_fn.targets(shard.y_val, shard.n_classes, dtype)
+            self.Y_val = from_host(namespace(shard.X), Y_val, like=shard.X)
+        self.selection = _Selection(keep_copy=config.keep == "best")
+        self.first, self.resumed_from = resume(config, grid, self.solver, self.state, shard)
+        self.seconds, self.step_seconds, self.objectives = [], [], []
+        self.bytes_per_iteration, self.evaluation_bytes = [], []
+        self.row, self.decision, self.saved, self.inside = None, None, None, None
+        self.iteration = self.first - 1
+
+    def summed_metrics(self):
+        """The solver's metrics summed over ranks; sums of squares become norms."""
+        local = self.solver.local_metrics(self.state, self.Y)
+        sums = self.grid.allsum(np.array(list(local.values()), dtype=np.float64))
+        metrics = {}
+        for name, value in zip(local, sums):
+            if name.endswith("_sq"):
+                metrics[name[:-3]] = math.sqrt(value) if value >= 0 else float("nan")
+            else:
+                metrics[name] = float(value)
+        return metrics
+
+    def decide(self, metrics):
+        """Rank 0's verdict on the metrics and the combined stop request, given to every rank."""
+        self.stop.agree(self.grid)  # any rank's signal stops every rank
+        decision = None
+        if self.grid.is_root:
+            if not all(math.isfinite(v) for v in metrics.values()):
+                decision = "diverged"
+            elif self.config.tol > 0 and metrics["residual"] <= self.config.tol * math.sqrt(self.shard.n_total):
+                decision = "converged"
+            elif self.stop.agreed:
+                decision = "preempted"
+        return self.grid.bcast_decision(decision)
+
+    def iteration_step(self, iteration):
+        """One iteration; returns its metrics row, or None when a stop request ended it early."""
+        t0, sent0 = time.perf_counter(), self.grid.bytes_sent
+        if self.solver.step(self.state, self.Y, iteration) == INTERRUPTED:  # between two batches
+            self.saved = self.checkpoint(iteration - 1, self.state.batches_done)
+            self.inside, self.decision, self.iteration = iteration, "preempted", iteration - 1
+            return None
+        self.step_seconds.append(time.perf_counter() - t0)
+        sent1 = self.grid.bytes_sent
+        metrics = self.summed_metrics()
+        decision = self.decide(metrics)
+        scores, self.decision = _evaluate_iteration(self.config, self.solver, self.spec, self.state, self.shard,
+                                                    self.grid, self.Y_val, iteration, decision, self.selection)
+        self.solver.end_of_iteration(self.state, metrics)  # schedules: same global values on every rank
+        self.bytes_per_iteration.append(sent1 - sent0)  # the training's traffic; metrics counted apart
+        self.evaluation_bytes.append(self.grid.bytes_sent - sent1)
+        self.seconds.append(time.perf_counter() - t0)
+        row = {"iteration": iteration, "objective": metrics.pop("objective"), "residual": metrics.pop("residual"),
+               **scores, "seconds": self.seconds[-1], "step_seconds": self.step_seconds[-1], **metrics}
+        if self.selection.iteration == iteration:
+            self.selection.row = row
+        self.objectives.append(row["objective"])
+        return row
+
+    def checkpoint(self, iteration, batches_done=0):
+        if not self.out:
+            return None
+        return checkpoint.save(self.config.out, iteration, self.state, self.shard, self.config, self.grid,
+                               owns=self.solver.owns, batches_done=batches_done)
+
+    def loop(self):
+        """Iterate until the budget, convergence, early stopping or a stop request."""
+        sink = MetricsSink(self.config, self.grid, self.out, self.first)
+        try:
+            for iteration in range(self.first, self.config.iters + 1):
+                row = self.iteration_step(iteration)
+                if row is None:
+                    return
+                self.row, self.iteration = row, iteration
+                sink.write(row)
+                if self.decision == "diverged":
+                    raise TrainingError(f"training diverged at iteration {iteration}: the objective is not "
+                                        "finite (try a larger ridge or smaller beta/gamma)")
+                every = self.config.checkpoint_every
+                if self.decision == "preempted" or (every and iteration % every == 0):
+                    self.saved = self.checkpoint(iteration)
+                if self.decision is not None:
+                    return
+        finally:
+            sink.close()
+
+    def kept(self):
+        """The iterate that becomes the model (``--keep``), its metrics row and test accuracy."""
+        row = self.row or {}  # a run stopped inside its first epoch has no metrics row
+        model, row = ((self.selection.model, self.selection.row)
+                      if self.config.keep == "best" and self.selection.model is not None else (self.state, row))
+        test_accuracy = row.get("test_accuracy")
+        if self.config.eval_test == "end" and test_accuracy is None:  # the kept iterate, once
+            test_accuracy = evaluate_model(self.solver, self.spec, model, self.shard, self.grid,
+                                           ("test",))["test_accuracy"]
+        return model, row, test_accuracy
+
+    def summary(self, kept_row, test_accuracy):
+        """The run's summary (JSON-ready; lists gathered on the root)."""
+        config, grid, shard, decision = self.config, self.grid, self.shard, self.decision
+        per_rank_bytes = grid.gather_to_root(_median(self.bytes_per_iteration) or 0)
+        per_rank_eval_bytes = grid.gather_to_root(_median(self.evaluation_bytes) or 0)
+        peak_memory = grid.gather_to_root(peak_memory_bytes())
+        on_root = grid.is_root
+        return {
+            "solver": config.solver, "layout": config.layout, "layer_groups": self.solver.grid.groups,
+            "data_shards": self.solver.grid.shards, "ranks": grid.size, "iterations": self.iteration,
+            "first_iteration": self.first, "resumed_from": self.resumed_from,
+            "stopped": {None: "iterations", "converged": "converged", "preempted": "preempted",
+                        "early_stopped": "early_stopping"}[decision],
+            "kept": config.keep, "kept_iteration": kept_row.get("iteration"),
+            "best_validation_iteration": self.selection.iteration,
+            "train_accuracy": kept_row.get("train_accuracy"),
+            "validation_accuracy": kept_row.get("validation_accuracy"),
+            "validation_loss": kept_row.get("validation_loss"), "test_accuracy": test_accuracy,
+            "seconds_per_iteration": _median(self.seconds),
+            "bytes_per_iteration": int(sum(per_rank_bytes)) if on_root else None,
+            "bytes_per_iteration_per_rank": [int(b) for b in per_rank_bytes] if on_root else None,
+            "evaluation_bytes_per_iteration_per_rank": [int(b) for b in per_rank_eval_bytes] if on_root else None,
+            "step_seconds_per_iteration": _median(self.step_seconds),
+            "peak_memory_bytes_per_rank": [int(m) for m in peak_memory] if on_root else None,
+            "objective": kept_row.get("objective"), "residual": kept_row.get("residual"),
+            "converged": decision == "converged", "preempted": decision == "preempted",
+            "stopped_by_signal": self.stop.agreed if decision == "preempted" else None,
+            "stopped_inside_iteration": self.inside,  # a mini-batch solver stopped between batches of it
+            "checkpoint": self.saved,
+            "data": resolve_path(config.data) if shard.name != "in-memory" else "in-memory",
+            "n_train": shard.n_total, "n_test": shard.n_test_total, "n_validation": shard.n_val_total,
+            "validation_source": shard.validation_source, "widths": list(self.spec.widths),
+            "config": config.as_dict(),
+            "versions": {"admm_mpi": __version__, "numpy": np.__version__, "python": platform.python_version()},
+        }
+
+
 def _train(config, grid, out, shard, stop):
-    shard, spec, solver = build(config, grid, shard)
-    solver.stop_request = stop
-    regression = shard.Y is not None
-    Y = shard.Y if regression else spec.loss_fn.targets(shard.y, shard.n_classes, to_host(shard.X[:1, :1]).dtype)
-    Y = from_host(namespace(shard.X), Y, like=shard.X) if is_numpy(Y) else Y  # on the data's device
-    state = solver.init_state(shard.X, Y, np.random.default_rng(config.seed))
-    Y_val = None
-    if shard.n_val_total:
-        Y_val = spec.loss_fn.targets(shard.y_val, shard.n_classes, to_host(shard.X[:1, :1]).dtype)
-        Y_val = from_host(namespace(shard.X), Y_val, like=shard.X)
-    selection = _Selection(keep_copy=config.keep == "best")
-
-    first, resume_from = resume(config, grid, solver, state, shard)
-
-    metrics_file = None
-    if out and grid.is_root:
-        metrics_path = os.path.join(config.out, "metrics.jsonl")
-        kept = []
-        if first > 1 and os.path.exists(metrics_path):  # keep the rows up to the checkpoint
-            with open(metrics_path) as f:
-                kept = [line for line in f if line.strip() and json.loads(line)["iteration"] < first]
-        metrics_file = open(metrics_path, "w")
-        metrics_file.writelines(kept)
-    progress = _Progress(out and grid.is_root and config.progress, config.iters)
-    seconds, step_seconds, row, objectives = [], [], None, []
-    bytes_per_iteration, evaluation_bytes = [], []
-    converged = preempted = False
-    saved = inside = None
-    iteration, decision = first - 1, None
-    try:
-        for iteration in range(first, config.iters + 1):
-            t0 = time.perf_counter()
-            sent0 = grid.bytes_sent
-            if solver.step(state, Y, iteration) == INTERRUPTED:  # a stop request between two batches
-                saved = write_checkpoint(config, grid, solver, state, shard, iteration - 1, state.batches_done) \
-                    if out else None
-                preempted, inside, decision = True, iteration, "preempted"
-                iteration -= 1
-                break
-            step_seconds.append(time.perf_counter() - t0)
-            sent1 = grid.bytes_sent
-            local = solver.local_metrics(state, Y)
-            names = list(local)
-            sums = grid.allsum(np.array([local[n] for n in names], dtype=np.float64))
-            metrics = {}
-            for name, value in zip(names, sums):  # sums of squares become norms
-                if name.endswith("_sq"):
-                    metrics[name[:-3]] = math.sqrt(value) if value >= 0 else float("nan")
-                else:
-                    metrics[name] = float(value)
-            stop.agree(grid)  # any rank's signal stops every rank
-            # Rank 0 decides; everyone follows, so all ranks leave the loop together.
-            decision = None
-            if grid.is_root:
-                if not all(math.isfinite(v) for v in metrics.values()):
-                    decision = "diverged"
-                elif config.tol > 0 and metrics["residual"] <= config.tol * math.sqrt(shard.n_total):
-                    decision = "converged"
-                elif stop.agreed:
-                    decision = "preempted"
-            decision = grid.bcast_decision(decision)
-            scores, decision = _evaluate_iteration(config, solver, spec, state, shard, grid, Y_val, iteration,
-                                                   decision, selection)
-            solver.end_of_iteration(state, metrics)  # schedules: same global values on every rank
-            bytes_per_iteration.append(sent1 - sent0)  # the training's traffic; metrics counted apart
-            evaluation_bytes.append(grid.bytes_sent - sent1)
-            seconds.append(time.perf_counter() - t0)
-            row = {
-                "iteration": iteration,
-                "objective": metrics.pop("objective"),
-                "residual": metrics.pop("residual"),
-                **scores,
-                "seconds": seconds[-1],
-                "step_seconds": step_seconds[-1],
-                **metrics,
-            }
-            if selection.iteration == iteration:
-                selection.row = row
-            objectives.append(row["objective"])
-            if metrics_file is not None:
-                metrics_file.write(json.dumps(row) + "\n")
-                metrics_file.flush()
-            progress.update(row)
-            if decision == "diverged":
-                raise TrainingError(f"training diverged at iteration {iteration}: the objective is not finite "
-                                    "(try a larger ridge or smaller beta/gamma)")
-            if out and (decision == "preempted" or (
-                    config.checkpoint_every and iteration % config.checkpoint_every == 0)):
-                saved = write_checkpoint(config, grid, solver, state, shard, iteration)
-            if decision == "converged":
-                converged = True
-                break
-            if decision == "preempted":
-                preempted = True
-                break
-            if decision == "early_stopped":
-                break
-    finally:
-        progress.close()
-        if metrics_file is not None:
-            metrics_file.close()
-
-    row = row or {}  # a run stopped inside its first epoch has no metrics row
-    per_rank_bytes = grid.gather_to_root(_median(bytes_per_iteration) or 0)
-    per_rank_eval_bytes = grid.gather_to_root(_median(evaluation_bytes) or 0)
-    peak_memory = grid.gather_to_root(peak_memory_bytes())
-    kept_model, kept_row = ((selection.model, selection.row) if config.keep == "best" and selection.model is not None
-                            else (state, row))
-    test_accuracy = kept_row.get("test_accuracy")
-    if config.eval_test == "end" and test_accuracy is None:  # the kept iterate, once
-        test_accuracy = evaluate_model(solver, spec, kept_model, shard, grid, ("test",))["test_accuracy"]
-    weights, biases = solver.full_model(kept_model)
-    summary = {
-        "solver": config.solver,
-        "layout": config.layout,
-        "layer_groups": solver.grid.groups,
-        "data_shards": solver.grid.shards,
-        "ranks": grid.size,
-        "iterations": iteration,
-        "first_iteration": first,
-        "resumed_from": resume_from,
-        "stopped": {None: "iterations", "converged": "converged", "preempted": "preempted",
-                    "early_stopped": "early_stopping"}[decision],
-        "kept": config.keep,
-        "kept_iteration": kept_row.get("iteration"),
-        "best_validation_iteration": selection.iteration,
-        "train_accuracy": kept_row.get("train_accuracy"),
-        "validation_accuracy": kept_row.get("validation_accuracy"),
-        "validation_loss": kept_row.get("validation_loss"),
-        "test_accuracy": test_accuracy,
-        "seconds_per_iteration": _median(seconds),
-        "bytes_per_iteration": int(sum(per_rank_bytes)) if grid.is_root else None,
-        "bytes_per_iteration_per_rank": [int(b) for b in per_rank_bytes] if grid.is_root else None,
-        "evaluation_bytes_per_iteration_per_rank": [int(b) for b in per_rank_eval_bytes] if grid.is_root else None,
-        "step_seconds_per_iteration": _median(step_seconds),
-        "peak_memory_bytes_per_rank": [int(m) for m in peak_memory] if grid.is_root else None,
-        "objective": kept_row.get("objective"),
-        "residual": kept_row.get("residual"),
-        "converged": converged,
-        "preempted": preempted,
-        "stopped_by_signal": stop.agreed if preempted else None,
-        "stopped_inside_iteration": inside,  # a mini-batch solver stopped between batches of it
-        "checkpoint": saved,
-        "data": resolve_path(config.data) if shard.name != "in-memory" else "in-memory",
-        "n_train": shard.n_total,
-        "n_test": shard.n_test_total,
-        "n_validation": shard.n_val_total,
-        "validation_source": shard.validation_source,
-        "widths": list(spec.widths),
-        "config": config.as_dict(),
-        "versions": {"admm_mpi": __version__, "numpy": np.__version__, "python": platform.python_version()},
-    }
+    run = _Run(config, grid, out, shard, stop)
+    run.loop()
+    model, kept_row, test_accuracy = run.kept()
+    weights, biases = run.solver.full_model(model)
+    summary = run.summary(kept_row, test_accuracy)
     if out:
-        write_outputs(config, grid, spec, weights, biases, summary)
-    if solver.grid is not grid:
-        solver.grid.close()  # a layer grid's split communicator
-    summary["state"] = state
+        write_outputs(config, grid, run.spec, weights, biases, summary)
+    if run.solver.grid is not grid:
+        run.solver.grid.close()  # a layer grid's split communicator
+    summary["state"] = run.state
     summary["model"] = (weights, biases)  # every layer, on the root (a layer grid spreads them)
-    summary["spec"] = spec
-    summary["objective_history"] = objectives
+    summary["spec"] = run.spec
+    summary["objective_history"] = run.objectives
     return summary
 
 
