@@ -10,8 +10,8 @@ def test_precedence_default_file_environment_cli(tmp_path):
     env = {"ADMM_MPI_ITERS": "9", "ADMM_MPI_GAMMA": "3"}
     config = resolve(file=str(toml), cli={"iters": 11, "seed": None}, environ=env)
     assert config.iters == 11           # command line beats environment and file
-    assert config.gamma == 3.0          # environment beats default
-    assert config.beta == 2.0 and config.hidden == (32, 16) and config.loss == "ova_hinge"
+    assert config.params.gamma == 3.0          # environment beats default
+    assert config.params.beta == 2.0 and config.hidden == (32, 16) and config.loss == "ova_hinge"
     assert config.seed == TrainConfig().seed
 
 
@@ -95,9 +95,9 @@ def test_whole_floats_in_toml_and_text_from_the_environment_still_parse(tmp_path
     toml.write_text("iters = 7.0\nhidden = [32.0, 16]\nbeta = 2\n")
     config = resolve(file=str(toml), environ={"ADMM_MPI_SEED": "4", "ADMM_MPI_GAMMA": "0.5",
                                               "ADMM_MPI_PROGRESS": "off"})
-    assert (config.iters, config.hidden, config.beta) == (7, (32, 16), 2.0)
-    assert (config.seed, config.gamma, config.progress) == (4, 0.5, False)
-    assert isinstance(config.iters, int) and isinstance(config.beta, float)
+    assert (config.iters, config.hidden, config.params.beta) == (7, (32, 16), 2.0)
+    assert (config.seed, config.params.gamma, config.progress) == (4, 0.5, False)
+    assert isinstance(config.iters, int) and isinstance(config.params.beta, float)
 
 
 @pytest.mark.parametrize("env, message", [({"ADMM_MPI_ITERS": "true"}, "iters must be of type int"),
