@@ -102,7 +102,11 @@ RUN_TYPES = {f.name: type(f.default) for f in fields(TrainConfig) if f.name != "
 def param_types(params_class):
     """A solver's settings and their types (from the annotations of its ``Params``)."""
     hints = typing.get_type_hints(params_class)
-    return {f.name: hints[f.name] for f in fields(params_class)}
+    types = {f.name: hints[f.name] for f in fields(params_class)}
+    clash = sorted(set(types) & set(RUN_TYPES))
+    if clash:  # the flat names (file, environment, flags) would be ambiguous
+        raise TypeError(f"{params_class.__name__}: {clash} are run settings, not solver settings")
+    return types
 
 
 def setting_types():
@@ -339,6 +343,7 @@ def solver_settings():
     name -> (metavar, {help text: [(solver, default), ...]})."""
     found = {}
     for solver, cls in SOLVERS.items():
+        param_types(cls.Params)  # no clash with a run setting
         for f in fields(cls.Params):
             metavar, meanings = found.setdefault(f.name, (f.metadata.get("metavar"), {}))
             meanings.setdefault(f.metadata.get("help", ""), []).append((solver, f.default))
