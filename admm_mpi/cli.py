@@ -34,10 +34,14 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_train_arguments(p):
+    from admm_mpi.config import TrainConfig, layer_parallel_solvers
+    from admm_mpi.solvers import SOLVERS
+
     p.add_argument("--config", metavar="FILE.toml", help="TOML file with any of the settings below")
     p.add_argument("--data", help="HDF5 data set (default: the bundled 'digits')")
-    p.add_argument("--solver", help="ADMM solver (default: taylor)")
-    p.add_argument("--layout", help="data | layer | hybrid (layer and hybrid: pdadmm; default: data)")
+    p.add_argument("--solver", help=f"ADMM solver: {' | '.join(SOLVERS)} (default: {TrainConfig.solver})")
+    p.add_argument("--layout", help=f"data | layer | hybrid (layer and hybrid: {', '.join(layer_parallel_solvers())}; "
+                                    "default: data)")
     p.add_argument("--layer-groups", dest="layer_groups", type=int,
                    help="hybrid layout: layer groups G of the G x P/G process grid")
     p.add_argument("--hidden", help="hidden layer widths (default: 512,512)")
@@ -50,39 +54,30 @@ def _add_train_arguments(p):
     p.add_argument("--seed", type=int, help="seed of the initial weights (default: 0)")
     p.add_argument("--out", help="output directory (default: runs/latest)")
     p.add_argument("--tol", type=float, help="stop when ||z_L - W_L a_{L-1} - b_L|| <= tol*sqrt(N) (default: 0, off)")
-    h = p.add_argument_group("solver settings (default: the chosen solver's own; see README)")
-    h.add_argument("--beta", type=float, help="taylor, sigmoid_admm, minibatch_am: penalty on the linear constraints")
-    h.add_argument("--gamma", type=float, help="taylor, minibatch_am: penalty on a = h(z)")
-    h.add_argument("--ridge", type=float, help="taylor, minibatch_am: weight ridge per (batch) sample")
-    h.add_argument("--batch-size", dest="batch_size", type=int,
-                   help="minibatch_am; dladmm, pdadmm, mdlam, sigmoid_admm (0: full batch): columns per global "
-                        "mini-batch (one iteration = one epoch)")
-    h.add_argument("--batch-sweeps", dest="batch_sweeps", type=int,
-                   help="dladmm, pdadmm, mdlam, sigmoid_admm with --batch-size: solver iterations per mini-batch")
-    h.add_argument("--warm-start", dest="warm_start", type=int,
-                   help="taylor: iterations before the Bregman updates start")
-    h.add_argument("--nu", type=float, help="dladmm, pdadmm: penalty of the relaxed layer constraints")
-    h.add_argument("--rho", type=float, help="dladmm, pdadmm, mdlam: penalty of the output / boundary constraints; "
-                        "minibatch_am: proximal weight of the weight step per batch sample; "
-                        "sigmoid_admm: the same for the output layer's solve (default 0: off)")
-    h.add_argument("--quantize", type=int, metavar="BITS",
-                   help="pdadmm: send boundary variables as BITS-bit codes (0: off; 8 as in pdADMM-G-Q)")
-    h.add_argument("--rho-max", dest="rho_max", type=float, help="dladmm: largest rho of the schedule")
-    h.add_argument("--rho-growth", dest="rho_growth", type=float, help="dladmm: factor of a rho increase")
-    h.add_argument("--rho-patience", dest="rho_patience", type=int,
-                   help="dladmm: rising-objective iterations before rho grows")
-    h.add_argument("--w-steps", dest="w_steps", type=int,
-                   help="dladmm, pdadmm, mdlam: W steps per block on the same reduced statistics (paper: 1)")
-    h.add_argument("--mu", type=float, help="dladmm, mdlam, sigmoid_admm: weight decay (mu/2)||W||^2")
-    h.add_argument("--eps", type=float, help="mdlam: initial half-width of the box a in h(z) +- eps")
-    h.add_argument("--eps-min", dest="eps_min", type=float, help="mdlam: smallest box half-width")
-    h.add_argument("--omega", type=float, help="sigmoid_admm: proximal weight of the linearised steps")
+    _add_solver_arguments(p.add_argument_group("solver settings (default: the chosen solver's own)"))
     p.add_argument("--checkpoint-every", dest="checkpoint_every", type=int,
                    help="write a checkpoint every K iterations (default: 0, only on SIGTERM)")
     p.add_argument("--resume", help="continue from a checkpoint: auto | RUN_DIR | FILE")
     p.add_argument("--no-progress", dest="progress", action="store_const", const=False,
                    help="no progress bar")
     _add_validation_arguments(p.add_argument_group("validation, model selection and evaluation"))
+
+
+def _add_solver_arguments(group):
+    """One flag per solver setting (from the registered solvers' ``Params``); its help gives each
+    solver's meaning and default. The value is text, converted with the chosen solver's type."""
+    from admm_mpi.config import solver_settings
+
+    for name, (metavar, meanings) in solver_settings().items():
+        parts = []
+        for meaning, users in meanings.items():
+            if len({repr(default) for _, default in users}) == 1:
+                defaults = repr(users[0][1])
+            else:
+                defaults = ", ".join(f"{solver} {default!r}" for solver, default in users)
+            parts.append(f"{', '.join(solver for solver, _ in users)}: {meaning} (default {defaults})")
+        group.add_argument(f"--{name.replace('_', '-')}", dest=name, metavar=metavar,
+                           help="; ".join(parts).replace("%", "%%"))
 
 
 def _add_validation_arguments(v):

@@ -8,6 +8,7 @@ verdict on it without communicating.
 import dataclasses
 import math
 import os
+import typing
 from dataclasses import dataclass, fields
 
 try:
@@ -19,6 +20,7 @@ from admm_mpi.backend import DTYPES
 from admm_mpi.errors import InputError
 from admm_mpi.ops.activations import ACTIVATIONS
 from admm_mpi.ops.losses import LOSSES
+from admm_mpi.solvers import DEFAULT_SOLVER, SOLVERS, SolverParams, get_solver
 
 LAYOUTS = ("data", "layer", "hybrid")
 KEEP = ("last", "best")
@@ -29,16 +31,18 @@ EVAL_TEST = ("never", "end", "every")
 class TrainConfig:
     """Everything that defines a training run (saved with its outputs).
 
-    Solver hyper-parameters left at ``None`` take the chosen solver's own default (each
-    solver's class lists its ``defaults``), so one file format serves every solver.
+    The run settings are fields; the chosen solver's settings are one more field, ``params``: an
+    instance of the solver's ``Params`` dataclass (``TaylorADMM.Params``), its defaults when not
+    given. Files, the environment and the command line name every setting flat (``beta = 0.5``);
+    :meth:`from_settings` builds a configuration the same way.
     """
 
     data: str = "digits"
-    solver: str = "taylor"
+    solver: str = DEFAULT_SOLVER
     layout: str = "data"
     layer_groups: int = 0         # hybrid layout: layer groups (each with size/layer_groups data shards)
     hidden: tuple = (512, 512)
-    activation: str = ""          # "" = the solver's default (relu; sigmoid for sigmoid_admm)
+    activation: str = ""          # "" = the solver's default
     loss: str = ""                # "" = the solver's default
     iters: int = 60
     dtype: str = "float32"       # float32 | float64 (the small factorisations are float64 either way)
@@ -56,34 +60,26 @@ class TrainConfig:
     keep: str = "last"            # the iterate that becomes model.h5: last | best (validation accuracy)
     eval_test: str = "end"        # never | end (the kept model, once) | every (each evaluation)
     eval_every: int = 1           # iterations between evaluations (and the last iteration)
-    # solver hyper-parameters (None: the solver's default)
-    beta: float = None
-    gamma: float = None
-    ridge: float = None
-    warm_start: int = None
-    nu: float = None
-    rho: float = None
-    rho_max: float = None
-    rho_growth: float = None
-    rho_patience: int = None
-    mu: float = None
-    eps: float = None
-    eps_min: float = None
-    omega: float = None
-    w_steps: int = None
-    quantize: int = None
-    batch_size: int = None
-    batch_sweeps: int = None
+    params: SolverParams = None   # the chosen solver's settings (None: its defaults)
+
+    def __post_init__(self):
+        if self.params is None and self.solver in SOLVERS:
+            object.__setattr__(self, "params", SOLVERS[self.solver].Params())
+
+    @classmethod
+    def from_settings(cls, **settings):
+        """A configuration from flat settings, named as in a TOML file or on the command line
+        (``solver=NAME, iters=5, beta=0.5``), without the environment; not validated."""
+        run = {name: value for name, value in settings.items() if name in RUN_TYPES}
+        solver = run.get("solver", cls.solver)
+        return cls(**run, params=make_params(solver, {k: v for k, v in settings.items() if k not in run}))
 
     def solver_class(self):
-        from admm_mpi.solvers import get_solver
-
         return get_solver(self.solver)
 
     def solver_params(self):
-        """The solver's defaults overridden by every setting given for it."""
-        defaults = self.solver_class().defaults
-        return {k: (getattr(self, k) if getattr(self, k) is not None else v) for k, v in defaults.items()}
+        """The solver's settings by name (its defaults overridden by every setting given)."""
+        return dataclasses.asdict(self.params)
 
     def resolved_activation(self):
         return self.activation or self.solver_class().default_activation
@@ -92,24 +88,55 @@ class TrainConfig:
         return self.loss or self.solver_class().default_loss
 
     def as_dict(self):
-        d = dataclasses.asdict(self)
+        """The run settings, the solver's settings and the resolved activation and loss, flat."""
+        d = {name: getattr(self, name) for name in RUN_TYPES}
         d["hidden"] = list(self.hidden)
-        if self.solver in _solver_names():
+        if self.solver in SOLVERS:
             d.update(self.solver_params(), activation=self.resolved_activation(), loss=self.resolved_loss())
-        return {k: v for k, v in d.items() if v is not None}
+        return d
 
 
-def _solver_names():
-    from admm_mpi.solvers import SOLVERS
-
-    return SOLVERS
+RUN_TYPES = {f.name: type(f.default) for f in fields(TrainConfig) if f.name != "params"}
 
 
-SOLVER_FIELDS = {"beta": float, "gamma": float, "ridge": float, "warm_start": int, "nu": float, "rho": float,
-                 "rho_max": float, "rho_growth": float, "rho_patience": int, "mu": float, "eps": float,
-                 "eps_min": float, "omega": float, "w_steps": int, "quantize": int,
-                 "batch_size": int, "batch_sweeps": int}
-FIELD_TYPES = {f.name: SOLVER_FIELDS.get(f.name, type(f.default)) for f in fields(TrainConfig)}
+def param_types(params_class):
+    """A solver's settings and their types (from the annotations of its ``Params``)."""
+    hints = typing.get_type_hints(params_class)
+    types = {f.name: hints[f.name] for f in fields(params_class)}
+    clash = sorted(set(types) & set(RUN_TYPES))
+    if clash:  # the flat names (file, environment, flags) would be ambiguous
+        raise TypeError(f"{params_class.__name__}: {clash} are run settings, not solver settings")
+    return types
+
+
+def setting_types():
+    """Every setting's type: the run settings, then those of every registered solver."""
+    types = dict(RUN_TYPES)
+    for cls in SOLVERS.values():
+        for name, kind in param_types(cls.Params).items():
+            types.setdefault(name, kind)
+    return types
+
+
+def _solver(name):
+    """The registered solver ``name``, or InputError."""
+    if name not in SOLVERS:
+        raise InputError(f"unknown solver {name!r}; choose from {sorted(SOLVERS)}")
+    return SOLVERS[name]
+
+
+def _check_settings_of(solver, names):
+    known = param_types(_solver(solver).Params)
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        raise InputError(f"solver {solver!r} has no setting {', '.join(unknown)}; its settings are {sorted(known)}")
+    return known
+
+
+def make_params(solver, settings):
+    """The ``Params`` of ``solver`` with ``settings`` (by name) over its defaults; not validated."""
+    _check_settings_of(solver, settings)
+    return _solver(solver).Params(**settings)
 
 
 def _whole_number(value, text_ok):
@@ -146,13 +173,12 @@ def _parse_hidden(value, text_ok=True):
     return tuple(widths)
 
 
-def _coerce(name, value, text_ok=True):
-    """Convert a value to the field's type, strictly.
+def _coerce(name, value, kind, text_ok=True):
+    """Convert a value to the setting's type ``kind``, strictly.
 
     ``text_ok``: the value may be text to parse (environment variables and command-line flags
-    are text); values from a TOML file already carry a type, and it must be the field's.
+    are text); values from a TOML file already carry a type, and it must be the setting's.
     """
-    kind = FIELD_TYPES[name]
     if name == "hidden":
         return _parse_hidden(value, text_ok)
     result = None
@@ -190,9 +216,10 @@ def read_toml(path):
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise InputError(f"cannot read config file {path}: {exc}") from None
     doc = doc.get("train", doc)
-    unknown = sorted(set(doc) - set(FIELD_TYPES))
+    known = setting_types()
+    unknown = sorted(set(doc) - set(known))
     if unknown:
-        raise InputError(f"config file {path}: unknown keys {unknown}; known: {sorted(FIELD_TYPES)}")
+        raise InputError(f"config file {path}: unknown keys {unknown}; known: {sorted(known)}")
     return doc
 
 
@@ -200,7 +227,7 @@ def read_environment(environ=None):
     """Settings from ``ADMM_MPI_<NAME>`` variables (e.g. ``ADMM_MPI_ITERS=20``)."""
     environ = os.environ if environ is None else environ
     found = {}
-    for name in FIELD_TYPES:
+    for name in setting_types():
         key = f"ADMM_MPI_{name.upper()}"
         if key in environ:
             found[name] = environ[key]
@@ -208,23 +235,30 @@ def read_environment(environ=None):
 
 
 def resolve(file=None, cli=None, environ=None):
-    """Merge defaults, TOML file, environment and command line; validate; return TrainConfig."""
-    merged = {}
-    if file:
-        merged.update({k: _coerce(k, v, text_ok=False) for k, v in read_toml(file).items()})
-    merged.update({k: _coerce(k, v) for k, v in read_environment(environ).items()})
-    merged.update({k: _coerce(k, v) for k, v in (cli or {}).items() if v is not None})
-    config = TrainConfig(**merged)
+    """Merge defaults, TOML file, environment and command line; validate; return TrainConfig.
+
+    Settings are flat (``beta = 0.5``, ``ADMM_MPI_BETA``, ``--beta``): the run settings are
+    converted first, then those of the chosen solver, with the types of its ``Params``.
+    """
+    sources = [(read_toml(file), False)] if file else []
+    sources += [(read_environment(environ), True), ({k: v for k, v in (cli or {}).items() if v is not None}, True)]
+    merged = {}  # name -> (value, whether it is text to parse)
+    for settings, text_ok in sources:
+        merged.update({name: (value, text_ok) for name, value in settings.items()})
+    run = {name: _coerce(name, value, RUN_TYPES[name], text_ok)
+           for name, (value, text_ok) in merged.items() if name in RUN_TYPES}
+    solver = run.get("solver", TrainConfig.solver)
+    given = {name: entry for name, entry in merged.items() if name not in RUN_TYPES}
+    types = _check_settings_of(solver, given)
+    params = {name: _coerce(name, value, types[name], text_ok) for name, (value, text_ok) in given.items()}
+    config = TrainConfig(**run, params=make_params(solver, params))
     validate(config)
     return config
 
 
-def validate(config):
-    """Raise InputError naming the first bad value."""
-    from admm_mpi.solvers import SOLVERS
-
-    checks = [
-        (config.solver in SOLVERS, f"unknown solver {config.solver!r}; choose from {sorted(SOLVERS)}"),
+def _run_checks(config):
+    """(condition, message) of every run setting's rule."""
+    return [
         (config.layout in LAYOUTS, f"unknown layout {config.layout!r}; choose from {list(LAYOUTS)}"),
         (not config.activation or config.activation in ACTIVATIONS,
          f"unknown activation {config.activation!r}; choose from {sorted(ACTIVATIONS)}"),
@@ -244,56 +278,33 @@ def validate(config):
         (config.checkpoint_every >= 0, f"checkpoint_every must be non-negative, got {config.checkpoint_every}"),
         (math.isfinite(config.tol) and config.tol >= 0, f"tol must be finite and non-negative, got {config.tol}"),
     ]
-    for ok, message in checks:
+
+
+def validate(config):
+    """Raise InputError naming the first bad value: the run settings', then the solver's own rules."""
+    cls = _solver(config.solver)
+    for ok, message in _run_checks(config):
         if not ok:
             raise InputError(message)
-    # sigmoid_admm's rho is an optional anchor (0: off); everywhere else rho is a penalty
-    positive = ("beta", "gamma", "rho", "rho_max", "eps", "omega")
-    non_negative = ("ridge", "mu", "eps_min", "nu")  # nu = 0: tied to rho (dladmm)
-    if config.solver == "sigmoid_admm":
-        positive, non_negative = tuple(n for n in positive if n != "rho"), non_negative + ("rho",)
-    for name in positive:
-        value = getattr(config, name)
-        if value is not None and not (math.isfinite(value) and value > 0):
-            raise InputError(f"{name} must be positive, got {value}")
-    for name in non_negative:
-        value = getattr(config, name)
-        if value is not None and not (math.isfinite(value) and value >= 0):
-            raise InputError(f"{name} must be finite and non-negative, got {value}")
-    if config.rho_growth is not None and not (math.isfinite(config.rho_growth) and config.rho_growth >= 1):
-        raise InputError(f"rho_growth must be at least 1, got {config.rho_growth}")
-    if config.quantize is not None and config.quantize != 0 and not 2 <= config.quantize <= 16:
-        raise InputError(f"quantize must be 0 (off) or 2..16 bits, got {config.quantize}")
-    if config.layout != "data" and not SOLVERS[config.solver].layer_parallel:
-        layered = sorted(n for n, cls in SOLVERS.items() if cls.layer_parallel)
-        raise InputError(f"layout {config.layout!r} needs a layer-parallel solver ({', '.join(layered)}), "
-                         f"not {config.solver!r}")
+    if not isinstance(config.params, cls.Params):
+        raise InputError(f"the settings of solver {config.solver!r} must be a {cls.Params.__name__}, "
+                         f"not {type(config.params).__name__}")
+    config.params.validate()
+    if config.layout != "data" and not cls.layer_parallel:
+        raise InputError(f"layout {config.layout!r} needs a layer-parallel solver "
+                         f"({', '.join(layer_parallel_solvers())}), not {config.solver!r}")
     if config.layout == "hybrid" and config.layer_groups < 1:
         raise InputError("layout 'hybrid' needs --layer-groups G (at least 1)")
     if config.layout != "hybrid" and config.layer_groups:
         raise InputError(f"layer_groups applies to layout 'hybrid' only (the layout is {config.layout!r})")
-    if config.batch_size is not None and config.batch_size < (1 if config.solver == "minibatch_am" else 0):
-        raise InputError(f"batch_size must be at least 1 (0: full batch, where the solver has both), "
-                         f"got {config.batch_size}")
-    if config.batch_sweeps is not None and config.batch_sweeps < 1:
-        raise InputError(f"batch_sweeps must be at least 1, got {config.batch_sweeps}")
-    if config.w_steps is not None and config.w_steps < 1:
-        raise InputError(f"w_steps must be at least 1, got {config.w_steps}")
-    for name in ("warm_start", "rho_patience"):
-        value = getattr(config, name)
-        if value is not None and value < 0:
-            raise InputError(f"{name} must be non-negative, got {value}")
-    unused = sorted(k for k in SOLVER_FIELDS if getattr(config, k) is not None
-                    and k not in SOLVERS[config.solver].defaults)
-    if unused:
-        raise InputError(f"solver {config.solver!r} has no setting {', '.join(unused)}; "
-                         f"its settings are {sorted(SOLVERS[config.solver].defaults)}")
+
+
+def layer_parallel_solvers():
+    return sorted(name for name, cls in SOLVERS.items() if cls.layer_parallel)
 
 
 FIELD_HELP = {
     "data": "HDF5 data set, or 'digits' for the bundled one",
-    "solver": "taylor | dladmm | pdadmm | mdlam | sigmoid_admm | minibatch_am",
-    "layout": "parallel layout: data | layer (pdadmm: one layer group per rank) | hybrid (pdadmm: layer groups x data shards)",
     "layer_groups": "hybrid layout: number of layer groups G (the ranks form a G x P/G grid)",
     "hidden": "hidden layer widths",
     "activation": "relu | leaky_relu | hard_tanh | sigmoid | tanh; empty: the solver's default",
@@ -317,26 +328,48 @@ FIELD_HELP = {
 }
 
 
+def run_help(name):
+    """The help text of run setting ``name`` (the solver choices come from the registry)."""
+    if name == "solver":
+        return " | ".join(SOLVERS)
+    if name == "layout":
+        return (f"parallel layout: data | layer (one layer group per rank) | hybrid (layer groups x data "
+                f"shards); layer and hybrid need a layer-parallel solver: {', '.join(layer_parallel_solvers())}")
+    return FIELD_HELP.get(name, "")
+
+
+def solver_settings():
+    """Every registered solver's settings for the help texts, in order of first appearance:
+    name -> (metavar, {help text: [(solver, default), ...]})."""
+    found = {}
+    for solver, cls in SOLVERS.items():
+        param_types(cls.Params)  # no clash with a run setting
+        for f in fields(cls.Params):
+            metavar, meanings = found.setdefault(f.name, (f.metadata.get("metavar"), {}))
+            meanings.setdefault(f.metadata.get("help", ""), []).append((solver, f.default))
+    return found
+
+
+def _toml_value(value):
+    if isinstance(value, tuple):
+        return "[" + ", ".join(str(v) for v in value) + "]"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return f'"{value}"' if isinstance(value, str) else repr(value)
+
+
 def defaults_toml():
     """A complete commented TOML file: every setting with its default (per solver for theirs)."""
-    from admm_mpi.solvers import SOLVERS
-
     lines = ["# admm-mpi training configuration (admm-mpi train --config FILE.toml).",
              "# Precedence: these values < ADMM_MPI_<NAME> environment variables < command-line flags.", "",
              "[train]"]
     defaults = TrainConfig()
-    for f in fields(TrainConfig):
-        if f.name in SOLVER_FIELDS:
-            continue
-        value = getattr(defaults, f.name)
-        text = ("[" + ", ".join(str(v) for v in value) + "]" if isinstance(value, tuple)
-                else str(value).lower() if isinstance(value, bool)
-                else f'"{value}"' if isinstance(value, str) else repr(value))
-        lines.append(f"# {FIELD_HELP.get(f.name, '')}")
-        lines.append(f"{f.name} = {text}")
+    for name in RUN_TYPES:
+        lines.append(f"# {run_help(name)}")
+        lines.append(f"{name} = {_toml_value(getattr(defaults, name))}")
     lines += ["", "# Solver settings: give only those of the chosen solver. Defaults per solver:"]
     for name, cls in SOLVERS.items():
         lines.append(f"# {name} (loss {cls.default_loss}, activation {cls.default_activation}):")
-        for key, value in cls.defaults.items():
-            lines.append(f"#   {key} = {value!r}")
+        for f in fields(cls.Params):
+            lines.append(f"#   {f.name} = {_toml_value(f.default)}  # {f.metadata.get('help', '')}")
     return "\n".join(lines) + "\n"

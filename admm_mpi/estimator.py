@@ -23,20 +23,19 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from admm_mpi.config import SOLVER_FIELDS, TrainConfig, validate
+from admm_mpi.config import TrainConfig, make_params, validate
 from admm_mpi.data import Shard
 from admm_mpi.grid import Grid
 from admm_mpi.model import forward
 from admm_mpi.ops.activations import ACTIVATIONS
 from admm_mpi.ops.losses import softmax
-from admm_mpi.solvers import SOLVERS
 from admm_mpi.train import train
 
 
 class _ADMMBase(BaseEstimator):
     _parameter_constraints = {
         "hidden_layer_sizes": ["array-like", Interval(Integral, 1, None, closed="left")],
-        "solver": [StrOptions(set(SOLVERS))],
+        "solver": [str],  # a registered solver's name (checked when fitting: solvers may register later)
         "activation": [StrOptions(set(ACTIVATIONS)), None],
         "max_iter": [Interval(Integral, 1, None, closed="left")],
         "tol": [Interval(Real, 0, None, closed="left")],
@@ -61,17 +60,15 @@ class _ADMMBase(BaseEstimator):
     def _config(self, loss):
         hidden = self.hidden_layer_sizes
         hidden = (int(hidden),) if np.isscalar(hidden) else tuple(int(h) for h in hidden)
-        params = dict(self.solver_params or {})
-        unknown = sorted(set(params) - set(SOLVER_FIELDS))
-        if unknown:
-            raise ValueError(f"unknown solver_params {unknown}; known: {sorted(SOLVER_FIELDS)}")
+        # the solver's own Params; a setting it does not have is an InputError (a ValueError)
+        params = make_params(self.solver, dict(self.solver_params or {}))
         if isinstance(self.random_state, Integral):  # the same seed as `admm-mpi train --seed`
             seed = int(self.random_state)
         else:
             seed = int(check_random_state(self.random_state).randint(2**31 - 1))
         config = TrainConfig(solver=self.solver, hidden=hidden, activation=self.activation or "", loss=loss,
                              iters=self.max_iter, tol=self.tol, dtype=self.dtype, seed=seed, progress=False,
-                             **params)
+                             params=params)
         validate(config)
         return config
 
@@ -125,9 +122,10 @@ class ADMMClassifier(ClassifierMixin, _ADMMBase):
     random_state : int, RandomState or None
     dtype : {"float32", "float64"}, default "float32"
     solver_params : dict or None
-        Solver settings by the names of the command line (``{"ridge": 1e-4}``, ``{"rho": 0.1}``;
+        Settings of the chosen solver by the names of the command line (``{"ridge": 1e-4}``,
+        ``{"rho": 0.1}``; the fields of its ``Params``, listed by ``admm-mpi train --help``;
         ``{"batch_size": 2000}`` runs dladmm, mdlam or sigmoid_admm in mini-batch mode, where
-        ``max_iter`` counts epochs).
+        ``max_iter`` counts epochs). A setting the solver does not have raises ValueError.
     comm : mpi4py communicator or None
         Data-parallel fit: every rank calls ``fit`` with its own rows.
 

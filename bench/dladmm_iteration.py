@@ -11,6 +11,7 @@ run.
 """
 
 import argparse
+from dataclasses import asdict
 import sys
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from common import gemm_rate, median_step_seconds, write_result  # noqa: E402
 from admm_mpi.data import load_shard  # noqa: E402
 from admm_mpi.grid import Grid  # noqa: E402
 from admm_mpi.model import ModelSpec  # noqa: E402
+from admm_mpi.solvers import make_solver  # noqa: E402
 from admm_mpi.solvers.dladmm import DLADMM  # noqa: E402
 
 PUBLISHED = {"digits 64-1000-1000-10": 2.7, "synthetic 784-1000-1000-10": 50.0}
@@ -68,7 +70,7 @@ def run(repeats):
             X, y = problem(name, dtype)
             spec = ModelSpec((X.shape[0], 1000, 1000, 10), "relu", "cross_entropy", 10)
             Y = spec.loss_fn.targets(y, 10, dtype)
-            solver = DLADMM(spec, grid, X.shape[1], **DLADMM.defaults)
+            solver = make_solver(DLADMM.name, spec, grid, X.shape[1], asdict(DLADMM.Params()))
             state = solver.init_state(X, Y, np.random.default_rng(0))
             seconds, times = median_step_seconds(solver, state, Y, repeats)
             row = {"shape": name, "dtype": np.dtype(dtype).name, "samples": X.shape[1],

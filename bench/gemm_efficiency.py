@@ -10,6 +10,7 @@ of ``repeats`` timed iterations (after one warm-up) is reported.
 """
 
 import argparse
+from dataclasses import asdict
 import os
 import sys
 from pathlib import Path
@@ -60,7 +61,7 @@ def run(repeats, n, threads):
             X, y = synthetic_mnist(n, dtype)
             spec = ModelSpec(WIDTHS, "relu", "least_squares", 10)
             Y = spec.loss_fn.targets(y, 10, dtype)
-            solver = TaylorADMM(spec, Grid.serial(), n, **TaylorADMM.defaults)
+            solver = TaylorADMM(spec, Grid.serial(), n, **asdict(TaylorADMM.Params()))
             state = solver.init_state(X, Y, np.random.default_rng(0))
             seconds, times = median_step_seconds(solver, state, Y, repeats)
             flops = taylor_flops(WIDTHS, n)

@@ -46,7 +46,7 @@ def _shard(convert):
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_solver_on_array_api_strict_equals_numpy(case):
-    config = TrainConfig(hidden=(10, 6), iters=6, dtype="float64", progress=False, **CASES[case])
+    config = TrainConfig.from_settings(hidden=(10, 6), iters=6, dtype="float64", progress=False, **CASES[case])
     reference = train(config, Grid.serial(), out=False, shard=_shard(lambda a: a))
     strict = train(config, Grid.serial(), out=False, shard=_shard(xp.asarray))
     weights, biases = strict["model"]
@@ -69,7 +69,7 @@ def test_cupy_backend_equals_numpy_on_a_gpu():
         cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:  # pragma: no cover - depends on the machine
         pytest.skip(f"no usable GPU: {exc}")
-    config = TrainConfig(solver="taylor", hidden=(10, 6), iters=6, dtype="float64", progress=False)
+    config = TrainConfig.from_settings(solver="taylor", hidden=(10, 6), iters=6, dtype="float64", progress=False)
     reference = train(config, Grid.serial(), out=False, shard=_shard(lambda a: a))
     gpu = train(config, Grid.serial(), out=False, shard=_shard(cupy.asarray))
     assert gpu["objective"] == pytest.approx(reference["objective"], rel=1e-9)

@@ -113,7 +113,7 @@ def test_solvers_without_a_mini_batch_mode_refuse_batch_settings(solver):
     from admm_mpi.errors import InputError
 
     with pytest.raises(InputError, match="has no setting batch_size"):
-        validate(TrainConfig(solver=solver, batch_size=100))
+        validate(TrainConfig.from_settings(solver=solver, batch_size=100))
 
 
 @pytest.mark.parametrize("cli, message", [({"solver": "dladmm", "batch_size": -1}, "batch_size must be at least"),
@@ -124,7 +124,7 @@ def test_bad_batch_settings_name_the_setting(cli, message):
     from admm_mpi.errors import InputError
 
     with pytest.raises(InputError, match=message):
-        validate(TrainConfig(**cli))
+        validate(TrainConfig.from_settings(**cli))
 
 
 @pytest.mark.parametrize("name", ["mdlam", "pdadmm"])

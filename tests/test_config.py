@@ -10,8 +10,8 @@ def test_precedence_default_file_environment_cli(tmp_path):
     env = {"ADMM_MPI_ITERS": "9", "ADMM_MPI_GAMMA": "3"}
     config = resolve(file=str(toml), cli={"iters": 11, "seed": None}, environ=env)
     assert config.iters == 11           # command line beats environment and file
-    assert config.gamma == 3.0          # environment beats default
-    assert config.beta == 2.0 and config.hidden == (32, 16) and config.loss == "ova_hinge"
+    assert config.params.gamma == 3.0          # environment beats default
+    assert config.params.beta == 2.0 and config.hidden == (32, 16) and config.loss == "ova_hinge"
     assert config.seed == TrainConfig().seed
 
 
@@ -95,9 +95,9 @@ def test_whole_floats_in_toml_and_text_from_the_environment_still_parse(tmp_path
     toml.write_text("iters = 7.0\nhidden = [32.0, 16]\nbeta = 2\n")
     config = resolve(file=str(toml), environ={"ADMM_MPI_SEED": "4", "ADMM_MPI_GAMMA": "0.5",
                                               "ADMM_MPI_PROGRESS": "off"})
-    assert (config.iters, config.hidden, config.beta) == (7, (32, 16), 2.0)
-    assert (config.seed, config.gamma, config.progress) == (4, 0.5, False)
-    assert isinstance(config.iters, int) and isinstance(config.beta, float)
+    assert (config.iters, config.hidden, config.params.beta) == (7, (32, 16), 2.0)
+    assert (config.seed, config.params.gamma, config.progress) == (4, 0.5, False)
+    assert isinstance(config.iters, int) and isinstance(config.params.beta, float)
 
 
 @pytest.mark.parametrize("env, message", [({"ADMM_MPI_ITERS": "true"}, "iters must be of type int"),
@@ -107,3 +107,100 @@ def test_whole_floats_in_toml_and_text_from_the_environment_still_parse(tmp_path
 def test_bad_text_from_the_environment_is_refused(env, message):
     with pytest.raises(InputError, match=message):
         resolve(environ=env)
+
+
+@pytest.mark.parametrize("solver, setting, value, message", [
+    ("sigmoid_admm", "rho", "0", None),                         # sigmoid_admm's rho is an optional anchor
+    ("dladmm", "rho", "0", "rho must be positive, got 0.0"),   # everywhere else a penalty
+    ("pdadmm", "quantize", "8", None),
+    ("pdadmm", "quantize", "1", "quantize must be 0 \\(off\\) or 2..16 bits, got 1"),
+    ("pdadmm", "quantize", "17", "quantize must be 0 \\(off\\) or 2..16 bits, got 17"),
+    ("dladmm", "rho_growth", "0.5", "rho_growth must be at least 1, got 0.5"),
+    ("mdlam", "w_steps", "0", "w_steps must be at least 1, got 0"),
+    ("mdlam", "eps", "0", "eps must be positive"),
+    ("taylor", "warm_start", "-1", "warm_start must be finite and non-negative, got -1"),
+    ("dladmm", "nu", "0", None),                                # nu = 0: tied to rho
+    ("minibatch_am", "batch_size", "0", "batch_size must be at least 1, got 0"),
+    ("sigmoid_admm", "batch_size", "0", None),                  # 0: full batch
+    ("sigmoid_admm", "batch_sweeps", "0", "batch_sweeps must be at least 1, got 0"),
+])
+def test_each_solver_checks_its_own_settings(solver, setting, value, message):
+    """The rules live in each solver's Params.validate; the same flag can follow different rules."""
+    cli = {"solver": solver, setting: value}
+    if message is None:
+        assert getattr(resolve(cli=cli, environ={}).params, setting) == type(getattr(
+            resolve(cli={"solver": solver}, environ={}).params, setting))(value)
+    else:
+        with pytest.raises(InputError, match=message):
+            resolve(cli=cli, environ={})
+
+
+def test_settings_are_typed_by_the_chosen_solver_and_refused_by_the_others():
+    config = resolve(environ={"ADMM_MPI_SOLVER": "pdadmm", "ADMM_MPI_QUANTIZE": "8", "ADMM_MPI_RHO": "2"})
+    assert type(config.params).__name__ == "PDADMMParams"
+    assert (config.params.quantize, config.params.rho) == (8, 2.0) and isinstance(config.params.rho, float)
+    with pytest.raises(InputError, match=r"solver 'taylor' has no setting quantize; its settings are "
+                                         r"\['beta', 'gamma', 'ridge', 'warm_start'\]"):
+        resolve(cli={"quantize": "8"}, environ={})
+    with pytest.raises(InputError, match="quantize must be of type int, got '8.5'"):
+        resolve(cli={"solver": "pdadmm", "quantize": "8.5"}, environ={})
+
+
+def test_from_settings_is_resolve_without_the_environment():
+    flat = dict(solver="dladmm", hidden=(16, 8), iters=5, rho=0.5, batch_size=32)
+    config = TrainConfig.from_settings(**flat)
+    assert config == resolve(cli={**flat, "hidden": "16,8"}, environ={"ADMM_MPI_RHO": "9"})
+    assert (config.params.rho, config.params.batch_size, config.params.mu) == (0.5, 32, 0.0)  # mu: the default
+    with pytest.raises(InputError, match="solver 'dladmm' has no setting ridge"):
+        TrainConfig.from_settings(solver="dladmm", ridge=1.0)
+    with pytest.raises(InputError, match="unknown solver 'sgd'"):
+        TrainConfig.from_settings(solver="sgd")
+
+
+def test_as_dict_is_flat_run_settings_plus_the_solvers_resolved_settings():
+    """The dict checkpoints compare and summary.json records: no nesting, every default resolved."""
+    from dataclasses import fields
+
+    from admm_mpi.solvers import SOLVERS
+
+    config = TrainConfig.from_settings(solver="sigmoid_admm", rho=0.25, iters=3)
+    d = config.as_dict()
+    run = [f.name for f in fields(TrainConfig) if f.name != "params"]
+    solver_settings = [f.name for f in fields(SOLVERS["sigmoid_admm"].Params)]
+    assert sorted(d) == sorted(run + solver_settings) and "params" not in d
+    assert (d["rho"], d["mu"], d["batch_size"], d["iters"]) == (0.25, 1e-4, 0, 3)
+    assert (d["activation"], d["loss"], d["hidden"]) == ("sigmoid", "least_squares", [512, 512])
+
+
+def test_every_solver_declares_typed_documented_frozen_settings():
+    import dataclasses
+    import typing
+
+    from admm_mpi.solvers import SOLVERS, SolverParams
+
+    for name, cls in SOLVERS.items():
+        assert issubclass(cls.Params, SolverParams) and cls.Params.__dataclass_params__.frozen, name
+        hints = typing.get_type_hints(cls.Params)
+        for f in dataclasses.fields(cls.Params):
+            assert f.metadata["help"], (name, f.name)
+            assert isinstance(f.default, hints[f.name]), (name, f.name)
+        cls.Params().validate()  # the defaults are valid
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            cls.Params().__setattr__(dataclasses.fields(cls.Params)[0].name, 1)
+
+
+def test_config_cli_and_train_name_no_solver():
+    """Everything they know of a solver comes from the registry."""
+    import ast
+    import re
+    from pathlib import Path
+
+    from admm_mpi.solvers import SOLVERS
+
+    package = Path(__file__).resolve().parents[1] / "admm_mpi"
+    pattern = re.compile(r"\b(" + "|".join(SOLVERS) + r")\b")
+    for module in ("config.py", "cli.py", "train.py"):
+        tree = ast.parse((package / module).read_text())
+        named = [node.value for node in ast.walk(tree) if isinstance(node, ast.Constant)
+                 and isinstance(node.value, str) and pattern.search(node.value)]
+        assert named == [], (module, named)

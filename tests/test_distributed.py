@@ -45,8 +45,8 @@ CASES = {
 @pytest.mark.mpi(ranks=[1, 2, 3, 4], timeout=180)
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_distributed_equals_serial(comm, shared_tmp, case):
-    config = TrainConfig(**{**dict(data=_dataset(shared_tmp, comm), hidden=(12, 8), iters=20, dtype="float64",
-                                   progress=False), **CASES[case]})
+    config = TrainConfig.from_settings(**{**dict(data=_dataset(shared_tmp, comm), hidden=(12, 8), iters=20,
+                                                 dtype="float64", progress=False), **CASES[case]})
     grid = Grid(comm)
     distributed = train(config, grid, out=False)
     serial = train(config, Grid.serial(), out=False)  # every rank runs the whole serial job

@@ -18,7 +18,7 @@ def test_augmented_lagrangian_is_non_increasing_for_large_rho(tmp_path):
     X, y = blobs(120, 6, 3, seed=3)
     path = tmp_path / "d.h5"
     write_dataset(str(path), X, y, name="b", n_classes=3)
-    config = TrainConfig(data=str(path), solver="dladmm", hidden=(10, 10), iters=40, dtype="float64",
+    config = TrainConfig.from_settings(data=str(path), solver="dladmm", hidden=(10, 10), iters=40, dtype="float64",
                          progress=False, nu=1.0, rho=20.0, rho_max=20.0, out=str(tmp_path / "out"))
     train(config, Grid.serial())
     import json

@@ -98,7 +98,7 @@ def test_quantiser_edge_cases():
 def _digits_config(**kw):
     base = dict(solver="pdadmm", hidden=(40, 40, 40), iters=6, dtype="float64", progress=False)
     base.update(kw)
-    return TrainConfig(**base)
+    return TrainConfig.from_settings(**base)
 
 
 def test_pdadmm_serial_updates_keep_their_invariants():

@@ -29,8 +29,8 @@ def test_pdadmm_grid_equals_serial(comm, shared_tmp, case):
     layout, groups, hidden, bits, *extra = CASES[case]
     if layout == "hybrid" and comm.size % groups:
         pytest.skip(f"{groups} layer groups need an even number of ranks")
-    config = TrainConfig(data=_dataset(shared_tmp, comm), solver="pdadmm", layout=layout, layer_groups=groups,
-                         hidden=hidden, quantize=bits, dtype="float64", progress=False, **{"iters": 15, **(extra or [{}])[0]})
+    config = TrainConfig.from_settings(data=_dataset(shared_tmp, comm), solver="pdadmm", layout=layout,
+                                       layer_groups=groups, hidden=hidden, quantize=bits, dtype="float64", progress=False, **{"iters": 15, **(extra or [{}])[0]})
     grid = Grid(comm)
     distributed = train(config, grid, out=False)
     serial = train(config.__class__(**{**config.__dict__, "layout": "data", "layer_groups": 0}),
@@ -73,9 +73,10 @@ def test_pdadmm_checkpoint_resumes_on_any_layout(comm, shared_tmp, case):
     base = dict(data=_dataset(shared_tmp, comm), solver="pdadmm", hidden=(12, 10, 8), quantize=8,
                 dtype="float64", progress=False, out=str(shared_tmp / "run"))
     grid = Grid(comm)
-    train(TrainConfig(**base, layout=layout, layer_groups=groups, iters=5, checkpoint_every=5), grid)
-    resumed = train(TrainConfig(**base, layout=layout2, layer_groups=groups2, iters=9, resume="auto"), grid)
-    serial = train(TrainConfig(**{**base, "out": "unused"}, iters=9), Grid.serial(), out=False)
+    train(TrainConfig.from_settings(**base, layout=layout, layer_groups=groups, iters=5, checkpoint_every=5), grid)
+    resumed = train(TrainConfig.from_settings(**base, layout=layout2, layer_groups=groups2, iters=9, resume="auto"),
+                    grid)
+    serial = train(TrainConfig.from_settings(**{**base, "out": "unused"}, iters=9), Grid.serial(), out=False)
     if comm.rank == 0:
         for W, b, W_ref, b_ref in zip(*resumed["model"], *serial["model"]):
             layer, ref = np.column_stack([W, b]), np.column_stack([W_ref, b_ref])

@@ -32,7 +32,7 @@ def test_mdlam_momentum_really_extrapolates():
 
 @pytest.mark.parametrize("activation", ["relu", "hard_tanh", "sigmoid"])
 def test_mdlam_keeps_a_in_the_box_and_advances_momentum(blob_file, activation):
-    config = TrainConfig(data=blob_file, solver="mdlam", activation=activation, hidden=(16, 16), iters=12,
+    config = TrainConfig.from_settings(data=blob_file, solver="mdlam", activation=activation, hidden=(16, 16), iters=12,
                          progress=False, eps=1.0, eps_min=1e-3)
     out = train(config, Grid.serial(), out=False)
     state, h = out["state"], out["spec"].h.apply
@@ -48,7 +48,7 @@ def test_mdlam_keeps_a_in_the_box_and_advances_momentum(blob_file, activation):
 @pytest.mark.parametrize("seed", [0, 1])
 def test_sigmoid_admm_is_stable_across_penalties_and_initialisations(blob_file, beta, seed):
     """Zeng et al.'s claim: stable with respect to the penalty and the initialisation."""
-    config = TrainConfig(data=blob_file, solver="sigmoid_admm", hidden=(20, 20), iters=30, progress=False,
+    config = TrainConfig.from_settings(data=blob_file, solver="sigmoid_admm", hidden=(20, 20), iters=30, progress=False,
                          beta=beta, seed=seed)
     out = train(config, Grid.serial(), out=False)
     assert np.isfinite(out["objective"])

@@ -98,8 +98,8 @@ def test_a_files_own_validation_split_is_used_instead_of_holding_out(tmp_path):
     assert (shard.n_total, shard.n_val_total, shard.validation_source) == (80, 20, "file")
     np.testing.assert_array_equal(shard.X_val, Xv.T)
     np.testing.assert_array_equal(shard.X, X.T)
-    summary = train(TrainConfig(data=str(path), hidden=(8,), iters=3, progress=False, validation_fraction=0.3,
-                                keep="best"), Grid.serial(), out=False)
+    summary = train(TrainConfig.from_settings(data=str(path), hidden=(8,), iters=3, progress=False,
+                                              validation_fraction=0.3, keep="best"), Grid.serial(), out=False)
     assert (summary["n_train"], summary["n_validation"], summary["validation_source"]) == (80, 20, "file")
     assert summary["validation_accuracy"] is not None
 
@@ -205,7 +205,7 @@ def test_selection_and_stopping_distributed_equals_serial(comm, shared_tmp):
     if comm.rank == 0:
         _noisy(path)
     comm.Barrier()
-    config = TrainConfig(data=str(path), hidden=(12, 8), iters=40, dtype="float64", progress=False,
+    config = TrainConfig.from_settings(data=str(path), hidden=(12, 8), iters=40, dtype="float64", progress=False,
                          validation_fraction=0.3, keep="best", early_stopping=True, patience=4, eval_every=2)
     distributed = train(config, Grid(comm), out=False)
     serial = train(config, Grid.serial(), out=False)

@@ -1,7 +1,7 @@
 """ADMM solvers: pure maths on this rank's columns, talking to other ranks only via the grid."""
 
-from admm_mpi.solvers.base import SOLVERS, Solver, register
-from admm_mpi.solvers.batches import MiniBatchMode
+from admm_mpi.solvers.base import SOLVERS, Solver, SolverParams, register, setting
+from admm_mpi.solvers.batches import MiniBatchMode, MiniBatchParams
 from admm_mpi.solvers.dladmm import DLADMM
 from admm_mpi.solvers.mdlam import MDLAM
 from admm_mpi.solvers.minibatch_am import MiniBatchAM
@@ -11,8 +11,10 @@ from admm_mpi.solvers.taylor import TaylorADMM
 
 for _cls in (TaylorADMM, DLADMM, PDADMM, MDLAM, SigmoidADMM, MiniBatchAM):
     register(_cls)
+DEFAULT_SOLVER = TaylorADMM.name
 
-__all__ = ["SOLVERS", "Solver", "register", "get_solver", "make_solver"]
+__all__ = ["DEFAULT_SOLVER", "SOLVERS", "Solver", "SolverParams", "MiniBatchParams", "setting", "register", "get_solver",
+           "make_solver"]
 
 
 def get_solver(name):
@@ -23,9 +25,10 @@ def get_solver(name):
 
 
 def make_solver(name, spec, grid, n_total, params):
-    """The solver ``name`` with ``params``; in its mini-batch mode when it has one and ``batch_size > 0``."""
+    """The solver ``name`` with ``params`` (its settings by name); in its mini-batch mode when its
+    ``Params`` have that mode (:class:`MiniBatchParams`) and ``batch_size > 0``."""
     cls = get_solver(name)
-    if "batch_sweeps" not in cls.defaults:  # no mini-batch mode, or its own (minibatch_am)
+    if not issubclass(cls.Params, MiniBatchParams):  # no mini-batch mode, or its own (minibatch_am)
         return cls(spec, grid, n_total, **params)
     params = dict(params)
     batch_size, sweeps = params.pop("batch_size"), params.pop("batch_sweeps")

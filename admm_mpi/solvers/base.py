@@ -1,9 +1,13 @@
 """The contract between a solver and the training loop.
 
-A solver is one class deriving from :class:`Solver`. It declares its name, its settings with their
-defaults, its default loss and activation, and whether it runs on a layer grid; the loop calls
-only the hooks below, so nothing in ``train.py`` names a solver or probes for a method. The
-registry (:func:`register`) makes a new solver reachable from ``admm-mpi train --solver NAME``.
+A solver is one class deriving from :class:`Solver`. It declares its name, its settings (one
+frozen :class:`SolverParams` dataclass, ``Params``: defaults, types, help and validation), its
+default loss and activation, and whether it runs on a layer grid; the loop calls only the hooks
+below, so nothing in ``train.py`` names a solver or probes for a method. The registry
+(:func:`register`) makes a new solver reachable from ``admm-mpi train --solver NAME``, and its
+settings from the configuration file, the ``ADMM_MPI_<NAME>`` environment and ``--name`` flags.
+The solver is built as ``cls(spec, grid, n_total, **settings)``: its constructor takes the fields
+of its ``Params`` as keyword arguments.
 
 Hooks, in the order the loop uses them:
 
@@ -19,17 +23,57 @@ Hooks, in the order the loop uses them:
   writes to a checkpoint, and which it reads back.
 """
 
+import math
+from dataclasses import dataclass, field
 from typing import ClassVar
 
+from admm_mpi.errors import InputError
 from admm_mpi.model import forward
 
 SOLVERS = {}
+
+
+def setting(default, help, metavar=None):
+    """A field of a solver's ``Params``: its default, its help text (``--help``, ``config
+    --defaults``) and optionally the flag's metavar."""
+    return field(default=default, metadata={"help": help, "metavar": metavar})
+
+
+@dataclass(frozen=True)
+class SolverParams:
+    """Base of every solver's settings: a frozen dataclass whose fields are the settings."""
+
+    def validate(self):
+        """Raise InputError naming the first bad setting (nothing to check here)."""
+
+
+def check_positive(params, *names):
+    for name in names:
+        value = getattr(params, name)
+        if not (math.isfinite(value) and value > 0):
+            raise InputError(f"{name} must be positive, got {value}")
+
+
+def check_non_negative(params, *names):
+    for name in names:
+        value = getattr(params, name)
+        if not (math.isfinite(value) and value >= 0):
+            raise InputError(f"{name} must be finite and non-negative, got {value}")
+
+
+def check_at_least(params, minimum, *names):
+    for name in names:
+        value = getattr(params, name)
+        if not (math.isfinite(value) and value >= minimum):
+            raise InputError(f"{name} must be at least {minimum}, got {value}")
 
 
 def register(cls):
     """Make ``cls`` (a :class:`Solver`) available by its ``name`` (usable as a class decorator)."""
     if not (isinstance(cls, type) and issubclass(cls, Solver)) or not getattr(cls, "name", ""):
         raise TypeError(f"{cls!r} is not a Solver subclass with a name")
+    if not (isinstance(cls.Params, type) and issubclass(cls.Params, SolverParams)):
+        raise TypeError(f"{cls.name}: Params must be a SolverParams dataclass, not {cls.Params!r}")
     SOLVERS[cls.name] = cls
     return cls
 
@@ -38,7 +82,7 @@ class Solver:
     """Base class of every solver: the loop's hooks, with the data-parallel defaults."""
 
     name: ClassVar[str] = ""
-    defaults: ClassVar[dict] = {}          # setting -> default value (its type is the value's type)
+    Params: ClassVar[type] = SolverParams  # its settings: a frozen dataclass (none here)
     default_loss: ClassVar[str] = "cross_entropy"
     default_activation: ClassVar[str] = "relu"
     layer_parallel: ClassVar[bool] = False  # True: runs on a layer-groups x data-shards grid

@@ -25,10 +25,29 @@ epoch; each rank takes the batch's columns it holds, so any number of ranks runs
 columns are split over the data shards of each layer group, and every group takes the same batch.
 """
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from admm_mpi.backend import from_host, namespace, sum_all
-from admm_mpi.solvers.base import Solver
+from admm_mpi.solvers.base import Solver, SolverParams, check_at_least, setting
+
+
+def batch_size_setting(default, help):
+    """The ``batch_size`` setting: global columns per mini-batch (one iteration = one epoch)."""
+    return setting(default, f"columns per global mini-batch, one iteration = one epoch{help}")
+
+
+@dataclass(frozen=True)
+class MiniBatchParams(SolverParams):
+    """The settings of the mini-batch mode, shared by the full-batch solvers that have it."""
+
+    batch_size: int = batch_size_setting(0, " (0: full batch)")
+    batch_sweeps: int = setting(1, "with batch_size: solver iterations per mini-batch")
+
+    def validate(self):
+        check_at_least(self, 0, "batch_size")
+        check_at_least(self, 1, "batch_sweeps")
 
 
 def epoch_batches(shuffle_seed, epoch, n_total, batch_size, start, stop):

@@ -34,7 +34,8 @@ import numpy as np
 from admm_mpi.backend import namespace, sum_all
 
 from admm_mpi.solvers.common import activation_step, forward_states, init_weights, weight_step
-from admm_mpi.solvers.base import Solver
+from admm_mpi.solvers.base import Solver, check_at_least, check_non_negative, check_positive, setting
+from admm_mpi.solvers.batches import MiniBatchParams
 
 
 @dataclass
@@ -52,13 +53,28 @@ class DLADMMState:
     objectives: list = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class DLADMMParams(MiniBatchParams):
+    nu: float = setting(0.0, "penalty of the relaxed layer constraints (0: tied to rho)")
+    rho: float = setting(1e-2, "initial penalty of the output constraint (grows up to rho_max)")
+    rho_max: float = setting(0.1, "largest rho of the schedule")
+    rho_growth: float = setting(10.0, "factor of a rho increase")
+    rho_patience: int = setting(3, "rising-objective iterations before rho grows")
+    mu: float = setting(0.0, "weight decay (mu/2)||W||^2")
+    w_steps: int = setting(5, "W steps per block on the same reduced statistics (paper: 1)")
+
+    def validate(self):
+        super().validate()
+        check_positive(self, "rho", "rho_max")
+        check_non_negative(self, "nu", "mu", "rho_patience")
+        check_at_least(self, 1, "rho_growth", "w_steps")
+
+
 class DLADMM(Solver):
     """dlADMM on this rank's columns."""
 
     name = "dladmm"
-    defaults = {"nu": 0.0, "rho": 1e-2, "rho_max": 0.1, "rho_growth": 10.0, "rho_patience": 3, "mu": 0.0,
-                "w_steps": 5,
-                "batch_size": 0, "batch_sweeps": 1}
+    Params = DLADMMParams
     center = True
     default_loss = "cross_entropy"
     default_activation = "relu"

@@ -26,7 +26,8 @@ from admm_mpi.ops.linalg import local_normal_equations
 from admm_mpi.ops.steps import (backtracking, exact_bias, power_iteration, split_stats, start_tau,
                                 weight_gradient_step)
 from admm_mpi.solvers.common import forward_states, init_weights
-from admm_mpi.solvers.base import Solver
+from admm_mpi.solvers.base import Solver, check_at_least, check_non_negative, check_positive, setting
+from admm_mpi.solvers.batches import MiniBatchParams
 
 
 @dataclass
@@ -65,12 +66,26 @@ def centred_weight_objective(stats, W, c, mu):
     return 0.5 * c * (sum_all((W @ Gc) * W) - 2 * sum_all(W * Cc)) + 0.5 * mu * sum_all(W * W)
 
 
+@dataclass(frozen=True)
+class MDLAMParams(MiniBatchParams):
+    rho: float = setting(1e-3, "penalty of the output constraint")
+    mu: float = setting(1e-6, "weight decay (mu/2)||W||^2")
+    eps: float = setting(100.0, "initial half-width of the box a in h(z) +- eps")
+    eps_min: float = setting(1e-3, "smallest box half-width")
+    w_steps: int = setting(1, "W steps per block on the same reduced statistics (paper: 1)")
+
+    def validate(self):
+        super().validate()
+        check_positive(self, "rho", "eps")
+        check_non_negative(self, "mu", "eps_min")
+        check_at_least(self, 1, "w_steps")
+
+
 class MDLAM(Solver):
     """mDLAM on this rank's columns."""
 
     name = "mdlam"
-    defaults = {"rho": 1e-3, "mu": 1e-6, "eps": 100.0, "eps_min": 1e-3, "w_steps": 1, "batch_size": 0,
-                "batch_sweeps": 1}
+    Params = MDLAMParams
     default_loss = "cross_entropy"
     default_activation = "relu"
 

@@ -26,9 +26,9 @@ from typing import ClassVar
 
 from admm_mpi.backend import namespace, sum_all
 from admm_mpi.ops.linalg import activation_solver, transpose_reduce_weights
-from admm_mpi.solvers.batches import epoch_batches, run_epoch, take_columns
+from admm_mpi.solvers.batches import batch_size_setting, epoch_batches, run_epoch, take_columns
 from admm_mpi.solvers.common import forward_states, init_weights
-from admm_mpi.solvers.base import Solver
+from admm_mpi.solvers.base import Solver, SolverParams, check_at_least, check_non_negative, check_positive, setting
 
 
 @dataclass
@@ -40,6 +40,20 @@ class MiniBatchState:
     epoch_loss: float = 0.0          # this rank's sum of batch losses over the last epoch
     epoch_displacement: float = 0.0  # and of ||z*_L - z_L||² (how far the loss prox moved the outputs)
     batches_done: int = 0            # batches of the current epoch done (a checkpoint inside an epoch)
+
+
+@dataclass(frozen=True)
+class MiniBatchAMParams(SolverParams):
+    beta: float = setting(0.1, "penalty of the target problem z = W a + b (smaller: the output targets move further)")
+    gamma: float = setting(1.0, "penalty on a = h(z)")
+    rho: float = setting(1e-2, "proximal weight of the weight step per batch sample")
+    ridge: float = setting(1e-4, "weight decay per batch sample")
+    batch_size: int = batch_size_setting(2000, "")
+
+    def validate(self):
+        check_positive(self, "beta", "gamma", "rho")
+        check_non_negative(self, "ridge")
+        check_at_least(self, 1, "batch_size")
 
 
 class MiniBatchAM(Solver):
@@ -59,7 +73,7 @@ class MiniBatchAM(Solver):
     """
 
     name = "minibatch_am"
-    defaults = {"beta": 0.1, "gamma": 1.0, "rho": 1e-2, "ridge": 1e-4, "batch_size": 2000}
+    Params = MiniBatchAMParams
     default_loss = "cross_entropy"
     default_activation = "relu"
 

@@ -39,7 +39,8 @@ from admm_mpi.errors import InputError
 from admm_mpi.grid import LayerGrid
 from admm_mpi.ops.activations import proximal_z_update
 from admm_mpi.solvers.common import activation_step, init_weights, weight_step
-from admm_mpi.solvers.base import Solver
+from admm_mpi.solvers.base import Solver, check_at_least, check_non_negative, check_positive, setting
+from admm_mpi.solvers.batches import MiniBatchParams
 
 TAG_P, TAG_Q, TAG_FORWARD = 11, 12, 13
 
@@ -58,12 +59,29 @@ class PDADMMState:
     tau_p: list
 
 
+@dataclass(frozen=True)
+class PDADMMParams(MiniBatchParams):
+    nu: float = setting(1.0, "penalty of the relaxed layer constraints")
+    rho: float = setting(1.0, "penalty of the layer-boundary constraints")
+    mu: float = setting(0.0, "weight decay (mu/2)||W||^2")
+    w_steps: int = setting(5, "W steps per block on the same reduced statistics (paper: 1)")
+    quantize: int = setting(0, "send boundary variables as BITS-bit codes (0: off; 8 as in pdADMM-G-Q)", "BITS")
+
+    def validate(self):
+        super().validate()
+        check_positive(self, "rho")
+        check_non_negative(self, "nu", "mu")
+        check_at_least(self, 1, "w_steps")
+        if self.quantize != 0 and not 2 <= self.quantize <= 16:
+            raise InputError(f"quantize must be 0 (off) or 2..16 bits, got {self.quantize}")
+
+
 class PDADMM(Solver):
     """pdADMM on this rank's layers and columns."""
 
     name = "pdadmm"
     layer_parallel = True
-    defaults = {"nu": 1.0, "rho": 1.0, "mu": 0.0, "w_steps": 5, "quantize": 0, "batch_size": 0, "batch_sweeps": 1}
+    Params = PDADMMParams
     default_loss = "cross_entropy"
     default_activation = "relu"
 

@@ -37,7 +37,8 @@ from admm_mpi.backend import namespace, sum_all
 from admm_mpi.ops.linalg import transpose_reduce_weights, with_ones_row
 from admm_mpi.ops.steps import backtracking, power_iteration, start_tau
 from admm_mpi.solvers.common import forward_states, init_weights
-from admm_mpi.solvers.base import Solver
+from admm_mpi.solvers.base import Solver, check_non_negative, check_positive, setting
+from admm_mpi.solvers.batches import MiniBatchParams
 
 
 @dataclass
@@ -53,11 +54,24 @@ class SigmoidADMMState:
     tau_W: list
 
 
+@dataclass(frozen=True)
+class SigmoidADMMParams(MiniBatchParams):
+    beta: float = setting(1.0, "penalty on the linear constraints z = W a + b")
+    mu: float = setting(1e-4, "weight decay (mu/2)||W||^2")
+    omega: float = setting(1.0, "proximal weight of the linearised steps")
+    rho: float = setting(0.0, "proximal weight of the output layer's solve, an optional anchor (0: off)")
+
+    def validate(self):
+        super().validate()
+        check_positive(self, "beta", "omega")
+        check_non_negative(self, "mu", "rho")
+
+
 class SigmoidADMM(Solver):
     """sigmoid-ADMM on this rank's columns."""
 
     name = "sigmoid_admm"
-    defaults = {"beta": 1.0, "mu": 1e-4, "omega": 1.0, "rho": 0.0, "batch_size": 0, "batch_sweeps": 1}
+    Params = SigmoidADMMParams
     default_loss = "least_squares"
     default_activation = "sigmoid"
 

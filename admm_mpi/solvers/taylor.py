@@ -21,7 +21,7 @@ from admm_mpi.backend import namespace, sum_all
 from admm_mpi.ops.blocks import blas_threads, for_each_block
 from admm_mpi.ops.linalg import activation_solver, transpose_reduce_weights
 from admm_mpi.solvers.common import forward_states, init_weights
-from admm_mpi.solvers.base import Solver
+from admm_mpi.solvers.base import Solver, SolverParams, check_non_negative, check_positive, setting
 
 
 @dataclass
@@ -34,6 +34,18 @@ class TaylorState:
     z: list         # z_1 .. z_L                 (local columns)
     m: list         # W_l a_{l-1} + b_l, kept from the last z-update for the objective
     lam: np.ndarray  # Bregman multiplier of the output layer (local columns)
+
+
+@dataclass(frozen=True)
+class TaylorParams(SolverParams):
+    beta: float = setting(1.0, "penalty on the linear constraints z = W a + b")
+    gamma: float = setting(1.0, "penalty on a = h(z)")
+    ridge: float = setting(5e-5, "weight ridge per sample (ridge * N is added to the Gram matrix)")
+    warm_start: int = setting(5, "iterations before the Bregman updates start")
+
+    def validate(self):
+        check_positive(self, "beta", "gamma")
+        check_non_negative(self, "ridge", "warm_start")
 
 
 class TaylorADMM(Solver):
@@ -55,7 +67,7 @@ class TaylorADMM(Solver):
     """
 
     name = "taylor"
-    defaults = {"beta": 1.0, "gamma": 1.0, "ridge": 5e-5, "warm_start": 5}
+    Params = TaylorParams
     default_loss = "least_squares"
     default_activation = "relu"
 
