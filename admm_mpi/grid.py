@@ -144,6 +144,54 @@ class Grid:
             out = _copy(local)
         return self.bcast_from_root(out)
 
+    def allsum_in_place(self, buf):
+        """:meth:`allsum` into ``buf`` itself, without its copies: for large statistics.
+
+        Reduce to the root in place, then broadcast the root's sum, so the result is
+        bit-identical on every rank. Returns the summed array (``buf`` unless it had to be
+        staged, e.g. a device array).
+        """
+        if self._comm is None:
+            return buf
+        from mpi4py import MPI
+
+        data = self._buffer(buf)
+        self._count(data.nbytes)
+        if self.is_root:
+            self._comm.Reduce(MPI.IN_PLACE, data, op=MPI.SUM, root=0)
+        else:
+            self._comm.Reduce(data, None, op=MPI.SUM, root=0)
+        return self._handed_back(self.bcast_from_root(data), buf)
+
+    def allgather_rows(self, buf):
+        """Every rank's block of rows of ``buf`` (``block_range(len(buf))``) to every rank, in place.
+
+        Each rank has filled its own rows; afterwards every rank holds the same bytes in every
+        row (the rows are copied, not recomputed). Returns the array (``buf`` unless staged).
+        """
+        if self._comm is None:
+            return buf
+        data = self._buffer(buf)
+        n = data.shape[0]
+        row = data.size // n if n else 0
+        ranges = [block_range(n, self.size, r) for r in range(self.size)]
+        counts = [(stop - start) * row for start, stop in ranges]
+        displacements = [start * row for start, _ in ranges]
+        self._count(counts[self.rank] * data.itemsize)
+        from mpi4py import MPI
+
+        self._comm.Allgatherv(MPI.IN_PLACE, [data, (counts, displacements)])
+        return self._handed_back(data, buf)
+
+    def _handed_back(self, data, buf):
+        """``data`` (a staged MPI buffer of ``buf``) as ``buf``'s kind, written into ``buf`` when it can be."""
+        if data is buf:
+            return buf
+        if is_numpy(buf) or not is_numpy(data):
+            buf[...] = data
+            return buf
+        return self._like(data, buf)
+
     def allmax(self, local):
         """Element-wise maximum over ranks of a small array."""
         if self._comm is None:
