@@ -133,8 +133,23 @@ def install(timer):
             cls.step = timer.wrap("step", cls.step, outermost=True)
 
 
-def worker(out_json, train_args):
+def apply_settings(settings):
+    """``module.ATTRIBUTE=value`` assignments (e.g. ``admm_mpi.ops.linalg.SPREAD_SOLVE=0``), for comparisons."""
+    import importlib
+
+    import numpy as np
+
+    for setting in filter(None, settings.split(",")):
+        target, value = setting.split("=")
+        module, attr = target.rsplit(".", 1)
+        old = getattr(importlib.import_module(module), attr)
+        value = getattr(np, value) if isinstance(old, type) else type(old)(int(value) if isinstance(old, bool) else value)
+        setattr(importlib.import_module(module), attr, value)
+
+
+def worker(out_json, train_args, settings=""):
     """(under mpiexec) train with the phases timed; every rank writes ``out_json.rank<r>``."""
+    apply_settings(settings)
     timer = PhaseTimer()
     install(timer)
     from mpi4py import MPI
@@ -171,14 +186,14 @@ def summarise(rank_file, iterations):
     return {"phases": per_iteration, "step_seconds": round(step, 4), "wall_seconds": round(raw["wall_seconds"], 2)}
 
 
-def run_case(case, ranks, data, repo, workdir):
+def run_case(case, ranks, data, repo, workdir, settings=""):
     dataset, args = CASES[case]
     out = Path(workdir) / f"{case}-{ranks}"
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
     env["PYTHONPATH"] = str(repo)  # the checkout to profile (ahead of the editable install)
     train_args = [*args, "--data", data, "--no-progress", "--out", str(out)]
     cmd = [mpiexec(), "-n", str(ranks), sys.executable, str(Path(__file__).resolve()), "--worker", str(out) + ".json",
-           "--", *train_args]
+           "--set", settings, "--", *train_args]
     proc = subprocess.run(cmd, env=env, cwd=repo, capture_output=True, text=True, timeout=3600)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
@@ -247,12 +262,15 @@ def plot(result):
 def main():
     if "--worker" in sys.argv:
         i = sys.argv.index("--worker")
-        return worker(sys.argv[i + 1], sys.argv[sys.argv.index("--") + 1:])
+        settings = sys.argv[sys.argv.index("--set") + 1] if "--set" in sys.argv[:sys.argv.index("--")] else ""
+        return worker(sys.argv[i + 1], sys.argv[sys.argv.index("--") + 1:], settings)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--only", default="", help="comma-separated case names (default: all)")
     p.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
     p.add_argument("--repo", default=str(REPO), help="the checkout to profile (default: this one)")
     p.add_argument("--label", default=None, help="name of this profile in the JSON (default: the commit)")
+    p.add_argument("--set", default="", help="module.ATTRIBUTE=value,... set in every rank before training "
+                   "(e.g. admm_mpi.ops.linalg.SPREAD_SOLVE=0)")
     p.add_argument("--cache", default=str(REPO / "bench" / ".data"), help="converted data sets")
     args = p.parse_args()
     repo = Path(args.repo).resolve()
@@ -267,7 +285,7 @@ def main():
             data = data_path(CASES[case][0], args.cache)
             for ranks in args.ranks:
                 load.append(os.getloadavg()[0])
-                entry = run_case(case, ranks, data, repo, workdir)
+                entry = run_case(case, ranks, data, repo, workdir, args.set)
                 run.setdefault(case, {})[str(ranks)] = entry
                 print(json.dumps({k: entry[k] for k in ("case", "ranks", "step_seconds_per_iteration")}), flush=True)
     result.update(benchmark="wall time per phase of one iteration, per rank", machine=machine())

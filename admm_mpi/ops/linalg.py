@@ -237,6 +237,7 @@ def solve_normal_equations(stats, ridge, anchor=None, anchor_weight=0.0):
 
 
 FACTOR_DTYPE = np.float64  # the factorisations' precision (see factor_normal_equations)
+SPREAD_SOLVE = True  # False: today's layout, the root solves every row (bench/profile.py --set compares)
 _WORKSPACE = {}
 
 
@@ -302,7 +303,7 @@ def transpose_reduce_weights(grid, a, z, ridge, anchor=None, anchor_weight=0.0):
     independent of the number of samples. ``anchor = (W, b)`` adds the proximal term of
     :func:`solve_normal_equations`.
     """
-    if not is_numpy(a):
+    if not is_numpy(a) or not SPREAD_SOLVE:
         return _transpose_reduce_on_root(grid, a, z, ridge, anchor, anchor_weight)
     k, m = a.shape[0] + 1, z.shape[0]
     stats = grid.allsum_in_place(local_normal_equations(a, z, out=_workspace("stats", (k, k + m), a.dtype)))
@@ -316,7 +317,7 @@ def transpose_reduce_weights(grid, a, z, ridge, anchor=None, anchor_weight=0.0):
 
 
 def _transpose_reduce_on_root(grid, a, z, ridge, anchor, anchor_weight):
-    """(device arrays) Reduce to the root, solve there once, broadcast ``[W | b]``."""
+    """(device arrays) Reduce to the root, solve there once, broadcast ``[W | b]``; the other ranks wait."""
     xp = namespace(a, z)
     stats = grid.sum_to_root(local_normal_equations(a, z))
     Wb = xp.empty((z.shape[0], a.shape[0] + 1), dtype=a.dtype, device=getattr(a, "device", None))
