@@ -109,8 +109,20 @@ def spd_inverse(A, dtype):
     if not is_numpy(A):
         xp = namespace(A)
         return xp.astype(_spd_inverse64(A, xp), dtype)
-    factor = _cholesky64(A)
-    return scipy.linalg.cho_solve(factor, np.eye(A.shape[0]), check_finite=False).astype(dtype)
+    c, _ = _cholesky64(A)
+    potri = scipy.linalg.lapack.get_lapack_funcs("potri", (c,))
+    inverse, info = potri(c, lower=1, overwrite_c=1)  # from the factor: a third of cho_solve's flops on I
+    if info != 0:
+        raise np.linalg.LinAlgError(f"potri: info {info}")
+    fill_lower_from_upper(inverse.T)  # potri fills the lower triangle (of the Fortran view)
+    return inverse.T.astype(dtype, order="C", copy=dtype != np.float64)
+
+
+def _shifted_gram64(M, shift):
+    """``M Mᵀ + shift I`` in float64, by syrk, the shift added on the diagonal in place (numpy)."""
+    G = gram(np.ascontiguousarray(M, dtype=np.float64))
+    G[np.diag_indices_from(G)] += shift  # (G may be Fortran-ordered: no flat view)
+    return G
 
 
 def activation_solver(W, beta, gamma):
@@ -121,10 +133,10 @@ def activation_solver(W, beta, gamma):
 
         a = H + P (T - W H),   P = (beta WᵀW + gamma I)⁻¹ beta Wᵀ = Wᵀ ((gamma/beta) I + W Wᵀ)⁻¹
 
-    ``P`` (n_in x n_out) is the same for every column: it is formed once in float64 through the
-    smaller of the two inverses (the second form, Woodbury's push-through identity, when ``W``
-    is wide, e.g. the layer before a 10-class output), cast to the working dtype and applied as
-    two thin GEMMs to any block of columns.
+    ``P`` (n_in x n_out) is the same for every column: it is formed once through the smaller of
+    the two inverses (the second form, Woodbury's push-through identity, when ``W`` is wide,
+    e.g. the layer before a 10-class output), inverted in float64, multiplied by ``W`` in the
+    working dtype and applied as two thin GEMMs to any block of columns.
 
     The correction form keeps exact answers exact. When ``T = W H`` (the first iteration, from
     the forward pass) it returns ``H`` itself, and a unit that is inactive on every sample
@@ -137,6 +149,24 @@ def activation_solver(W, beta, gamma):
     """
     xp = namespace(W)
     n_out, n_in = W.shape
+    if is_numpy(W):  # the same maths without eye temporaries; P's product in the working dtype
+        if n_out < n_in:
+            P = W.T @ spd_inverse(_shifted_gram64(W, gamma / beta), W.dtype)
+        else:
+            P = spd_inverse(_shifted_gram64(W.T, gamma / beta), W.dtype) @ W.T  # beta cancels
+    else:
+        P = _activation_operator(xp, W, beta, gamma)
+
+    def solve(T, H):
+        a = P @ (T - W @ H)
+        a += H
+        return a
+    return solve
+
+
+def _activation_operator(xp, W, beta, gamma):
+    """(any array API) ``P`` of :func:`activation_solver`, formed in float64."""
+    n_out, n_in = W.shape
     W64 = xp.astype(W, xp.float64)
     if n_out < n_in:
         S = spd_inverse((gamma / beta) * _eye(xp, n_out, W64) + W64 @ W64.T, xp.float64)
@@ -144,12 +174,7 @@ def activation_solver(W, beta, gamma):
     else:
         K = spd_inverse(beta * (W64.T @ W64) + gamma * _eye(xp, n_in, W64), xp.float64)
         P = xp.astype(K @ (beta * W64.T), W.dtype)
-
-    def solve(T, H):
-        a = P @ (T - W @ H)
-        a += H
-        return a
-    return solve
+    return P
 
 
 def activation_solve(W, T, H, beta, gamma):
@@ -236,7 +261,8 @@ def solve_normal_equations(stats, ridge, anchor=None, anchor_weight=0.0):
     return Wb
 
 
-FACTOR_DTYPE = np.float64  # the factorisations' precision (see factor_normal_equations)
+FACTOR_DTYPE = np.float64  # the weight solves' factorisations (see factor_normal_equations); None: the working dtype
+FLOAT32_MAX_ERROR = 1e-3   # a float32 factor is kept while cond(Gram + shift I) * eps32 stays below this
 SPREAD_SOLVE = True  # False: today's layout, the root solves every row (bench/profile.py --set compares)
 _WORKSPACE = {}
 
@@ -257,12 +283,24 @@ def _workspace(name, shape, dtype):
 def factor_normal_equations(stats, shift, dtype):
     """Cholesky factor ``(c, lower)`` of ``Gram + shift I`` (the first ``k`` columns of ``stats``).
 
-    Factored in ``dtype`` in a reused buffer: the shift goes onto the diagonal in place, with the
-    jitter of :func:`spd_solve` if the matrix is still singular. The factor lives until the next
-    call with the same shape.
+    Factored in a reused buffer: the shift goes onto the diagonal in place, with the jitter of
+    :func:`spd_solve` if the matrix is still singular. The factor lives until the next call with
+    the same shape. ``dtype`` float32 is tried first and kept only if it factors and LAPACK's
+    condition estimate keeps the solve's relative error below about ``FLOAT32_MAX_ERROR``
+    (``cond * eps``); otherwise the matrix is factored again in float64.
     """
     k = stats.shape[0]
-    work = _workspace("gram", (k, k), dtype)
+    if np.dtype(dtype) == np.float32:
+        work = _workspace("gram", (k, k), np.float32)
+        work[...] = stats[:, :k]
+        work.reshape(-1)[::k + 1] += shift
+        norm = float(np.abs(work).sum(axis=0).max())  # the 1-norm, for the condition estimate
+        c, info = scipy.linalg.lapack.spotrf(work.T, lower=1, clean=0, overwrite_a=1)
+        if info == 0:
+            rcond, info = scipy.linalg.lapack.spocon(c, norm, uplo="L")
+            if info == 0 and rcond * FLOAT32_MAX_ERROR >= np.finfo(np.float32).eps:
+                return c, True
+    work = _workspace("gram", (k, k), np.float64)
     work[...] = stats[:, :k]
     work.reshape(-1)[::k + 1] += shift
     return _cholesky(work)
@@ -310,7 +348,7 @@ def transpose_reduce_weights(grid, a, z, ridge, anchor=None, anchor_weight=0.0):
     start, stop = grid.block_range(m)
     Wb = np.empty((m, k), dtype=a.dtype)
     if stop > start:  # (a rank without rows, e.g. 10 rows over 16 ranks, factors nothing)
-        factor = factor_normal_equations(stats, ridge + anchor_weight, FACTOR_DTYPE)
+        factor = factor_normal_equations(stats, ridge + anchor_weight, FACTOR_DTYPE or a.dtype)
         Wb[start:stop] = solve_normal_equation_rows(stats, factor, (start, stop), anchor, anchor_weight)
     Wb = grid.allgather_rows(Wb)
     return np.array(Wb[:, :-1]), np.array(Wb[:, -1])
