@@ -145,23 +145,29 @@ class Grid:
         return self.bcast_from_root(out)
 
     def allsum_in_place(self, buf):
-        """:meth:`allsum` into ``buf`` itself, without its copies: for large statistics.
+        """:meth:`allsum` into ``buf`` itself, without copies: for the large weight-solve statistics.
 
-        Reduce to the root in place, then broadcast the root's sum, so the result is
-        bit-identical on every rank. Returns the summed array (``buf`` unless it had to be
-        staged, e.g. a device array).
+        Reduce-scatter (each rank sums one block of the elements), then allgather of the blocks:
+        every block is summed once, on one rank, and its bytes are copied to the others, so the
+        result is bit-identical on every rank, as with ``allsum``'s Reduce + Bcast, for half the
+        traffic, and the additions are shared. Returns the summed array (``buf`` unless it had
+        to be staged, e.g. a device array).
         """
         if self._comm is None:
             return buf
         from mpi4py import MPI
 
         data = self._buffer(buf)
-        self._count(data.nbytes)
-        if self.is_root:
-            self._comm.Reduce(MPI.IN_PLACE, data, op=MPI.SUM, root=0)
-        else:
-            self._comm.Reduce(data, None, op=MPI.SUM, root=0)
-        return self._handed_back(self.bcast_from_root(data), buf)
+        flat = data.reshape(-1)
+        ranges = [block_range(flat.size, self.size, r) for r in range(self.size)]
+        counts = [stop - start for start, stop in ranges]
+        start, stop = ranges[self.rank]
+        self._count(data.nbytes - counts[self.rank] * data.itemsize)
+        self._comm.Reduce_scatter(MPI.IN_PLACE, flat, recvcounts=counts, op=MPI.SUM)
+        flat[start:stop] = flat[:stop - start]  # MPI leaves this rank's sums at the front (no overlap: start >= stop - start)
+        self._count(counts[self.rank] * data.itemsize)
+        self._comm.Allgatherv(MPI.IN_PLACE, [flat, (counts, [s for s, _ in ranges])])
+        return self._handed_back(data, buf)
 
     def allgather_rows(self, buf):
         """Every rank's block of rows of ``buf`` (``block_range(len(buf))``) to every rank, in place.

@@ -180,3 +180,14 @@ def test_gram_fills_both_triangles_into_a_strided_view():
     assert np.array_equal(buffer[:-1, :600], buffer[:-1, :600].T)
     np.testing.assert_allclose(buffer[:-1, :600], a @ a.T, rtol=1e-12, atol=1e-10)
     assert np.all(np.isnan(buffer[-1])) and np.all(np.isnan(buffer[:, 600:]))  # nothing outside the view
+
+
+@pytest.mark.mpi(ranks=[1, 2, 3, 4], timeout=60)
+@pytest.mark.parametrize("shape", [(1, 3), (7, 5), (40, 41)])  # 3 elements: a rank sums none at 4 ranks
+def test_allsum_in_place_equals_allsum_bit_identically_everywhere(comm, shape):
+    grid = Grid(comm)
+    local = np.random.default_rng(grid.rank).standard_normal(shape)
+    total = grid.allsum_in_place(local.copy())
+    np.testing.assert_allclose(total, grid.allsum(local), rtol=1e-14, atol=1e-14)
+    assert np.array_equal(total, comm.bcast(total, root=0))
+    grid.close()
