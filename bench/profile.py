@@ -11,7 +11,8 @@ phase *exclusively* (time spent in a nested phase counts for the inner one only)
 
 - forward codes:  ``forward_states`` (the codes of a batch or of the data)
 - local Grams:    ``local_normal_equations`` (this rank's ``[A Aᵀ | A zᵀ]``)
-- Reduce, Bcast, Allgather:  the grid's collectives (a rank that waits for another's solve waits here)
+- Reduce, Bcast, Allgather:  the grid's collectives (a rank that waits for another's solve waits here);
+                  Reduce is the statistics' reduction (``sum_to_root``, or ``allsum_in_place``)
 - weight solve:   the weight solves and steps (``solve_normal_equations`` and its successors,
                   ``weight_gradient_step``)
 - activation solves: forming the a-update's operator (``activation_solver``)
@@ -66,7 +67,7 @@ WRAPPED = [
     ("I/O", "admm_mpi.train", "_write_json"),
     ("I/O", "admm_mpi.checkpoint", "save"),
 ]
-GRID_METHODS = [("Reduce", "sum_to_root"), ("Bcast", "bcast_from_root"), ("Allgather", "allgather_rows"),
+GRID_METHODS = [("Reduce", "sum_to_root"), ("Reduce", "allsum_in_place"), ("Bcast", "bcast_from_root"), ("Allgather", "allgather_rows"),
                 ("other collectives", "allmax"), ("other collectives", "bcast_decision")]
 
 
