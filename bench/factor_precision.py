@@ -80,8 +80,8 @@ def train_once(args, data, factor_dtype, log=None):
     from admm_mpi.ops import linalg
     from admm_mpi.train import train
 
+    saved = linalg.solve_normal_equation_rows, linalg.factor_normal_equations, linalg.FACTOR_DTYPE
     linalg.FACTOR_DTYPE = factor_dtype
-    saved = linalg.solve_normal_equation_rows, linalg.factor_normal_equations
     if log is not None:
         record_solves(linalg, log)
     try:
@@ -90,8 +90,7 @@ def train_once(args, data, factor_dtype, log=None):
         summary = train(config, Grid.serial(), out=False)
         return summary["test_accuracy"], time.perf_counter() - t0
     finally:
-        linalg.solve_normal_equation_rows, linalg.factor_normal_equations = saved
-        linalg.FACTOR_DTYPE = np.float64
+        linalg.solve_normal_equation_rows, linalg.factor_normal_equations, linalg.FACTOR_DTYPE = saved
 
 
 def run_case(name, args, val_data, test_data):

@@ -144,7 +144,10 @@ def apply_settings(settings):
         target, value = setting.split("=")
         module, attr = target.rsplit(".", 1)
         old = getattr(importlib.import_module(module), attr)
-        value = getattr(np, value) if isinstance(old, type) else type(old)(int(value) if isinstance(old, bool) else value)
+        if value in ("float32", "float64", "None"):
+            value = None if value == "None" else getattr(np, value)
+        else:
+            value = bool(int(value)) if isinstance(old, bool) else type(old)(value)
         setattr(importlib.import_module(module), attr, value)
 
 

@@ -83,9 +83,9 @@ def git_commit(repo):
                           text=True).stdout.strip()
 
 
-def summarise(runs, variants, ranks_list):
-    medians = {v: {str(r): {key: statistics.median(x[key] for x in runs[v][str(r)])
-                            for key in ("step_seconds", "seconds")} for r in ranks_list} for v in variants}
+def summarise(runs, variants):
+    medians = {v: {r: {key: statistics.median(x[key] for x in rows) for key in ("step_seconds", "seconds")}
+                   for r, rows in runs[v].items()} for v in variants}
     ratios = {}
     for v in variants:
         for key in ("step_seconds", "seconds"):
@@ -103,6 +103,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--base", required=True, help="the checkout to compare with (e.g. main at e216405)")
     p.add_argument("--variant", action="append", default=[], help="module.ATTR=value[,...]: another variant of this checkout")
+    p.add_argument("--variants-at-2-ranks-only", action="store_true", help="run the --variant ones at 2 ranks only")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--ranks", type=int, nargs="+", default=[2, 1])
     p.add_argument("--train", type=int, default=10000, help="first N training samples (60000: a full epoch)")
@@ -112,15 +113,19 @@ def main():
     base = Path(args.base).resolve()
     variants = {"base": (base, ""), "this": (REPO, "")}
     variants.update({f"this+{v}": (REPO, v) for v in args.variant})
-    runs = {v: {str(r): [] for r in args.ranks} for v in variants}
+    ranks_of = {v: [r for r in args.ranks if r == 2 or not (args.variants_at_2_ranks_only and v.startswith("this+"))]
+                for v in variants}
+    runs = {v: {str(r): [] for r in ranks_of[v]} for v in variants}
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(args.repeats):
             for ranks in args.ranks:
                 for name, (checkout, settings) in variants.items():
+                    if ranks not in ranks_of[name]:
+                        continue
                     result = run(checkout, settings, ranks, data, Path(tmp) / f"{name}-{ranks}-{repeat}".replace("/", "_"))
                     runs[name][str(ranks)].append(result)
                     print(json.dumps({"variant": name, "ranks": ranks, "repeat": repeat, **result}), flush=True)
-    medians, ratios = summarise(runs, list(variants), args.ranks)
+    medians, ratios = summarise(runs, list(variants))
     argv = [os.path.relpath(a, REPO) if os.path.isabs(a) else a for a in sys.argv[1:]]
     write_result("speed_minibatch_am", {
         "benchmark": "minibatch_am MNIST recipe, one epoch on a training subset; medians of step seconds "
