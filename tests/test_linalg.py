@@ -104,3 +104,90 @@ def test_activation_solve_is_the_least_squares_minimiser(n_out, n_in):
     R = np.vstack([np.sqrt(beta) * T, np.sqrt(gamma) * H])
     expected = np.linalg.lstsq(M, R, rcond=None)[0]
     assert np.allclose(activation_solve(W, T, H, beta, gamma), expected, rtol=1e-10, atol=1e-10)
+
+
+def _spd_problem(k, m, n, seed):
+    """Columns of ``[a; z]`` (k - 1 + m rows) and an anchor ``(W, b)``: the same on every rank."""
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((k - 1, n)), rng.standard_normal((m, n)),
+            (rng.standard_normal((m, k - 1)), rng.standard_normal(m)))
+
+
+@pytest.mark.mpi(ranks=[1, 2, 3, 4], timeout=60)
+@pytest.mark.parametrize("k, m", [(9, 7), (40, 5), (6, 2), (5, 13)])  # uneven row splits; 2 rows leave ranks idle
+def test_spread_solve_equals_the_root_solve(comm, k, m):
+    """Every rank factors and solves its block of rows of [W | b]: the root's solve of all rows, bit-identical everywhere."""
+    from admm_mpi.ops import linalg
+
+    grid = Grid(comm)
+    a, z, anchor = _spd_problem(k, m, 57, seed=k * 100 + m)
+    start, stop = grid.block_range(57)
+    solved_rows = []
+    original = linalg.solve_normal_equation_rows
+
+    def recording(stats, factor, rows, *args):
+        solved_rows.append(tuple(rows))
+        return original(stats, factor, rows, *args)
+
+    linalg.solve_normal_equation_rows = recording
+    try:
+        W, b = transpose_reduce_weights(grid, a[:, start:stop], z[:, start:stop], 0.3, anchor, 0.7)
+    finally:
+        linalg.solve_normal_equation_rows = original
+    own = grid.block_range(m)
+    assert solved_rows == ([own] if own[1] > own[0] else [])  # this rank's rows only
+
+    W_root, b_root = linalg._transpose_reduce_on_root(grid, a[:, start:stop], z[:, start:stop], 0.3, anchor, 0.7)
+    np.testing.assert_allclose(W, W_root, rtol=1e-12, atol=1e-12 * np.abs(W_root).max())
+    np.testing.assert_allclose(b, b_root, rtol=1e-12, atol=1e-12 * np.abs(b_root).max())
+    # the reference: the anchored ridge problem by the normal equations on the full data
+    A = np.vstack([a, np.ones((1, 57))])
+    Wb_anchor = np.hstack([anchor[0], anchor[1][:, None]])
+    Wb_ref = np.linalg.solve(A @ A.T + 1.0 * np.eye(k), A @ z.T + 0.7 * Wb_anchor.T).T
+    np.testing.assert_allclose(np.hstack([W, b[:, None]]), Wb_ref, rtol=1e-10, atol=1e-12)
+    for x in (W, b):
+        assert np.array_equal(x, comm.bcast(x, root=0))  # the same bytes on every rank
+    grid.close()
+
+
+@pytest.mark.parametrize("parts", [1, 2, 3, 4])
+def test_rows_solved_in_blocks_equal_the_whole_solve(parts):
+    """Any block split of the right-hand sides gives the rows of the whole solve (row by row)."""
+    from admm_mpi.ops.linalg import factor_normal_equations, local_normal_equations, solve_normal_equation_rows
+    from admm_mpi.partition import block_range
+
+    a, z, anchor = _spd_problem(30, 11, 80, seed=parts)
+    stats = local_normal_equations(a, z)
+    whole = np.array(solve_normal_equation_rows(stats, factor_normal_equations(stats, 0.2 + 0.5, np.float64),
+                                                (0, 11), anchor, 0.5))
+    blocks = [np.array(solve_normal_equation_rows(stats, factor_normal_equations(stats, 0.2 + 0.5, np.float64),
+                                                  block_range(11, parts, r), anchor, 0.5)) for r in range(parts)]
+    np.testing.assert_allclose(np.vstack(blocks), whole, rtol=1e-12, atol=1e-12 * np.abs(whole).max())
+    k = stats.shape[0]
+    G = stats[:, :k] + 0.7 * np.eye(k)
+    rhs = stats[:, k:] + 0.5 * np.hstack([anchor[0], anchor[1][:, None]]).T
+    np.testing.assert_allclose(whole, np.linalg.solve(G, rhs).T, rtol=1e-10, atol=1e-12)
+
+
+def test_gram_fills_both_triangles_into_a_strided_view():
+    from admm_mpi.ops.linalg import gram
+
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((600, 50))  # over two 256-blocks of the mirror
+    buffer = np.full((601, 700), np.nan)
+    G = gram(a, out=buffer[:-1, :600])
+    assert G.base is buffer or G is buffer[:-1, :600] or np.shares_memory(G, buffer)
+    assert np.array_equal(buffer[:-1, :600], buffer[:-1, :600].T)
+    np.testing.assert_allclose(buffer[:-1, :600], a @ a.T, rtol=1e-12, atol=1e-10)
+    assert np.all(np.isnan(buffer[-1])) and np.all(np.isnan(buffer[:, 600:]))  # nothing outside the view
+
+
+@pytest.mark.mpi(ranks=[1, 2, 3, 4], timeout=60)
+@pytest.mark.parametrize("shape", [(1, 3), (7, 5), (40, 41)])  # 3 elements: a rank sums none at 4 ranks
+def test_allsum_in_place_equals_allsum_bit_identically_everywhere(comm, shape):
+    grid = Grid(comm)
+    local = np.random.default_rng(grid.rank).standard_normal(shape)
+    total = grid.allsum_in_place(local.copy())
+    np.testing.assert_allclose(total, grid.allsum(local), rtol=1e-14, atol=1e-14)
+    assert np.array_equal(total, comm.bcast(total, root=0))
+    grid.close()

@@ -27,13 +27,44 @@ def _not_spd(jitter):
 
 def _cholesky64(A):
     """(numpy) Lower Cholesky factor of ``A`` in float64, with a growing jitter if it is singular."""
-    A64 = np.asarray(A, dtype=np.float64)
-    for jitter in _jitters(A64, np):
-        try:
-            return scipy.linalg.cho_factor(A64 + jitter * np.eye(A64.shape[0]), lower=True, check_finite=False)
-        except np.linalg.LinAlgError:
-            pass
+    return _cholesky(np.array(A, dtype=np.float64, order="C"))  # a copy: A is not overwritten
+
+
+def _cholesky(work):
+    """(numpy) Cholesky factor ``(c, True)`` of the symmetric ``work``, overwriting ``work``.
+
+    ``work`` is a square ``dtype`` array, C-ordered: since it is symmetric, its Fortran view
+    ``work.T`` is the same matrix, and LAPACK factors that in place (no copy, no ``eye``). The
+    factor fills the lower triangle of ``work.T``; its upper triangle keeps the input, so a
+    failed attempt is undone from it, and the jitter is added to the diagonal in place.
+    """
+    potrf = scipy.linalg.lapack.get_lapack_funcs("potrf", (work,))
+    diagonal = work.reshape(-1)[::work.shape[0] + 1]  # a view: writes reach work
+    original_diagonal = diagonal.copy()
+    for jitter in _jitters(work, np):
+        if jitter:  # undo the failed attempt: lower triangle from the upper one, diagonal shifted
+            fill_lower_from_upper(work.T)
+            diagonal[...] = original_diagonal + jitter
+        c, info = potrf(work.T, lower=1, clean=0, overwrite_a=1)
+        if info == 0:
+            return c, True
+        if info < 0:
+            raise ValueError(f"potrf: illegal argument {-info}")
     raise _not_spd(jitter)
+
+
+def fill_lower_from_upper(M, block=256):
+    """Copy the strict upper triangle of the square view ``M`` into its lower one, in place.
+
+    Block by block, so no n x n temporary is made (``np.triu`` would make two).
+    """
+    n = M.shape[0]
+    for r0 in range(0, n, block):
+        r1 = min(r0 + block, n)
+        M[r1:, r0:r1] = M[r0:r1, r1:].T
+        square = M[r0:r1, r0:r1]
+        below = np.tril_indices(r1 - r0, -1)
+        square[below] = square.T[below]
 
 
 def _spd_inverse64(A, xp):
@@ -78,8 +109,20 @@ def spd_inverse(A, dtype):
     if not is_numpy(A):
         xp = namespace(A)
         return xp.astype(_spd_inverse64(A, xp), dtype)
-    factor = _cholesky64(A)
-    return scipy.linalg.cho_solve(factor, np.eye(A.shape[0]), check_finite=False).astype(dtype)
+    c, _ = _cholesky64(A)
+    potri = scipy.linalg.lapack.get_lapack_funcs("potri", (c,))
+    inverse, info = potri(c, lower=1, overwrite_c=1)  # from the factor: a third of cho_solve's flops on I
+    if info != 0:
+        raise np.linalg.LinAlgError(f"potri: info {info}")
+    fill_lower_from_upper(inverse.T)  # potri fills the lower triangle (of the Fortran view)
+    return inverse.T.astype(dtype, order="C", copy=dtype != np.float64)
+
+
+def _shifted_gram64(M, shift):
+    """``M Mᵀ + shift I`` in float64, by syrk, the shift added on the diagonal in place (numpy)."""
+    G = gram(np.ascontiguousarray(M, dtype=np.float64))
+    G[np.diag_indices_from(G)] += shift  # (G may be Fortran-ordered: no flat view)
+    return G
 
 
 def activation_solver(W, beta, gamma):
@@ -90,10 +133,10 @@ def activation_solver(W, beta, gamma):
 
         a = H + P (T - W H),   P = (beta WᵀW + gamma I)⁻¹ beta Wᵀ = Wᵀ ((gamma/beta) I + W Wᵀ)⁻¹
 
-    ``P`` (n_in x n_out) is the same for every column: it is formed once in float64 through the
-    smaller of the two inverses (the second form, Woodbury's push-through identity, when ``W``
-    is wide, e.g. the layer before a 10-class output), cast to the working dtype and applied as
-    two thin GEMMs to any block of columns.
+    ``P`` (n_in x n_out) is the same for every column: it is formed once through the smaller of
+    the two inverses (the second form, Woodbury's push-through identity, when ``W`` is wide,
+    e.g. the layer before a 10-class output), inverted in float64, multiplied by ``W`` in the
+    working dtype and applied as two thin GEMMs to any block of columns.
 
     The correction form keeps exact answers exact. When ``T = W H`` (the first iteration, from
     the forward pass) it returns ``H`` itself, and a unit that is inactive on every sample
@@ -106,13 +149,13 @@ def activation_solver(W, beta, gamma):
     """
     xp = namespace(W)
     n_out, n_in = W.shape
-    W64 = xp.astype(W, xp.float64)
-    if n_out < n_in:
-        S = spd_inverse((gamma / beta) * _eye(xp, n_out, W64) + W64 @ W64.T, xp.float64)
-        P = xp.astype(W64.T @ S, W.dtype)
+    if is_numpy(W):  # the same maths without eye temporaries; P's product in the working dtype
+        if n_out < n_in:
+            P = W.T @ spd_inverse(_shifted_gram64(W, gamma / beta), W.dtype)
+        else:
+            P = spd_inverse(_shifted_gram64(W.T, gamma / beta), W.dtype) @ W.T  # beta cancels
     else:
-        K = spd_inverse(beta * (W64.T @ W64) + gamma * _eye(xp, n_in, W64), xp.float64)
-        P = xp.astype(K @ (beta * W64.T), W.dtype)
+        P = _activation_operator(xp, W, beta, gamma)
 
     def solve(T, H):
         a = P @ (T - W @ H)
@@ -121,21 +164,48 @@ def activation_solver(W, beta, gamma):
     return solve
 
 
+def _activation_operator(xp, W, beta, gamma):
+    """(any array API) ``P`` of :func:`activation_solver`, formed in float64."""
+    n_out, n_in = W.shape
+    W64 = xp.astype(W, xp.float64)
+    if n_out < n_in:
+        S = spd_inverse((gamma / beta) * _eye(xp, n_out, W64) + W64 @ W64.T, xp.float64)
+        P = xp.astype(W64.T @ S, W.dtype)
+    else:
+        K = spd_inverse(beta * (W64.T @ W64) + gamma * _eye(xp, n_in, W64), xp.float64)
+        P = xp.astype(K @ (beta * W64.T), W.dtype)
+    return P
+
+
 def activation_solve(W, T, H, beta, gamma):
     """:func:`activation_solver` applied once."""
     return activation_solver(W, beta, gamma)(T, H)
 
 
-def gram(a):
-    """``a aᵀ`` by a symmetric rank-k update (BLAS syrk): half the flops of the GEMM."""
+def gram(a, out=None):
+    """``a aᵀ`` by a symmetric rank-k update (BLAS syrk): half the flops of the GEMM.
+
+    Written into ``out`` (a square view of ``a``'s dtype) when given, else into a new array.
+    """
     if not is_numpy(a):
-        return a @ a.T
+        if out is None:
+            return a @ a.T
+        out[...] = a @ a.T
+        return out
     syrk = {np.dtype(np.float32): scipy.linalg.blas.ssyrk,
             np.dtype(np.float64): scipy.linalg.blas.dsyrk}.get(a.dtype)
     if syrk is None or not a.flags.c_contiguous or a.shape[1] == 0:  # (an empty mini-batch shard)
-        return a @ a.T
+        if out is None:
+            return a @ a.T
+        np.matmul(a, a.T, out=out)
+        return out
     upper = syrk(1.0, a.T, trans=1)  # a.T is Fortran-ordered: no copy; the upper triangle is filled
-    return np.triu(upper) + np.triu(upper, 1).T
+    if out is None:
+        out = upper
+    else:
+        out[...] = upper
+    fill_lower_from_upper(out)
+    return out
 
 
 def with_ones_row(a):
@@ -144,22 +214,27 @@ def with_ones_row(a):
     return xp.concat([a, xp.ones((1, a.shape[1]), dtype=a.dtype, device=getattr(a, "device", None))], axis=0)
 
 
-def local_normal_equations(a, z):
+def local_normal_equations(a, z, out=None):
     """This shard's ``[A Aᵀ | A zᵀ]`` with ``A = [a; 1]``: the only per-layer data that crosses ranks.
 
     Packed in one buffer so the transpose reduction is a single ``Reduce`` per layer. Built
     without forming ``[a; 1]`` (no copy of the samples): the ones row contributes the sums
-    ``a 1`` and ``z 1`` and the count.
+    ``a 1`` and ``z 1`` and the count. ``out``: a ``k x (k + n_out)`` array to fill instead of a
+    new one.
     """
     xp = namespace(a, z)
     k = a.shape[0] + 1
-    stats = xp.empty((k, k + z.shape[0]), dtype=a.dtype, device=getattr(a, "device", None))
-    stats[:-1, :k - 1] = gram(a)
+    stats = out if out is not None else xp.empty((k, k + z.shape[0]), dtype=a.dtype,
+                                                 device=getattr(a, "device", None))
+    gram(a, out=stats[:-1, :k - 1])
     row_sums = xp.sum(a, axis=1)
     stats[:-1, k - 1] = row_sums
     stats[-1, :k - 1] = row_sums
     stats[-1, k - 1] = a.shape[1]
-    stats[:-1, k:] = a @ z.T
+    if is_numpy(a):
+        np.matmul(a, z.T, out=stats[:-1, k:])
+    else:
+        stats[:-1, k:] = a @ z.T
     stats[-1, k:] = xp.sum(z, axis=1)
     return stats
 
@@ -171,21 +246,122 @@ def solve_normal_equations(stats, ridge, anchor=None, anchor_weight=0.0):
     term that keeps a mini-batch solve near the current weights.
     """
     k = stats.shape[0]
-    gram_ = stats[:, :k] + (ridge + anchor_weight) * _eye(namespace(stats), k, stats)
-    rhs = stats[:, k:]
+    if not is_numpy(stats):
+        xp = namespace(stats)
+        gram_ = stats[:, :k] + (ridge + anchor_weight) * _eye(xp, k, stats)
+        rhs = stats[:, k:]
+        if anchor is not None and anchor_weight:
+            rhs = rhs + anchor_weight * anchor.T
+        return spd_solve(gram_, rhs).T
+    m = stats.shape[1] - k
+    Wb = np.empty((m, k), dtype=stats.dtype)
+    anchor = None if anchor is None else (anchor[:, :-1], anchor[:, -1])
+    factor = factor_normal_equations(stats, ridge + anchor_weight, np.float64)
+    Wb[...] = solve_normal_equation_rows(stats, factor, (0, m), anchor, anchor_weight)
+    return Wb
+
+
+# The weight solves' factorisations: in the working dtype (None), or always in this dtype. In
+# float32 a factor is kept while LAPACK's estimate of cond(Gram + shift I) * eps32 (a worst-case
+# bound of the solve's relative error) stays below FLOAT32_MAX_ERROR; else float64. Measured
+# (bench/results/factor_precision.json): on MNIST batches the estimate reaches 1.2e6 while the
+# float32 solution differs from the float64 one by at most 2e-4 (relative), and the validation
+# and test accuracy of the minibatch_am recipe and of digits do not change.
+FACTOR_DTYPE = None
+FLOAT32_MAX_ERROR = 0.1
+SPREAD_SOLVE = True  # False: today's layout, the root solves every row (bench/profile.py --set compares)
+_WORKSPACE = {}
+
+
+def _workspace(name, shape, dtype):
+    """A scratch array kept between calls: the solves of a layer repeat with the same shapes every
+    batch, and a fresh n x n array per call costs its page faults again (the kernel time of
+    issue 18). At most a few dozen shapes live at once (one set per layer)."""
+    key = (name, tuple(shape), np.dtype(dtype))
+    buf = _WORKSPACE.get(key)
+    if buf is None:
+        if len(_WORKSPACE) >= 32:
+            _WORKSPACE.clear()
+        buf = _WORKSPACE[key] = np.empty(shape, dtype=dtype)
+    return buf
+
+
+def factor_normal_equations(stats, shift, dtype):
+    """Cholesky factor ``(c, lower)`` of ``Gram + shift I`` (the first ``k`` columns of ``stats``).
+
+    Factored in a reused buffer: the shift goes onto the diagonal in place, with the jitter of
+    :func:`spd_solve` if the matrix is still singular. The factor lives until the next call with
+    the same shape. ``dtype`` float32 is tried first and kept only if it factors and LAPACK's
+    condition estimate keeps the solve's relative error below about ``FLOAT32_MAX_ERROR``
+    (``cond * eps``); otherwise the matrix is factored again in float64.
+    """
+    k = stats.shape[0]
+    if np.dtype(dtype) == np.float32:
+        work = _workspace("gram", (k, k), np.float32)
+        work[...] = stats[:, :k]
+        work.reshape(-1)[::k + 1] += shift
+        norm = float(np.abs(work).sum(axis=0).max())  # the 1-norm, for the condition estimate
+        c, info = scipy.linalg.lapack.spotrf(work.T, lower=1, clean=0, overwrite_a=1)
+        if info == 0:
+            rcond, info = scipy.linalg.lapack.spocon(c, norm, uplo="L")
+            if info == 0 and rcond * FLOAT32_MAX_ERROR >= np.finfo(np.float32).eps:
+                return c, True
+    work = _workspace("gram", (k, k), np.float64)
+    work[...] = stats[:, :k]
+    work.reshape(-1)[::k + 1] += shift
+    return _cholesky(work)
+
+
+def solve_normal_equation_rows(stats, factor, rows, anchor=None, anchor_weight=0.0):
+    """Rows ``rows = (start, stop)`` of ``[W | b]`` from the factor of :func:`factor_normal_equations`.
+
+    Their right-hand sides are the columns ``k + start .. k + stop`` of ``stats`` (``[A zᵀ]``),
+    plus ``anchor_weight`` times the rows of ``anchor = (W, b)``. Each row is solved
+    independently of the others (two triangular solves), so any split of the rows over ranks
+    gives the rows of the whole solve. Returns a ``(stop - start) x k`` array in the factor's
+    dtype (a reused buffer: copy it before the next call).
+    """
+    k = stats.shape[0]
+    start, stop = rows
+    c, lower = factor
+    rhs = _workspace("rhs", (stop - start, k), c.dtype)  # C-ordered rows: rhs.T is Fortran, as LAPACK wants
+    rhs[...] = stats[:, k + start:k + stop].T
     if anchor is not None and anchor_weight:
-        rhs = rhs + anchor_weight * anchor.T
-    return spd_solve(gram_, rhs).T
+        rhs[:, :-1] += anchor_weight * anchor[0][start:stop]
+        rhs[:, -1] += anchor_weight * anchor[1][start:stop]
+    if stop > start:
+        potrs = scipy.linalg.lapack.get_lapack_funcs("potrs", (c,))
+        _, info = potrs(c, rhs.T, lower=lower, overwrite_b=1)
+        if info != 0:
+            raise ValueError(f"potrs: illegal argument {-info}")
+    return rhs
 
 
 def transpose_reduce_weights(grid, a, z, ridge, anchor=None, anchor_weight=0.0):
     """Least-squares layer weights over all ranks' samples (transpose reduction).
 
-    Each rank forms ``[a;1][a;1]ᵀ`` and ``z [a;1]ᵀ`` on its columns; the sums are reduced to the
-    root, solved there once, and the solution is broadcast, so the weights are bit-identical on
-    every rank. Traffic is independent of the number of samples. ``anchor = (W, b)`` adds the
-    proximal term of :func:`solve_normal_equations`.
+    Each rank forms ``[a;1][a;1]ᵀ`` and ``z [a;1]ᵀ`` on its columns; the sums are reduced and
+    broadcast (bit-identical on every rank). Every rank factors the Gram and solves only its
+    block of the rows of ``[W | b]`` (``grid.block_range``); an allgather of the rows then
+    gives every rank the same bytes. No rank waits through another's solve, and traffic is
+    independent of the number of samples. ``anchor = (W, b)`` adds the proximal term of
+    :func:`solve_normal_equations`.
     """
+    if not is_numpy(a) or not SPREAD_SOLVE:
+        return _transpose_reduce_on_root(grid, a, z, ridge, anchor, anchor_weight)
+    k, m = a.shape[0] + 1, z.shape[0]
+    stats = grid.allsum_in_place(local_normal_equations(a, z, out=_workspace("stats", (k, k + m), a.dtype)))
+    start, stop = grid.block_range(m)
+    Wb = np.empty((m, k), dtype=a.dtype)
+    if stop > start:  # (a rank without rows, e.g. 10 rows over 16 ranks, factors nothing)
+        factor = factor_normal_equations(stats, ridge + anchor_weight, FACTOR_DTYPE or a.dtype)
+        Wb[start:stop] = solve_normal_equation_rows(stats, factor, (start, stop), anchor, anchor_weight)
+    Wb = grid.allgather_rows(Wb)
+    return np.array(Wb[:, :-1]), np.array(Wb[:, -1])
+
+
+def _transpose_reduce_on_root(grid, a, z, ridge, anchor, anchor_weight):
+    """(device arrays) Reduce to the root, solve there once, broadcast ``[W | b]``; the other ranks wait."""
     xp = namespace(a, z)
     stats = grid.sum_to_root(local_normal_equations(a, z))
     Wb = xp.empty((z.shape[0], a.shape[0] + 1), dtype=a.dtype, device=getattr(a, "device", None))
