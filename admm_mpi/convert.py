@@ -252,10 +252,8 @@ def convert(inputs, out, **settings):
     return {"out": out, **summary}
 
 
-def _convert(inputs, tmp, *, fmt=None, test_inputs=None, test_fraction=0.0, standardize=False,
-             chunk=10000, seed=0, name=None, dtype=np.float32, scale=1.0, **options):
-    """The conversion of :func:`convert`, written to ``tmp``."""
-    # Pass 1: the labels (small) — classes and, for a split, the test rows.
+def _label_pass(inputs, fmt, chunk, test_inputs, test_fraction, seed, options):
+    """Pass 1 over the labels (small): ``(labels, test labels or None, classes, is_test, width)``."""
     labels, width = [], 0
     for X, y in reader(inputs, fmt, chunk, **options):
         labels.append(np.asarray(y))
@@ -278,63 +276,84 @@ def _convert(inputs, tmp, *, fmt=None, test_inputs=None, test_fraction=0.0, stan
             members = np.flatnonzero(y_all == c)
             k = int(round(test_fraction * members.size))
             is_test[rng.choice(members, size=k, replace=False)] = True
+    return y_all, test_labels, classes, is_test, width
 
+
+def _appender(f, classes, chunk, dtype):
+    """``append(key_x, key_y, X, y)``: rows added to growing datasets, labels as class indices."""
+    def append(key_x, key_y, X, y):
+        if key_x not in f:
+            f.create_dataset(key_x, shape=(0, X.shape[1]), maxshape=(None, X.shape[1]), dtype=dtype,
+                             chunks=(min(chunk, 4096), X.shape[1]))
+            f.create_dataset(key_y, shape=(0,), maxshape=(None,), dtype=np.int64)
+        dx, dy = f[key_x], f[key_y]
+        if dx.shape[1] != X.shape[1]:
+            raise InputError(f"rows of different widths: {dx.shape[1]} and {X.shape[1]}")
+        n = dx.shape[0]
+        dx.resize(n + X.shape[0], axis=0)
+        dy.resize(n + X.shape[0], axis=0)
+        dx[n:] = X
+        dy[n:] = np.searchsorted(classes, y)
+    return append
+
+
+def _write_rows(f, inputs, fmt, chunk, options, is_test, append, scale):
+    """Pass 2: the rows, split into train and test; returns the training rows' sums, squares, count."""
+    sums = sq = None
+    n_train = offset = 0
+    for X, y in reader(inputs, fmt, chunk, **options):
+        X = np.asarray(X, dtype=np.float64) / scale
+        if not np.all(np.isfinite(X)):
+            raise InputError(f"{inputs} contains NaN or Inf near row {offset}")
+        mask = is_test[offset:offset + X.shape[0]]
+        train_X = X[~mask]
+        if train_X.shape[0]:
+            append("X", "y", train_X, np.asarray(y)[~mask])
+            sums = train_X.sum(0) if sums is None else sums + train_X.sum(0)
+            sq = (train_X ** 2).sum(0) if sq is None else sq + (train_X ** 2).sum(0)
+            n_train += train_X.shape[0]
+        if mask.any():
+            append("X_test", "y_test", X[mask], np.asarray(y)[mask])
+        offset += X.shape[0]
+    return sums, sq, n_train
+
+
+def _standardize(f, sums, sq, n_train, chunk):
+    """Rescale every split with the training rows' mean and standard deviation, in place."""
+    mean = sums / n_train
+    std = np.sqrt(np.maximum(sq / n_train - mean ** 2, 0))
+    std[std == 0] = 1.0  # constant features stay constant (at 0)
+    for key in ("X", "X_test"):
+        if key in f:
+            d = f[key]
+            for s in range(0, d.shape[0], chunk):
+                d[s:s + chunk] = (d[s:s + chunk] - mean) / std
+    f.attrs["standardize_mean"] = mean
+    f.attrs["standardize_std"] = std
+
+
+def _convert(inputs, tmp, *, fmt=None, test_inputs=None, test_fraction=0.0, standardize=False,
+             chunk=10000, seed=0, name=None, dtype=np.float32, scale=1.0, **options):
+    """The conversion of :func:`convert`, written to ``tmp``."""
+    y_all, test_labels, classes, is_test, width = _label_pass(inputs, fmt, chunk, test_inputs, test_fraction,
+                                                              seed, options)
     n_rows = y_all.size + (0 if test_labels is None else test_labels.size)
     reserve_space(tmp, n_rows * (width * np.dtype(dtype).itemsize + 8))  # a full disk fails here, cleanly
-    sums = sq = None
-    n_train = 0
     with h5py.File(tmp, "w") as f:
-        def append(key_x, key_y, X, y):
-            if key_x not in f:
-                f.create_dataset(key_x, shape=(0, X.shape[1]), maxshape=(None, X.shape[1]), dtype=dtype,
-                                 chunks=(min(chunk, 4096), X.shape[1]))
-                f.create_dataset(key_y, shape=(0,), maxshape=(None,), dtype=np.int64)
-            dx, dy = f[key_x], f[key_y]
-            if dx.shape[1] != X.shape[1]:
-                raise InputError(f"rows of different widths: {dx.shape[1]} and {X.shape[1]}")
-            n = dx.shape[0]
-            dx.resize(n + X.shape[0], axis=0)
-            dy.resize(n + X.shape[0], axis=0)
-            dx[n:] = X
-            dy[n:] = np.searchsorted(classes, y)
-
-        offset = 0
-        for X, y in reader(inputs, fmt, chunk, **options):
-            X = np.asarray(X, dtype=np.float64) / scale
-            if not np.all(np.isfinite(X)):
-                raise InputError(f"{inputs} contains NaN or Inf near row {offset}")
-            mask = is_test[offset:offset + X.shape[0]]
-            train_X = X[~mask]
-            if train_X.shape[0]:
-                append("X", "y", train_X, np.asarray(y)[~mask])
-                sums = train_X.sum(0) if sums is None else sums + train_X.sum(0)
-                sq = (train_X ** 2).sum(0) if sq is None else sq + (train_X ** 2).sum(0)
-                n_train += train_X.shape[0]
-            if mask.any():
-                append("X_test", "y_test", X[mask], np.asarray(y)[mask])
-            offset += X.shape[0]
+        append = _appender(f, classes, chunk, dtype)
+        sums, sq, n_train = _write_rows(f, inputs, fmt, chunk, options, is_test, append, scale)
         if test_inputs:
             for X, y in reader(test_inputs, fmt, chunk, **options):
                 append("X_test", "y_test", np.asarray(X, dtype=np.float64) / scale, y)
         if "X_test" in f and f["X_test"].shape[1] != f["X"].shape[1]:
             raise InputError("test rows have a different width than training rows")
-
         preprocessing = f"converted from {inputs}" + (f" and {test_inputs}" if test_inputs else "")
         if scale != 1.0:
             preprocessing += f"; divided by {scale}"
         if test_fraction:
             preprocessing += f"; stratified test split {test_fraction} (seed {seed})"
         if standardize:
-            mean = sums / n_train
-            std = np.sqrt(np.maximum(sq / n_train - mean ** 2, 0))
-            std[std == 0] = 1.0  # constant features stay constant (at 0)
-            for key in ("X", "X_test"):
-                if key in f:
-                    d = f[key]
-                    for s in range(0, d.shape[0], chunk):
-                        d[s:s + chunk] = (d[s:s + chunk] - mean) / std
-            f.attrs["standardize_mean"] = mean
-            f.attrs["standardize_std"] = std
+            _standardize(f, sums, sq, n_train, chunk)
             preprocessing += "; standardised with the training rows' mean and std"
         f.attrs["name"] = name or os.path.basename(inputs.split(",")[0])
         f.attrs["n_classes"] = len(classes)

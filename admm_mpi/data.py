@@ -250,6 +250,16 @@ def _read_split(f, part, n_train, held, d, dtype, read_test, read_val_file):
     return arrays
 
 
+def _infer_classes(labels, grid, path, n_samples):
+    """The number of classes from the largest training or validation label over all ranks."""
+    local_max = max(int(labels[k].max(initial=0)) for k in ("y", "y_val") if k in labels)
+    n_classes = int(grid.allmax(np.array([local_max], dtype=np.int64))[0]) + 1
+    if n_classes > n_samples:  # the same bound as on the attribute: targets would be that wide
+        grid.agree(f"{path}: labels go up to {n_classes - 1}, more classes than the file's {n_samples} "
+                   "samples; relabel them 0..k-1 (admm-mpi data convert does) or set n_classes")
+    return n_classes
+
+
 def load_shard(path, grid, dtype=np.float64, part=None, *, validation_fraction=0.0, seed=0, read_test=True):
     """Read this rank's slab of the training, validation and test rows of the HDF5 file at ``path``.
 
@@ -293,12 +303,7 @@ def load_shard(path, grid, dtype=np.float64, part=None, *, validation_fraction=0
             grid.agree(problem)
 
     if n_classes is None:  # not recorded: the largest training or validation label over all ranks decides
-        local_max = max(int(labels[k].max(initial=0)) for k in ("y", "y_val") if k in labels)
-        n_classes = int(grid.allmax(np.array([local_max], dtype=np.int64))[0]) + 1
-        if n_classes > n + n_test + n_val_file:  # the same bound as on the attribute: targets would be that wide
-            grid.agree(f"{path}: labels go up to {n_classes - 1}, more classes than the file's "
-                       f"{n + n_test + n_val_file} samples; relabel them 0..k-1 (admm-mpi data convert does) "
-                       "or set n_classes")
+        n_classes = _infer_classes(labels, grid, path, n + n_test + n_val_file)
     for split in ("", "_val", "_test"):
         if "y" + split in labels:
             problem = problem or _check_values(arrays["X" + split], labels["y" + split], "X" + split,
