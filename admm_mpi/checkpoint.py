@@ -465,6 +465,14 @@ def resolve_resume(resume, run_dir, grid):
     if not candidates:
         return None
     manifest = find_valid(candidates, grid)
+    never_committed = grid.bcast_decision(
+        grid.is_root and not any(os.path.exists(os.path.join(c, "manifest.json")) for c in candidates))
+    if manifest is None and resume == "auto" and never_committed:
+        # killed while writing its first checkpoint: nothing was saved, so start afresh (as a
+        # requeued job must; the torn directories are pruned by the first save)
+        if grid.is_root:
+            warnings.warn(f"no checkpoint of {run_dir} was complete; starting afresh", RuntimeWarning, stacklevel=2)
+        return None
     grid.agree(None if manifest is not None else
                f"no intact checkpoint in {resume if resume != 'auto' else run_dir} "
                f"(tried {len(candidates)}; see the warnings above)")
