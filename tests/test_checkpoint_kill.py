@@ -20,6 +20,7 @@ import random
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 import zlib
 from pathlib import Path
@@ -169,3 +170,66 @@ def test_random_sigkills_during_sharded_saves_never_tear_a_checkpoint(tmp_path, 
         for W, W_ref in zip(final, weights):
             assert np.array_equal(W, W_ref), f"trial {k}: the resumed weights differ from the uninterrupted run"
     assert landed_in_save >= 3, f"only {landed_in_save} of {len(TRIALS)} kills landed inside a save: {outcomes}"
+
+
+def test_a_kill_during_the_first_save_lets_resume_auto_start_afresh(tmp_path, data):
+    """Only a torn checkpoint (no manifest) is left: nothing was saved, so ``--resume auto`` (which
+    a requeued Slurm job always passes) starts afresh instead of refusing the run directory."""
+    run, whole = tmp_path / "run", tmp_path / "whole"
+    script = tmp_path / "kill.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, signal, sys
+        from admm_mpi import checkpoint
+        from admm_mpi.cli import main
+
+        original = checkpoint._write_part
+        def write_part(*args, **kwargs):
+            record = original(*args, **kwargs)
+            if int(os.environ.get("PMI_RANK", 0)) == 1:   # rank 1 dies after writing its part
+                os.kill(os.getpid(), signal.SIGKILL)
+            return record
+        checkpoint._write_part = write_part
+        sys.exit(main(["train", *{[str(a) for a in MODEL]!r}, "--data", r"{data}", "--checkpoint-every", "1",
+                       "--out", r"{run}"]))
+    """))
+    proc = subprocess.run([mpiexec(), "-n", "2", sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=120, env=child_env())
+    assert proc.returncode != 0
+    complete, torn = _complete_checkpoints(run)
+    assert complete == [] and [p.name for p in torn] == ["ckpt-000001"]
+    resumed = run_admm(2, "train", *MODEL, "--data", data, "--checkpoint-every", 2, "--out", run, "--resume", "auto",
+                       timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "no checkpoint of" in resumed.stderr and "starting afresh" in resumed.stderr
+    summary = _summary(run)
+    assert summary["first_iteration"] == 1 and summary["resumed_from"] is None
+    assert not (run / "checkpoints" / "ckpt-000001").exists()     # the torn attempt was pruned
+    proc = run_admm(2, "train", *MODEL, "--data", data, "--out", whole, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    for W, W_ref in zip(_weights(run), _weights(whole)):
+        assert np.array_equal(W, W_ref)
+
+
+def test_pruning_killed_midway_never_leaves_a_manifest_without_its_parts(tmp_path, monkeypatch):
+    """A checkpoint is removed manifest first: a kill inside the removal leaves a torn directory
+    (skipped on resume), not a 'complete' one whose parts are gone."""
+    from admm_mpi import checkpoint
+
+    run = tmp_path / "run"
+    for iteration in (1, 2, 3):
+        directory = run / "checkpoints" / checkpoint.checkpoint_name(iteration)
+        directory.mkdir(parents=True)
+        (directory / "part-00000.h5").write_bytes(b"part")
+        (directory / "manifest.json").write_text("{}")
+
+    def killed_while_removing(path, ignore_errors=False):
+        for part in Path(path).glob("part-*"):   # the parts go first, then the process dies
+            part.unlink()
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(checkpoint.shutil, "rmtree", killed_while_removing)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint._prune(str(run), str(run / "checkpoints" / "ckpt-000003"), keep=2)
+    for directory in (run / "checkpoints").iterdir():
+        if (directory / "manifest.json").exists():
+            assert list(directory.glob("part-*")), f"{directory.name} has a manifest but no parts"
