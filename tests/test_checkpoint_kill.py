@@ -169,6 +169,7 @@ def test_random_sigkills_during_sharded_saves_never_tear_a_checkpoint(tmp_path, 
         landed_in_save += torn
         for W, W_ref in zip(final, weights):
             assert np.array_equal(W, W_ref), f"trial {k}: the resumed weights differ from the uninterrupted run"
+    print(f"{landed_in_save} of {len(TRIALS)} kills landed inside a save (ranks, killed, torn): {outcomes}")
     assert landed_in_save >= 3, f"only {landed_in_save} of {len(TRIALS)} kills landed inside a save: {outcomes}"
 
 
