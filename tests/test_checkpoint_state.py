@@ -113,3 +113,21 @@ def test_taylor_fresh_codes_rebuild_the_per_sample_state_from_the_forward_pass()
     assert all(np.array_equal(u, v) for u, v in zip(state.z, z))
     assert all(np.array_equal(u, v) and u is not v for u, v in zip(state.m, state.z))
     assert state.lam.shape == z[-1].shape and not state.lam.any()
+
+
+def test_a_global_checkpoint_of_a_layer_grid_resumes_on_a_hybrid_grid(tmp_path):
+    """Each layer group wrote its own layers' weights; the codes are rebuilt by pdADMM's pipelined
+    forward pass (a collective over the groups) on the new grid."""
+    run = tmp_path / "run"
+    layer = ["--solver", "pdadmm", "--layout", "layer"]
+    proc = run_admm(3, "train", *COMMON, *layer, "--iters", 4, "--checkpoint-every", 4, "--checkpoint-state",
+                    "global", "--out", run, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads((run / "checkpoints" / "ckpt-000004" / "manifest.json").read_text())
+    assert sorted(k for p in manifest["parts"] for k in p["global"] if k.startswith("weights/")) == \
+        ["weights/0", "weights/1", "weights/2"]
+    assert all(p["samples"] == [] for p in manifest["parts"])
+    summary = _train(4, run, "--solver", "pdadmm", "--layout", "hybrid", "--layer-groups", 2, "--iters", 6,
+                     "--resume", "auto")
+    assert summary["first_iteration"] == 5 and summary["resumed_from"].endswith("ckpt-000004"), summary
+    assert summary["layout"] == "hybrid" and np.isfinite(summary["objective"])
