@@ -244,6 +244,7 @@ def warm_restart(case, solver_args, iters, stop_at, scratch):
              "command": "mpiexec -n 2 admm-mpi train " + " ".join(map(str, common))}
     whole = train(python, root / "whole", [*common, "--iters", iters])
     entry["uninterrupted"] = _accuracies(whole)
+    entry["n_test"] = whole["n_test"]
     for state in ("full", "global"):
         out = root / state
         train(python, out, [*common, "--iters", stop_at, "--checkpoint-every", stop_at, "--checkpoint-state", state])
@@ -319,15 +320,27 @@ def markdown(result):
     if result.get("warm_restarts"):
         lines += ["", "## Warm restart from `--checkpoint-state global` (2 ranks)", "",
                   f"Run: {origin('warm_restarts')}. Each solver's defaults; stopped at the iteration shown "
-                  "with a full or a global checkpoint and resumed; last-iteration test accuracy.", "",
+                  "with a full or a global checkpoint and resumed; last-iteration test accuracy "
+                  f"(digits: {_digits_test_size()} test images, so one image is "
+                  f"{1 / _digits_test_size():.4f}).", "",
                   "| case | iterations, stopped at | uninterrupted | resumed, full state | resumed, global state "
-                  "| change |", "|---|---|---|---|---|---|"]
+                  "| change | objective at the stop; first resumed iteration, full / global |",
+                  "|---|---|---|---|---|---|---|"]
         for e in result["warm_restarts"]:
             u, f, g = (e["uninterrupted"]["test_accuracy"], e["resumed_full"]["test_accuracy"],
                        e["resumed_global"]["test_accuracy"])
             lines.append(f"| {e['case']} | {e['iterations']}, {e['stopped_at']} | {u:.4f} | {f:.4f} | {g:.4f} "
-                         f"| {g - u:+.4f} |")
+                         f"| {g - u:+.4f} | {e['resumed_full']['objective_before_restart']:.4g}; "
+                         f"{e['resumed_full']['objective_after_restart']:.4g} / "
+                         f"{e['resumed_global']['objective_after_restart']:.4g} |")
     return "\n".join(lines) + "\n"
+
+
+def _digits_test_size():
+    import h5py
+
+    with h5py.File(REPO / "admm_mpi" / "datasets" / "digits.h5", "r") as f:
+        return f["y_test"].shape[0]
 
 
 def main(argv=None):
