@@ -373,9 +373,9 @@ def main(argv=None):
     if not args.skip_warm:
         result["warm_restarts"] = warm(args, data)
     # a part not run now is kept from the last results (or taken from --cost-from), with its origin
-    previous = Path(args.cost_from) if args.cost_from else RESULTS / "checkpoint.json"
-    old = json.loads(previous.read_text()) if previous.exists() else {}
     for part, skipped in (("cost", args.skip_cost), ("warm_restarts", args.skip_warm)):
+        previous = Path(args.cost_from) if part == "cost" and args.cost_from else RESULTS / "checkpoint.json"
+        old = json.loads(previous.read_text()) if previous.exists() else {}
         if skipped and part in old:
             result[part] = old[part]
             result[f"{part}_from"] = old.get(f"{part}_from", {key: old[key] for key in (
