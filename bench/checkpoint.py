@@ -317,6 +317,14 @@ def markdown(result):
                   "- per-sample bytes written by each rank, as a share of the total: "
                   + ", ".join(f"{s:.3f}" for s in ratios["per_sample_share_per_rank"]) + " (1/P = 0.5)", ""]
         lines += [f"- {name}: {'met' if ok else 'MISSED'}" for name, ok in result["cost"]["medians"]["targets_met"].items()]
+        steps = [r["steps_seconds_per_rank"][0] for r in result["cost"]["runs"]
+                 if r["code"] == "current" and r["checkpoint_every"]]
+        if steps:
+            def step(name):
+                return statistics.median(s.get(name, 0.0) for s in steps)
+            lines += ["", f"Where the current save's time goes (root, medians): writing its part "
+                      f"{step('_write_part'):.1f} s, of which the CRC-32 read-back {step('_crc32'):.1f} s and the "
+                      f"fsync {step('_fsync_path'):.1f} s; the manifest commit {step('_commit'):.2f} s."]
     if result.get("warm_restarts"):
         lines += ["", "## Warm restart from `--checkpoint-state global` (2 ranks)", "",
                   f"Run: {origin('warm_restarts')}. Each solver's defaults; stopped at the iteration shown "
