@@ -252,14 +252,15 @@ def _check_space(directory, part_bytes):
             f"{needed / 1e6:.1f} MB, {free / 1e6:.1f} MB are free)")
 
 
-def _owned_items(state, shard, owns):
-    """This rank's (key, host value) pairs: global entries and per-sample columns it owns."""
+def _owned_items(state, shard, owns, samples=True):
+    """This rank's (key, host value) pairs: global entries and per-sample columns it owns
+    (none with ``samples=False``: a checkpoint of the global state only)."""
     global_items, sample_items = [], []
     for name in global_fields(state):
         for suffix, index, item in _entries(getattr(state, name)):
             if owns(name, index, False):
                 global_items.append((name + suffix, to_host(item) if hasattr(item, "shape") else item))
-    for name in state.sample_fields:
+    for name in state.sample_fields if samples else ():
         for suffix, index, item in _entries(getattr(state, name)):
             if item is not None and owns(name, index, True):
                 sample_items.append((name + suffix, None if item is shard.X else to_host(item)))
@@ -277,6 +278,11 @@ def _field_shapes(state):
     return out
 
 
+def _kind(config):
+    """What a checkpoint of this run holds: "full" (every variable) or "global" (no per-sample state)."""
+    return getattr(config, "checkpoint_state", "full")
+
+
 def save(run_dir, iteration, state, shard, config, grid, keep=2, owns=None, batches_done=0):
     """Write a checkpoint of ``state`` after ``iteration`` (collective: every rank writes its part).
 
@@ -284,8 +290,10 @@ def save(run_dir, iteration, state, shard, config, grid, keep=2, owns=None, batc
     save (on a layer grid each layer's values live on its layer group only; ``index`` is None for
     a field that is not a list). By default every rank owns its columns of every per-sample entry and the
     root owns the global state, which every rank holds identically. ``batches_done`` > 0 marks a
-    checkpoint taken inside an epoch of a mini-batch solver. Raises :class:`CheckpointError` on
-    every rank if any rank cannot write (the partial checkpoint is removed, the previous kept).
+    checkpoint taken inside an epoch of a mini-batch solver. ``config.checkpoint_state`` "global"
+    leaves the per-sample entries out (a resumed run rebuilds them; see ``load``). Raises
+    :class:`CheckpointError` on every rank if any rank cannot write (the partial checkpoint is
+    removed, the previous kept).
     """
     if owns is None:
         def owns(name, index, per_sample):
@@ -294,14 +302,14 @@ def save(run_dir, iteration, state, shard, config, grid, keep=2, owns=None, batc
     problem = None
     if grid.is_root:
         try:
-            shutil.rmtree(directory, ignore_errors=True)  # a torn attempt at this same position
+            _discard(directory)  # a torn or rejected attempt at this same position
             os.makedirs(directory)
         except OSError as exc:
             problem = f"cannot create checkpoint directory {directory}: {_reason(exc)}"
     problem = grid.bcast_decision(problem)
     if problem:
         raise CheckpointError(problem)
-    global_items, sample_items = _owned_items(state, shard, owns)
+    global_items, sample_items = _owned_items(state, shard, owns, samples=_kind(config) == "full")
     sizes = grid.gather_to_root(_part_bytes(global_items, sample_items))
     problem = grid.bcast_decision(_check_space(directory, sizes) if grid.is_root else None)
     if problem:  # before anyone writes: a full disk never reaches HDF5 in the common case
@@ -323,7 +331,7 @@ def save(run_dir, iteration, state, shard, config, grid, keep=2, owns=None, batc
         else:
             problem = _commit(run_dir, directory, records, iteration, batches_done, state, shard, config, grid, keep)
         if problem:
-            shutil.rmtree(directory, ignore_errors=True)
+            _discard(directory)  # the manifest may be in place when only ``latest`` failed
     problem = grid.bcast_decision(problem)
     if problem:
         raise CheckpointError(problem + "; the previous checkpoint is kept")
@@ -335,7 +343,7 @@ def _commit(run_dir, directory, records, iteration, batches_done, state, shard, 
     manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "iteration": iteration,
                 "batches_done": batches_done, "solver": config.solver, "config": config.as_dict(),
                 "data": fingerprint(shard), "ranks": grid.size, "admm_mpi_version": __version__,
-                "fields": _field_shapes(state), "parts": records}
+                "state": _kind(config), "fields": _field_shapes(state), "parts": records}
     try:
         _write_json_atomically(os.path.join(directory, "manifest.json"), manifest)
         pointer = os.path.join(run_dir, "checkpoints", "latest")
@@ -349,6 +357,13 @@ def _commit(run_dir, directory, records, iteration, batches_done, state, shard, 
     return None
 
 
+def _discard(path):
+    """Remove a checkpoint directory, its manifest first: a job killed while removing it leaves
+    a torn directory (skipped and later pruned), never a manifest whose parts are gone."""
+    _remove(os.path.join(path, "manifest.json"))
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def _prune(run_dir, newest, keep):
     """Keep the ``keep`` newest complete checkpoints; drop older ones and torn leftovers."""
     complete = 0
@@ -357,7 +372,7 @@ def _prune(run_dir, newest, keep):
             complete += 1
             if complete <= keep:
                 continue
-        shutil.rmtree(path, ignore_errors=True)
+        _discard(path)
 
 
 # ---- find and verify --------------------------------------------------------------------------
@@ -450,6 +465,14 @@ def resolve_resume(resume, run_dir, grid):
     if not candidates:
         return None
     manifest = find_valid(candidates, grid)
+    never_committed = grid.bcast_decision(
+        grid.is_root and not any(os.path.exists(os.path.join(c, "manifest.json")) for c in candidates))
+    if manifest is None and resume == "auto" and never_committed:
+        # killed while writing its first checkpoint: nothing was saved, so start afresh (as a
+        # requeued job must; the torn directories are pruned by the first save)
+        if grid.is_root:
+            warnings.warn(f"no checkpoint of {run_dir} was complete; starting afresh", RuntimeWarning, stacklevel=2)
+        return None
     grid.agree(None if manifest is not None else
                f"no intact checkpoint in {resume if resume != 'auto' else run_dir} "
                f"(tried {len(candidates)}; see the warnings above)")

@@ -58,6 +58,9 @@ def _add_train_arguments(p):
     p.add_argument("--checkpoint-every", dest="checkpoint_every", type=int,
                    help="write a checkpoint every K iterations (default: 0, only on SIGTERM)")
     p.add_argument("--resume", help="continue from a checkpoint: auto | RUN_DIR | FILE")
+    p.add_argument("--checkpoint-state", dest="checkpoint_state", metavar="full|global",
+                   help="what a checkpoint holds: full (default; bit-exact resume) or global (weights and "
+                        "schedules only; a full-batch solver resumes from forward-pass codes, multipliers at 0)")
     p.add_argument("--no-progress", dest="progress", action="store_const", const=False,
                    help="no progress bar")
     _add_validation_arguments(p.add_argument_group("validation, model selection and evaluation"))

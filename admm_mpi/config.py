@@ -25,6 +25,7 @@ from admm_mpi.solvers import DEFAULT_SOLVER, SOLVERS, SolverParams, get_solver
 LAYOUTS = ("data", "layer", "hybrid")
 KEEP = ("last", "best")
 EVAL_TEST = ("never", "end", "every")
+CHECKPOINT_STATE = ("full", "global")
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class TrainConfig:
     progress: bool = True
     checkpoint_every: int = 0     # iterations between checkpoints (0: none, except on SIGTERM)
     resume: str = ""              # "auto" (the run's own latest checkpoint), a run directory or a file
+    checkpoint_state: str = "full"  # full | global (weights and schedules only; per-sample state rebuilt)
     # validation, selection and evaluation
     validation_fraction: float = 0.0  # rows of each class held out of X for validation (0: none)
     early_stopping: bool = False  # stop when validation accuracy stops improving
@@ -276,6 +278,8 @@ def _run_checks(config):
         (config.eval_every >= 1, f"eval_every must be at least 1, got {config.eval_every}"),
         (config.seed >= 0, f"seed must be non-negative, got {config.seed}"),
         (config.checkpoint_every >= 0, f"checkpoint_every must be non-negative, got {config.checkpoint_every}"),
+        (config.checkpoint_state in CHECKPOINT_STATE,
+         f"unknown checkpoint_state {config.checkpoint_state!r}; choose from {list(CHECKPOINT_STATE)}"),
         (math.isfinite(config.tol) and config.tol >= 0, f"tol must be finite and non-negative, got {config.tol}"),
     ]
 
@@ -318,6 +322,8 @@ FIELD_HELP = {
     "progress": "progress bar on rank 0",
     "checkpoint_every": "write a checkpoint every this many iterations (0: only on SIGTERM)",
     "resume": "continue from a checkpoint: auto (this run's own, if any), a run directory or a file",
+    "checkpoint_state": "what a checkpoint holds: full (every variable: bit-exact resume) | global (weights and "
+                        "schedules; a resumed full-batch solver rebuilds its per-sample state from a forward pass)",
     "validation_fraction": "fraction of each class's training rows held out for validation, drawn from the seed "
                            "(0: none; a file's X_val, y_val are used instead when present)",
     "early_stopping": "stop when validation accuracy has not improved for `patience` evaluations",

@@ -233,6 +233,10 @@ def resume(config, grid, solver, state, shard):
         return 1, None
     grid.agree(checkpoint.check_compatible(manifest, config, shard) if grid.is_root else None)
     iteration, batches_done = checkpoint.load(manifest, state, shard, grid, needs=solver.needs)
+    if manifest.get("state", "full") == "global" and state.sample_fields:
+        # weights and schedules only: the per-sample state restarts from the forward pass of the
+        # loaded weights (multipliers at 0), as the mini-batch mode starts every batch
+        solver.fresh_codes(state, shard.X)
     first = iteration + 1  # a checkpoint inside an epoch continues that epoch after its batches
     grid.agree(None if first <= config.iters else
                f"checkpoint {manifest['path']} is already at iteration {iteration}; ask for more --iters")

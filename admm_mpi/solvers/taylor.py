@@ -78,8 +78,16 @@ class TaylorADMM(Solver):
 
     def init_state(self, X, Y, rng):
         weights, biases = init_weights(self.spec.widths, rng, X)
-        a, z = forward_states(weights, biases, X, self.spec.h.apply)
-        return TaylorState(weights, biases, a, z, [namespace(zl).asarray(zl, copy=True) for zl in z], namespace(z[-1]).zeros_like(z[-1]))
+        state = TaylorState(weights, biases, None, None, None, None)
+        self.fresh_codes(state, X)
+        return state
+
+    def fresh_codes(self, state, X):
+        """Per-sample variables of ``X``'s columns from the forward pass of the current weights:
+        ``m = z`` (every constraint holds) and the Bregman multiplier at 0."""
+        state.a, state.z = forward_states(state.weights, state.biases, X, self.spec.h.apply)
+        state.m = [namespace(zl).asarray(zl, copy=True) for zl in state.z]
+        state.lam = namespace(state.z[-1]).zeros_like(state.z[-1])
 
     def step(self, state, Y, iteration):
         """One ADMM iteration (``iteration`` counts from 1)."""
