@@ -1,5 +1,5 @@
-"""Correctness at 8 and 16 ranks: every solver data-parallel, pdADMM with 8 layers on 8 ranks,
-hybrid 2 x 4 and 4 x 4 grids, and node-aware sums over faked nodes, each equal to the serial run.
+"""Correctness at 8 and 16 ranks: every solver data-parallel, pdADMM with 8 layers on 8 ranks
+(and 16 on 16), hybrid 2 x 4 and 4 x 4 grids, and node-aware sums over faked nodes, each equal to the serial run.
 
 On a 2-core machine 8 and 16 ranks are oversubscribed, so the problems are tiny (203 samples,
 widths <= 12, a few iterations, float64). Each case runs ``mpiexec -n P admm-mpi train`` for
@@ -40,6 +40,8 @@ DATA_PARALLEL = {
                        "--batch-sweeps", 2),
 }
 LAYER_8 = ("--solver", "pdadmm", "--layout", "layer", "--hidden", "12,11,10,9,9,8,7", "--iters", 6)
+LAYER_16 = ("--solver", "pdadmm", "--layout", "layer", "--hidden", "12,11,11,10,10,9,9,9,8,8,8,7,7,7,6",
+            "--iters", 6)  # 16 layers: one per rank at 16 ranks
 HYBRID = ("--solver", "pdadmm", "--layout", "hybrid", "--hidden", "12,10,9,8", "--iters", 6)
 
 CI_CASES = [  # (ranks, case, extra environment)
@@ -52,15 +54,15 @@ CI_CASES = [  # (ranks, case, extra environment)
 ]
 SCALE_CASES = ([(8, name, {}) for name in DATA_PARALLEL if name not in ("taylor", "minibatch_am")]
                + [(16, name, {}) for name in DATA_PARALLEL]
-               + [(16, "layer-8", {}), (16, "taylor", {"ADMM_MPI_PSEUDO_NODES": 4}),
+               + [(16, "layer-16", {}), (16, "taylor", {"ADMM_MPI_PSEUDO_NODES": 4}),
                   (16, "minibatch_am", {"ADMM_MPI_PSEUDO_NODES": 3}), (8, "hybrid-2-8bit", {})])
 
 
 def _arguments(case):
     if case in DATA_PARALLEL:
         return DATA_PARALLEL[case]
-    if case == "layer-8":
-        return LAYER_8
+    if case.startswith("layer-"):
+        return {"layer-8": LAYER_8, "layer-16": LAYER_16}[case]
     groups = int(case.split("-")[1])
     extra = ("--quantize", 8) if case.endswith("8bit") else ()
     return HYBRID + ("--layer-groups", groups) + extra
@@ -116,8 +118,8 @@ def check_equals_serial(ranks, case, env, dataset, serial_runs, tmp_path):
     reference = serial_runs(case)
     summary, serial = _summary(out), _summary(reference)
     assert summary["ranks"] == ranks
-    if case == "layer-8":
-        assert summary["layer_groups"] == 8
+    if case.startswith("layer-"):
+        assert summary["layer_groups"] == int(case.split("-")[1])
     if case.startswith("hybrid"):
         groups = int(case.split("-")[1])
         assert (summary["layer_groups"], summary["data_shards"]) == (groups, ranks // groups)

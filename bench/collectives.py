@@ -1,0 +1,364 @@
+"""The collectives of a data-parallel step, measured over 8 B - 64 MB at 2, 3, 4 and 8 ranks, and modelled.
+
+    python bench/collectives.py [--ranks 2,3,4,8] [--max-bytes 67108864] [--min-repeats 9] [--sweeps 5] [--node-aware]
+
+Each rank count runs ``mpiexec -n P python bench/collectives.py --probe`` (one BLAS thread per
+rank). Every operation is called 8 times before it is timed: MPICH switches its intra-node
+Reduce, Bcast and Allreduce to the shared-memory "release-gather" algorithms only after
+``MPIR_CVAR_POSIX_NUM_COLLS_THRESHOLD`` = 5 collectives on a communicator, and a training run
+is in that steady state from its first iteration on. A repetition is a Barrier, then the
+operation; its time is the slowest rank's. The median over the repetitions is kept.
+
+Operations (float32 SUM, ``n`` bytes per rank): ``Reduce`` to rank 0, ``Bcast`` from rank 0,
+``Allreduce``, ``Reduce_scatter_block`` (n bytes in, n/P out), ``Allgather`` (n/P in, n out: with
+Reduce_scatter, the spread weight solve's pair) and ``Reduce+Bcast`` (``Grid.allsum``, the root
+solve's pair). The step gathers no arrays to one rank (only small pickled objects), so Gather is
+not measured. With ``--node-aware`` the probe also times
+``Grid.allsum`` with faked nodes (``Grid(nodes=k)``).
+
+The model and its fit: ``collective_model.py`` (read by ``cost_model.py``). The machine has 2
+cores: 3, 4 and 8 ranks are oversubscribed and their times include the scheduler's. The load
+(``os.getloadavg``) before and after each probe is recorded.
+"""
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, machine, mpiexec, write_result  # noqa: E402
+
+WARMUP = 8
+NOTE = ("2 cores: 3, 4 and 8 ranks are oversubscribed and their times include the scheduler's; the machine is "
+        "shared with other jobs (load_before / load_after per probe), so an operation longer than a time slice "
+        "may wait for a descheduled partner: 'times' are medians over the sweeps of the per-sweep medians, "
+        "'fastest' the minima over every repetition; 'params' fit the medians, 'params_uncontended' the minima.")
+OPERATIONS = ("reduce", "bcast", "allreduce", "reduce_scatter", "allgather", "reduce_bcast")
+
+
+# ---- the model --------------------------------------------------------------------------------
+# What MPICH 4-5 (ch4) runs, from its selection files (github.com/pmodels/mpich:
+# maint/tuning/coll/ch4/generic.json, ch4/posix_generic.json, mpir/generic.json) and
+# doc/mpich/tuning_parameters.md, section 2.6 ("Intra-node collective algorithms", Table IV):
+# - a communicator on several nodes (or one node with several ranks: "comm_hierarchy=parent")
+#   reduces above 2 KB by MPIDI_Reduce_intra_composition_alpha: the shared-memory reduce of each
+#   node (release-gather, Jain et al. SC18: a k-ary tree of radix MPIR_CVAR_REDUCE_INTRANODE_TREE_KVAL
+#   = 4 over cells of 32 KB / 4 = 8 KB, pipelined), then the node leaders' MPIR reduce (binomial
+#   up to 2 KB, else reduce-scatter + gather, Rabenseifner);
+# - Bcast inside a node: release-gather, radix 64 (flat below 65 ranks): the root copies each cell
+#   in, every other rank copies it out; across nodes: binomial below 12 KB, else scatter +
+#   allgather (recursive doubling or ring);
+# - Allreduce on one node: release-gather (reduce then bcast through the same cells);
+# - Reduce_scatter (commutative): recursive halving below 512 KB in total, else pairwise
+#   exchange; Allgather: recursive doubling (power-of-2 ranks, < 512 KB), Bruck (< 80 KB), else
+#   ring; both point to point (through shared memory on one node).
+REDUCE_RADIX, BCAST_RADIX = 4, 64
+LARGE = 512 * 1024
+TERMS = ("latency", "copy", "reduce")  # seconds per stage, per byte moved, per byte reduced
+
+
+def tree_depth(P, radix):
+    """Levels below the root of a k-ary tree over P ranks."""
+    depth, reach = 0, 1
+    while reach < P:
+        depth += 1
+        reach += radix**depth
+    return depth
+
+
+def p2p_stages(P, n):
+    """Point-to-point stages of MPIR's reduce-scatter / allgather: recursive halving or doubling
+    (log2 P, one more when P is not a power of 2) below 512 KB in total, else pairwise or ring (P - 1)."""
+    if n >= LARGE:
+        return P - 1
+    return math.ceil(math.log2(P)) + (P & (P - 1) != 0)
+
+
+def structure(name, P, n):
+    """(stages, bytes moved on the critical path, bytes reduced on it) of ``name`` with n bytes per rank
+    on P ranks of one node, as MPICH's algorithm there does it."""
+    share = (P - 1) / P
+    reduce_tree = (tree_depth(P, REDUCE_RADIX), n, min(P - 1, REDUCE_RADIX) * n)  # children fill cells, parent adds them
+    bcast_tree = (tree_depth(P, BCAST_RADIX), 2 * n, 0)  # root copies each cell in, the others copy it out
+    if name == "reduce":
+        return reduce_tree
+    if name == "bcast":
+        return bcast_tree
+    if name in ("allreduce", "reduce_bcast"):
+        return tuple(a + b for a, b in zip(reduce_tree, bcast_tree))
+    if name == "reduce_scatter":
+        return (p2p_stages(P, n), share * n, share * n)
+    if name == "allgather":
+        return (p2p_stages(P, n), share * n, 0)
+    raise ValueError(name)
+
+
+def oversubscription(P, cores):
+    """Ranks beyond the cores share them: their time is taken as P / cores times longer."""
+    return max(1.0, P / cores) if cores else 1.0
+
+
+def model_seconds(params, name, P, n, cores=None):
+    """Modelled seconds of one collective (``params[name]``: seconds per stage, per byte moved, per byte reduced)."""
+    coefficients = params[name]
+    seconds = sum(c * k for c, k in zip(structure(name, P, n), (coefficients[t] for t in TERMS)))
+    return seconds * oversubscription(P, cores)
+
+
+def _leaders(name, N, n, alpha, beta, gamma):
+    """MPIR's algorithm among N node leaders (one per node, one NIC each): seconds."""
+    if N == 1:
+        return 0.0
+    log, share = math.ceil(math.log2(N)), (N - 1) / N
+    if name in ("reduce", "allreduce"):
+        if n <= 2048:  # binomial tree / recursive doubling
+            return log * (alpha + n * beta + n * gamma)
+        return 2 * log * alpha + 2 * share * n * beta + share * n * gamma  # Rabenseifner
+    if name == "bcast":
+        if n < 12288:
+            return log * (alpha + n * beta)
+        stages = 2 * log if N & (N - 1) == 0 and n < LARGE else log + N - 1  # scatter + doubling or ring allgather
+        return stages * alpha + 2 * share * n * beta
+    raise ValueError(name)
+
+
+def cluster_seconds(params, name, P, n, per_node, network):
+    """Modelled seconds of ``name`` (n bytes per rank) on P ranks, nodes of ``per_node`` ranks on as many cores.
+
+    Reduce, Bcast, Allreduce: node-aware as MPICH composes them (this machine's shared-memory model
+    inside each node, MPIR among the leaders over ``network``). Reduce_scatter and Allgather run
+    flat over all P ranks: every rank's off-node share crosses its node's one NIC.
+    """
+    c = min(P, per_node)
+    nodes = -(-P // c)
+    alpha, beta = network["alpha"], network["beta"]
+    gamma = params["reduce_scatter"]["reduce"]
+    inside = {op: model_seconds(params, op, c, n) if c > 1 else 0.0 for op in ("reduce", "bcast")}
+    if name in ("reduce", "bcast"):
+        return inside[name] + _leaders(name, nodes, n, alpha, beta, gamma)
+    if name == "allreduce":
+        return inside["reduce"] + _leaders("allreduce", nodes, n, alpha, beta, gamma) + inside["bcast"]
+    if nodes == 1:
+        return model_seconds(params, name, P, n)
+    nic = p2p_stages(P, n) * alpha + c * (nodes - 1) / nodes * n * beta
+    return nic + ((P - 1) / P * n * gamma if name == "reduce_scatter" else 0.0)
+
+
+def fit_operation(probes, name, cores, key="times"):
+    """Non-negative least squares of one operation's three coefficients on relative errors (all P, all sizes)."""
+    from scipy.optimize import nnls
+
+    rows = []
+    for P, found in probes.items():
+        for n, t in zip(found["bytes"][name], found[key][name]):
+            rows.append([k * oversubscription(P, cores) / t for k in structure(name, P, n)])
+    A = np.array(rows)
+    scale = A.max(axis=0)
+    scale[scale == 0] = 1.0
+    values, _ = nnls(A / scale, np.ones(len(rows)))
+    return dict(zip(TERMS, map(float, values / scale)))
+
+
+def fit(probes, cores, key="times"):
+    """Coefficients of every operation, fitted to the medians (``key="times"``) or to the fastest
+    repetitions (``"fastest"``: what the algorithms cost when no other job takes the cores)."""
+    return {name: fit_operation(probes, name, cores, key) for name in OPERATIONS}
+
+
+def sizes_up_to(max_bytes):
+    """8 B, 32 B, ... (x4) up to max_bytes, plus max_bytes itself."""
+    sizes, n = [], 8
+    while n < max_bytes:
+        sizes.append(n)
+        n *= 4
+    return sizes + [max_bytes]
+
+
+def repeats_for(nbytes, min_repeats):
+    return int(min(200, max(min_repeats, 2**24 // nbytes)))
+
+
+def _operation(name, comm, nbytes):
+    """A zero-argument callable doing one ``name`` of ``nbytes`` per rank, and its exact byte count."""
+    from mpi4py import MPI
+
+    size, rank = comm.Get_size(), comm.Get_rank()
+    count = max(2, nbytes // 4)
+    if name in ("reduce_scatter", "allgather"):
+        count = max(1, count // size) * size
+    send = np.ones(count, np.float32)
+    out = np.empty_like(send)
+    calls = {
+        "reduce": lambda: comm.Reduce(send, out if rank == 0 else None, op=MPI.SUM, root=0),
+        "bcast": lambda: comm.Bcast(out, root=0),
+        "allreduce": lambda: comm.Allreduce(send, out, op=MPI.SUM),
+        "reduce_scatter": lambda: comm.Reduce_scatter_block(send, out[:count // size], op=MPI.SUM),
+        "allgather": lambda: comm.Allgather(send[:count // size], out),
+        "reduce_bcast": lambda: (comm.Reduce(send, out if rank == 0 else None, op=MPI.SUM, root=0),
+                                 comm.Bcast(out, root=0)),
+    }
+    return calls[name], send.nbytes
+
+
+def _node_aware_operation(grid, nbytes):
+    send = np.ones(max(2, nbytes // 4), np.float32)
+    return lambda: grid.allsum(send), send.nbytes
+
+
+def time_collective(comm, call, repeats):
+    """(median, minimum) over repetitions of the slowest rank's seconds (a Barrier before each)."""
+    from mpi4py import MPI
+
+    for _ in range(WARMUP):
+        call()
+    local = np.empty(repeats)
+    for r in range(repeats):
+        comm.Barrier()
+        t0 = time.perf_counter()
+        call()
+        local[r] = time.perf_counter() - t0
+    slowest = np.empty_like(local)
+    comm.Allreduce(local, slowest, op=MPI.MAX)
+    return float(np.median(slowest)), float(slowest.min())
+
+
+def probe(out, max_bytes, min_repeats, node_aware, sweeps):
+    """Run under mpiexec: ``sweeps`` passes over every operation and size; rank 0 writes JSON.
+
+    The passes interleave in time, so a burst of load on this shared machine hits one pass of
+    a size, not all of them: the median over the passes is kept (``sweeps`` keeps each pass).
+    """
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD.Dup()
+    load_before = os.getloadavg()
+    sizes = sizes_up_to(max_bytes)
+    result = {"ranks": comm.Get_size(), "sizes": sizes, "sweeps": {name: [] for name in OPERATIONS},
+              "sweep_minima": {name: [] for name in OPERATIONS},
+              "bytes": {name: [_operation(name, comm, n)[1] for n in sizes] for name in OPERATIONS}}
+    for _ in range(sweeps):
+        for name in OPERATIONS:
+            found = [time_collective(comm, _operation(name, comm, n)[0], repeats_for(n, min_repeats)) for n in sizes]
+            result["sweeps"][name].append([median for median, _ in found])
+            result["sweep_minima"][name].append([least for _, least in found])
+    result["times"] = {name: np.median(result["sweeps"][name], axis=0).tolist() for name in OPERATIONS}
+    result["fastest"] = {name: np.min(result["sweep_minima"][name], axis=0).tolist() for name in OPERATIONS}
+    if node_aware:
+        result["node_aware"] = node_aware_probe(comm, sizes, min_repeats)
+    result["load_before"], result["load_after"] = load_before, os.getloadavg()
+    if comm.Get_rank() == 0:
+        Path(out).write_text(json.dumps(result))
+    comm.Free()
+
+
+def node_aware_probe(comm, sizes, min_repeats):
+    """Grid.allsum flat (nodes=1) and over faked nodes of 2 ranks (nodes=P/2), same sizes."""
+    from admm_mpi.grid import Grid
+
+    size = comm.Get_size()
+    found = {}
+    for nodes in sorted({1, 2, size // 2} & set(range(1, size // 2 + 1))):
+        grid = Grid(comm, nodes=nodes)
+        found[str(nodes)] = [time_collective(comm, _node_aware_operation(grid, n)[0], repeats_for(n, min_repeats))[0]
+                             for n in sizes]
+        grid.close()
+    return found
+
+
+def run_probe(P, max_bytes, min_repeats, node_aware, sweeps, tmp):
+    path = os.path.join(tmp, f"coll{P}.json")
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    cmd = [mpiexec(), "-n", str(P), sys.executable, __file__, "--probe", path, "--max-bytes", str(max_bytes),
+           "--min-repeats", str(min_repeats), "--sweeps", str(sweeps)] + (["--node-aware"] if node_aware else [])
+    subprocess.run(cmd, check=True, env=env, timeout=7200, capture_output=True)
+    return json.loads(Path(path).read_text())
+
+
+def git_commit():
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).resolve().parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def error_table(probes, params, cores, key="times"):
+    """Per operation, rank count and size: measured, modelled, relative error."""
+    rows = []
+    for P, found in probes.items():
+        for name in OPERATIONS:
+            for nbytes, t in zip(found["bytes"][name], found[key][name]):
+                predicted = model_seconds(params, name, P, nbytes, cores=cores)
+                rows.append({"operation": name, "ranks": P, "bytes": nbytes, "measured": t,
+                             "predicted": predicted, "error": predicted / t - 1})
+    return rows
+
+
+def error_markdown(rows, ranks=None, min_bytes=0):
+    """Table: per operation and rank count, the model's error (%) at each size."""
+    sizes = sorted({r["bytes"] for r in rows if r["operation"] == "reduce" and r["bytes"] >= min_bytes})
+    lines = ["| operation | ranks | " + " | ".join(_size_label(n) for n in sizes) + " |",
+             "|---|---|" + "---|" * len(sizes)]
+    for name in OPERATIONS:
+        for P in sorted({r["ranks"] for r in rows}):
+            if ranks and P not in ranks:
+                continue
+            cells = [r for r in rows if r["operation"] == name and r["ranks"] == P and r["bytes"] >= min_bytes]
+            lines.append(f"| {name} | {P} | " + " | ".join(f"{100 * r['error']:+.0f}" for r in cells) + " |")
+    return "\n".join(lines)
+
+
+def _size_label(n):
+    for unit, scale in (("MB", 2**20), ("KB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.0f} {unit}"
+    return f"{n} B"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ranks", default="2,3,4,8")
+    parser.add_argument("--max-bytes", type=int, default=64 * 2**20)
+    parser.add_argument("--min-repeats", type=int, default=9)
+    parser.add_argument("--sweeps", type=int, default=5, help="interleaved passes over the sizes (median kept)")
+    parser.add_argument("--node-aware", action="store_true", help="also time Grid.allsum over faked nodes")
+    parser.add_argument("--refit", metavar="JSON", help="fit the probes of an earlier results file again")
+    parser.add_argument("--probe", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.probe:
+        probe(args.probe, args.max_bytes, args.min_repeats, args.node_aware, args.sweeps)
+        return
+    tmp = tempfile.mkdtemp(prefix="bench-coll-")
+    print("probes in", tmp, flush=True)
+    cores = os.cpu_count()
+    probes = {}
+    if args.refit:
+        probes = {int(P): v for P, v in json.loads(Path(args.refit).read_text())["probes"].items()}
+    for P in [] if args.refit else map(int, args.ranks.split(",")):
+        probes[P] = run_probe(P, args.max_bytes, args.min_repeats, args.node_aware, args.sweeps, tmp)
+        print(f"P={P}: load {probes[P]['load_before'][0]:.1f} -> {probes[P]['load_after'][0]:.1f}", flush=True)
+        Path(tmp, "probes.json").write_text(json.dumps({"probes": probes}))
+    params, fastest = fit(probes, cores), fit(probes, cores, "fastest")
+    result = {"benchmark": "collectives", "argv": sys.argv, "commit": git_commit(), "machine": machine(),
+              "cores": cores, "oversubscribed_ranks": [P for P in probes if P > cores],
+              "note": NOTE, "params": params, "params_uncontended": fastest,
+              "errors": error_table(probes, params, cores),
+              "errors_uncontended": error_table(probes, fastest, cores, "fastest"),
+              "probes": {str(P): v for P, v in probes.items()}}
+    write_result("collectives", result)
+    print(error_markdown(result["errors"]))
+    print(error_markdown(result["errors_uncontended"]))
+    print("wrote", RESULTS / "collectives.json")
+
+
+if __name__ == "__main__":
+    main()
