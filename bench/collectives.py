@@ -1,12 +1,13 @@
 """The collectives of a data-parallel step, measured over 8 B - 64 MB at 2, 3, 4 and 8 ranks, and modelled.
 
-    python bench/collectives.py [--ranks 2,3,4,8] [--max-bytes 67108864] [--min-repeats 9] [--sweeps 5] [--node-aware]
+    python bench/collectives.py [--ranks 2,3,4,8] [--max-bytes 67108864] [--min-repeats 5] [--sweeps 3] [--node-aware]
 
 Each rank count runs ``mpiexec -n P python bench/collectives.py --probe`` (one BLAS thread per
-rank). Every operation is called 8 times before it is timed: MPICH switches its intra-node
-Reduce, Bcast and Allreduce to the shared-memory "release-gather" algorithms only after
-``MPIR_CVAR_POSIX_NUM_COLLS_THRESHOLD`` = 5 collectives on a communicator, and a training run
-is in that steady state from its first iteration on. A repetition is a Barrier, then the
+rank). The probe's communicator first makes 8 collectives: MPICH switches its intra-node Reduce,
+Bcast and Allreduce to the shared-memory "release-gather" algorithms only after
+``MPIR_CVAR_POSIX_NUM_COLLS_THRESHOLD`` = 5 collectives on a communicator, and a training run is
+in that steady state from its first iteration on; then each operation and size is called twice
+before it is timed. A repetition is a Barrier, then the
 operation; its time is the slowest rank's. The median over the repetitions is kept.
 
 Operations (float32 SUM, ``n`` bytes per rank): ``Reduce`` to rank 0, ``Bcast`` from rank 0,
@@ -37,7 +38,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, machine, mpiexec, write_result  # noqa: E402
 
-WARMUP = 8
+WARMUP = 2  # calls of each operation and size before timing (the communicator is warmed up once, in probe)
 NOTE = ("2 cores: 3, 4 and 8 ranks are oversubscribed and their times include the scheduler's; the machine is "
         "shared with other jobs (load_before / load_after per probe), so an operation longer than a time slice "
         "may wait for a descheduled partner: 'times' are medians over the sweeps of the per-sweep medians, "
@@ -63,7 +64,32 @@ OPERATIONS = ("reduce", "bcast", "allreduce", "reduce_scatter", "allgather", "re
 #   ring; both point to point (through shared memory on one node).
 REDUCE_RADIX, BCAST_RADIX = 4, 64
 LARGE = 512 * 1024
-TERMS = ("latency", "copy", "reduce")  # seconds per stage, per byte moved, per byte reduced
+TERMS = ("latency", "cell", "copy", "reduce", "memory")  # seconds per stage, per 8 KB cell of a shared-memory
+# tree pass (release-gather pipelines its data through cells of 32 KB / 4), per byte moved, per byte reduced, per
+# byte moved from DRAM
+CELL = 8192
+WORKING_SET = 3  # buffers of n bytes per rank an operation touches (send, receive, shared cells or temporaries)
+
+
+def last_level_cache():
+    """Bytes of this machine's last-level cache (Linux sysfs), 32 MB if unknown."""
+    base = Path("/sys/devices/system/cpu/cpu0/cache")
+    sizes = []
+    for index in base.glob("index*"):
+        try:
+            text = (index / "size").read_text().strip()
+            sizes.append(int(text[:-1]) * {"K": 2**10, "M": 2**20}[text[-1]])
+        except (OSError, ValueError, KeyError):
+            continue
+    return max(sizes, default=32 * 2**20)
+
+
+LLC = last_level_cache()
+
+
+def outside_cache(P, n, cache=None):
+    """Fraction of the ranks' working set (P x WORKING_SET x n bytes) that does not fit the last-level cache."""
+    return max(0.0, 1.0 - (cache or LLC) / (WORKING_SET * P * n)) if n else 0.0
 
 
 def tree_depth(P, radix):
@@ -107,11 +133,18 @@ def oversubscription(P, cores):
     return max(1.0, P / cores) if cores else 1.0
 
 
-def model_seconds(params, name, P, n, cores=None):
-    """Modelled seconds of one collective (``params[name]``: seconds per stage, per byte moved, per byte reduced)."""
+def model_terms(name, P, n, cache=None):
+    """Multipliers of the TERMS coefficients: stages, cells, bytes moved, bytes reduced, bytes moved from DRAM."""
+    stages, moved, reduced = structure(name, P, n)
+    passes = {"reduce": 1, "bcast": 1, "allreduce": 2, "reduce_bcast": 2}.get(name, 0)  # release-gather tree passes
+    return stages, passes * -(-n // CELL), moved, reduced, moved * outside_cache(P, n, cache)
+
+
+def model_seconds(params, name, P, n, cores=None, cache=None):
+    """Modelled seconds of one collective on one node (``params[name]``: a coefficient per TERMS)."""
     coefficients = params[name]
-    seconds = sum(c * k for c, k in zip(structure(name, P, n), (coefficients[t] for t in TERMS)))
-    return seconds * oversubscription(P, cores)
+    terms = model_terms(name, P, n, cache or params.get("cache_bytes"))
+    return sum(k * coefficients[t] for k, t in zip(terms, TERMS)) * oversubscription(P, cores)
 
 
 def _leaders(name, N, n, alpha, beta, gamma):
@@ -131,7 +164,7 @@ def _leaders(name, N, n, alpha, beta, gamma):
     raise ValueError(name)
 
 
-def cluster_seconds(params, name, P, n, per_node, network):
+def cluster_seconds(params, name, P, n, per_node, network, cache=None):
     """Modelled seconds of ``name`` (n bytes per rank) on P ranks, nodes of ``per_node`` ranks on as many cores.
 
     Reduce, Bcast, Allreduce: node-aware as MPICH composes them (this machine's shared-memory model
@@ -142,36 +175,45 @@ def cluster_seconds(params, name, P, n, per_node, network):
     nodes = -(-P // c)
     alpha, beta = network["alpha"], network["beta"]
     gamma = params["reduce_scatter"]["reduce"]
-    inside = {op: model_seconds(params, op, c, n) if c > 1 else 0.0 for op in ("reduce", "bcast")}
+    inside = {op: model_seconds(params, op, c, n, cache=cache) if c > 1 else 0.0 for op in ("reduce", "bcast")}
     if name in ("reduce", "bcast"):
         return inside[name] + _leaders(name, nodes, n, alpha, beta, gamma)
     if name == "allreduce":
         return inside["reduce"] + _leaders("allreduce", nodes, n, alpha, beta, gamma) + inside["bcast"]
     if nodes == 1:
-        return model_seconds(params, name, P, n)
+        return model_seconds(params, name, P, n, cache=cache)
     nic = p2p_stages(P, n) * alpha + c * (nodes - 1) / nodes * n * beta
     return nic + ((P - 1) / P * n * gamma if name == "reduce_scatter" else 0.0)
 
 
-def fit_operation(probes, name, cores, key="times"):
-    """Non-negative least squares of one operation's three coefficients on relative errors (all P, all sizes)."""
+def fit_operation(probes, name, cores, key="times", cache=None):
+    """Non-negative least squares of one operation's coefficients on relative errors (all P, all sizes):
+    (coefficients, sum of squared relative errors)."""
     from scipy.optimize import nnls
 
     rows = []
     for P, found in probes.items():
         for n, t in zip(found["bytes"][name], found[key][name]):
-            rows.append([k * oversubscription(P, cores) / t for k in structure(name, P, n)])
+            rows.append([k * oversubscription(P, cores) / t for k in model_terms(name, P, n, cache)])
     A = np.array(rows)
     scale = A.max(axis=0)
     scale[scale == 0] = 1.0
-    values, _ = nnls(A / scale, np.ones(len(rows)))
-    return dict(zip(TERMS, map(float, values / scale)))
+    values, residual = nnls(A / scale, np.ones(len(rows)))
+    return dict(zip(TERMS, map(float, values / scale))), residual**2
 
 
 def fit(probes, cores, key="times"):
     """Coefficients of every operation, fitted to the medians (``key="times"``) or to the fastest
-    repetitions (``"fastest"``: what the algorithms cost when no other job takes the cores)."""
-    return {name: fit_operation(probes, name, cores, key) for name in OPERATIONS}
+    repetitions (``"fastest"``: what the algorithms cost when no other job takes the cores), and the
+    cache the ranks effectively have (``cache_bytes``: on a shared machine other jobs hold part of the
+    last-level cache), chosen among 1 MB .. the LLC for the least error."""
+    best = None
+    for cache in [2**k for k in range(20, LLC.bit_length()) if 2**k <= LLC]:
+        fitted = {name: fit_operation(probes, name, cores, key, cache) for name in OPERATIONS}
+        error = sum(residual for _, residual in fitted.values())
+        if best is None or error < best[0]:
+            best = (error, cache, {name: coefficients for name, (coefficients, _) in fitted.items()})
+    return {**best[2], "cache_bytes": best[1]}
 
 
 def sizes_up_to(max_bytes):
@@ -240,6 +282,8 @@ def probe(out, max_bytes, min_repeats, node_aware, sweeps):
     from mpi4py import MPI
 
     comm = MPI.COMM_WORLD.Dup()
+    for _ in range(8):  # past MPIR_CVAR_POSIX_NUM_COLLS_THRESHOLD (5): the release-gather algorithms from here on
+        comm.Bcast(np.zeros(1), root=0)
     load_before = os.getloadavg()
     sizes = sizes_up_to(max_bytes)
     result = {"ranks": comm.Get_size(), "sizes": sizes, "sweeps": {name: [] for name in OPERATIONS},
@@ -328,8 +372,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ranks", default="2,3,4,8")
     parser.add_argument("--max-bytes", type=int, default=64 * 2**20)
-    parser.add_argument("--min-repeats", type=int, default=9)
-    parser.add_argument("--sweeps", type=int, default=5, help="interleaved passes over the sizes (median kept)")
+    parser.add_argument("--min-repeats", type=int, default=5)
+    parser.add_argument("--sweeps", type=int, default=3, help="interleaved passes over the sizes (median kept)")
     parser.add_argument("--node-aware", action="store_true", help="also time Grid.allsum over faked nodes")
     parser.add_argument("--refit", metavar="JSON", help="fit the probes of an earlier results file again")
     parser.add_argument("--probe", help=argparse.SUPPRESS)
@@ -350,7 +394,7 @@ def main(argv=None):
     params, fastest = fit(probes, cores), fit(probes, cores, "fastest")
     result = {"benchmark": "collectives", "argv": sys.argv, "commit": git_commit(), "machine": machine(),
               "cores": cores, "oversubscribed_ranks": [P for P in probes if P > cores],
-              "note": NOTE, "params": params, "params_uncontended": fastest,
+              "note": NOTE, "last_level_cache_bytes": LLC, "params": params, "params_uncontended": fastest,
               "errors": error_table(probes, params, cores),
               "errors_uncontended": error_table(probes, fastest, cores, "fastest"),
               "probes": {str(P): v for P, v in probes.items()}}

@@ -58,6 +58,7 @@ NETWORK = {"alpha": 2e-6, "beta": 1 / 50e9,
            "source": "Azure HBv4-series performance page (learn.microsoft.com/azure/virtual-machines/hbv4-performance): "
                      "< 2 us 1-byte RDMA latency, 400 Gb/s one-way"}
 RANKS_PER_NODE = 64  # our assumption: one rank per core of a 64-core node, one NIC per node
+NODE_CACHE = 256 * 2**20  # our assumption: the node's last-level cache (4 MB per core, as 64-core EPYC parts)
 SGD_BATCH_PER_RANK = 128  # data-parallel SGD: 128 samples per rank and step (global batch 128 P)
 SGD_GLOBAL_BATCH = 8192  # and with a fixed global batch (128 per rank at 64 ranks)
 RANKS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
@@ -122,7 +123,7 @@ def communication_seconds(coll, widths, P, here=None, spread=False):
     def one(name, n):
         if here:
             return model_seconds(coll, name, P, n, cores=here)
-        return cluster_seconds(coll, name, P, n, RANKS_PER_NODE, NETWORK)
+        return cluster_seconds(coll, name, P, n, RANKS_PER_NODE, NETWORK, NODE_CACHE)
 
     ops = (("reduce_scatter", "allgather"), ("allgather",)) if spread else (("reduce",), ("bcast",))
     return sum(sum(one(name, stats) for name in ops[0]) + sum(one(name, weights) for name in ops[1])
@@ -152,7 +153,8 @@ def sgd_epoch(params, coll, widths, N, P, global_batch=None):
     elements = sum(widths[1:-1])  # ReLU and its derivative's mask per hidden unit and sample
     per_rank = global_batch / P if global_batch else SGD_BATCH_PER_RANK
     step = per_rank * (per_sample / params["gemm_flops_per_second"] + elements * params["sgd_seconds_per_element"])
-    allreduce = cluster_seconds(coll, "allreduce", P, weights * ITEMSIZE, RANKS_PER_NODE, NETWORK) if P > 1 else 0.0
+    allreduce = cluster_seconds(coll, "allreduce", P, weights * ITEMSIZE, RANKS_PER_NODE, NETWORK, NODE_CACHE) \
+        if P > 1 else 0.0
     return math.ceil(N / (per_rank * P)) * (step + allreduce)
 
 
@@ -231,10 +233,11 @@ def measure_steps(n, repeats, iters, tmp):
 
 def layer_evaluation(repeats, iters, tmp):
     """A layer-layout pdADMM iteration at 2 ranks with --eval-every 1 and 10: mean seconds of the step and of
-    the whole iteration (step + pipelined evaluation), 784-1000x7-10 on 6 000 samples as bench/layer_parallel.py."""
+    the whole iteration (step + pipelined evaluation); 8 layers as bench/layer_parallel.py, but 784-500x7-10 on
+    3 000 samples (a quarter of its flops: this shared machine runs at a tenth of its cores)."""
     from admm_mpi.data import write_dataset
 
-    X, y = synthetic_mnist(6000, np.float32)
+    X, y = synthetic_mnist(3000, np.float32)
     data = os.path.join(tmp, "deep.h5")
     write_dataset(data, X.T, y, X[:, :1000].T, y[:1000], name="mnist-shaped synthetic", n_classes=10)
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
@@ -243,7 +246,7 @@ def layer_evaluation(repeats, iters, tmp):
         for every in found:  # alternating, so the machine's load hits both alike
             out = os.path.join(tmp, f"deep-{every}-{r}")
             cmd = [mpiexec(), "-n", "2", sys.executable, "-m", "admm_mpi", "train", "--data", data, "--solver", "pdadmm",
-                   "--layout", "layer", "--hidden", ",".join(["1000"] * 7), "--loss", "cross_entropy", "--dtype",
+                   "--layout", "layer", "--hidden", ",".join(["500"] * 7), "--loss", "cross_entropy", "--dtype",
                    "float32", "--iters", str(iters), "--eval-every", every, "--no-progress", "--out", out]
             subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=3600)
             rows = [json.loads(line) for line in Path(out, "metrics.jsonl").read_text().splitlines() if line.strip()]
@@ -322,7 +325,7 @@ def collective_errors(errors):
 def measure(n, repeats, iters):
     tmp = tempfile.mkdtemp(prefix="bench-cost-")
     return {"compute": measure_compute(), "steps": measure_steps(n, repeats, iters, tmp),
-            "layer_evaluation": layer_evaluation(max(2, repeats - 1), 10, tmp), "load_after": os.getloadavg()}
+            "layer_evaluation": layer_evaluation(2, 10, tmp), "load_after": os.getloadavg()}
 
 
 def run(n, repeats, iters, collectives_path, reuse=None):
@@ -393,7 +396,8 @@ def markdown_assumptions(result):
     net = result["network"]
     lines = ["", "## Assumptions of the projections", "", "| what | value | from |", "|---|---|---|",
              f"| network latency, bandwidth per node | {net['alpha'] * 1e6:.1f} µs, {1 / net['beta'] / 1e9:.0f} GB/s | {net['source']} |",
-             f"| ranks per node | {result['ranks_per_node']} (one per core, one NIC per node) | our assumption |",
+             f"| ranks per node | {result['ranks_per_node']} (one per core, one NIC per node), last-level cache "
+             f"{NODE_CACHE // 2**20} MB per node | our assumption |",
              "| per-core compute, intra-node collectives | this machine's measured rates (above) | measured |",
              "| HIGGS | 11 M x 28, widths 28-300-300-300-300-300-1 | Baldi, Sadowski, Whiteson, Nature Comm. 5, 4308 (2014): five hidden layers of 300 |",
              "| MNIST recipes | taylor 784-4000-10 full batch; minibatch_am 784-4000-1000-10, batches of 2000 | configs/mnist-*.toml |",
@@ -441,6 +445,21 @@ def markdown_problem(result, name):
     return lines
 
 
+def markdown_layer_evaluation(result):
+    found = result["layer_evaluation"]
+    one, ten = found["1"], found["10"]
+    share = 1 - one["step"] / one["iteration"]
+    return ["", "## Layer layout: the pipelined evaluation (`--eval-every`)", "",
+            "pdADMM, layer layout, 2 ranks, 784-500x7-10 (8 layers), 3 000 samples, 10 iterations, float32; mean "
+            "seconds per iteration over the run's iterations (summary's metrics.jsonl), median of 2 runs each, "
+            "the two settings alternating:", "",
+            "| --eval-every | step s | iteration s (step + evaluation) | evaluation share |", "|---|---|---|---|",
+            f"| 1 | {one['step']:.3f} | {one['iteration']:.3f} | {_pct(share)} |",
+            f"| 10 | {ten['step']:.3f} | {ten['iteration']:.3f} | {_pct(1 - ten['step'] / ten['iteration'])} |",
+            "", f"An iteration with --eval-every 10 takes {ten['iteration'] / one['iteration']:.2f} x the time of one "
+            "with --eval-every 1 (the last iteration is always evaluated)."]
+
+
 def markdown(result):
     lines = markdown_header(result) + markdown_assumptions(result)
     lines += ["", "## Projections", "",
@@ -451,6 +470,7 @@ def markdown(result):
               "data (one step per epoch); such rows do not count for the crossover."]
     for name in PROBLEMS:
         lines += markdown_problem(result, name)
+    lines += markdown_layer_evaluation(result)
     return "\n".join(lines) + "\n"
 
 
