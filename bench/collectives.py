@@ -187,9 +187,10 @@ def cluster_seconds(params, name, P, n, per_node, network, cache=None):
 
 
 def fit_operation(probes, name, cores, key="times", cache=None):
-    """Non-negative least squares of one operation's coefficients on relative errors (all P, all sizes):
-    (coefficients, sum of squared relative errors)."""
-    from scipy.optimize import nnls
+    """One operation's coefficients (non-negative) by a robust fit of the relative errors over every P and size:
+    (coefficients, the fit's cost). Soft-L1, so the sizes that other jobs' load blew up by a time slice
+    weigh like one bad point each, not like their squared error."""
+    from scipy.optimize import least_squares, nnls
 
     rows = []
     for P, found in probes.items():
@@ -198,8 +199,10 @@ def fit_operation(probes, name, cores, key="times", cache=None):
     A = np.array(rows)
     scale = A.max(axis=0)
     scale[scale == 0] = 1.0
-    values, residual = nnls(A / scale, np.ones(len(rows)))
-    return dict(zip(TERMS, map(float, values / scale))), residual**2
+    A = A / scale
+    start, _ = nnls(A, np.ones(len(rows)))
+    solution = least_squares(lambda x: A @ x - 1.0, start, bounds=(0, np.inf), loss="soft_l1", f_scale=0.25)
+    return dict(zip(TERMS, map(float, solution.x / scale))), float(solution.cost)
 
 
 def fit(probes, cores, key="times"):
