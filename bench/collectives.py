@@ -7,26 +7,31 @@ rank). The probe's communicator first makes 8 collectives: MPICH switches its in
 Bcast and Allreduce to the shared-memory "release-gather" algorithms only after
 ``MPIR_CVAR_POSIX_NUM_COLLS_THRESHOLD`` = 5 collectives on a communicator, and a training run is
 in that steady state from its first iteration on; then each operation and size is called twice
-before it is timed. A repetition is a Barrier, then the
-operation; its time is the slowest rank's. The median over the repetitions is kept.
+before it is timed. A repetition is a Barrier, then the operation; its time is the slowest
+rank's. Per sweep the median and the minimum over the repetitions are kept; ``--sweeps`` passes
+over all operations and sizes interleave in time, and ``times`` is the median over the passes,
+``fastest`` the minimum.
 
 Operations (float32 SUM, ``n`` bytes per rank): ``Reduce`` to rank 0, ``Bcast`` from rank 0,
 ``Allreduce``, ``Reduce_scatter_block`` (n bytes in, n/P out), ``Allgather`` (n/P in, n out: with
 Reduce_scatter, the spread weight solve's pair) and ``Reduce+Bcast`` (``Grid.allsum``, the root
 solve's pair). The step gathers no arrays to one rank (only small pickled objects), so Gather is
-not measured. With ``--node-aware`` the probe also times
-``Grid.allsum`` with faked nodes (``Grid(nodes=k)``).
+not measured. With ``--node-aware`` the probe also times ``Grid.allsum`` with faked nodes
+(``Grid(nodes=k)``) against the flat one.
 
-The model and its fit: ``collective_model.py`` (read by ``cost_model.py``). The machine has 2
-cores: 3, 4 and 8 ranks are oversubscribed and their times include the scheduler's. The load
-(``os.getloadavg``) before and after each probe is recorded.
+The model (below, used by ``cost_model.py``): per operation, time = stages x latency + 8 KB cells x
+cell + bytes moved x copy + bytes reduced x reduce + bytes moved from DRAM x memory, with the
+stages, cells and bytes of the algorithm MPICH selects (see the comment above ``structure``),
+fitted per operation to all rank counts and sizes (robust, on relative errors), once to the
+medians (``params``) and once to the minima (``params_uncontended``). The machine has 2 cores:
+3, 4 and 8 ranks are oversubscribed and their times include the scheduler's; it is also shared
+with other jobs, whose load (``os.getloadavg`` before and after each probe) is recorded.
 """
 
 import argparse
 import json
 import math
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
