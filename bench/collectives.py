@@ -23,7 +23,8 @@ The model (below, used by ``cost_model.py``): per operation, time = stages x lat
 cell + bytes moved x copy + bytes reduced x reduce + bytes moved from DRAM x memory, with the
 stages, cells and bytes of the algorithm MPICH selects (see the comment above ``structure``),
 fitted per operation to all rank counts and sizes (robust, on relative errors), once to the
-medians (``params``) and once to the minima (``params_uncontended``). The machine has 2 cores:
+medians of every rank count (``params``) and once to the minima at the rank counts that fit the
+cores (``params_uncontended``: a node with a core per rank). The machine has 2 cores:
 3, 4 and 8 ranks are oversubscribed and their times include the scheduler's; it is also shared
 with other jobs, whose load (``os.getloadavg`` before and after each probe) is recorded.
 """
@@ -47,7 +48,8 @@ WARMUP = 2  # calls of each operation and size before timing (the communicator i
 NOTE = ("2 cores: 3, 4 and 8 ranks are oversubscribed and their times include the scheduler's; the machine is "
         "shared with other jobs (load_before / load_after per probe), so an operation longer than a time slice "
         "may wait for a descheduled partner: 'times' are medians over the sweeps of the per-sweep medians, "
-        "'fastest' the minima over every repetition; 'params' fit the medians, 'params_uncontended' the minima.")
+        "'fastest' the minima over every repetition; 'params' fit the medians, 'params_uncontended' the minima at "
+        "ranks <= cores.")
 OPERATIONS = ("reduce", "bcast", "allreduce", "reduce_scatter", "allgather", "reduce_bcast")
 
 
@@ -210,12 +212,13 @@ def fit_operation(probes, name, cores, key="times", cache=None):
     return dict(zip(TERMS, map(float, solution.x / scale))), float(solution.cost)
 
 
-def fit(probes, cores, key="times"):
+def fit(probes, cores, key="times", ranks=None):
     """Coefficients of every operation, fitted to the medians (``key="times"``) or to the fastest
     repetitions (``"fastest"``: what the algorithms cost when no other job takes the cores), and the
     cache the ranks effectively have (``cache_bytes``: on a shared machine other jobs hold part of the
     last-level cache), chosen among 1 MB .. the LLC for the least error."""
     best = None
+    probes = {P: found for P, found in probes.items() if ranks is None or P in ranks}
     for cache in [2**k for k in range(20, LLC.bit_length()) if 2**k <= LLC]:
         fitted = {name: fit_operation(probes, name, cores, key, cache) for name in OPERATIONS}
         error = sum(residual for _, residual in fitted.values())
@@ -399,7 +402,8 @@ def main(argv=None):
         probes[P] = run_probe(P, args.max_bytes, args.min_repeats, args.node_aware, args.sweeps, tmp)
         print(f"P={P}: load {probes[P]['load_before'][0]:.1f} -> {probes[P]['load_after'][0]:.1f}", flush=True)
         Path(tmp, "probes.json").write_text(json.dumps({"probes": probes}))
-    params, fastest = fit(probes, cores), fit(probes, cores, "fastest")
+    # the uncontended fit (for nodes with a core per rank) from the rank counts that fit the cores
+    params, fastest = fit(probes, cores), fit(probes, cores, "fastest", [P for P in probes if P <= cores])
     result = {"benchmark": "collectives", "argv": sys.argv, "commit": git_commit(), "machine": machine(),
               "cores": cores, "oversubscribed_ranks": [P for P in probes if P > cores],
               "note": NOTE, "last_level_cache_bytes": LLC, "params": params, "params_uncontended": fastest,
