@@ -297,7 +297,8 @@ def probe(out, max_bytes, min_repeats, node_aware, sweeps):
         comm.Bcast(np.zeros(1), root=0)
     load_before = os.getloadavg()
     sizes = sizes_up_to(max_bytes)
-    result = {"ranks": comm.Get_size(), "sizes": sizes, "sweeps": {name: [] for name in OPERATIONS},
+    result = {"ranks": comm.Get_size(), "sizes": sizes, "sweep_count": sweeps, "min_repeats": min_repeats,
+              "sweeps": {name: [] for name in OPERATIONS},
               "sweep_minima": {name: [] for name in OPERATIONS},
               "bytes": {name: [_operation(name, comm, n)[1] for n in sizes] for name in OPERATIONS}}
     for _ in range(sweeps):
@@ -404,7 +405,8 @@ def main(argv=None):
         Path(tmp, "probes.json").write_text(json.dumps({"probes": probes}))
     # the uncontended fit (for nodes with a core per rank) from the rank counts that fit the cores
     params, fastest = fit(probes, cores), fit(probes, cores, "fastest", [P for P in probes if P <= cores])
-    result = {"benchmark": "collectives", "argv": sys.argv, "commit": git_commit(), "machine": machine(),
+    argv = [os.path.basename(a) if os.path.isabs(a) else a for a in sys.argv]  # no paths of this machine
+    result = {"benchmark": "collectives", "argv": argv, "commit": git_commit(), "machine": machine(),
               "cores": cores, "oversubscribed_ranks": [P for P in probes if P > cores],
               "note": NOTE, "last_level_cache_bytes": LLC, "params": params, "params_uncontended": fastest,
               "errors": error_table(probes, params, cores),
