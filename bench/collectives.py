@@ -22,7 +22,9 @@ not measured. With ``--node-aware`` the probe also times ``Grid.allsum`` with fa
 The model (below, used by ``cost_model.py``): per operation, time = stages x latency + 8 KB cells x
 cell + bytes moved x copy + bytes reduced x reduce + bytes moved from DRAM x memory, with the
 stages, cells and bytes of the algorithm MPICH selects (see the comment above ``structure``),
-fitted per operation to all rank counts and sizes (robust, on relative errors), once to the
+the reduce coefficient measured apart (MPI's float32 SUM on one rank, ``Op.Reduce_local``, in
+cache) and the others fitted per operation to all rank counts and sizes (robust, on relative
+errors), once to the
 medians of every rank count (``params``) and once to the minima at the rank counts that fit the
 cores (``params_uncontended``: a node with a core per rank). The machine has 2 cores:
 3, 4 and 8 ranks are oversubscribed and their times include the scheduler's; it is also shared
@@ -193,26 +195,32 @@ def cluster_seconds(params, name, P, n, per_node, network, cache=None):
     return nic + ((P - 1) / P * n * gamma if name == "reduce_scatter" else 0.0)
 
 
-def fit_operation(probes, name, cores, key="times", cache=None):
+def fit_operation(probes, name, cores, key="times", cache=None, reduce_per_byte=None):
     """One operation's coefficients (non-negative) by a robust fit of the relative errors over every P and size:
     (coefficients, the fit's cost). Soft-L1, so the sizes that other jobs' load blew up by a time slice
-    weigh like one bad point each, not like their squared error."""
+    weigh like one bad point each, not like their squared error. ``reduce_per_byte``, measured apart
+    (``reduction_seconds_per_byte``), fixes the reduce coefficient: with few rank counts the bytes moved
+    and the bytes reduced grow together and could not be told apart."""
     from scipy.optimize import least_squares, nnls
 
-    rows = []
+    free = [t for t in TERMS if not (t == "reduce" and reduce_per_byte is not None)]
+    rows, targets = [], []
     for P, found in probes.items():
         for n, t in zip(found["bytes"][name], found[key][name]):
-            rows.append([k * oversubscription(P, cores) / t for k in model_terms(name, P, n, cache)])
-    A = np.array(rows)
+            terms = dict(zip(TERMS, (k * oversubscription(P, cores) / t for k in model_terms(name, P, n, cache))))
+            rows.append([terms[f] for f in free])
+            targets.append(1.0 - (terms["reduce"] * reduce_per_byte if reduce_per_byte is not None else 0.0))
+    A, targets = np.array(rows), np.array(targets)
     scale = A.max(axis=0)
     scale[scale == 0] = 1.0
     A = A / scale
-    start, _ = nnls(A, np.ones(len(rows)))
-    solution = least_squares(lambda x: A @ x - 1.0, start, bounds=(0, np.inf), loss="soft_l1", f_scale=0.25)
-    return dict(zip(TERMS, map(float, solution.x / scale))), float(solution.cost)
+    start, _ = nnls(A, targets)
+    solution = least_squares(lambda x: A @ x - targets, start, bounds=(0, np.inf), loss="soft_l1", f_scale=0.25)
+    found = dict(zip(free, map(float, solution.x / scale)))
+    return {t: found.get(t, reduce_per_byte) for t in TERMS}, float(solution.cost)
 
 
-def fit(probes, cores, key="times", ranks=None):
+def fit(probes, cores, key="times", ranks=None, reduce_per_byte=None):
     """Coefficients of every operation, fitted to the medians (``key="times"``) or to the fastest
     repetitions (``"fastest"``: what the algorithms cost when no other job takes the cores), and the
     cache the ranks effectively have (``cache_bytes``: on a shared machine other jobs hold part of the
@@ -220,11 +228,24 @@ def fit(probes, cores, key="times", ranks=None):
     best = None
     probes = {P: found for P, found in probes.items() if ranks is None or P in ranks}
     for cache in [2**k for k in range(20, LLC.bit_length()) if 2**k <= LLC]:
-        fitted = {name: fit_operation(probes, name, cores, key, cache) for name in OPERATIONS}
+        fitted = {name: fit_operation(probes, name, cores, key, cache, reduce_per_byte) for name in OPERATIONS}
         error = sum(residual for _, residual in fitted.values())
         if best is None or error < best[0]:
             best = (error, cache, {name: coefficients for name, (coefficients, _) in fitted.items()})
-    return {**best[2], "cache_bytes": best[1]}
+    return {**best[2], "cache_bytes": best[1], "reduce_per_byte_measured": reduce_per_byte}
+
+
+def reduction_seconds_per_byte(nbytes=2**20, repeats=21):
+    """MPI's own float32 SUM (``Op.Reduce_local``) on one rank, in cache: the fastest repetition's seconds per byte."""
+    from mpi4py import MPI
+
+    a, b = np.ones(nbytes // 4, np.float32), np.ones(nbytes // 4, np.float32)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        MPI.SUM.Reduce_local(a, b)
+        times.append(time.perf_counter() - t0)
+    return min(times) / nbytes
 
 
 def sizes_up_to(max_bytes):
@@ -404,7 +425,9 @@ def main(argv=None):
         print(f"P={P}: load {probes[P]['load_before'][0]:.1f} -> {probes[P]['load_after'][0]:.1f}", flush=True)
         Path(tmp, "probes.json").write_text(json.dumps({"probes": probes}))
     # the uncontended fit (for nodes with a core per rank) from the rank counts that fit the cores
-    params, fastest = fit(probes, cores), fit(probes, cores, "fastest", [P for P in probes if P <= cores])
+    gamma = reduction_seconds_per_byte()
+    params = fit(probes, cores, reduce_per_byte=gamma)
+    fastest = fit(probes, cores, "fastest", [P for P in probes if P <= cores], reduce_per_byte=gamma)
     argv = [os.path.basename(a) if os.path.isabs(a) else a for a in sys.argv]  # no paths of this machine
     result = {"benchmark": "collectives", "argv": argv, "commit": git_commit(), "machine": machine(),
               "cores": cores, "oversubscribed_ranks": [P for P in probes if P > cores],
