@@ -50,15 +50,24 @@ class Grid:
         the caller's. ``None`` means COMM_WORLD when MPI is available, else a serial grid.
     serial : bool
         Force a serial size-1 grid without MPI.
+    nodes : None, int or "shared"
+        Node-aware sums (``sum_to_root``, ``bcast_from_root``, hence ``allsum``): reduce within
+        each node first, then across the node leaders (and broadcast back the same way).
+        ``"shared"`` takes the nodes from ``Split_type(COMM_TYPE_SHARED)``; a number ``k`` fakes
+        at most ``k`` nodes of consecutive ranks (rank // ceil(size / k)), for testing on one
+        machine. ``None`` (default) reads ``ADMM_MPI_PSEUDO_NODES=k`` or ``ADMM_MPI_NODE_AWARE=1``
+        from the environment; without them the sums are flat (one MPI collective each).
     """
 
-    def __init__(self, comm=None, *, serial=False, parent=None):
+    def __init__(self, comm=None, *, serial=False, parent=None, nodes=None):
         base = None if serial else (comm if comm is not None else _world_comm())
         self._comm = base.Dup() if base is not None and base.Get_size() > 1 else None
         self.rank = base.Get_rank() if self._comm is not None else 0
         self.size = base.Get_size() if self._comm is not None else 1
         self.bytes_sent = 0
         self._parent = parent  # a sub-grid also counts its traffic in the grid it was split from
+        self._nodes = nodes
+        self._levels = None  # (node comm, leaders comm or None) of a node-aware grid, () if flat; made at first use
 
     def _count(self, nbytes):
         self.bytes_sent += nbytes
@@ -123,6 +132,9 @@ class Grid:
         from mpi4py import MPI
 
         send = self._buffer(local)
+        if self._node_levels():
+            out = self._sum_to_root_by_node(send)
+            return self._like(out, local) if self.is_root else None
         out = send.copy() if self.is_root else None  # same kind and shape as the send buffer
         self._count(send.nbytes)
         self._comm.Reduce(send, out, op=MPI.SUM, root=0)
@@ -132,9 +144,12 @@ class Grid:
         """Broadcast the root's contiguous array into ``buf`` on every rank (in place)."""
         if self._comm is not None:
             data = self._buffer(buf)
-            if self.is_root:
-                self._count(data.nbytes)
-            self._comm.Bcast(data, root=0)
+            if self._node_levels():
+                self._bcast_by_node(data)
+            else:
+                if self.is_root:
+                    self._count(data.nbytes)
+                self._comm.Bcast(data, root=0)
             if data is not buf:  # staged (device array, or a non-contiguous view): hand it back
                 if is_numpy(buf) or not is_numpy(data):
                     buf[...] = data
@@ -209,6 +224,60 @@ class Grid:
             buf[...] = data
             return buf
         return self._like(data, buf)
+
+    # ---- node-aware sums: within each node, then across the node leaders ------------------
+    def _node_levels(self):
+        """(node comm, leaders comm or None) when the sums are node-aware, () when flat."""
+        if self._levels is None:
+            nodes = _node_setting(self._nodes)
+            self._levels = self._split_nodes(nodes) if nodes not in (None, 1) else ()
+        return self._levels
+
+    def _split_nodes(self, nodes):
+        """Split into nodes (world rank 0 leads node 0 and is rank 0 of the leaders); () if pointless."""
+        from mpi4py import MPI
+
+        if nodes == "shared":
+            node = self._comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
+        else:
+            node = self._comm.Split(color=self.rank // -(-self.size // nodes), key=self.rank)
+        leader = node.Get_rank() == 0
+        leaders = self._comm.Split(color=0 if leader else MPI.UNDEFINED, key=self.rank)
+        if node.Get_size() == self.size or node.Get_size() == 1 and leaders.Get_size() == self.size:
+            node.Free()  # one node, or one rank per node: the flat collective already is this
+            if leader:
+                leaders.Free()
+            return ()
+        return node, (leaders if leader else None)
+
+    def _sum_to_root_by_node(self, send):
+        """Sum to each node's leader, then over the leaders to rank 0 (the root's sum, else None).
+
+        Rounding: the sum is associated as Σ_nodes (Σ_ranks of the node) instead of MPI's order
+        over all ranks; every rank still ends with the root's bits after ``bcast_from_root``.
+        """
+        from mpi4py import MPI
+
+        node, leaders = self._levels
+        out = send.copy() if leaders is not None else None
+        self._count(send.nbytes)
+        node.Reduce(MPI.IN_PLACE if leaders is not None else send, out, op=MPI.SUM, root=0)
+        if leaders is not None and not self.is_root:
+            self._count(out.nbytes)
+            leaders.Reduce(out, None, op=MPI.SUM, root=0)
+        elif self.is_root:
+            leaders.Reduce(MPI.IN_PLACE, out, op=MPI.SUM, root=0)
+        return out if self.is_root else None
+
+    def _bcast_by_node(self, data):
+        """The root's ``data`` to the node leaders, then within every node (in place)."""
+        node, leaders = self._levels
+        if leaders is not None:
+            if self.is_root:
+                self._count(data.nbytes)
+            leaders.Bcast(data, root=0)
+            self._count(data.nbytes)
+        node.Bcast(data, root=0)
 
     def allmax(self, local):
         """Element-wise maximum over ranks of a small array."""
@@ -307,8 +376,27 @@ class Grid:
             from mpi4py import MPI
 
             if not MPI.Is_finalized():
+                for comm in self._levels or ():
+                    if comm is not None:
+                        comm.Free()
                 self._comm.Free()
             self._comm = None
+            self._levels = None
+
+
+def _node_setting(nodes):
+    """The node split asked for: ``nodes`` itself, else ADMM_MPI_PSEUDO_NODES / ADMM_MPI_NODE_AWARE."""
+    if nodes is None:
+        text = os.environ.get("ADMM_MPI_PSEUDO_NODES", "").strip()
+        if text:
+            nodes = int(text) if text.isdigit() else text
+            if nodes == 0 or not isinstance(nodes, int):
+                raise InputError(f"ADMM_MPI_PSEUDO_NODES must be a whole number of nodes >= 1, got {text!r}")
+        elif os.environ.get("ADMM_MPI_NODE_AWARE", "") not in ("", "0"):
+            nodes = "shared"
+    if nodes is not None and nodes != "shared" and not (isinstance(nodes, int) and nodes >= 1):
+        raise InputError(f"nodes must be a whole number >= 1 or 'shared', got {nodes!r}")
+    return nodes
 
 
 def _copy(x):
