@@ -34,7 +34,10 @@ The baselines run in this process with two BLAS / torch threads (threadpoolctl,
 ``torch.set_num_threads(2)``), admm-mpi as two MPI ranks of one thread each: the same two cores.
 Wall seconds are training only: admm-mpi's per-iteration seconds summed from metrics.jsonl (the step
 and its train/validation evaluation, as a default run spends them; process start-up and data
-loading apart, in ``process_seconds``), the baselines' fit loops with their validation scoring.
+loading apart, in ``process_seconds``), the baselines' fit loops with their validation scoring. The
+machine is shared, so CPU seconds are recorded too (``cpu_seconds``: the baselines' process CPU time
+during the fit, admm-mpi's whole mpiexec job including start-up and data loading, from
+``getrusage(RUSAGE_CHILDREN)``); they are less sensitive to other jobs than wall seconds.
 The test split is read once per method, at the end, to report; nothing is selected on it.
 
 Results are merged into ``bench/results/suite.json`` (per set and method; reruns replace entries)
@@ -181,11 +184,12 @@ def raw_split(name, image_rows):
                                 f"training images (seed {SEED}), pixels / 255")
 
 
-def prepare(name, image_rows):
-    """The set as admm-mpi HDF5 under bench/.data/suite (written on first use), or None if absent."""
+def prepare(name, image_rows, data_dir=DATA_DIR):
+    """The set as admm-mpi HDF5 in ``data_dir`` (written on first use), or None if absent."""
     from admm_mpi.data import write_dataset
 
-    path = DATA_DIR / f"{name}-{image_rows}.h5" if SETS[name][0] == "idx" else DATA_DIR / f"{name}.h5"
+    data_dir = Path(data_dir)
+    path = data_dir / (f"{name}-{image_rows}.h5" if SETS[name][0] == "idx" else f"{name}.h5")
     if path.exists():
         return path
     split = raw_split(name, image_rows)
@@ -196,7 +200,7 @@ def prepare(name, image_rows):
     ytr, yte = np.searchsorted(classes, ytr), np.searchsorted(classes, yte)
     mean, std = Xtr.mean(0), Xtr.std(0)
     std[std == 0] = 1.0
-    DATA_DIR.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(parents=True, exist_ok=True)
     write_dataset(str(path), ((Xtr - mean) / std).astype(np.float32), ytr.astype(np.int64),
                   ((Xte - mean) / std).astype(np.float32), yte.astype(np.int64), name=name,
                   n_classes=len(classes), classes=classes,
@@ -221,10 +225,10 @@ def load_arrays(path):
 # ----------------------------------------------------------------------------------------- baselines
 def early_stopped(epoch, score, snapshot, max_epochs):
     """scikit-learn's early-stopping rule on given validation rows; returns (best state, best score,
-    epochs run, seconds). ``epoch()`` trains one epoch, ``score()`` is the validation accuracy,
+    epochs run, wall seconds, CPU seconds of this process). ``epoch()`` trains one epoch, ``score()`` is the validation accuracy,
     ``snapshot()`` a copy of the weights."""
     best, best_state, stale, epochs = -np.inf, None, 0, 0
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for epochs in range(1, max_epochs + 1):
         epoch()
         value = score()
@@ -233,7 +237,7 @@ def early_stopped(epoch, score, snapshot, max_epochs):
             best, best_state = value, snapshot()
         if stale > PATIENCE:
             break
-    return best_state, best, epochs, time.perf_counter() - t0
+    return best_state, best, epochs, time.perf_counter() - t0, time.process_time() - c0
 
 
 def run_sklearn_mlp(arrays, hidden, max_epochs):
@@ -246,12 +250,12 @@ def run_sklearn_mlp(arrays, hidden, max_epochs):
     classes = np.arange(info["n_classes"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        state, val, epochs, seconds = early_stopped(
+        state, val, epochs, seconds, cpu = early_stopped(
             lambda: model.partial_fit(X, y, classes=classes), lambda: model.score(Xv, yv),
             lambda: (copy.deepcopy(model.coefs_), copy.deepcopy(model.intercepts_)), max_epochs)
     model.coefs_, model.intercepts_ = state
     return {"validation_accuracy": val, "test_accuracy": float(model.score(Xt, yt)), "train_seconds": seconds,
-            "epochs": epochs, "threads": 2, "ranks": 1,
+            "cpu_seconds": cpu, "epochs": epochs, "threads": 2, "ranks": 1,
             "settings": f"MLPClassifier{tuple(hidden)} defaults (adam lr 1e-3, batch 200, alpha 1e-4), "
                         f"partial_fit per epoch, early stopping on the validation rows (tol {TOL}, "
                         f"{PATIENCE} epochs), best epoch kept"}
@@ -263,7 +267,7 @@ def run_logreg(arrays, c_grid):
     from sklearn.linear_model import LogisticRegression
 
     X, y, Xv, yv, Xt, yt, _ = arrays
-    t0, fits = time.perf_counter(), []
+    t0, c0, fits = time.perf_counter(), time.process_time(), []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for C in c_grid:
@@ -271,7 +275,7 @@ def run_logreg(arrays, c_grid):
             fits.append((model.score(Xv, yv), -C, model))  # ties: the smaller C (stronger regulariser)
     val, minus_c, model = max(fits, key=lambda f: f[:2])
     return {"validation_accuracy": float(val), "test_accuracy": float(model.score(Xt, yt)),
-            "train_seconds": time.perf_counter() - t0, "threads": 2, "ranks": 1, "C": -minus_c,
+            "train_seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0, "threads": 2, "ranks": 1, "C": -minus_c,
             "settings": f"LogisticRegression(lbfgs), C on validation from {list(c_grid)}; seconds: the whole grid"}
 
 
@@ -298,9 +302,10 @@ def _torch_adam(arrays, hidden, lr, max_epochs, batch=128):
         with torch.no_grad():
             return float((model(Xv).argmax(1) == yv).float().mean())
 
-    state, val, epochs, seconds = early_stopped(epoch, score, lambda: copy.deepcopy(model.state_dict()), max_epochs)
+    state, val, epochs, seconds, cpu = early_stopped(epoch, score, lambda: copy.deepcopy(model.state_dict()),
+                                                     max_epochs)
     model.load_state_dict(state)
-    return model, val, epochs, seconds
+    return model, val, epochs, seconds, cpu
 
 
 def run_adam(arrays, hidden, lr_grid, max_epochs):
@@ -308,12 +313,12 @@ def run_adam(arrays, hidden, lr_grid, max_epochs):
 
     torch.set_num_threads(2)
     runs = [(lr, *_torch_adam(arrays, hidden, lr, max_epochs)) for lr in lr_grid]
-    lr, model, val, epochs, seconds = max(runs, key=lambda r: r[2])  # ties: the first (smallest) lr
+    lr, model, val, epochs, seconds, cpu = max(runs, key=lambda r: r[2])  # ties: the first (smallest) lr
     Xt, yt = (torch.from_numpy(np.ascontiguousarray(a)) for a in arrays[4:6])
     with torch.no_grad():
         test = float((model(Xt).argmax(1) == yt).float().mean())
-    return {"validation_accuracy": val, "test_accuracy": test, "train_seconds": seconds, "epochs": epochs,
-            "lr": lr, "grid_seconds": sum(r[4] for r in runs), "threads": 2, "ranks": 1,
+    return {"validation_accuracy": val, "test_accuracy": test, "train_seconds": seconds, "cpu_seconds": cpu,
+            "epochs": epochs, "lr": lr, "grid_seconds": sum(r[4] for r in runs), "threads": 2, "ranks": 1,
             "settings": f"PyTorch {torch.__version__} Adam, batch 128, lr on validation from {list(lr_grid)}, "
                         f"early stopping as the MLP; seconds: the chosen lr's run (grid_seconds: all)"}
 
@@ -329,16 +334,23 @@ def candidate_flags(name, n_train, quick):
     return flags
 
 
+def _children_cpu():
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_admm(name, path, n_train, quick, ranks=2):
     data = os.path.relpath(path, REPO)
-    out = DATA_DIR / "runs" / f"{Path(path).stem}-{name}"
+    out = Path(path).parent / "runs" / f"{Path(path).stem}-{name}"
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
     flags = candidate_flags(name, n_train, quick)
     cmd = [mpiexec(), "-n", str(ranks), sys.executable, "-m", "admm_mpi", "train", "--data", data, *flags,
            "--out", os.path.relpath(out, REPO)]
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _children_cpu()
     proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=3 * 3600)
-    process_seconds = time.perf_counter() - t0
+    process_seconds, cpu = time.perf_counter() - t0, _children_cpu() - c0
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}",
                 "command": " ".join(["mpiexec", "-n", str(ranks), "admm-mpi", *cmd[6:-2]])}
@@ -346,6 +358,7 @@ def run_admm(name, path, n_train, quick, ranks=2):
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return {"validation_accuracy": summary["validation_accuracy"], "test_accuracy": summary["test_accuracy"],
             "train_seconds": sum(r["seconds"] for r in rows), "process_seconds": process_seconds,
+            "cpu_seconds": cpu,
             "iterations": summary["iterations"], "kept_iteration": summary["kept_iteration"],
             "stopped": summary["stopped"], "ranks": summary["ranks"], "threads": 1,
             "command": " ".join(["OMP_NUM_THREADS=1", "mpiexec", "-n", str(ranks), "admm-mpi", *cmd[6:-2]])}
@@ -364,7 +377,7 @@ def git_commit():
 
 def run_set(name, methods, candidates, args):
     """Every requested method on one set; returns the set's entry (shapes and per-method records)."""
-    path = prepare(name, args.image_rows)
+    path = prepare(name, args.image_rows, args.data_dir)
     if path is None:
         return {"skipped": f"{SETS[name][1]} not found"}
     arrays = load_arrays(path)
@@ -426,7 +439,9 @@ def summarise(result, method):
     if not pairs:
         return None
     gaps = [(r["test_accuracy"] - m["test_accuracy"], name) for name, r, m, _ in pairs]
-    ratios = [(r["train_seconds"] / m["train_seconds"], name) for name, r, m, rows in pairs if rows >= LARGE]
+    large = [(name, r, m) for name, r, m, rows in pairs if rows >= LARGE]
+    ratios = [(r["train_seconds"] / m["train_seconds"], name) for name, r, m in large]
+    cpu = [(r["cpu_seconds"] / m["cpu_seconds"], name) for name, r, m in large if "cpu_seconds" in r and "cpu_seconds" in m]
     return {"sets": len(pairs), "set_names": [p[0] for p in pairs],
             "mean_validation": float(np.mean([r["validation_accuracy"] for _, r, _, _ in pairs])),
             "mean_test": float(np.mean([r["test_accuracy"] for _, r, _, _ in pairs])),
@@ -435,7 +450,9 @@ def summarise(result, method):
             "sets_more_than_1pt_below_mlp": sum(g < -0.01 for g, _ in gaps),
             "large_sets": len(ratios), "large_sets_not_slower_than_mlp": sum(q <= 1 for q, _ in ratios),
             "worst_time_ratio_to_mlp": max(ratios)[0] if ratios else None,
-            "worst_time_ratio_set": max(ratios)[1] if ratios else None}
+            "worst_time_ratio_set": max(ratios)[1] if ratios else None,
+            "large_sets_not_more_cpu_than_mlp": sum(q <= 1 for q, _ in cpu),
+            "worst_cpu_ratio_to_mlp": max(cpu)[0] if cpu else None, "worst_cpu_ratio_set": max(cpu)[1] if cpu else None}
 
 
 def markdown(result):
@@ -452,17 +469,18 @@ def markdown(result):
              "training only (admm-mpi: sum of metrics.jsonl seconds).", "",
              "## Candidates (mean over the sets each ran on; selection by mean validation accuracy)", "",
              "| method | sets | mean validation | mean test | MLP mean test (same sets) | worst gap to MLP (set) "
-             "| sets > 1 pt below MLP | large sets not slower than MLP | worst time ratio to MLP (set) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| sets > 1 pt below MLP | large sets not slower than MLP | worst time ratio to MLP (set) "
+             "| worst CPU ratio to MLP (set) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for m, s in sorted(summaries.items(), key=lambda kv: -kv[1]["mean_validation"] if kv[1] else 0):
         if s is None:
             continue
-        ratio = (f"{s['worst_time_ratio_to_mlp']:.2f} ({s['worst_time_ratio_set']})"
-                 if s["worst_time_ratio_to_mlp"] is not None else "–")
+        ratio, cpu = (f"{s[f'worst_{k}_ratio_to_mlp']:.2f} ({s[f'worst_{k}_ratio_set']})"
+                      if s[f"worst_{k}_ratio_to_mlp"] is not None else "–" for k in ("time", "cpu"))
         lines.append(f"| {m} | {s['sets']} | {s['mean_validation']:.4f} | {s['mean_test']:.4f} | "
                      f"{s['mlp_mean_test']:.4f} | {100 * s['worst_gap_to_mlp']:+.1f} pt ({s['worst_gap_set']}) | "
                      f"{s['sets_more_than_1pt_below_mlp']} | {s['large_sets_not_slower_than_mlp']}/{s['large_sets']} | "
-                     f"{ratio} |")
+                     f"{ratio} | {cpu} |")
     lines += ["", "Candidates' flags (added to the common flags; `<rule of n>`: a batch size computed from the "
               "number of training rows, see bench/suite.py):", ""]
     lines += [f"- `{k}`: `{' '.join(v) or '(none: the current defaults)'}`" for k, v in result["candidates"].items()]
@@ -478,20 +496,21 @@ def _set_tables(result, methods):
             continue
         lines += [f"### {name}: {s['rows_train']} train / {s['rows_validation']} validation / {s['rows_test']} test "
                   f"rows, {s['features']} features, {s['classes']} classes", "", s["preprocessing"], "",
-                  "| method | validation | test | seconds | ranks × threads | iterations or epochs |",
-                  "|---|---|---|---|---|---|"]
+                  "| method | validation | test | seconds | CPU seconds | ranks × threads | iterations or epochs |",
+                  "|---|---|---|---|---|---|---|"]
         for m in methods:
             r = s["methods"].get(m)
             if r is None:
                 continue
             if "error" in r:
-                lines.append(f"| {m} | error: {r['error']} | | | | |")
+                lines.append(f"| {m} | error: {r['error']} | | | | | |")
                 continue
             its = r.get("iterations", r.get("epochs", ""))
             if "stopped" in r:
                 its = f"{its} ({r['stopped']}, kept {r['kept_iteration']})"
             lines.append(f"| {m} | {r['validation_accuracy']:.4f} | {r['test_accuracy']:.4f} | "
-                         f"{r['train_seconds']:.2f} | {r['ranks']} × {r['threads']} | {its} |")
+                         f"{r['train_seconds']:.2f} | {r.get('cpu_seconds', float('nan')):.2f} | "
+                         f"{r['ranks']} × {r['threads']} | {its} |")
         lines.append("")
     return lines
 
@@ -505,6 +524,7 @@ def main(argv=None):
     parser.add_argument("--image-rows", type=int, default=10000, help="MNIST / Fashion-MNIST training images used")
     parser.add_argument("--quick", action="store_true", help="tiny widths and budgets: checks the runner only")
     parser.add_argument("--out", default=str(RESULTS / "suite.json"))
+    parser.add_argument("--data-dir", default=str(DATA_DIR), help="where the HDF5 files and runs go")
     args = parser.parse_args(argv)
     sets = args.sets.split(",")
     unknown = [s for s in sets if s not in SETS] + [c for c in args.candidates.split(",")
