@@ -184,12 +184,15 @@ def raw_split(name, image_rows):
                                 f"training images (seed {SEED}), pixels / 255")
 
 
-def prepare(name, image_rows, data_dir=DATA_DIR):
-    """The set as admm-mpi HDF5 in ``data_dir`` (written on first use), or None if absent."""
+def prepare(name, image_rows, data_dir=DATA_DIR, standardise=True):
+    """The set as admm-mpi HDF5 in ``data_dir`` (written on first use), or None if absent.
+    ``standardise=False`` keeps the raw features (file ``<name>-raw.h5``): what a user who skips
+    standardisation hands to admm-mpi."""
     from admm_mpi.data import write_dataset
 
     data_dir = Path(data_dir)
-    path = data_dir / (f"{name}-{image_rows}.h5" if SETS[name][0] == "idx" else f"{name}.h5")
+    stem = f"{name}-{image_rows}" if SETS[name][0] == "idx" else name
+    path = data_dir / f"{stem}{'' if standardise else '-raw'}.h5"
     if path.exists():
         return path
     split = raw_split(name, image_rows)
@@ -200,11 +203,14 @@ def prepare(name, image_rows, data_dir=DATA_DIR):
     ytr, yte = np.searchsorted(classes, ytr), np.searchsorted(classes, yte)
     mean, std = Xtr.mean(0), Xtr.std(0)
     std[std == 0] = 1.0
+    if not standardise:
+        mean, std = 0.0, 1.0
     data_dir.mkdir(parents=True, exist_ok=True)
     write_dataset(str(path), ((Xtr - mean) / std).astype(np.float32), ytr.astype(np.int64),
                   ((Xte - mean) / std).astype(np.float32), yte.astype(np.int64), name=name,
                   n_classes=len(classes), classes=classes,
-                  preprocessing=f"{provenance}; standardised with the training rows' mean and std")
+                  preprocessing=f"{provenance}; " + ("standardised with the training rows' mean and std"
+                                                     if standardise else "raw features, not standardised"))
     return path
 
 
@@ -377,7 +383,7 @@ def git_commit():
 
 def run_set(name, methods, candidates, args):
     """Every requested method on one set; returns the set's entry (shapes and per-method records)."""
-    path = prepare(name, args.image_rows, args.data_dir)
+    path = prepare(name, args.image_rows, args.data_dir, standardise=not args.raw_features)
     if path is None:
         return {"skipped": f"{SETS[name][1]} not found"}
     arrays = load_arrays(path)
@@ -525,6 +531,9 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="tiny widths and budgets: checks the runner only")
     parser.add_argument("--out", default=str(RESULTS / "suite.json"))
     parser.add_argument("--data-dir", default=str(DATA_DIR), help="where the HDF5 files and runs go")
+    parser.add_argument("--raw-features", action="store_true",
+                        help="the sets without standardisation (recorded as SET+raw): is a warning needed?")
+    parser.add_argument("--merge-from", help="only fold another run's JSON (per set and method) into --out")
     args = parser.parse_args(argv)
     sets = args.sets.split(",")
     unknown = [s for s in sets if s not in SETS] + [c for c in args.candidates.split(",")
@@ -536,8 +545,12 @@ def main(argv=None):
     candidates = list(CANDIDATES) if args.candidates == "all" else args.candidates.split(",")
     candidates = candidates if "admm" in wanted else []
     out = Path(args.out)
+    if args.merge_from:
+        result = merge(out, json.loads(Path(args.merge_from).read_text())["sets"])
+        sets = []
     for name in sets:
-        result = merge(out, {name: run_set(name, methods, candidates, args)})  # saved after every set
+        key = f"{name}+raw" if args.raw_features else name
+        result = merge(out, {key: run_set(name, methods, candidates, args)})  # saved after every set
     out.with_suffix(".md").write_text(markdown(result))
     print(f"wrote {out} and {out.with_suffix('.md')}")
 
