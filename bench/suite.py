@@ -231,8 +231,8 @@ def load_arrays(path):
 # ----------------------------------------------------------------------------------------- baselines
 def early_stopped(epoch, score, snapshot, max_epochs):
     """scikit-learn's early-stopping rule on given validation rows; returns (best state, best score,
-    epochs run, wall seconds, CPU seconds of this process). ``epoch()`` trains one epoch, ``score()`` is the validation accuracy,
-    ``snapshot()`` a copy of the weights."""
+    epochs run, wall seconds, CPU seconds of this process). ``epoch()`` trains one epoch, ``score()`` is
+    the validation accuracy, ``snapshot()`` a copy of the weights."""
     best, best_state, stale, epochs = -np.inf, None, 0, 0
     t0, c0 = time.perf_counter(), time.process_time()
     for epochs in range(1, max_epochs + 1):
@@ -281,7 +281,8 @@ def run_logreg(arrays, c_grid):
             fits.append((model.score(Xv, yv), -C, model))  # ties: the smaller C (stronger regulariser)
     val, minus_c, model = max(fits, key=lambda f: f[:2])
     return {"validation_accuracy": float(val), "test_accuracy": float(model.score(Xt, yt)),
-            "train_seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0, "threads": 2, "ranks": 1, "C": -minus_c,
+            "train_seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0, "threads": 2,
+            "ranks": 1, "C": -minus_c,
             "settings": f"LogisticRegression(lbfgs), C on validation from {list(c_grid)}; seconds: the whole grid"}
 
 
@@ -441,13 +442,15 @@ def summarise(result, method):
     """Mean validation and test accuracy of ``method`` over the sets where it and the MLP both ran, its
     worst gap to the MLP, and its training time against the MLP's on sets of at least LARGE rows."""
     pairs = [(name, s["methods"][method], s["methods"]["sklearn_mlp"], s["rows"]) for name, s in result["sets"].items()
-             if "error" not in s.get("methods", {}).get(method, {"error": 1}) and "sklearn_mlp" in s.get("methods", {})]
+             if "error" not in s.get("methods", {}).get(method, {"error": 1}) and "sklearn_mlp" in s.get("methods", {})
+             and not name.endswith("+raw")]
     if not pairs:
         return None
     gaps = [(r["test_accuracy"] - m["test_accuracy"], name) for name, r, m, _ in pairs]
     large = [(name, r, m) for name, r, m, rows in pairs if rows >= LARGE]
     ratios = [(r["train_seconds"] / m["train_seconds"], name) for name, r, m in large]
-    cpu = [(r["cpu_seconds"] / m["cpu_seconds"], name) for name, r, m in large if "cpu_seconds" in r and "cpu_seconds" in m]
+    cpu = [(r["cpu_seconds"] / m["cpu_seconds"], name) for name, r, m in large
+           if "cpu_seconds" in r and "cpu_seconds" in m]
     return {"sets": len(pairs), "set_names": [p[0] for p in pairs],
             "mean_validation": float(np.mean([r["validation_accuracy"] for _, r, _, _ in pairs])),
             "mean_test": float(np.mean([r["test_accuracy"] for _, r, _, _ in pairs])),
@@ -490,8 +493,40 @@ def markdown(result):
     lines += ["", "Candidates' flags (added to the common flags; `<rule of n>`: a batch size computed from the "
               "number of training rows, see bench/suite.py):", ""]
     lines += [f"- `{k}`: `{' '.join(v) or '(none: the current defaults)'}`" for k, v in result["candidates"].items()]
-    lines += _set_tables(result, methods)
+    lines += _selection(result, summaries) + _raw_table(result) + _set_tables(result, methods)
     return "\n".join(lines) + "\n"
+
+
+def _selection(result, summaries):
+    """The admm-mpi candidate with the best mean validation accuracy among those run on every set."""
+    sets = {n for n, s in result["sets"].items() if "sklearn_mlp" in s.get("methods", {}) and not n.endswith("+raw")}
+    full = {m: s for m, s in summaries.items() if m.startswith("admm:") and s and set(s["set_names"]) == sets}
+    if not full:
+        return []
+    best, s = max(full.items(), key=lambda kv: kv[1]["mean_validation"])
+    return ["", f"Selected on mean validation accuracy among the candidates run on all {len(sets)} sets: "
+            f"**{best}** (validation {s['mean_validation']:.4f}; its test {s['mean_test']:.4f} against the MLP's "
+            f"{s['mlp_mean_test']:.4f}, worst set {100 * s['worst_gap_to_mlp']:+.1f} pt ({s['worst_gap_set']}), "
+            f"not slower than the MLP on {s['large_sets_not_slower_than_mlp']} of {s['large_sets']} sets of "
+            f">= {LARGE} rows)."]
+
+
+def _raw_table(result):
+    """Test accuracy on the raw (unstandardised) features beside the standardised ones."""
+    raw = [n for n in result["sets"] if n.endswith("+raw")]
+    if not raw:
+        return []
+    methods = sorted({m for n in raw for m in result["sets"][n]["methods"]})
+    lines = ["", "## Without standardisation (test accuracy: raw features / standardised)", "",
+             "| set | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+    for n in raw:
+        std = result["sets"].get(n[:-4], {}).get("methods", {})
+        cells = []
+        for m in methods:
+            r, q = result["sets"][n]["methods"].get(m, {}), std.get(m, {})
+            cells.append(f"{r.get('test_accuracy', float('nan')):.4f} / {q.get('test_accuracy', float('nan')):.4f}")
+        lines.append(f"| {n[:-4]} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _set_tables(result, methods):
@@ -524,7 +559,8 @@ def _set_tables(result, methods):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sets", default=",".join(DEFAULT_SETS), help=f"comma-separated, from {', '.join(SETS)}")
-    parser.add_argument("--methods", default="baselines,admm", help="baselines, admm, or names: " + ", ".join(BASELINES))
+    parser.add_argument("--methods", default="baselines,admm",
+                        help="baselines, admm, or names: " + ", ".join(BASELINES))
     parser.add_argument("--candidates", default="current,minibatch_am,minibatch_am-es",
                         help="admm-mpi candidates, comma-separated, or 'all': " + ", ".join(CANDIDATES))
     parser.add_argument("--image-rows", type=int, default=10000, help="MNIST / Fashion-MNIST training images used")
