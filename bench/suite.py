@@ -382,8 +382,9 @@ def git_commit():
         return None
 
 
-def run_set(name, methods, candidates, args):
-    """Every requested method on one set; returns the set's entry (shapes and per-method records)."""
+def run_set(name, methods, candidates, args, done=()):
+    """Every requested method on one set but those in ``done``; returns the set's entry (shapes and
+    per-method records)."""
     path = prepare(name, args.image_rows, args.data_dir, standardise=not args.raw_features)
     if path is None:
         return {"skipped": f"{SETS[name][1]} not found"}
@@ -399,11 +400,11 @@ def run_set(name, methods, candidates, args):
                  "adam": lambda: run_adam(arrays, hidden, QUICK["lr_grid"] if args.quick else LR_GRID, epochs)}
     from threadpoolctl import threadpool_limits
 
-    for method in methods:
+    for method in (m for m in methods if m not in done):
         with threadpool_limits(2):
             entry["methods"][method] = baselines[method]()
         _log(name, method, entry["methods"][method])
-    for candidate in candidates:
+    for candidate in (c for c in candidates if f"admm:{c}" not in done):
         record = run_admm(candidate, path, len(y), args.quick)
         entry["methods"][f"admm:{candidate}"] = record
         _log(name, f"admm:{candidate}", record)
@@ -411,6 +412,14 @@ def run_set(name, methods, candidates, args):
     for record in entry["methods"].values():
         record.update(stamp)
     return entry
+
+
+def _done(out, key, quick):
+    """Methods already recorded without error for set ``key`` in the JSON ``out`` (same --quick)."""
+    if not out.exists():
+        return set()
+    methods = json.loads(out.read_text())["sets"].get(key, {}).get("methods", {})
+    return {m for m, r in methods.items() if "error" not in r and r.get("quick") == quick}
 
 
 def _log(name, method, r):
@@ -569,6 +578,8 @@ def main(argv=None):
     parser.add_argument("--data-dir", default=str(DATA_DIR), help="where the HDF5 files and runs go")
     parser.add_argument("--raw-features", action="store_true",
                         help="the sets without standardisation (recorded as SET+raw): is a warning needed?")
+    parser.add_argument("--skip-done", action="store_true",
+                        help="run only the methods --out does not already hold for a set (to continue a run)")
     parser.add_argument("--merge-from", help="only fold another run's JSON (per set and method) into --out")
     args = parser.parse_args(argv)
     sets = args.sets.split(",")
@@ -586,7 +597,8 @@ def main(argv=None):
         sets = []
     for name in sets:
         key = f"{name}+raw" if args.raw_features else name
-        result = merge(out, {key: run_set(name, methods, candidates, args)})  # saved after every set
+        done = _done(out, key, args.quick) if args.skip_done else ()
+        result = merge(out, {key: run_set(name, methods, candidates, args, done)})  # saved after every set
     out.with_suffix(".md").write_text(markdown(result))
     print(f"wrote {out} and {out.with_suffix('.md')}")
 

@@ -129,3 +129,14 @@ def test_unknown_set_is_one_line_exit_2(tmp_path):
     proc = _run_suite("--sets", "no_such_set", "--out", tmp_path / "s.json", timeout=60)
     assert proc.returncode == 2 and "unknown set or candidate: no_such_set" in proc.stderr
     assert not (tmp_path / "s.json").exists()
+
+
+def test_skip_done_runs_nothing_already_recorded(quick_run):
+    tmp, result, baselines = quick_run
+    proc = _run_suite("--quick", "--sets", ",".join(SETS), "--methods", f"{','.join(baselines)},admm",
+                      "--candidates", "current,minibatch_am-bn10-es", "--out", tmp / "suite.json",
+                      "--data-dir", tmp / "data", "--skip-done")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert " val " not in proc.stdout  # no method ran
+    again = json.loads((tmp / "suite.json").read_text())
+    assert again["sets"] == result["sets"]
