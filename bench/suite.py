@@ -382,12 +382,12 @@ def git_commit():
         return None
 
 
-def run_set(name, methods, candidates, args, done=()):
-    """Every requested method on one set but those in ``done``; returns the set's entry (shapes and
-    per-method records)."""
+def run_set(name, methods, candidates, args, save, done=()):
+    """Every requested method on one set but those in ``done``; ``save(entry)`` after each (shapes and
+    the records so far), so an interrupted run keeps what finished."""
     path = prepare(name, args.image_rows, args.data_dir, standardise=not args.raw_features)
     if path is None:
-        return {"skipped": f"{SETS[name][1]} not found"}
+        return save({"skipped": f"{SETS[name][1]} not found"})
     arrays = load_arrays(path)
     X, y, Xv, _, Xt, _, info = arrays
     entry = {"rows": len(y) + len(Xv) + len(Xt), "rows_train": len(y), "rows_validation": len(Xv),
@@ -400,18 +400,18 @@ def run_set(name, methods, candidates, args, done=()):
                  "adam": lambda: run_adam(arrays, hidden, QUICK["lr_grid"] if args.quick else LR_GRID, epochs)}
     from threadpoolctl import threadpool_limits
 
-    for method in (m for m in methods if m not in done):
-        with threadpool_limits(2):
-            entry["methods"][method] = baselines[method]()
-        _log(name, method, entry["methods"][method])
-    for candidate in (c for c in candidates if f"admm:{c}" not in done):
-        record = run_admm(candidate, path, len(y), args.quick)
-        entry["methods"][f"admm:{candidate}"] = record
-        _log(name, f"admm:{candidate}", record)
     stamp = {"git_commit": git_commit(), "argv": sys.argv[1:], "quick": args.quick}
-    for record in entry["methods"].values():
-        record.update(stamp)
-    return entry
+    result = None
+    runs = [(m, lambda m=m: baselines[m]()) for m in methods] + \
+        [(f"admm:{c}", lambda c=c: run_admm(c, path, len(y), args.quick)) for c in candidates]
+    for method, run in runs:
+        if method in done:
+            continue
+        with threadpool_limits(2):  # the baselines' BLAS; admm-mpi's ranks get their own environment
+            record = {**run(), **stamp}
+        _log(name, method, record)
+        result = save({**entry, "methods": {method: record}})
+    return result
 
 
 def _done(out, key, quick):
@@ -598,7 +598,8 @@ def main(argv=None):
     for name in sets:
         key = f"{name}+raw" if args.raw_features else name
         done = _done(out, key, args.quick) if args.skip_done else ()
-        result = merge(out, {key: run_set(name, methods, candidates, args, done)})  # saved after every set
+        result = run_set(name, methods, candidates, args, lambda entry, key=key: merge(out, {key: entry}), done) \
+            or merge(out, {})
     out.with_suffix(".md").write_text(markdown(result))
     print(f"wrote {out} and {out.with_suffix('.md')}")
 
