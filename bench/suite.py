@@ -502,7 +502,8 @@ def markdown(result):
     lines += ["", "Candidates' flags (added to the common flags; `<rule of n>`: a batch size computed from the "
               "number of training rows, see bench/suite.py):", ""]
     lines += [f"- `{k}`: `{' '.join(v) or '(none: the current defaults)'}`" for k, v in result["candidates"].items()]
-    lines += _selection(result, summaries) + _raw_table(result) + _set_tables(result, methods)
+    lines += _selection(result, summaries) + _paired(result, methods) + _raw_table(result) + \
+        _set_tables(result, methods)
     return "\n".join(lines) + "\n"
 
 
@@ -518,6 +519,29 @@ def _selection(result, summaries):
             f"{s['mlp_mean_test']:.4f}, worst set {100 * s['worst_gap_to_mlp']:+.1f} pt ({s['worst_gap_set']}), "
             f"not slower than the MLP on {s['large_sets_not_slower_than_mlp']} of {s['large_sets']} sets of "
             f">= {LARGE} rows)."]
+
+
+def paired(result, method, reference):
+    """Mean validation and test accuracy difference ``method`` − ``reference`` over the sets both ran on."""
+    both = [s["methods"] for n, s in result["sets"].items() if not n.endswith("+raw")
+            and all("error" not in s.get("methods", {}).get(m, {"error": 1}) for m in (method, reference))]
+    if not both:
+        return None
+    return {"sets": len(both),
+            "validation": float(np.mean([m[method]["validation_accuracy"] - m[reference]["validation_accuracy"]
+                                         for m in both])),
+            "test": float(np.mean([m[method]["test_accuracy"] - m[reference]["test_accuracy"] for m in both]))}
+
+
+def _paired(result, methods, reference="admm:minibatch_am-es"):
+    """Candidates against one reference on the sets both ran on (the candidates' coverage differs)."""
+    rows = [(m, paired(result, m, reference)) for m in methods if m.startswith("admm:") and m != reference]
+    rows = sorted([r for r in rows if r[1]], key=lambda r: -r[1]["validation"])
+    if not rows:
+        return []
+    lines = ["", f"## Candidates against `{reference}` on the sets both ran on (paired; selection by validation)", "",
+             "| candidate | shared sets | mean Δ validation (pt) | mean Δ test (pt) |", "|---|---|---|---|"]
+    return lines + [f"| {m} | {p['sets']} | {100 * p['validation']:+.2f} | {100 * p['test']:+.2f} |" for m, p in rows]
 
 
 def _raw_table(result):
