@@ -196,18 +196,21 @@ class Grid:
         self._comm.Allgatherv(MPI.IN_PLACE, [flat, (counts, [s for s, _ in ranges])])
         return self._handed_back(data, buf)
 
-    def allgather_rows(self, buf):
-        """Every rank's block of rows of ``buf`` (``block_range(len(buf))``) to every rank, in place.
+    def allgather_rows(self, buf, ranges=None):
+        """Every rank's block of rows of ``buf`` to every rank, in place.
 
-        Each rank has filled its own rows; afterwards every rank holds the same bytes in every
-        row (the rows are copied, not recomputed). Returns the array (``buf`` unless staged).
+        The blocks are ``block_range(len(buf))``, or ``ranges[r] = (start, stop)`` of rank ``r``
+        (contiguous and in rank order). Each rank has filled its own rows; afterwards every rank
+        holds the same bytes in every row (the rows are copied, not recomputed). Returns the
+        array (``buf`` unless staged).
         """
         if self._comm is None:
             return buf
         data = self._buffer(buf)
         n = data.shape[0]
         row = data.size // n if n else 0
-        ranges = [block_range(n, self.size, r) for r in range(self.size)]
+        if ranges is None:
+            ranges = [block_range(n, self.size, r) for r in range(self.size)]
         counts = [(stop - start) * row for start, stop in ranges]
         displacements = [start * row for start, _ in ranges]
         self._count(counts[self.rank] * data.itemsize)

@@ -191,3 +191,104 @@ def test_allsum_in_place_equals_allsum_bit_identically_everywhere(comm, shape):
     np.testing.assert_allclose(total, grid.allsum(local), rtol=1e-14, atol=1e-14)
     assert np.array_equal(total, comm.bcast(total, root=0))
     grid.close()
+
+
+# ---- the weight solve through the batch's kernel matrix (n columns narrower than the k-wide input) ----
+def _anchored_reference(a, z, ridge, anchor, anchor_weight):
+    """min ||z - W a - b||² + ridge ||[W b]||² + anchor_weight ||[W b] - anchor||², by lstsq on stacked rows."""
+    k, m = a.shape[0] + 1, z.shape[0]
+    A = np.vstack([a, np.ones((1, a.shape[1]))])
+    Wb0 = np.hstack([anchor[0], anchor[1][:, None]])
+    M = np.hstack([A, np.sqrt(ridge) * np.eye(k), np.sqrt(anchor_weight) * np.eye(k)])
+    Y = np.hstack([z, np.zeros((m, k)), np.sqrt(anchor_weight) * Wb0])
+    return np.linalg.lstsq(M.T, Y.T, rcond=None)[0].T
+
+
+@pytest.mark.parametrize("k, n, m", [(51, 20, 7), (301, 100, 40), (30, 29, 3), (12, 40, 5)])
+@pytest.mark.parametrize("with_output", [False, True])
+def test_kernel_form_equals_the_gram_form_and_lstsq(k, n, m, with_output):
+    from admm_mpi.ops.linalg import kernel_form_weights, local_normal_equations, solve_normal_equations
+
+    a, z, anchor = _spd_problem(k, m, n, seed=k + n)
+    output = anchor[0] @ a + anchor[1][:, None] if with_output else None
+    W, b = kernel_form_weights(Grid.serial(), a, z, 0.3 + 0.7, anchor, 0.7, anchor_output=output)
+    Wb = np.hstack([W, b[:, None]])
+    Wb_gram = solve_normal_equations(local_normal_equations(a, z), 0.3, np.hstack([anchor[0], anchor[1][:, None]]), 0.7)
+    reference = _anchored_reference(a, z, 0.3, anchor, 0.7)
+    np.testing.assert_allclose(Wb, reference, rtol=1e-10, atol=1e-12 * np.abs(reference).max())
+    np.testing.assert_allclose(Wb, Wb_gram, rtol=1e-10, atol=1e-12 * np.abs(reference).max())
+
+
+def test_kernel_form_without_anchor_is_the_ridge_solve():
+    from admm_mpi.ops.linalg import kernel_form_weights
+
+    a, z, _ = _spd_problem(40, 6, 15, seed=4)
+    W, b = kernel_form_weights(Grid.serial(), a, z, 0.5)
+    W_ref, b_ref = _lstsq_reference(a, z, 0.5)
+    np.testing.assert_allclose(W, W_ref, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(b, b_ref, rtol=1e-10, atol=1e-12)
+
+
+def test_kernel_form_keeps_an_inactive_unit_at_its_decayed_anchor_exactly():
+    """A unit that is 0 on every sample contributes nothing: its weight column is (mu/c) W0, exactly."""
+    from admm_mpi.ops.linalg import kernel_form_weights
+
+    a, z, anchor = _spd_problem(30, 4, 12, seed=5)
+    a[7] = 0.0
+    W, _ = kernel_form_weights(Grid.serial(), a, z, 0.25 + 0.75, anchor, 0.75)
+    assert np.array_equal(W[:, 7], 0.75 * anchor[0][:, 7])
+
+
+def test_kernel_form_is_chosen_only_where_it_is_cheaper():
+    from admm_mpi.ops.linalg import kernel_form_cheaper
+
+    assert kernel_form_cheaper(4001, 2000, 1000)      # the MNIST recipe's second layer
+    assert not kernel_form_cheaper(785, 2000, 4000)   # its first layer
+    assert not kernel_form_cheaper(1001, 2000, 10)    # its output layer
+    assert not kernel_form_cheaper(65, 60000, 512)    # a full-batch solve
+
+
+@pytest.mark.parametrize("n, size", [(2000, 2), (10, 4), (3, 4), (1, 3), (1000, 7)])
+def test_upper_triangle_rows_cover_the_rows_in_near_equal_areas(n, size):
+    from admm_mpi.ops.linalg import upper_triangle_rows
+
+    ranges = upper_triangle_rows(n, size)
+    assert ranges[0][0] == 0 and ranges[-1][1] == n and len(ranges) == size
+    assert all(stop == start for (_, stop), (start, _) in zip(ranges, ranges[1:]))
+    areas = [sum(n - r for r in range(start, stop)) for start, stop in ranges]
+    assert max(areas) - min(areas) <= 2 * n  # within about a row of the even share
+
+
+@pytest.mark.mpi(ranks=[1, 2, 3, 4], timeout=60)
+@pytest.mark.parametrize("n", [37, 5, 2])  # uneven columns; at 3 and 4 ranks some ranks hold no column
+def test_distributed_kernel_form_equals_serial_bit_identically_everywhere(comm, n):
+    from admm_mpi.ops.linalg import kernel_form_weights
+
+    grid = Grid(comm)
+    a, z, anchor = _spd_problem(60, 9, n, seed=n)
+    start, stop = grid.block_range(n)
+    W, b = kernel_form_weights(grid, a[:, start:stop], z[:, start:stop], 1.0, anchor, 0.7)
+    W_serial, b_serial = kernel_form_weights(Grid.serial(), a, z, 1.0, anchor, 0.7)
+    np.testing.assert_allclose(W, W_serial, rtol=1e-12, atol=1e-12 * np.abs(W_serial).max())
+    np.testing.assert_allclose(b, b_serial, rtol=1e-12, atol=1e-12 * np.abs(b_serial).max())
+    for x in (W, b):
+        assert np.array_equal(x, comm.bcast(x, root=0))  # the same bytes on every rank
+    grid.close()
+
+
+@pytest.mark.mpi(ranks=[1, 2, 3], timeout=60)
+def test_transpose_reduce_takes_the_kernel_form_for_a_narrow_batch(comm, monkeypatch):
+    from admm_mpi.ops import linalg
+
+    calls = []
+    original = linalg.kernel_form_weights
+    monkeypatch.setattr(linalg, "kernel_form_weights", lambda *args, **kw: calls.append(1) or original(*args, **kw))
+    grid = Grid(comm)
+    a, z, anchor = _spd_problem(200, 30, 41, seed=2)
+    start, stop = grid.block_range(41)
+    W, b = linalg.transpose_reduce_weights(grid, a[:, start:stop], z[:, start:stop], 0.3, anchor, 0.7, n_columns=41)
+    assert calls == [1]
+    reference = _anchored_reference(a, z, 0.3, anchor, 0.7)
+    np.testing.assert_allclose(np.hstack([W, b[:, None]]), reference, rtol=1e-10,
+                               atol=1e-12 * np.abs(reference).max())
+    grid.close()

@@ -157,8 +157,9 @@ def activation_solver(W, beta, gamma):
     else:
         P = _activation_operator(xp, W, beta, gamma)
 
-    def solve(T, H):
-        a = P @ (T - W @ H)
+    def solve(T, H, WH=None):
+        """``WH``: ``W @ H`` if the caller has it (e.g. from the forward pass), else computed."""
+        a = P @ (T - (W @ H if WH is None else WH))
         a += H
         return a
     return solve
@@ -337,7 +338,8 @@ def solve_normal_equation_rows(stats, factor, rows, anchor=None, anchor_weight=0
     return rhs
 
 
-def transpose_reduce_weights(grid, a, z, ridge, anchor=None, anchor_weight=0.0):
+def transpose_reduce_weights(grid, a, z, ridge, anchor=None, anchor_weight=0.0, *, n_columns=None,
+                             anchor_output=None):
     """Least-squares layer weights over all ranks' samples (transpose reduction).
 
     Each rank forms ``[a;1][a;1]ᵀ`` and ``z [a;1]ᵀ`` on its columns; the sums are reduced and
@@ -346,9 +348,18 @@ def transpose_reduce_weights(grid, a, z, ridge, anchor=None, anchor_weight=0.0):
     gives every rank the same bytes. No rank waits through another's solve, and traffic is
     independent of the number of samples. ``anchor = (W, b)`` adds the proximal term of
     :func:`solve_normal_equations`.
+
+    A mini-batch solve passes ``n_columns``, the batch's columns over all ranks: when that is
+    narrower than the layer's input the same weights are cheaper through the batch's kernel
+    matrix (:func:`kernel_form_weights`), which also uses ``anchor_output``, the anchor's
+    ``W a + b`` on this rank's columns if the caller has it (the forward pass).
     """
     if not is_numpy(a) or not SPREAD_SOLVE:
         return _transpose_reduce_on_root(grid, a, z, ridge, anchor, anchor_weight)
+    shift = ridge + anchor_weight
+    if n_columns is not None and KERNEL_FORM and shift > 0 and kernel_form_cheaper(a.shape[0] + 1, n_columns,
+                                                                                   z.shape[0]):
+        return kernel_form_weights(grid, a, z, shift, anchor, anchor_weight, anchor_output)
     k, m = a.shape[0] + 1, z.shape[0]
     stats = grid.allsum_in_place(local_normal_equations(a, z, out=_workspace("stats", (k, k + m), a.dtype)))
     start, stop = grid.block_range(m)
@@ -358,6 +369,112 @@ def transpose_reduce_weights(grid, a, z, ridge, anchor=None, anchor_weight=0.0):
         Wb[start:stop] = solve_normal_equation_rows(stats, factor, (start, stop), anchor, anchor_weight)
     Wb = grid.allgather_rows(Wb)
     return np.array(Wb[:, :-1]), np.array(Wb[:, -1])
+
+
+# ---- the same solve through the batch's kernel matrix ------------------------------------------
+KERNEL_FORM = True  # False: always the k x k Gram (bench/speed_minibatch_am.py --variant compares)
+
+
+def kernel_form_cheaper(k, n, m):
+    """Whether ``m`` rows of weights over a ``k``-wide input are fewer flops to fit on ``n`` columns
+    through the n x n kernel matrix (syrk, Cholesky, solves) than through the k x k Gram.
+
+    Decided from global sizes only, so every rank count takes the same path.
+    """
+    gram_form = k * k * n / 2 + k ** 3 / 6 + k * k * m
+    kernel_form = n * n * k / 2 + n ** 3 / 6 + n * n * m
+    return kernel_form < gram_form
+
+
+def upper_triangle_rows(n, size):
+    """Row ranges ``[(start, stop)]`` that split the upper triangle of an n x n matrix into
+    ``size`` blocks of about equal area (the first rows are the longest)."""
+    edges = [int(round(n * (1 - np.sqrt(1 - r / size)))) for r in range(size + 1)]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def _batch_row_ranges(grid, n_local):
+    """Rank ``r``'s rows ``(start, stop)`` when every rank's batch columns are stacked as rows in rank order."""
+    offsets = np.cumsum([0, *grid.gather_to_all(n_local)])
+    return [(int(offsets[r]), int(offsets[r + 1])) for r in range(len(offsets) - 1)]
+
+
+def _stacked_rows(grid, ranges, width, fill, name, dtype):
+    """An ``n x width`` array of every rank's rows (``ranges``), the same on every rank; each rank
+    writes its own block with ``fill(block)``."""
+    rows = _workspace(name, (ranges[-1][1], width), dtype)
+    start, stop = ranges[grid.rank]
+    fill(rows[start:stop])
+    return grid.allgather_rows(rows, ranges)
+
+
+def kernel_form_weights(grid, a, z, shift, anchor=None, anchor_weight=0.0, anchor_output=None):
+    """``[W | b]`` of :func:`transpose_reduce_weights` through the batch's kernel matrix.
+
+    With ``A = [a; 1]`` over the batch's ``n`` columns on every rank, ``c = shift`` (ridge plus
+    anchor weight) and ``mu = anchor_weight``, the normal equations
+    ``[W|b] (A Aᵀ + c I) = z Aᵀ + mu [W0|b0]`` are solved by (push-through identity)
+
+        [W|b] = (mu/c) [W0|b0] + D Aᵀ,   D (Aᵀ A + c I) = z - (mu/c) [W0|b0] A,
+
+    an n x n system instead of k x k: for a batch narrower than the layer's input (the MNIST
+    recipe: 2000 samples into a 4001-wide Gram) the factorisation and the Gram shrink. The
+    batch's columns of ``A`` and of the right-hand side are allgathered (n rows each, the
+    samples rather than k x k statistics); each rank computes an equal share of the kernel
+    matrix's upper triangle, factors the whole matrix, solves its own rows of ``D`` and of
+    ``[W|b]``; allgathers give every rank the same bytes. A unit that is inactive on every
+    sample keeps ``(mu/c) W0`` in its column, exactly, as the Gram form would.
+    """
+    dtype, k, m = a.dtype, a.shape[0] + 1, z.shape[0]
+    mu_c = anchor_weight / shift if anchor is not None else 0.0
+
+    def fill_inputs(block):
+        block[:, :-1] = a.T
+        block[:, -1] = 1
+
+    def fill_targets(block):
+        if mu_c:
+            z0 = anchor_output if anchor_output is not None else anchor[0] @ a + anchor[1][:, None]
+            block[...] = (z - mu_c * z0).T
+        else:
+            block[...] = z.T
+
+    ranges = _batch_row_ranges(grid, a.shape[1])
+    A_rows = _stacked_rows(grid, ranges, k, fill_inputs, "kernel_inputs", dtype)  # Aᵀ
+    R_rows = _stacked_rows(grid, ranges, m, fill_targets, "kernel_targets", dtype)
+    n = A_rows.shape[0]
+    kernel = _kernel_matrix(grid, A_rows)
+    Wb = np.empty((m, k), dtype=dtype)
+    start, stop = grid.block_range(m)
+    if stop > start:
+        c, lower = factor_normal_equations(kernel, shift, FACTOR_DTYPE or dtype)
+        D = _workspace("kernel_rhs", (stop - start, n), c.dtype)
+        D[...] = R_rows[:, start:stop].T
+        potrs = scipy.linalg.lapack.get_lapack_funcs("potrs", (c,))
+        _, info = potrs(c, D.T, lower=lower, overwrite_b=1)
+        if info != 0:
+            raise ValueError(f"potrs: illegal argument {-info}")
+        np.matmul(D.astype(dtype, copy=False), A_rows, out=Wb[start:stop])
+        if mu_c:
+            Wb[start:stop, :-1] += mu_c * anchor[0][start:stop]
+            Wb[start:stop, -1] += mu_c * anchor[1][start:stop]
+    Wb = grid.allgather_rows(Wb)
+    return np.array(Wb[:, :-1]), np.array(Wb[:, -1])
+
+
+def _kernel_matrix(grid, A_rows):
+    """``A_rows A_rowsᵀ`` (n x n), each rank computing an equal share of its upper triangle."""
+    n = A_rows.shape[0]
+    kernel = _workspace("kernel", (n, n), A_rows.dtype)
+    ranges = upper_triangle_rows(n, grid.size)
+    start, stop = ranges[grid.rank]
+    if stop > start:
+        mine = A_rows[start:stop]
+        gram(mine, out=kernel[start:stop, start:stop])
+        np.matmul(mine, A_rows[stop:].T, out=kernel[start:stop, stop:])
+    kernel = grid.allgather_rows(kernel, ranges)
+    fill_lower_from_upper(kernel)
+    return kernel
 
 
 def _transpose_reduce_on_root(grid, a, z, ridge, anchor, anchor_weight):

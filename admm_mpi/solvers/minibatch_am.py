@@ -99,7 +99,8 @@ class MiniBatchAM(Solver):
         target = self.spec.loss_fn.prox(z[-1], Yb, xp.zeros_like(z[-1]), beta)
         targets = [target]
         for l in range(len(W) - 1, 0, -1):
-            a_target = activation_solver(W[l], beta, gamma)(target - b[l][:, None], a[l])
+            # target - z_l = (target - b_l) - W_l a_l: the forward pass already holds W_l a_l + b_l
+            a_target = activation_solver(W[l], beta, gamma)(target, a[l], WH=z[l])
             target = h.z_update(a_target, z[l - 1], gamma, beta)
             targets.append(target)
         return targets[::-1]
@@ -118,7 +119,8 @@ class MiniBatchAM(Solver):
             losses = self.spec.loss_fn.value(z[-1], Yb), sum_all((targets[-1] - z[-1]) ** 2)
             for l in range(len(W)):
                 W[l], b[l] = transpose_reduce_weights(self.grid, a[l], targets[l], self.ridge * n_batch,
-                                                      anchor=(W[l], b[l]), anchor_weight=self.rho * n_batch)
+                                                      anchor=(W[l], b[l]), anchor_weight=self.rho * n_batch,
+                                                      n_columns=n_batch, anchor_output=z[l])
             return losses
 
         return run_epoch(self.grid, state, self.batches(state, iteration), batch, self.stop_request)
