@@ -91,19 +91,23 @@ def test_local_normal_equations_equal_the_stacked_ones_row_formula():
     assert np.allclose(local_normal_equations(a, z), np.hstack([A @ A.T, A @ z.T]), rtol=1e-13, atol=1e-12)
 
 
-@pytest.mark.parametrize("n_out, n_in", [(3, 9), (9, 9), (12, 5)])  # Woodbury, square, tall
-def test_activation_solve_is_the_least_squares_minimiser(n_out, n_in):
+# Woodbury with P formed (more columns than inputs) or applied through W (fewer), square, tall
+@pytest.mark.parametrize("n_out, n_in, columns", [(3, 9, 50), (3, 60, 7), (9, 9, 50), (12, 5, 50)])
+def test_activation_solve_is_the_least_squares_minimiser(n_out, n_in, columns):
     from admm_mpi.ops.linalg import activation_solve
 
     rng = np.random.default_rng(n_out * 10 + n_in)
     W = rng.standard_normal((n_out, n_in))
-    T, H = rng.standard_normal((n_out, 50)), rng.standard_normal((n_in, 50))
+    T, H = rng.standard_normal((n_out, columns)), rng.standard_normal((n_in, columns))
     beta, gamma = 0.7, 1.9
     # brute force: the stacked least-squares problem [sqrt(beta) W; sqrt(gamma) I] a = [sqrt(beta) T; sqrt(gamma) H]
     M = np.vstack([np.sqrt(beta) * W, np.sqrt(gamma) * np.eye(n_in)])
     R = np.vstack([np.sqrt(beta) * T, np.sqrt(gamma) * H])
     expected = np.linalg.lstsq(M, R, rcond=None)[0]
     assert np.allclose(activation_solve(W, T, H, beta, gamma), expected, rtol=1e-10, atol=1e-10)
+    from admm_mpi.ops.linalg import activation_solver  # W @ H handed in (the forward pass's) gives the same
+
+    assert np.allclose(activation_solver(W, beta, gamma)(T, H, WH=W @ H), expected, rtol=1e-10, atol=1e-10)
 
 
 def _spd_problem(k, m, n, seed):

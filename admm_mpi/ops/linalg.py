@@ -149,9 +149,10 @@ def activation_solver(W, beta, gamma):
     """
     xp = namespace(W)
     n_out, n_in = W.shape
+    inverse, P = None, None
     if is_numpy(W):  # the same maths without eye temporaries; P's product in the working dtype
         if n_out < n_in:
-            P = W.T @ spd_inverse(_shifted_gram64(W, gamma / beta), W.dtype)
+            inverse = spd_inverse(_shifted_gram64(W, gamma / beta), W.dtype)
         else:
             P = spd_inverse(_shifted_gram64(W.T, gamma / beta), W.dtype) @ W.T  # beta cancels
     else:
@@ -159,7 +160,14 @@ def activation_solver(W, beta, gamma):
 
     def solve(T, H, WH=None):
         """``WH``: ``W @ H`` if the caller has it (e.g. from the forward pass), else computed."""
-        a = P @ (T - (W @ H if WH is None else WH))
+        nonlocal P
+        residual = T - (W @ H if WH is None else WH)
+        if P is None and H.shape[1] < n_in:  # fewer columns than P's rows (a mini-batch): not worth forming P
+            a = W.T @ (inverse @ residual)
+        else:
+            if P is None:
+                P = W.T @ inverse
+            a = P @ residual
         a += H
         return a
     return solve
@@ -477,14 +485,25 @@ def _kernel_matrix(grid, A_rows):
     return kernel
 
 
-def _transpose_reduce_on_root(grid, a, z, ridge, anchor, anchor_weight):
-    """(device arrays) Reduce to the root, solve there once, broadcast ``[W | b]``; the other ranks wait."""
+def reduce_solve_broadcast(grid, a, z, solve):
+    """The root-solved weight step of every solver, as one plan: the transpose-reduced statistics
+    ``[A Aᵀ | A zᵀ]`` (:func:`local_normal_equations`, ``A = [a; 1]``) summed to the root, where
+    ``solve(stats)`` returns ``[W | b]``; the root's bytes are broadcast, so the weights are
+    bit-identical on every rank. For steps whose search or momentum is a sequence of decisions
+    on the whole matrix (the gradient steps of dlADMM, mDLAM, sigmoid-ADMM); ``solve`` runs on
+    the root only. Returns ``(W, b)`` on every rank.
+    """
     xp = namespace(a, z)
     stats = grid.sum_to_root(local_normal_equations(a, z))
     Wb = xp.empty((z.shape[0], a.shape[0] + 1), dtype=a.dtype, device=getattr(a, "device", None))
     if grid.is_root:
-        if anchor is not None:
-            anchor = xp.concat([anchor[0], anchor[1][:, None]], axis=1)
-        Wb[...] = solve_normal_equations(stats, ridge, anchor, anchor_weight)
+        Wb[...] = solve(stats)
     Wb = grid.bcast_from_root(Wb)
     return xp.asarray(Wb[:, :-1], copy=True), xp.asarray(Wb[:, -1], copy=True)
+
+
+def _transpose_reduce_on_root(grid, a, z, ridge, anchor, anchor_weight):
+    """(device arrays) Reduce to the root, solve there once, broadcast ``[W | b]``; the other ranks wait."""
+    if anchor is not None:
+        anchor = namespace(a).concat([anchor[0], anchor[1][:, None]], axis=1)
+    return reduce_solve_broadcast(grid, a, z, lambda stats: solve_normal_equations(stats, ridge, anchor, anchor_weight))

@@ -40,21 +40,22 @@ def weight_step(grid, a_prev, T, W, b, c, mu, tau, *, bias_first, center=False, 
     ``steps`` repeats the W step on the same reduced statistics.
     Returns ``(W, b, tau)``; ``tau`` is meaningful on the root, which owns the search.
     """
-    from admm_mpi.ops.linalg import local_normal_equations
+    from admm_mpi.ops.linalg import reduce_solve_broadcast
     from admm_mpi.ops.steps import exact_bias, weight_gradient_step
 
     xp = namespace(W)
-    stats = grid.sum_to_root(local_normal_equations(a_prev, T))
-    Wb = xp.empty((W.shape[0], W.shape[1] + 1), dtype=W.dtype, device=getattr(W, "device", None))
-    if grid.is_root:
-        if bias_first:
-            b = exact_bias(stats, W)
-        W, tau, _, _ = weight_gradient_step(stats, W, b, c, mu, tau, bias_eliminated=center, steps=steps)
+    step_size = [tau]
+
+    def solve(stats):
+        bias = exact_bias(stats, W) if bias_first else b
+        W_new, step_size[0], _, _ = weight_gradient_step(stats, W, bias, c, mu, tau, bias_eliminated=center,
+                                                         steps=steps)
         if not bias_first or center:
-            b = exact_bias(stats, W)
-        Wb[:, :-1], Wb[:, -1] = W, b
-    Wb = grid.bcast_from_root(Wb)
-    return xp.asarray(Wb[:, :-1], copy=True), xp.asarray(Wb[:, -1], copy=True), tau
+            bias = exact_bias(stats, W_new)
+        return xp.concat([W_new, bias[:, None]], axis=1)
+
+    W, b = reduce_solve_broadcast(grid, a_prev, T, solve)
+    return W, b, step_size[0]
 
 
 def activation_step(grid, a, T, W, b, c, target, nu, tau):

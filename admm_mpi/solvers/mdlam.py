@@ -22,7 +22,7 @@ import numpy as np
 
 from admm_mpi.backend import namespace, sum_all
 
-from admm_mpi.ops.linalg import local_normal_equations
+from admm_mpi.ops.linalg import reduce_solve_broadcast
 from admm_mpi.ops.steps import (backtracking, exact_bias, power_iteration, split_stats, start_tau,
                                 weight_gradient_step)
 from admm_mpi.solvers.common import forward_states, init_weights
@@ -111,10 +111,8 @@ class MDLAM(Solver):
     # -- blocks ---------------------------------------------------------------------------------
     def _update_weights(self, state, l):
         W, W_prev = state.weights[l], state.prev_weights[l]
-        stats = self.grid.sum_to_root(local_normal_equations(state.a[l], state.z[l]))
-        xp = namespace(W)
-        Wb = xp.empty((W.shape[0], W.shape[1] + 1), dtype=W.dtype, device=getattr(W, "device", None))
-        if self.grid.is_root:
+
+        def solve(stats):  # on the root, which owns the momentum and the step sizes
             t_new, omega = _momentum(state.t_W[l])
             W_hat = W + omega * (W - W_prev)
             W_new, tau, _, _ = weight_gradient_step(stats, W_hat, state.biases[l], self.rho, self.mu,
@@ -125,10 +123,10 @@ class MDLAM(Solver):
                                                         tau, bias_eliminated=True, steps=self.w_steps)
                 t_new = 1.0  # restart the momentum of this block
             state.t_W[l], state.tau_W[l] = t_new, tau
-            Wb[:, :-1], Wb[:, -1] = W_new, exact_bias(stats, W_new)
-        Wb = self.grid.bcast_from_root(Wb)
+            return namespace(W).concat([W_new, exact_bias(stats, W_new)[:, None]], axis=1)
+
         state.prev_weights[l] = W
-        state.weights[l], state.biases[l] = xp.asarray(Wb[:, :-1], copy=True), xp.asarray(Wb[:, -1], copy=True)
+        state.weights[l], state.biases[l] = reduce_solve_broadcast(self.grid, state.a[l], state.z[l], solve)
 
     def _update_z(self, state, l, Y):
         m = state.weights[l] @ state.a[l] + state.biases[l][:, None]
