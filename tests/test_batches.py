@@ -145,3 +145,19 @@ def test_one_block_per_sweep_solvers_reach_the_first_layer_in_sweep_2L(name):
         moved[sweeps] = np.linalg.norm(state.weights[0] - W0) / np.linalg.norm(W0)
         assert np.linalg.norm(state.weights[-1] - solver.inner.init_state(X, Y, np.random.default_rng(0)).weights[-1]) > 0
     assert moved[5] < 1e-12 and moved[6] > 1e-4, moved
+
+
+@pytest.mark.parametrize("name", sorted(SOLVERS))
+def test_each_batch_is_solved_as_a_problem_of_its_own_columns_and_the_inner_solver_is_untouched(name, monkeypatch):
+    """The per-sample scalings (rho * n, ...) follow the batch: the inner solver steps as a solver of
+    n_batch columns, a copy; the inner solver itself keeps the data set's column count."""
+    X, Y = _problem(n=50)
+    _, batched = _pair(name, X.shape[1], 20, 1)
+    seen = []
+    original = type(batched.inner).step
+    monkeypatch.setattr(type(batched.inner), "step",
+                        lambda self, *args: seen.append((self is batched.inner, self.n_total)) or original(self, *args))
+    state = batched.init_state(X, Y, np.random.default_rng(0))
+    batched.step(state, Y, 1)
+    assert seen == [(False, 20), (False, 20), (False, 10)]
+    assert batched.inner.n_total == 50

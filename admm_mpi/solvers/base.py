@@ -23,6 +23,7 @@ Hooks, in the order the loop uses them:
   writes to a checkpoint, and which it reads back.
 """
 
+import copy
 import math
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -117,3 +118,11 @@ class Solver:
     def needs(self, name, index):
         """Whether this rank reads entry ``name[index]`` back from a checkpoint: all of them."""
         return True
+
+    def on_columns(self, n_total):
+        """This solver for a problem of ``n_total`` columns over all ranks (a mini-batch): a shallow
+        copy whose per-sample scalings (``ridge * n``, ``rho * n``) follow the batch; ``self`` is
+        left as it is."""
+        batch_solver = copy.copy(self)
+        batch_solver.n_total = n_total
+        return batch_solver

@@ -141,8 +141,6 @@ class MiniBatchMode(Solver):
 
         Returns ``INTERRUPTED`` when a stop request ended the epoch between two batches.
         """
-        full_total = self.inner.n_total
-
         def batch(local, n_batch):
             Yb = take_columns(Y, local)
             self.inner.fresh_codes(state, take_columns(self.X, local))
@@ -151,17 +149,13 @@ class MiniBatchMode(Solver):
             if output is not None:
                 output = namespace(output).asarray(output, copy=True)
                 loss = self.spec.loss_fn.value(output, Yb)
-            self.inner.n_total = n_batch  # the problem the inner solver sees is the batch
+            batch_solver = self.inner.on_columns(n_batch)  # the problem the inner solver sees is the batch
             for _ in range(self.sweeps):
-                self.inner.step(state, Yb, iteration)
+                batch_solver.step(state, Yb, iteration)
             return loss, 0.0 if output is None else sum_all((state.z[-1] - output) ** 2)
 
-        try:
-            batches = epoch_batches(state.shuffle_seed, iteration, self.n_total, self.batch_size,
-                                    self.start, self.stop)
-            outcome = run_epoch(self.grid, state, batches, batch, self.stop_request)
-        finally:
-            self.inner.n_total = full_total
+        batches = epoch_batches(state.shuffle_seed, iteration, self.n_total, self.batch_size, self.start, self.stop)
+        outcome = run_epoch(self.grid, state, batches, batch, self.stop_request)
         for name in state.transient_fields:  # free the last batch's codes
             setattr(state, name, None)
         return outcome
