@@ -288,15 +288,11 @@ def _cmd_info(args, grid):
     import numpy as np
     import scipy
 
+    from admm_mpi.grid import mpi_library
+
     lines = [f"admm-mpi {__version__}", f"python {sys.version.split()[0]}", f"numpy {np.__version__}",
              f"scipy {scipy.__version__}", f"h5py {h5py.__version__} (parallel HDF5: {h5py.get_config().mpi})"]
-    try:
-        import mpi4py
-        from mpi4py import MPI
-
-        lines.append(f"mpi4py {mpi4py.__version__}; MPI library: {MPI.Get_library_version().splitlines()[0]}")
-    except Exception as exc:  # MPI missing or broken: say so, do not fail
-        lines.append(f"mpi4py unavailable ({exc}); running serially")
+    lines.append(mpi_library())
     lines.append(f"world size {grid.size}")
     try:
         from threadpoolctl import threadpool_info

@@ -31,6 +31,17 @@ def _world_comm():
     return MPI.COMM_WORLD
 
 
+def mpi_library():
+    """One line naming mpi4py and the MPI library it runs on (for ``admm-mpi info``)."""
+    try:
+        import mpi4py
+        from mpi4py import MPI
+
+        return f"mpi4py {mpi4py.__version__}; MPI library: {MPI.Get_library_version().splitlines()[0]}"
+    except Exception as exc:  # MPI missing or broken: say so, do not fail
+        return f"mpi4py unavailable ({exc}); running serially"
+
+
 def _launcher_size():
     """Number of processes the launcher says it started (0 when not under a launcher)."""
     for name in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "SLURM_NTASKS"):
@@ -420,10 +431,12 @@ def _cuda_aware():
         return False
 
 
-class LayerGrid:
-    """A 2-D process grid: ``groups`` layer groups × ``shards`` data shards (pdADMM).
+class ProcessGrid:
+    """The 2-D process grid: ``groups`` layer groups × ``shards`` data shards (pdADMM's layouts).
 
-    World rank ``r`` is layer group ``r // shards``, data shard ``r % shards``. Layer group ``g``
+    World rank ``r`` is layer group ``r // shards``, data shard ``r % shards`` (row-major, as
+    ``Create_cart((groups, shards))`` would number them; the data communicator of each group is
+    one ``Split`` by group, the cartesian sub-communicator's equivalent). Layer group ``g``
     owns a contiguous block of layers; inside it the ranks split the samples and reduce the
     statistics of the weight solves over ``data`` (a :class:`Grid`). Neighbouring layer groups
     exchange boundary variables point-to-point, between matching data shards only.

@@ -97,12 +97,12 @@ def process_grid(config, grid):
     """The grid the solver works on: the world itself, or a layer groups x data shards grid."""
     if not config.solver_class().layer_parallel:
         return grid
-    from admm_mpi.grid import LayerGrid
+    from admm_mpi.grid import ProcessGrid
 
     groups = {"data": 1, "layer": grid.size, "hybrid": config.layer_groups}[config.layout]
     grid.agree(None if grid.size % groups == 0 else
                f"{groups} layer groups do not divide {grid.size} ranks; the hybrid grid is G x P/G")
-    return LayerGrid(grid, groups)
+    return ProcessGrid(grid, groups)
 
 
 def build(config, grid, shard=None):

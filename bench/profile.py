@@ -128,7 +128,7 @@ def install(timer):
     for phase, method in GRID_METHODS:
         if hasattr(grid_module.Grid, method):
             setattr(grid_module.Grid, method, timer.wrap(phase, getattr(grid_module.Grid, method)))
-    grid_module.LayerGrid.wait = staticmethod(timer.wrap("other collectives", grid_module.LayerGrid.wait))
+    grid_module.ProcessGrid.wait = staticmethod(timer.wrap("other collectives", grid_module.ProcessGrid.wait))
     for cls in [getattr(solvers, n) for n in dir(solvers)] + [solvers.MiniBatchMode]:
         if isinstance(cls, type) and hasattr(cls, "step"):
             cls.step = timer.wrap("step", cls.step, outermost=True)

@@ -20,7 +20,7 @@ values of the previous iteration, in phases:
 4. ``q_l = (rho p_{l+1} + u_l + nu h(z_l)) / (rho + nu)``; ``q_l`` goes forward to the next group;
 5. ``u_l += rho (p_{l+1} - q_l)``.
 
-Layers live on layer groups of a :class:`~admm_mpi.grid.LayerGrid`; only the boundary ``p`` (back)
+Layers live on layer groups of a :class:`~admm_mpi.grid.ProcessGrid`; only the boundary ``p`` (back)
 and ``q`` (forward) travel. ``u_l`` is kept by both groups of its boundary and updated by both
 from the same numbers, so it never travels and its two copies stay bit-identical. With
 ``quantize = BITS`` every ``p`` and ``q`` is projected onto a uniform ``BITS``-bit grid (pdADMM-G-Q)
@@ -36,7 +36,7 @@ from typing import ClassVar
 from admm_mpi.backend import namespace, sum_all
 
 from admm_mpi.errors import InputError
-from admm_mpi.grid import LayerGrid
+from admm_mpi.grid import ProcessGrid
 from admm_mpi.ops.activations import proximal_z_update
 from admm_mpi.solvers.common import activation_step, init_weights, weight_step
 from admm_mpi.solvers.base import Solver, check_at_least, check_non_negative, check_positive, setting
@@ -86,8 +86,8 @@ class PDADMM(Solver):
     default_activation = "relu"
 
     def __init__(self, spec, grid, n_total, *, nu, rho, mu, w_steps, quantize):
-        if not isinstance(grid, LayerGrid):
-            grid = LayerGrid(grid, 1)
+        if not isinstance(grid, ProcessGrid):
+            grid = ProcessGrid(grid, 1)
         L = spec.n_layers
         if grid.groups > L:
             raise InputError(f"{grid.groups} layer groups for a network of {L} layers: "
