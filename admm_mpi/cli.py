@@ -186,7 +186,7 @@ def _cmd_train(args, grid):
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    summary = train(config, grid, stop=stop)
+    summary = train(config, grid, stop=stop).summary
     if summary.get("preempted"):
         signum = summary["stopped_by_signal"]
         if grid.is_root:

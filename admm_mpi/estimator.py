@@ -85,14 +85,14 @@ class _ADMMBase(BaseEstimator):
                           y_test=np.empty(0, np.int64), n_total=n_total, n_test_total=0, n_features=X.shape[1],
                           n_classes=n_classes, name="in-memory", start=0,
                           Y=None if Y is None else np.ascontiguousarray(Y.T, dtype=dtype))
-            summary = train(self._config(loss), grid, out=False, shard=shard)
+            result = train(self._config(loss), grid, out=False, shard=shard)
         finally:
             grid.close()
-        state, self._spec = summary["state"], summary["spec"]
+        state, self._spec, summary = result.state, result.spec, result.summary
         self.coefs_ = [W.T.copy() for W in state.weights]
         self.intercepts_ = [b.copy() for b in state.biases]
         self.n_iter_ = summary["iterations"]
-        self.loss_curve_ = list(summary["objective_history"])
+        self.loss_curve_ = list(result.objective_history)
         if self.tol > 0 and not summary["converged"]:
             warnings.warn(f"ADMM did not reach tol={self.tol} within max_iter={self.max_iter} iterations",
                           ConvergenceWarning, stacklevel=3)

@@ -13,6 +13,7 @@ import statistics
 import sys
 import time
 import types
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -243,11 +244,23 @@ def resume(config, grid, solver, state, shard):
     return first, manifest["path"]
 
 
+@dataclass
+class TrainResult:
+    """What a training job returns on every rank: the summary (the JSON of summary.json) apart
+    from the live objects."""
+
+    summary: dict            # JSON-ready; the lists gathered over ranks are on the root only
+    state: object            # the solver's final state (this rank's columns of the per-sample fields)
+    model: tuple             # (weights, biases) of every layer, on the root (a layer grid spreads them)
+    spec: object             # the ModelSpec (widths, activation, loss)
+    objective_history: list  # the objective of every iteration of this run
+
+
 def train(config, grid, *, out=True, shard=None, stop=None):
-    """Run a training job; returns the summary dict (on every rank).
+    """Run a training job; returns its :class:`TrainResult` (on every rank).
 
     With ``out=False`` nothing is written (the estimator and the tests that compare weights in
-    memory); the final state is then in ``summary["state"]``. ``shard`` replaces reading
+    memory); the final state is then in the result's ``state``. ``shard`` replaces reading
     ``config.data`` (in-memory data, e.g. from the scikit-learn estimator). ``stop`` is the
     :class:`~admm_mpi.stopping.StopRequest` the signal handlers set (None: nothing stops the run).
     """
@@ -447,11 +460,7 @@ def _train(config, grid, out, shard, stop):
         write_outputs(config, grid, run.spec, weights, biases, summary)
     if run.solver.grid is not grid:
         run.solver.grid.close()  # a layer grid's split communicator
-    summary["state"] = run.state
-    summary["model"] = (weights, biases)  # every layer, on the root (a layer grid spreads them)
-    summary["spec"] = run.spec
-    summary["objective_history"] = run.objectives
-    return summary
+    return TrainResult(summary, run.state, (weights, biases), run.spec, run.objectives)
 
 
 def _median(values):

@@ -88,7 +88,7 @@ def train_once(args, data, factor_dtype, log=None):
         config = cfg.resolve(file=args.get("config"), cli={**args.get("cli", {}), "data": data, "progress": False})
         t0 = time.perf_counter()
         summary = train(config, Grid.serial(), out=False)
-        return summary["test_accuracy"], time.perf_counter() - t0
+        return summary.summary["test_accuracy"], time.perf_counter() - t0
     finally:
         linalg.solve_normal_equation_rows, linalg.factor_normal_equations, linalg.FACTOR_DTYPE = saved
 

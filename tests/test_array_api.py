@@ -49,16 +49,16 @@ def test_solver_on_array_api_strict_equals_numpy(case):
     config = TrainConfig.from_settings(hidden=(10, 6), iters=6, dtype="float64", progress=False, **CASES[case])
     reference = train(config, Grid.serial(), out=False, shard=_shard(lambda a: a))
     strict = train(config, Grid.serial(), out=False, shard=_shard(xp.asarray))
-    weights, biases = strict["model"]
+    weights, biases = strict.model
     assert all(type(w).__module__.startswith("array_api_strict") for w in weights + biases)
-    for W, W_ref in zip(weights + biases, reference["model"][0] + reference["model"][1]):
+    for W, W_ref in zip(weights + biases, reference.model[0] + reference.model[1]):
         W = np.from_dlpack(W)
         assert np.allclose(W, W_ref, rtol=1e-10, atol=1e-12 * max(1.0, np.abs(W_ref).max())), case
-    assert strict["objective"] == pytest.approx(reference["objective"], rel=1e-10)
-    assert strict["train_accuracy"] == reference["train_accuracy"]
+    assert strict.summary["objective"] == pytest.approx(reference.summary["objective"], rel=1e-10)
+    assert strict.summary["train_accuracy"] == reference.summary["train_accuracy"]
     # per-sample state stays on the array library too (nothing silently became numpy)
-    for field in dataclasses.fields(strict["state"]):
-        value = getattr(strict["state"], field.name)
+    for field in dataclasses.fields(strict.state):
+        value = getattr(strict.state, field.name)
         for item in value if isinstance(value, list) else [value]:
             assert not isinstance(item, np.ndarray), field.name
 
@@ -72,7 +72,7 @@ def test_cupy_backend_equals_numpy_on_a_gpu():
     config = TrainConfig.from_settings(solver="taylor", hidden=(10, 6), iters=6, dtype="float64", progress=False)
     reference = train(config, Grid.serial(), out=False, shard=_shard(lambda a: a))
     gpu = train(config, Grid.serial(), out=False, shard=_shard(cupy.asarray))
-    assert gpu["objective"] == pytest.approx(reference["objective"], rel=1e-9)
+    assert gpu.summary["objective"] == pytest.approx(reference.summary["objective"], rel=1e-9)
 
 
 def test_gpu_device_without_cupy_is_one_clear_error(tmp_path):

@@ -52,14 +52,14 @@ def test_distributed_equals_serial(comm, shared_tmp, case):
     grid = Grid(comm)
     distributed = train(config, grid, out=False)
     serial = train(config, Grid.serial(), out=False)  # every rank runs the whole serial job
-    assert distributed["ranks"] == comm.size
-    for W, W_ref in zip(distributed["state"].weights + distributed["state"].biases,
-                        serial["state"].weights + serial["state"].biases):
+    assert distributed.summary["ranks"] == comm.size
+    for W, W_ref in zip(distributed.state.weights + distributed.state.biases,
+                        serial.state.weights + serial.state.biases):
         rel = np.linalg.norm(W - W_ref) / np.linalg.norm(W_ref)
         assert rel < 1e-10, rel
-    assert distributed["objective"] == pytest.approx(serial["objective"], rel=1e-10)
-    assert distributed["train_accuracy"] == serial["train_accuracy"]
+    assert distributed.summary["objective"] == pytest.approx(serial.summary["objective"], rel=1e-10)
+    assert distributed.summary["train_accuracy"] == serial.summary["train_accuracy"]
     # the weights are bit-identical on every rank
-    W0 = distributed["state"].weights[0]
+    W0 = distributed.state.weights[0]
     assert np.array_equal(W0, comm.bcast(W0, root=0))
     grid.close()

@@ -109,18 +109,18 @@ def test_pdadmm_serial_updates_keep_their_invariants():
     """
     for nu, rho in ((1.0, 1.0), (0.5, 3.0)):
         summary = train(_digits_config(nu=nu, rho=rho), Grid.serial(), out=False)
-        state, spec = summary["state"], summary["spec"]
-        hist = summary["objective_history"]
+        state, spec = summary.state, summary.spec
+        hist = summary.objective_history
         assert hist[-1] < hist[0]
         for l in range(spec.n_layers - 1):
             expected = nu * (state.q[l] - relu(state.z[l]))
             assert np.allclose(state.u[l], expected, rtol=1e-9, atol=1e-9 * np.abs(expected).max())
-        assert summary["model"][0][0].shape == (40, 64)
+        assert summary.model[0][0].shape == (40, 64)
 
 
 def test_quantised_boundaries_lie_on_their_grid():
     summary = train(_digits_config(quantize=4), Grid.serial(), out=False)
-    state = summary["state"]
+    state = summary.state
     for x in state.p[1:] + state.q:
         levels = np.unique(x)
         assert levels.size <= 2**4

@@ -35,23 +35,23 @@ def test_pdadmm_grid_equals_serial(comm, shared_tmp, case):
     distributed = train(config, grid, out=False)
     serial = train(config.__class__(**{**config.__dict__, "layout": "data", "layer_groups": 0}),
                    Grid.serial(), out=False)
-    assert distributed["ranks"] == comm.size
+    assert distributed.summary["ranks"] == comm.size
     expected_groups = {"layer": min(comm.size, len(hidden) + 1), "hybrid": groups, "data": 1}[layout]
     if layout != "layer" or comm.size <= len(hidden) + 1:
-        assert distributed["layer_groups"] == expected_groups
+        assert distributed.summary["layer_groups"] == expected_groups
     if comm.rank == 0:
-        weights, biases = distributed["model"]
-        ref_w, ref_b = serial["model"]
+        weights, biases = distributed.model
+        ref_w, ref_b = serial.model
         for W, b, W_ref, b_ref in zip(weights, biases, ref_w, ref_b):
             # the layer's affine map [W | b] as a whole: the first biases are ~1e-5 of W, so a
             # relative error of b alone would measure rounding in a number that is nearly 0
             layer, ref = np.column_stack([W, b]), np.column_stack([W_ref, b_ref])
             rel = np.linalg.norm(layer - ref) / np.linalg.norm(ref)
             assert rel < 1e-10, rel
-    assert distributed["objective"] == pytest.approx(serial["objective"], rel=1e-10)
-    assert distributed["residual"] == pytest.approx(serial["residual"], rel=1e-9)
-    assert distributed["train_accuracy"] == serial["train_accuracy"]
-    assert distributed["test_accuracy"] == serial["test_accuracy"]
+    assert distributed.summary["objective"] == pytest.approx(serial.summary["objective"], rel=1e-10)
+    assert distributed.summary["residual"] == pytest.approx(serial.summary["residual"], rel=1e-9)
+    assert distributed.summary["train_accuracy"] == serial.summary["train_accuracy"]
+    assert distributed.summary["test_accuracy"] == serial.summary["test_accuracy"]
     grid.close()
 
 
@@ -78,10 +78,10 @@ def test_pdadmm_checkpoint_resumes_on_any_layout(comm, shared_tmp, case):
                     grid)
     serial = train(TrainConfig.from_settings(**{**base, "out": "unused"}, iters=9), Grid.serial(), out=False)
     if comm.rank == 0:
-        for W, b, W_ref, b_ref in zip(*resumed["model"], *serial["model"]):
+        for W, b, W_ref, b_ref in zip(*resumed.model, *serial.model):
             layer, ref = np.column_stack([W, b]), np.column_stack([W_ref, b_ref])
             assert np.linalg.norm(layer - ref) / np.linalg.norm(ref) < 1e-10
-    assert resumed["objective"] == pytest.approx(serial["objective"], rel=1e-10)
-    assert resumed["iterations"] == 9 and resumed["first_iteration"] == 6  # it did continue iteration 5
-    assert resumed["resumed_from"].endswith("ckpt-000005")
+    assert resumed.summary["objective"] == pytest.approx(serial.summary["objective"], rel=1e-10)
+    assert resumed.summary["iterations"] == 9 and resumed.summary["first_iteration"] == 6  # it did continue iteration 5
+    assert resumed.summary["resumed_from"].endswith("ckpt-000005")
     grid.close()

@@ -35,13 +35,13 @@ def test_mdlam_keeps_a_in_the_box_and_advances_momentum(blob_file, activation):
     config = TrainConfig.from_settings(data=blob_file, solver="mdlam", activation=activation, hidden=(16, 16), iters=12,
                          progress=False, eps=1.0, eps_min=1e-3)
     out = train(config, Grid.serial(), out=False)
-    state, h = out["state"], out["spec"].h.apply
+    state, h = out.state, out.spec.h.apply
     for l in range(1, len(state.a)):
         gap = np.abs(state.a[l] - h(state.z[l - 1]))
         # the box of the last a-step was twice the final eps (eps halves after the sweep)
         assert gap.max() <= 2 * state.eps + 1e-12
     assert max(state.t_a[1:]) > 1.0 and max(state.t_W) > 1.0   # momentum in use
-    assert out["train_accuracy"] > 0.8
+    assert out.summary["train_accuracy"] > 0.8
 
 
 @pytest.mark.parametrize("beta", [0.3, 1.0, 3.0, 10.0])
@@ -51,8 +51,8 @@ def test_sigmoid_admm_is_stable_across_penalties_and_initialisations(blob_file, 
     config = TrainConfig.from_settings(data=blob_file, solver="sigmoid_admm", hidden=(20, 20), iters=30, progress=False,
                          beta=beta, seed=seed)
     out = train(config, Grid.serial(), out=False)
-    assert np.isfinite(out["objective"])
-    assert out["train_accuracy"] >= 0.9, (beta, seed, out["train_accuracy"])
+    assert np.isfinite(out.summary["objective"])
+    assert out.summary["train_accuracy"] >= 0.9, (beta, seed, out.summary["train_accuracy"])
 
 
 def test_sigmoid_admm_anchored_output_solve_is_the_minimiser():

@@ -99,7 +99,7 @@ def test_a_files_own_validation_split_is_used_instead_of_holding_out(tmp_path):
     np.testing.assert_array_equal(shard.X_val, Xv.T)
     np.testing.assert_array_equal(shard.X, X.T)
     summary = train(TrainConfig.from_settings(data=str(path), hidden=(8,), iters=3, progress=False,
-                                              validation_fraction=0.3, keep="best"), Grid.serial(), out=False)
+                                              validation_fraction=0.3, keep="best"), Grid.serial(), out=False).summary
     assert (summary["n_train"], summary["n_validation"], summary["validation_source"]) == (80, 20, "file")
     assert summary["validation_accuracy"] is not None
 
@@ -210,9 +210,9 @@ def test_selection_and_stopping_distributed_equals_serial(comm, shared_tmp):
     distributed = train(config, Grid(comm), out=False)
     serial = train(config, Grid.serial(), out=False)
     for key in ("iterations", "kept_iteration", "stopped", "validation_accuracy", "train_accuracy", "test_accuracy"):
-        assert distributed[key] == serial[key], key
-    assert distributed["validation_loss"] == pytest.approx(serial["validation_loss"], rel=1e-10)
-    for W, b, W_ref, b_ref in zip(*distributed["model"], *serial["model"]):
+        assert distributed.summary[key] == serial.summary[key], key
+    assert distributed.summary["validation_loss"] == pytest.approx(serial.summary["validation_loss"], rel=1e-10)
+    for W, b, W_ref, b_ref in zip(*distributed.model, *serial.model):
         # [W | b] together: a layer's bias is solved with its weights (alone it can be ~1e-4 in norm,
         # where a rounding difference of 3e-14 would already be 1e-10 of it)
         layer, ref = np.column_stack([W, b]), np.column_stack([W_ref, b_ref])
