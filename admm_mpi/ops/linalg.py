@@ -490,7 +490,7 @@ def reduce_solve_broadcast(grid, a, z, solve):
     ``[A Aᵀ | A zᵀ]`` (:func:`local_normal_equations`, ``A = [a; 1]``) summed to the root, where
     ``solve(stats)`` returns ``[W | b]``; the root's bytes are broadcast, so the weights are
     bit-identical on every rank. For steps whose search or momentum is a sequence of decisions
-    on the whole matrix (the gradient steps of dlADMM, mDLAM, sigmoid-ADMM); ``solve`` runs on
+    on the whole matrix (the gradient steps of dlADMM, mDLAM, pdADMM); ``solve`` runs on
     the root only. Returns ``(W, b)`` on every rank.
     """
     xp = namespace(a, z)
