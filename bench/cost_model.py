@@ -73,14 +73,29 @@ TABLE_RANKS = (64, 256, 1024, 4096)
 
 
 # ---- compute ----------------------------------------------------------------------------------
-def layer_terms(widths, n):
-    """(GEMM flops, element-wise elements, bytes reduced + broadcast) of one step on n columns."""
+def kernel_layers(widths, batch, spread=True):
+    """Per layer: whether the weight solve takes the kernel form (a mini-batch of ``batch`` columns
+    narrower than the layer's input; the code's rule, ``ops/linalg.kernel_form_cheaper``). Only the
+    spread plan (the current code) has it; the root plan is the solve as it was before."""
+    from admm_mpi.ops.linalg import kernel_form_cheaper
+
+    return [batch is not None and spread and kernel_form_cheaper(n_in + 1, batch, n_out)
+            for n_in, n_out in zip(widths[:-1], widths[1:])]
+
+
+def layer_terms(widths, n, kernel=None, batch=None):
+    """(GEMM flops, element-wise elements, bytes reduced + broadcast) of one step on n columns per rank.
+
+    A ``kernel`` layer (of a mini-batch of ``batch`` columns over all ranks) computes its share
+    ``batch x n`` of the batch's kernel matrix instead of its columns' (n_in+1)² Gram."""
     flops = elements = 0.0
     comm = []
     L = len(widths) - 1
+    kernel = kernel or [False] * L
     for l in range(L):
         n_in, n_out = widths[l], widths[l + 1]
-        flops += n_in * n_in * n + 4 * n_in * n_out * n          # syrk Gram, z aᵀ, m = W a
+        gram = batch * (n_in + 1) if kernel[l] else n_in * n_in
+        flops += gram * n + 4 * n_in * n_out * n          # syrk Gram (or kernel share), z aᵀ (or D Aᵀ), m = W a
         comm.append(((n_in + 1) * (n_in + 1 + n_out) + n_out * (n_in + 1)))  # stats up, [W|b] down
         if l < L - 1:
             n_next = widths[l + 2]
@@ -90,7 +105,7 @@ def layer_terms(widths, n):
     return flops, elements, comm
 
 
-def solve_seconds(params, widths, P=1, spread=False):
+def solve_seconds(params, widths, P=1, spread=False, kernel=None, batch=None):
     """The solves of one step (float64 LAPACK, at the rate measured by ``measure_compute``).
 
     Every layer's [W | b] (transpose_reduce_weights): a Cholesky factor of the (n_in+1)² Gram,
@@ -100,8 +115,9 @@ def solve_seconds(params, widths, P=1, spread=False):
     """
     flop = params["lapack_seconds_per_flop"]
     seconds = 0.0
+    kernel = kernel or [False] * (len(widths) - 1)
     for l in range(len(widths) - 1):
-        k, n_out = widths[l] + 1, widths[l + 1]
+        k, n_out = (batch if kernel[l] else widths[l] + 1), widths[l + 1]  # the kernel form factors batch²
         seconds += flop * (k**3 / 3 + 2 * k * k * n_out / (P if spread else 1))
         if l < len(widths) - 2:
             seconds += flop * 7 / 3 * min(widths[l + 1], widths[l + 2]) ** 3
@@ -120,7 +136,7 @@ def layer_bytes(widths):
             for n_in, n_out in zip(widths[:-1], widths[1:])]
 
 
-def communication_seconds(coll, widths, P, here=None, spread=False):
+def communication_seconds(coll, widths, P, here=None, spread=False, kernel=None, batch=None):
     """The step's collectives: Reduce + Bcast per layer (root solve), or Reduce_scatter + Allgather of
     the statistics and Allgather of the rows of [W | b] (spread solve). ``here``: cores of this
     machine (one node, oversubscribed beyond them); else the cluster of RANKS_PER_NODE-rank nodes."""
@@ -133,8 +149,14 @@ def communication_seconds(coll, widths, P, here=None, spread=False):
         return cluster_seconds(coll, name, P, n, RANKS_PER_NODE, NETWORK, NODE_CACHE)
 
     ops = (("reduce_scatter", "allgather"), ("allgather",)) if spread else (("reduce",), ("bcast",))
-    return sum(sum(one(name, stats) for name in ops[0]) + sum(one(name, weights) for name in ops[1])
-               for stats, weights in layer_bytes(widths))
+    kernel = kernel or [False] * (len(widths) - 1)
+    total = 0.0
+    for l, (stats, weights) in enumerate(layer_bytes(widths)):
+        if kernel[l]:  # allgathers of the batch's [a;1] and targets (as rows), the kernel matrix, [W|b]
+            total += one("allgather", batch * (widths[l] + 1 + widths[l + 1] + batch) * ITEMSIZE) + one("allgather", weights)
+        else:
+            total += sum(one(name, stats) for name in ops[0]) + sum(one(name, weights) for name in ops[1])
+    return total
 
 
 def core_share_slowdown(P, cores, load_run=None, load_measured=None):
@@ -160,8 +182,11 @@ def admm_epoch(params, coll, widths, N, batch, P, spread=False):
     """(seconds, serial seconds) of a Taylor iteration (batch None) or a minibatch_am epoch on P ranks."""
     batches = 1 if batch is None else math.ceil(N / batch)
     columns = N if batch is None else batch
-    solve = solve_seconds(params, widths, P, spread)
-    per_batch = compute_seconds(params, widths, columns / P) + solve + communication_seconds(coll, widths, P, spread=spread)
+    kernel = kernel_layers(widths, batch, spread)
+    solve = solve_seconds(params, widths, P, spread, kernel, batch)
+    flops, elements, _ = layer_terms(widths, columns / P, kernel, batch)
+    compute = flops / params["gemm_flops_per_second"] + elements * params["seconds_per_element"]
+    per_batch = compute + solve + communication_seconds(coll, widths, P, spread=spread, kernel=kernel, batch=batch)
     return batches * per_batch, batches * solve
 
 
@@ -384,7 +409,8 @@ def run(n, repeats, iters, collectives_path, reuse=None):
     """Measure (or take an earlier run's measurements, ``reuse``), then check and project."""
     coll_result = json.loads(Path(collectives_path).read_text())
     coll_here, coll_cluster = coll_result["params"], coll_result["params_uncontended"]
-    measured = json.loads(Path(reuse).read_text())["measurements"] if reuse else measure(n, repeats, iters)
+    earlier = json.loads(Path(reuse).read_text()) if reuse else None
+    measured = earlier["measurements"] if reuse else measure(n, repeats, iters)
     params = measured["compute"]
     projection_rates = projection_core_rates(params)
     projections = [row for name, (widths, N, batch) in PROBLEMS.items()
@@ -399,7 +425,8 @@ def run(n, repeats, iters, collectives_path, reuse=None):
             "problems": {k: {"widths": w, "samples": N, "batch": b} for k, (w, N, b) in PROBLEMS.items()},
             "network": NETWORK, "ranks_per_node": RANKS_PER_NODE, "sgd_batch_per_rank": SGD_BATCH_PER_RANK,
             "projections": projections, "summaries": summaries(projections),
-            "node_aware": node_aware_rows(coll_result), "argv": portable_argv(), "commit": git_commit(), "machine": machine()}
+            "node_aware": node_aware_rows(coll_result), "argv": portable_argv(), "commit": git_commit(), "machine": machine(),
+            "measurements_from": ({key: earlier.get(key) for key in ("command", "commit")} if reuse else "this run")}
 
 
 def _pct(x):
@@ -488,8 +515,11 @@ def markdown_assumptions(result):
              "6 flops per weight and sample at the same GEMM rate | usual data-parallel SGD |",
              "| ADMM collectives | root solve: Reduce of [A Aᵀ \\| A Zᵀ] + Bcast of [W \\| b] per layer (node-aware, as MPICH "
              "composes them); spread solve: Reduce_scatter + Allgather of the statistics over all ranks (not node-aware: "
-             "every rank's share crosses the NIC) and Allgather of the rows of [W \\| b] | admm_mpi/solvers/common.py; "
-             "the speed branch's grid.allsum_in_place |",
+             "every rank's share crosses the NIC) and Allgather of the rows of [W \\| b]; a mini-batch layer narrower than "
+             "its input (minibatch_am's 4001-wide layer, batches of 2000) takes the kernel form in the spread plan: "
+             "Allgathers of the batch's [a;1] and targets, of the batch x batch kernel matrix (each rank computing "
+             "1/P of it) and of [W \\| b], a batch³/3 factorisation on every rank | admm_mpi/ops/linalg.py "
+             "(transpose_reduce_weights, kernel_form_weights, reduce_solve_broadcast) |",
              "| weak scaling | samples (and the minibatch_am batch) grow with P from the problem's size at 64 ranks | |",
              "| not modelled | epochs to a given accuracy (large SGD batches need more), the cross-entropy prox, "
              "evaluation, I/O, stragglers | |"]
