@@ -296,3 +296,19 @@ def test_transpose_reduce_takes_the_kernel_form_for_a_narrow_batch(comm, monkeyp
     np.testing.assert_allclose(np.hstack([W, b[:, None]]), reference, rtol=1e-10,
                                atol=1e-12 * np.abs(reference).max())
     grid.close()
+
+
+@pytest.mark.mpi(ranks=[1, 2, 3, 4], timeout=60)
+@pytest.mark.parametrize("n_out, n_in", [(3, 40), (9, 9), (12, 5)])  # wide (W Wᵀ shared), square, tall
+def test_activation_operator_formed_by_the_ranks_together_equals_serial_and_is_bit_identical(comm, n_out, n_in):
+    from admm_mpi.ops.linalg import activation_solver
+
+    grid = Grid(comm)
+    rng = np.random.default_rng(n_out + n_in)
+    W = rng.standard_normal((n_out, n_in))
+    T, H = rng.standard_normal((n_out, 6)), rng.standard_normal((n_in, 6))
+    shared = activation_solver(W, 0.7, 1.9, grid)(T, H)
+    alone = activation_solver(W, 0.7, 1.9)(T, H)
+    np.testing.assert_allclose(shared, alone, rtol=1e-12, atol=1e-12)
+    assert np.array_equal(shared, comm.bcast(shared, root=0))  # the same operator on every rank
+    grid.close()

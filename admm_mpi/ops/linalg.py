@@ -118,14 +118,22 @@ def spd_inverse(A, dtype):
     return inverse.T.astype(dtype, order="C", copy=dtype != np.float64)
 
 
-def _shifted_gram64(M, shift):
-    """``M Mᵀ + shift I`` in float64, by syrk, the shift added on the diagonal in place (numpy)."""
-    G = gram(np.ascontiguousarray(M, dtype=np.float64))
+def _shifted_gram64(M, shift, grid=None):
+    """``M Mᵀ + shift I`` in float64, by syrk, the shift added on the diagonal in place (numpy).
+
+    With a distributed ``grid`` the ranks share the product (each an equal part of its upper
+    triangle, then an allgather): the same bytes on every rank, for 1/P of the flops each.
+    """
+    M64 = np.ascontiguousarray(M, dtype=np.float64)
+    if grid is not None and grid.size > 1:
+        G = np.array(_kernel_matrix(grid, M64))  # a copy: the product lives in a reused buffer
+    else:
+        G = gram(M64)
     G[np.diag_indices_from(G)] += shift  # (G may be Fortran-ordered: no flat view)
     return G
 
 
-def activation_solver(W, beta, gamma):
+def activation_solver(W, beta, gamma, grid=None):
     """Column-wise ``a = argmin beta ||T - W a||² + gamma ||a - H||²`` (Taylor's a-update), as ``solve(T, H)``.
 
     The normal equations are ``(beta WᵀW + gamma I) a = beta WᵀT + gamma H``; their solution is
@@ -137,6 +145,9 @@ def activation_solver(W, beta, gamma):
     the two inverses (the second form, Woodbury's push-through identity, when ``W`` is wide,
     e.g. the layer before a 10-class output), inverted in float64, multiplied by ``W`` in the
     working dtype and applied as two thin GEMMs to any block of columns.
+
+    ``grid``: the ranks that all need this operator (a data-parallel grid); they share forming
+    ``W Wᵀ``, which is otherwise the same work on every rank.
 
     The correction form keeps exact answers exact. When ``T = W H`` (the first iteration, from
     the forward pass) it returns ``H`` itself, and a unit that is inactive on every sample
@@ -152,9 +163,9 @@ def activation_solver(W, beta, gamma):
     inverse, P = None, None
     if is_numpy(W):  # the same maths without eye temporaries; P's product in the working dtype
         if n_out < n_in:
-            inverse = spd_inverse(_shifted_gram64(W, gamma / beta), W.dtype)
+            inverse = spd_inverse(_shifted_gram64(W, gamma / beta, grid), W.dtype)
         else:
-            P = spd_inverse(_shifted_gram64(W.T, gamma / beta), W.dtype) @ W.T  # beta cancels
+            P = spd_inverse(_shifted_gram64(W.T, gamma / beta, grid), W.dtype) @ W.T  # beta cancels
     else:
         P = _activation_operator(xp, W, beta, gamma)
 

@@ -100,7 +100,7 @@ class MiniBatchAM(Solver):
         targets = [target]
         for l in range(len(W) - 1, 0, -1):
             # target - z_l = (target - b_l) - W_l a_l: the forward pass already holds W_l a_l + b_l
-            a_target = activation_solver(W[l], beta, gamma)(target, a[l], WH=z[l])
+            a_target = activation_solver(W[l], beta, gamma, self.grid)(target, a[l], WH=z[l])
             target = h.z_update(a_target, z[l - 1], gamma, beta)
             targets.append(target)
         return targets[::-1]
