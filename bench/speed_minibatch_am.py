@@ -2,6 +2,7 @@
 
     git worktree add --detach ../wt-base e216405
     python bench/speed_minibatch_am.py --base ../wt-base --repeats 3
+    python bench/speed_minibatch_am.py --config configs/mnist-dladmm.toml --repeats 3   # a mini-batch mode, 1 vs 2 ranks
 
 Runs ``mpiexec -n P admm-mpi train --config configs/mnist-minibatch_am.toml --iters 1`` (one
 epoch, one BLAS thread per rank) on the first ``--train`` MNIST training samples (the recipe's
@@ -24,12 +25,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import tomllib
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, mpiexec, write_result  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = "configs/mnist-minibatch_am.toml"
 
 
 def subset(cache, n_train):
@@ -49,10 +52,10 @@ def subset(cache, n_train):
     return str(path)
 
 
-def run(checkout, settings, ranks, data, out):
+def run(checkout, settings, ranks, data, out, config=DEFAULT_CONFIG):
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1",
                PYTHONPATH=str(checkout))
-    train = ["train", "--config", "configs/mnist-minibatch_am.toml", "--iters", "1", "--data", data,
+    train = ["train", "--config", config, "--iters", "1", "--data", data,
              "--no-progress", "--out", str(out)]
     cmd = [mpiexec(), "-n", str(ranks), sys.executable, str(Path(__file__).resolve()), "--run", settings, "--", *train]
     load = os.getloadavg()[0]
@@ -101,7 +104,10 @@ def main():
         i = sys.argv.index("--run")
         return runner(sys.argv[i + 1], sys.argv[sys.argv.index("--") + 1:])
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--base", required=True, help="the checkout to compare with (e.g. main at e216405)")
+    p.add_argument("--base", help="the checkout to compare with (e.g. main at e216405); none: this checkout only")
+    p.add_argument("--config", default=DEFAULT_CONFIG,
+                   help="the recipe (e.g. configs/mnist-dladmm.toml for a mini-batch mode); results go to "
+                        "results/speed_<recipe>.json unless it is the default")
     p.add_argument("--variant", action="append", default=[], help="module.ATTR=value[,...]: another variant of this checkout")
     p.add_argument("--variants-at-2-ranks-only", action="store_true", help="run the --variant ones at 2 ranks only")
     p.add_argument("--repeats", type=int, default=3)
@@ -110,8 +116,9 @@ def main():
     p.add_argument("--cache", default=str(REPO / "bench" / ".data"))
     args = p.parse_args()
     data = subset(args.cache, args.train)
-    base = Path(args.base).resolve()
-    variants = {"base": (base, ""), "this": (REPO, "")}
+    base = Path(args.base).resolve() if args.base else None
+    variants = {"base": (base, "")} if base else {}
+    variants["this"] = (REPO, "")
     variants.update({f"this+{v}": (REPO, v) for v in args.variant})
     ranks_of = {v: [r for r in args.ranks if r == 2 or not (args.variants_at_2_ranks_only and v.startswith("this+"))]
                 for v in variants}
@@ -122,19 +129,22 @@ def main():
                 for name, (checkout, settings) in variants.items():
                     if ranks not in ranks_of[name]:
                         continue
-                    result = run(checkout, settings, ranks, data, Path(tmp) / f"{name}-{ranks}-{repeat}".replace("/", "_"))
+                    result = run(checkout, settings, ranks, data, Path(tmp) / f"{name}-{ranks}-{repeat}".replace("/", "_"),
+                                 args.config)
                     runs[name][str(ranks)].append(result)
                     print(json.dumps({"variant": name, "ranks": ranks, "repeat": repeat, **result}), flush=True)
     medians, ratios = summarise(runs, list(variants))
     argv = [os.path.relpath(a, REPO) if os.path.isabs(a) else a for a in sys.argv[1:]]
-    write_result("speed_minibatch_am", {
-        "benchmark": "minibatch_am MNIST recipe, one epoch on a training subset; medians of step seconds "
+    batch = tomllib.loads((REPO / args.config).read_text()).get("batch_size", 2000)
+    name = "speed_minibatch_am" if args.config == DEFAULT_CONFIG else f"speed_{Path(args.config).stem}"
+    write_result(name, {
+        "benchmark": f"{args.config}, one epoch on a training subset; medians of step seconds "
                      "(solver) and seconds (step + evaluation) per epoch",
         "argv": ["python", "bench/speed_minibatch_am.py", *argv],
-        "commits": {"this": git_commit(REPO), "base": git_commit(base)},
-        "command": "mpiexec -n P admm-mpi train --config configs/mnist-minibatch_am.toml --iters 1 "
+        "commits": {"this": git_commit(REPO), "base": git_commit(base) if base else None},
+        "command": f"mpiexec -n P admm-mpi train --config {args.config} --iters 1 "
                    f"--data mnist-first{args.train}.h5 (OMP_NUM_THREADS=1)",
-        "train_samples": args.train, "batches_per_epoch": -(-args.train // 2000), "machine": machine(),
+        "train_samples": args.train, "batches_per_epoch": -(-args.train // batch), "machine": machine(),
         "medians": medians, "ratios": ratios, "runs": runs})
     print(json.dumps({"medians": medians, "ratios": ratios}, indent=1))
 
