@@ -125,7 +125,9 @@ def build(config, grid, shard=None):
     if shard is None:
         shard = to_device(load_shard(config.data, grid, dtype, part=procs.data,
                                      validation_fraction=config.validation_fraction, seed=config.seed,
-                                     read_test=config.eval_test != "never"), config.device, grid)
+                                     read_test=config.eval_test != "never",
+                                     validation_optional="validation_fraction" not in config.given),
+                           config.device, grid)
     if not shard.n_val_total:
         config = without_validation(config)
     warn_if_not_standardised(shard, procs.data, grid.is_root)
@@ -476,6 +478,7 @@ class _Run:
             "data": resolve_path(config.data) if shard.name != "in-memory" else "in-memory",
             "n_train": shard.n_total, "n_test": shard.n_test_total, "n_validation": shard.n_val_total,
             "validation_source": shard.validation_source, "widths": list(self.spec.widths),
+            "batch_size": self.solver.batch_size,  # as run: minibatch_am's default scales with n_train
             "config": config.as_dict(),
             "versions": {"admm_mpi": __version__, "numpy": np.__version__, "python": platform.python_version()},
         }
