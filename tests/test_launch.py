@@ -92,10 +92,10 @@ def test_scancel_term_inside_a_minibatch_epoch_checkpoints_within_seconds_and_re
     import h5py
     import numpy as np
 
-    from tests.helpers import run_admm
+    from tests.helpers import NO_VALIDATION_FLAGS, run_admm
 
     args = ["--solver", "minibatch_am", "--batch-size", "20", "--hidden", "512,512", "--iters", "2",
-            "--dtype", "float64"]
+            "--dtype", "float64", *NO_VALIDATION_FLAGS]  # every training row: 1500 / 20 = 75 batches
     env = dict(slurm, ADMM_RUN_DIR=str(tmp_path / "run"))
     job = subprocess.run(["sbatch", "--parsable", str(REPO / "launch" / "slurm.sbatch"), *args], cwd=tmp_path,
                          capture_output=True, text=True, env=env, check=True).stdout.strip().split(";")[0]
