@@ -170,10 +170,10 @@ def warn_if_not_standardised(shard, data_grid, is_root):
 
     The column sums are reduced over ``data_grid``, the ranks that split the training rows.
     """
-    d, block = shard.n_features, 4096
+    d, n_local, block = shard.n_features, shard.X.shape[1], 4096
     local = np.zeros(2 * d)
-    for first in range(0, shard.X.shape[1], block):  # in float64, without copying the whole shard
-        columns = to_host(shard.X[:, first:first + block]).astype(np.float64)
+    for first in range(0, n_local, block):  # in float64, without copying the whole shard
+        columns = to_host(shard.X[:, first:min(first + block, n_local)]).astype(np.float64)
         local[:d] += columns.sum(axis=1)
         local[d:] += np.einsum("ij,ij->i", columns, columns)
     sums = data_grid.allsum(local)
