@@ -293,8 +293,7 @@ def _kill_before_commit_script(path, run, *, rank, stage):
                 os.kill(os.getpid(), signal.SIGKILL)
             return original_commit(*args, **kwargs)
         checkpoint._write_part, checkpoint._commit = write_part, commit
-        sys.exit(main(["train", "--solver", "taylor", "--hidden", "32,32", "--dtype", "float64", "--iters", "8",
-                       "--checkpoint-every", "2", "--no-progress", "--out", r"{run}"]))
+        sys.exit(main(["train", *{COMMON!r}, "--iters", "8", "--checkpoint-every", "2", "--out", r"{run}"]))
     """))
     return path
 
