@@ -48,7 +48,8 @@ def _add_train_arguments(p):
     p.add_argument("--activation", help="relu | leaky_relu | hard_tanh | sigmoid | tanh (default: the solver's)")
     p.add_argument("--loss", help="least_squares | cross_entropy | ova_hinge | binary_hinge "
                                  "(default: the solver's)")
-    p.add_argument("--iters", type=int, help="iterations (default: 60)")
+    p.add_argument("--iters", type=int, help="iterations, epochs for the mini-batch solvers; an upper bound with "
+                                             "early stopping (default: 60)")
     p.add_argument("--dtype", help="float32 | float64 (default: float32)")
     p.add_argument("--device", help="cpu | gpu (default: cpu; gpu needs cupy)")
     p.add_argument("--seed", type=int, help="seed of the initial weights (default: 0)")
@@ -86,13 +87,17 @@ def _add_solver_arguments(group):
 def _add_validation_arguments(v):
     v.add_argument("--validation-fraction", dest="validation_fraction", type=float, metavar="F",
                    help="hold out this fraction of each class's training rows for validation, drawn from --seed "
-                        "(default: 0, none; a data file's X_val, y_val are used instead when present)")
+                        "(default: 0.1; 0: none; a data file's X_val, y_val are used instead when present)")
     v.add_argument("--early-stopping", dest="early_stopping", action="store_const", const=True,
-                   help="stop when validation accuracy has not improved for --patience evaluations")
+                   help="stop when validation accuracy has not improved for --patience evaluations (default: on; "
+                        "without validation rows off, unless given, which is then an error)")
+    v.add_argument("--no-early-stopping", dest="early_stopping", action="store_const", const=False,
+                   help="run all --iters iterations")
     v.add_argument("--patience", type=int, metavar="K",
                    help="evaluations without a better validation accuracy before --early-stopping stops (default: 10)")
     v.add_argument("--keep", metavar="best|last",
-                   help="iterate written to model.h5 and summarised: last, or best validation accuracy (default: last)")
+                   help="iterate written to model.h5 and summarised: last, or best validation accuracy (default: "
+                        "best; without validation rows last, unless given, which is then an error)")
     v.add_argument("--eval-test", dest="eval_test", metavar="never|end|every",
                    help="test split: never read, evaluated once on the kept model at the end, or at every "
                         "evaluation (default: end)")

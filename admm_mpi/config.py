@@ -9,7 +9,7 @@ import dataclasses
 import math
 import os
 import typing
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 try:
     import tomllib
@@ -45,7 +45,7 @@ class TrainConfig:
     hidden: tuple = (512, 512)
     activation: str = ""          # "" = the solver's default
     loss: str = ""                # "" = the solver's default
-    iters: int = 60
+    iters: int = 60               # epochs for the mini-batch solvers; an upper bound with early stopping
     dtype: str = "float32"       # float32 | float64 (the small factorisations are float64 either way)
     device: str = "cpu"           # cpu | gpu (cupy arrays; one GPU per rank)
     seed: int = 0
@@ -56,13 +56,17 @@ class TrainConfig:
     resume: str = ""              # "auto" (the run's own latest checkpoint), a run directory or a file
     checkpoint_state: str = "full"  # full | global (weights and schedules only; per-sample state rebuilt)
     # validation, selection and evaluation
-    validation_fraction: float = 0.0  # rows of each class held out of X for validation (0: none)
-    early_stopping: bool = False  # stop when validation accuracy stops improving
+    # (the defaults: the candidate chosen on the public suite by validation accuracy, bench/results/suite.md)
+    validation_fraction: float = 0.1  # rows of each class held out of X for validation (0: none)
+    early_stopping: bool = True   # stop when validation accuracy stops improving
     patience: int = 10            # evaluations without improvement before early stopping
-    keep: str = "last"            # the iterate that becomes model.h5: last | best (validation accuracy)
+    keep: str = "best"            # the iterate that becomes model.h5: last | best (validation accuracy)
     eval_test: str = "end"        # never | end (the kept model, once) | every (each evaluation)
     eval_every: int = 1           # iterations between evaluations (and the last iteration)
     params: SolverParams = None   # the chosen solver's settings (None: its defaults)
+    # the run settings given by a file, the environment or the command line (the rest are defaults):
+    # a default that needs validation rows gives way when there are none, a setting asked for does not
+    given: frozenset = field(default=frozenset(), compare=False, repr=False)
 
     def __post_init__(self):
         if self.params is None and self.solver in SOLVERS:
@@ -74,7 +78,8 @@ class TrainConfig:
         (``solver=NAME, iters=5, beta=0.5``), without the environment; not validated."""
         run = {name: value for name, value in settings.items() if name in RUN_TYPES}
         solver = run.get("solver", cls.solver)
-        return cls(**run, params=make_params(solver, {k: v for k, v in settings.items() if k not in run}))
+        return cls(**run, params=make_params(solver, {k: v for k, v in settings.items() if k not in run}),
+                   given=frozenset(run))
 
     def solver_class(self):
         return get_solver(self.solver)
@@ -98,7 +103,25 @@ class TrainConfig:
         return d
 
 
-RUN_TYPES = {f.name: type(f.default) for f in fields(TrainConfig) if f.name != "params"}
+RUN_TYPES = {f.name: type(f.default) for f in fields(TrainConfig) if f.name not in ("params", "given")}
+VALIDATION_SETTINGS = {"early_stopping": ("--early-stopping", True, "--no-early-stopping"),
+                       "keep": ("--keep best", "best", "--keep last")}
+
+
+def without_validation(config):
+    """The configuration to run when the data has no validation rows, or InputError.
+
+    Early stopping and ``keep = "best"`` monitor the validation accuracy. As defaults they give
+    way to no early stopping and the last iterate; given explicitly (file, environment, command
+    line) they are an error, as the run could not do what was asked.
+    """
+    asked = [(flag, off) for name, (flag, value, off) in VALIDATION_SETTINGS.items()
+             if getattr(config, name) == value and name in config.given]
+    if asked:
+        flag, off = asked[0]
+        raise InputError(f"{flag} needs a validation split: --validation-fraction F, or X_val and y_val "
+                         f"in the data file (or {off})")
+    return dataclasses.replace(config, early_stopping=False, keep="last")
 
 
 def param_types(params_class):
@@ -253,7 +276,7 @@ def resolve(file=None, cli=None, environ=None):
     given = {name: entry for name, entry in merged.items() if name not in RUN_TYPES}
     types = _check_settings_of(solver, given)
     params = {name: _coerce(name, value, types[name], text_ok) for name, (value, text_ok) in given.items()}
-    config = TrainConfig(**run, params=make_params(solver, params))
+    config = TrainConfig(**run, params=make_params(solver, params), given=frozenset(run))
     validate(config)
     return config
 
@@ -313,7 +336,7 @@ FIELD_HELP = {
     "hidden": "hidden layer widths",
     "activation": "relu | leaky_relu | hard_tanh | sigmoid | tanh; empty: the solver's default",
     "loss": "least_squares | cross_entropy | ova_hinge | binary_hinge; empty: the solver's default",
-    "iters": "iterations",
+    "iters": "iterations (epochs for the mini-batch solvers); an upper bound with early stopping",
     "dtype": "float32 | float64",
     "device": "cpu | gpu (cupy; arrays stay on the GPU, MPI buffers are staged unless the MPI is CUDA-aware)",
     "seed": "seed of the initial weights",
@@ -326,9 +349,11 @@ FIELD_HELP = {
                         "schedules; a resumed full-batch solver rebuilds its per-sample state from a forward pass)",
     "validation_fraction": "fraction of each class's training rows held out for validation, drawn from the seed "
                            "(0: none; a file's X_val, y_val are used instead when present)",
-    "early_stopping": "stop when validation accuracy has not improved for `patience` evaluations",
+    "early_stopping": "stop when validation accuracy has not improved for `patience` evaluations (without "
+                      "validation rows: off, unless set explicitly, which is then an error)",
     "patience": "evaluations without a better validation accuracy before early stopping",
-    "keep": "the iterate written to model.h5 and summarised: last | best (best validation accuracy)",
+    "keep": "the iterate written to model.h5 and summarised: last | best (best validation accuracy; without "
+            "validation rows: last, unless set explicitly, which is then an error)",
     "eval_test": "test split evaluated: never | end (the kept model, once) | every (at each evaluation)",
     "eval_every": "evaluate train and validation accuracy every this many iterations (and at the last)",
 }

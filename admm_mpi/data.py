@@ -206,8 +206,8 @@ def _read_meta(path):
         return None, hdf5_open_problem(path, exc)
 
 
-def _held_out_rows(path, n, fraction, seed):
-    """``(global rows held out of X for validation, problem)``; every rank reads all labels."""
+def _held_out_rows(path, fraction, seed):
+    """``(global rows held out of X for validation (perhaps none), problem)``; every rank reads all labels."""
     try:
         with h5py.File(path, "r") as f:
             y, problem = _labels(np.asarray(f["y"][...]), "y")
@@ -215,11 +215,7 @@ def _held_out_rows(path, n, fraction, seed):
         return None, f"cannot read the labels y of {path} ({hdf5_reason(exc)})"
     if problem:
         return None, problem
-    held = validation_rows(y, fraction, seed)
-    if held.size == 0:
-        return None, (f"validation_fraction {fraction} holds out no row of the {n} training rows of {path} "
-                      "(at most all but one row of each class); use a larger fraction")
-    return held, None
+    return validation_rows(y, fraction, seed), None
 
 
 def _read_split(f, part, n_train, held, d, dtype, read_test, read_val_file):
@@ -260,7 +256,8 @@ def _infer_classes(labels, grid, path, n_samples):
     return n_classes
 
 
-def load_shard(path, grid, dtype=np.float64, part=None, *, validation_fraction=0.0, seed=0, read_test=True):
+def load_shard(path, grid, dtype=np.float64, part=None, *, validation_fraction=0.0, seed=0, read_test=True,
+               validation_optional=False):
     """Read this rank's slab of the training, validation and test rows of the HDF5 file at ``path``.
 
     ``part`` is the grid whose ranks split the rows (default ``grid``; on a layer × data grid,
@@ -268,6 +265,8 @@ def load_shard(path, grid, dtype=np.float64, part=None, *, validation_fraction=0
     The validation split is the file's ``X_val``/``y_val`` when it has them, else
     ``validation_fraction`` of the rows of ``X`` (stratified, drawn from ``seed``), else none.
     ``read_test=False`` leaves the test split unread (empty; ``n_test_total`` still counts it).
+    ``validation_optional``: a fraction that holds out no row (a tiny data set) leaves the run
+    without validation rows instead of being an error (for the default fraction).
 
     Raises :class:`InputError` on every rank if any rank finds a problem: missing or unreadable
     file, wrong dataset names or shapes, fewer samples than ranks, NaN/Inf, bad labels.
@@ -278,8 +277,13 @@ def load_shard(path, grid, dtype=np.float64, part=None, *, validation_fraction=0
     n, d, n_test, n_val_file, n_classes, name = meta
     held = None
     if not n_val_file and validation_fraction > 0:
-        held, problem = _held_out_rows(path, n, validation_fraction, seed)
+        held, problem = _held_out_rows(path, validation_fraction, seed)
         grid.agree(problem)
+        if not held.size:  # the same on every rank: each drew from all the labels
+            grid.agree(None if validation_optional else
+                       f"validation_fraction {validation_fraction} holds out no row of the {n} training rows of "
+                       f"{path} (at most all but one row of each class); use a larger fraction")
+            held = None
     n_train = n - (0 if held is None else held.size)
     part = part or grid
     if n_train < part.size:

@@ -9,6 +9,12 @@ fitted weights are identical everywhere.
 Parameter names follow ``MLPClassifier`` (``hidden_layer_sizes``, ``activation``, ``max_iter``,
 ``tol``, ``random_state``); fitted attributes ``coefs_`` (``n_in x n_out``, as MLPClassifier),
 ``intercepts_``, ``n_iter_``, ``loss_curve_`` (the ADMM objective per iteration), ``classes_``.
+
+Defaults: those of ``admm-mpi train`` for the solver (``minibatch_am``, its batch size scaled with
+the rows: ``n // 10`` clipped to [200, 2000]) and the budget (``max_iter=60`` epochs), but no
+validation split, early stopping or best-iterate selection: as in scikit-learn (``MLPClassifier``'s
+``early_stopping=False``), ``fit`` trains on every row it is given and model selection is the
+caller's (``GridSearchCV``, ``cross_val_score``).
 """
 
 import warnings
@@ -24,12 +30,24 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from admm_mpi.config import TrainConfig, make_params, validate
+from admm_mpi.partition import block_range
 from admm_mpi.data import Shard
 from admm_mpi.grid import Grid
 from admm_mpi.model import forward
 from admm_mpi.ops.activations import ACTIVATIONS
 from admm_mpi.ops.losses import softmax
+from admm_mpi.solvers import DEFAULT_SOLVER
 from admm_mpi.train import train
+
+
+def _check_balanced_rows(grid, n_local, n_total):
+    """ValueError unless every rank holds its balanced block of the rows: the mini-batch solvers
+    draw their batches by global row index from those blocks."""
+    counts = grid.gather_to_all(n_local)
+    expected = [stop - start for start, stop in (block_range(n_total, grid.size, r) for r in range(grid.size))]
+    if counts != expected:
+        raise ValueError(f"the ranks hold {counts} rows; a distributed fit needs balanced blocks of {expected} "
+                         "rows in rank order (the first n % P ranks one row more)")
 
 
 class _ADMMBase(BaseEstimator):
@@ -45,7 +63,7 @@ class _ADMMBase(BaseEstimator):
         "comm": "no_validation",
     }
 
-    def __init__(self, hidden_layer_sizes=(100,), *, solver="taylor", activation=None, max_iter=30, tol=0.0,
+    def __init__(self, hidden_layer_sizes=(100,), *, solver=DEFAULT_SOLVER, activation=None, max_iter=60, tol=0.0,
                  random_state=None, dtype="float32", solver_params=None, comm=None):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.solver = solver
@@ -66,9 +84,10 @@ class _ADMMBase(BaseEstimator):
             seed = int(self.random_state)
         else:
             seed = int(check_random_state(self.random_state).randint(2**31 - 1))
+        # every given row trains (no validation split, early stopping or best-iterate selection)
         config = TrainConfig(solver=self.solver, hidden=hidden, activation=self.activation or "", loss=loss,
                              iters=self.max_iter, tol=self.tol, dtype=self.dtype, seed=seed, progress=False,
-                             params=params)
+                             validation_fraction=0.0, early_stopping=False, keep="last", params=params)
         validate(config)
         return config
 
@@ -80,6 +99,7 @@ class _ADMMBase(BaseEstimator):
         grid = self._grid()
         try:
             n_total = int(grid.allsum(np.array([X.shape[0]], dtype=np.int64))[0])
+            _check_balanced_rows(grid, X.shape[0], n_total)
             dtype = np.dtype(self.dtype).type
             shard = Shard(X=np.ascontiguousarray(X.T, dtype=dtype), y=labels, X_test=np.empty((X.shape[1], 0), dtype),
                           y_test=np.empty(0, np.int64), n_total=n_total, n_test_total=0, n_features=X.shape[1],
@@ -111,12 +131,13 @@ class ADMMClassifier(ClassifierMixin, _ADMMBase):
     Parameters
     ----------
     hidden_layer_sizes : tuple of int, default=(100,)
-    solver : {"taylor", "dladmm", "mdlam", "sigmoid_admm", "minibatch_am"}, default="taylor"
+    solver : {"minibatch_am", "taylor", "dladmm", "mdlam", "sigmoid_admm"}, default="minibatch_am"
     activation : str or None
         Hidden activation; None takes the solver's default (relu; sigmoid for sigmoid_admm).
     loss : {"least_squares", "cross_entropy", "ova_hinge"} or None
         None takes the solver's default. ``predict_proba`` needs ``cross_entropy``.
-    max_iter : int, default=30
+    max_iter : int, default=60
+        Iterations; epochs for ``minibatch_am`` and the mini-batch mode.
     tol : float, default=0
         Stop when the output residual falls below ``tol * sqrt(n_samples)``; 0 runs max_iter.
     random_state : int, RandomState or None
@@ -127,7 +148,8 @@ class ADMMClassifier(ClassifierMixin, _ADMMBase):
         ``{"batch_size": 2000}`` runs dladmm, mdlam or sigmoid_admm in mini-batch mode, where
         ``max_iter`` counts epochs). A setting the solver does not have raises ValueError.
     comm : mpi4py communicator or None
-        Data-parallel fit: every rank calls ``fit`` with its own rows.
+        Data-parallel fit: every rank calls ``fit`` with its own rows, a balanced contiguous block
+        (the first ``n % P`` ranks one row more), as ``admm-mpi train`` splits a file's rows.
 
     Examples
     --------
@@ -140,7 +162,7 @@ class ADMMClassifier(ClassifierMixin, _ADMMBase):
         "loss": [StrOptions({"least_squares", "cross_entropy", "ova_hinge"}), None],
     }
 
-    def __init__(self, hidden_layer_sizes=(100,), *, solver="taylor", activation=None, loss=None, max_iter=30,
+    def __init__(self, hidden_layer_sizes=(100,), *, solver=DEFAULT_SOLVER, activation=None, loss=None, max_iter=60,
                  tol=0.0, random_state=None, dtype="float32", solver_params=None, comm=None):
         super().__init__(hidden_layer_sizes, solver=solver, activation=activation, max_iter=max_iter, tol=tol,
                          random_state=random_state, dtype=dtype, solver_params=solver_params, comm=comm)

@@ -20,6 +20,7 @@ import numpy as np
 from admm_mpi import __version__
 from admm_mpi import checkpoint
 from admm_mpi.backend import DTYPES, device_namespace, from_host, is_numpy, namespace, to_host
+from admm_mpi.config import without_validation
 from admm_mpi.data import load_shard, resolve_path
 from admm_mpi.errors import InputError, TrainingError
 from admm_mpi.model import ModelSpec, predict, save_model
@@ -107,7 +108,12 @@ def process_grid(config, grid):
 
 
 def build(config, grid, shard=None):
-    """Load this rank's data (unless given) and build the model spec and solver."""
+    """Load this rank's data (unless given); build the model spec and solver.
+
+    Returns ``(config, shard, spec, solver)``: ``config`` is the one to run, without early
+    stopping and keeping the last iterate when the data has no validation rows and those were
+    defaults (:func:`~admm_mpi.config.without_validation`).
+    """
     dtype = DTYPES[config.dtype]
     if config.device == "gpu":
         problem = None
@@ -120,10 +126,12 @@ def build(config, grid, shard=None):
     if shard is None:
         shard = to_device(load_shard(config.data, grid, dtype, part=procs.data,
                                      validation_fraction=config.validation_fraction, seed=config.seed,
-                                     read_test=config.eval_test != "never"), config.device, grid)
-    if (config.keep == "best" or config.early_stopping) and not shard.n_val_total:
-        raise InputError(f"{'--keep best' if config.keep == 'best' else '--early-stopping'} needs a validation "
-                         "split: --validation-fraction F, or X_val and y_val in the data file")
+                                     read_test=config.eval_test != "never",
+                                     validation_optional="validation_fraction" not in config.given),
+                           config.device, grid)
+    if not shard.n_val_total:
+        config = without_validation(config)
+    warn_if_not_standardised(shard, procs.data, grid.is_root)
     from admm_mpi.ops.losses import get_loss
 
     loss = get_loss(config.resolved_loss())
@@ -136,7 +144,44 @@ def build(config, grid, shard=None):
         n_classes=shard.n_classes,
     )
     solver = make_solver(config.solver, spec, procs, shard.n_total, config.solver_params())
-    return shard, spec, solver
+    return config, shard, spec, solver
+
+
+FEATURE_SCALE_LIMIT = 10.0  # warn when a feature column's |mean| or std exceeds this (digits: at most 0.76)
+FEATURE_SCALE_FLOOR = 0.1   # or when even the widest column's std is below this
+
+
+def feature_scale_problem(sums, squares, n):
+    """Why features with per-column ``sums`` and ``squares`` (sums of squares) over ``n`` rows are
+    far from standardised (zero mean, unit variance), or None; the thresholds are loose on purpose:
+    data scaled to [0, 1] (the bundled digits) passes, raw pixels in [0, 255] do not."""
+    mean = sums / n
+    std = np.sqrt(np.maximum(squares / n - mean**2, 0.0))
+    largest_mean, largest_std = float(np.max(np.abs(mean))), float(np.max(std))
+    if largest_mean > FEATURE_SCALE_LIMIT or largest_std > FEATURE_SCALE_LIMIT:
+        return (f"training features are far from standardised (largest column |mean| {largest_mean:.3g}, "
+                f"std {largest_std:.3g})")
+    if largest_std < FEATURE_SCALE_FLOOR:
+        return f"training features hardly vary (largest column std {largest_std:.3g})"
+    return None
+
+
+def warn_if_not_standardised(shard, data_grid, is_root):
+    """One ``admm-mpi: warning:`` line on the root when the training features are far from standardised.
+
+    The column sums are reduced over ``data_grid``, the ranks that split the training rows.
+    """
+    d, n_local, block = shard.n_features, shard.X.shape[1], 4096
+    local = np.zeros(2 * d)
+    for first in range(0, n_local, block):  # in float64, without copying the whole shard
+        columns = to_host(shard.X[:, first:min(first + block, n_local)]).astype(np.float64)
+        local[:d] += columns.sum(axis=1)
+        local[d:] += np.einsum("ij,ij->i", columns, columns)
+    sums = data_grid.allsum(local)
+    problem = feature_scale_problem(sums[:d], sums[d:], shard.n_total)
+    if problem and is_root:
+        print(f"admm-mpi: warning: {problem}; the default settings expect zero mean and unit variance "
+              "(admm-mpi data convert --standardize)", file=sys.stderr, flush=True)
 
 
 SCORES = ("train_accuracy", "validation_accuracy", "validation_loss", "test_accuracy")
@@ -307,8 +352,9 @@ class _Run:
     summary. Every rank runs the same calls; rank 0 decides and every rank follows."""
 
     def __init__(self, config, grid, out, shard, stop):
-        self.config, self.grid, self.out, self.stop = config, grid, out, stop
-        self.shard, self.spec, self.solver = build(config, grid, shard)
+        self.grid, self.out, self.stop = grid, out, stop
+        self.config, self.shard, self.spec, self.solver = build(config, grid, shard)
+        config = self.config  # without early stopping and keep best when the data has no validation rows
         self.solver.stop_request = stop
         shard, spec = self.shard, self.spec
         dtype = to_host(shard.X[:1, :1]).dtype
@@ -445,6 +491,7 @@ class _Run:
             "data": resolve_path(config.data) if shard.name != "in-memory" else "in-memory",
             "n_train": shard.n_total, "n_test": shard.n_test_total, "n_validation": shard.n_val_total,
             "validation_source": shard.validation_source, "widths": list(self.spec.widths),
+            "batch_size": self.solver.batch_size,  # as run: minibatch_am's default scales with n_train
             "config": config.as_dict(),
             "versions": {"admm_mpi": __version__, "numpy": np.__version__, "python": platform.python_version()},
         }

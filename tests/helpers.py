@@ -10,6 +10,11 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 
+# The run settings of a test about something other than validation: no validation split, every
+# iteration run, the last iterate kept (the defaults hold out 0.1, stop early and keep the best).
+NO_VALIDATION = dict(validation_fraction=0.0, early_stopping=False, keep="last")
+NO_VALIDATION_FLAGS = ("--validation-fraction", "0", "--no-early-stopping", "--keep", "last")
+
 
 def brute_force_min(f, lo, hi, n_grid=2001, n_refine=3, chunk=2000):
     """Element-wise minimiser of ``f(z)`` (z shaped like ``lo``) by a dense grid, then refining.
@@ -86,6 +91,6 @@ def failing_rank_script(path, out, *, rank=1, iteration=3):
                 raise ZeroDivisionError("injected failure")
             return original(self, state, Y, iteration)
         TaylorADMM.step = step
-        sys.exit(main(["train", "--iters", "20", "--no-progress", "--out", r"{out}"]))
+        sys.exit(main(["train", "--solver", "taylor", "--iters", "20", "--no-progress", "--out", r"{out}"]))
     """))
     return path

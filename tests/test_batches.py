@@ -117,7 +117,7 @@ def test_solvers_without_a_mini_batch_mode_refuse_batch_settings(solver):
 
 
 @pytest.mark.parametrize("cli, message", [({"solver": "dladmm", "batch_size": -1}, "batch_size must be at least"),
-                                          ({"solver": "minibatch_am", "batch_size": 0}, "batch_size must be at least 1"),
+                                          ({"solver": "minibatch_am", "batch_size": -1}, "batch_size must be at least 0"),
                                           ({"solver": "mdlam", "batch_sweeps": 0}, "batch_sweeps must be at least 1")])
 def test_bad_batch_settings_name_the_setting(cli, message):
     from admm_mpi.config import validate

@@ -14,9 +14,10 @@ import h5py
 import numpy as np
 import pytest
 
-from tests.helpers import child_env, mpiexec, run_admm
+from tests.helpers import NO_VALIDATION_FLAGS, child_env, mpiexec, run_admm
 
-COMMON = ["--hidden", "32,32", "--no-progress", "--dtype", "float64"]
+# Taylor, every iteration, the last iterate kept (a --solver in a test's own arguments overrides it)
+COMMON = ["--solver", "taylor", *NO_VALIDATION_FLAGS, "--hidden", "32,32", "--no-progress", "--dtype", "float64"]
 
 
 def _weights(run):
@@ -292,8 +293,7 @@ def _kill_before_commit_script(path, run, *, rank, stage):
                 os.kill(os.getpid(), signal.SIGKILL)
             return original_commit(*args, **kwargs)
         checkpoint._write_part, checkpoint._commit = write_part, commit
-        sys.exit(main(["train", "--hidden", "32,32", "--dtype", "float64", "--iters", "8",
-                       "--checkpoint-every", "2", "--no-progress", "--out", r"{run}"]))
+        sys.exit(main(["train", *{COMMON!r}, "--iters", "8", "--checkpoint-every", "2", "--out", r"{run}"]))
     """))
     return path
 

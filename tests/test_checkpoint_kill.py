@@ -30,12 +30,13 @@ import numpy as np
 import pytest
 
 from admm_mpi.data import write_dataset
-from tests.helpers import blobs, child_env, mpiexec, run_admm
+from tests.helpers import NO_VALIDATION_FLAGS, blobs, child_env, mpiexec, run_admm
 from tests.test_faults import _descendants
 
 ITERS = 6
 # narrow layers over many columns: saving a, z, m, lam (~20 MB per rank) costs more than an iteration
-MODEL = ["--hidden", "48,48,48", "--dtype", "float64", "--no-progress", "--iters", ITERS, "--eval-every", ITERS]
+MODEL = ["--solver", "taylor", *NO_VALIDATION_FLAGS, "--hidden", "48,48,48", "--dtype", "float64", "--no-progress",
+         "--iters", ITERS, "--eval-every", ITERS]
 TRIALS = [2] * 14 + [3] * 6
 SEED = 2021
 

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from admm_mpi.grid import Grid
-from tests.helpers import blobs, run_admm
+from tests.helpers import NO_VALIDATION_FLAGS, blobs, run_admm
 
-COMMON = ["--hidden", "32,32", "--no-progress", "--dtype", "float64"]
+# Taylor, every iteration, the last iterate kept (a --solver in a test's own arguments overrides it)
+COMMON = ["--solver", "taylor", *NO_VALIDATION_FLAGS, "--hidden", "32,32", "--no-progress", "--dtype", "float64"]
 BATCHES = ["--batch-size", "300"]
 
 

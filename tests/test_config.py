@@ -120,7 +120,8 @@ def test_bad_text_from_the_environment_is_refused(env, message):
     ("mdlam", "eps", "0", "eps must be positive"),
     ("taylor", "warm_start", "-1", "warm_start must be finite and non-negative, got -1"),
     ("dladmm", "nu", "0", None),                                # nu = 0: tied to rho
-    ("minibatch_am", "batch_size", "0", "batch_size must be at least 1, got 0"),
+    ("minibatch_am", "batch_size", "-1", "batch_size must be at least 0, got -1"),
+    ("minibatch_am", "batch_size", "0", None),                  # 0: scaled with the training rows
     ("sigmoid_admm", "batch_size", "0", None),                  # 0: full batch
     ("sigmoid_admm", "batch_sweeps", "0", "batch_sweeps must be at least 1, got 0"),
 ])
@@ -141,7 +142,7 @@ def test_settings_are_typed_by_the_chosen_solver_and_refused_by_the_others():
     assert (config.params.quantize, config.params.rho) == (8, 2.0) and isinstance(config.params.rho, float)
     with pytest.raises(InputError, match=r"solver 'taylor' has no setting quantize; its settings are "
                                          r"\['beta', 'gamma', 'ridge', 'warm_start'\]"):
-        resolve(cli={"quantize": "8"}, environ={})
+        resolve(cli={"solver": "taylor", "quantize": "8"}, environ={})
     with pytest.raises(InputError, match="quantize must be of type int, got '8.5'"):
         resolve(cli={"solver": "pdadmm", "quantize": "8.5"}, environ={})
 
@@ -165,7 +166,7 @@ def test_as_dict_is_flat_run_settings_plus_the_solvers_resolved_settings():
 
     config = TrainConfig.from_settings(solver="sigmoid_admm", rho=0.25, iters=3)
     d = config.as_dict()
-    run = [f.name for f in fields(TrainConfig) if f.name != "params"]
+    run = [f.name for f in fields(TrainConfig) if f.name not in ("params", "given")]
     solver_settings = [f.name for f in fields(SOLVERS["sigmoid_admm"].Params)]
     assert sorted(d) == sorted(run + solver_settings) and "params" not in d
     assert (d["rho"], d["mu"], d["batch_size"], d["iters"]) == (0.25, 1e-4, 0, 3)

@@ -8,7 +8,7 @@ from admm_mpi.data import write_dataset
 from admm_mpi.grid import Grid
 from admm_mpi.train import train
 
-from tests.helpers import blobs
+from tests.helpers import NO_VALIDATION, blobs
 
 
 def _dataset(tmp_path, comm, n=203):
@@ -48,7 +48,7 @@ CASES = {
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_distributed_equals_serial(comm, shared_tmp, case):
     config = TrainConfig.from_settings(**{**dict(data=_dataset(shared_tmp, comm), hidden=(12, 8), iters=20,
-                                                 dtype="float64", progress=False), **CASES[case]})
+                                                 dtype="float64", progress=False, **NO_VALIDATION), **CASES[case]})
     grid = Grid(comm)
     distributed = train(config, grid, out=False)
     serial = train(config, Grid.serial(), out=False)  # every rank runs the whole serial job

@@ -7,7 +7,7 @@ from admm_mpi.data import write_dataset
 from admm_mpi.grid import Grid
 from admm_mpi.train import train
 
-from tests.helpers import blobs
+from tests.helpers import NO_VALIDATION, blobs
 
 
 def test_augmented_lagrangian_is_non_increasing_for_large_rho(tmp_path):
@@ -19,7 +19,7 @@ def test_augmented_lagrangian_is_non_increasing_for_large_rho(tmp_path):
     path = tmp_path / "d.h5"
     write_dataset(str(path), X, y, name="b", n_classes=3)
     config = TrainConfig.from_settings(data=str(path), solver="dladmm", hidden=(10, 10), iters=40, dtype="float64",
-                         progress=False, nu=1.0, rho=20.0, rho_max=20.0, out=str(tmp_path / "out"))
+                         progress=False, nu=1.0, rho=20.0, rho_max=20.0, out=str(tmp_path / "out"), **NO_VALIDATION)
     train(config, Grid.serial())
     import json
 

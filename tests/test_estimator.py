@@ -10,10 +10,12 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from admm_mpi import ADMMClassifier, ADMMRegressor
 from admm_mpi.data import resolve_path
 
-from tests.helpers import run_admm
+from tests.helpers import NO_VALIDATION_FLAGS, run_admm
 
 
-@parametrize_with_checks([ADMMClassifier(), ADMMRegressor()])
+# the default solver with fewer epochs: the checks are about the interface (and in float32 the
+# cross-entropy prox makes an epoch of minibatch_am slower than a Taylor iteration)
+@parametrize_with_checks([ADMMClassifier(max_iter=10), ADMMRegressor(max_iter=10)])
 def test_scikit_learn_estimator_checks(estimator, check):
     check(estimator)
 
@@ -27,12 +29,33 @@ def test_notebook_fit_matches_the_command_line(tmp_path):
     X, y, X_test, y_test = _digits()
     clf = ADMMClassifier(hidden_layer_sizes=(256, 256), max_iter=40, random_state=3).fit(X, y)
     score = clf.score(X_test, y_test)
-    proc = run_admm(1, "train", "--hidden", "256,256", "--iters", 40, "--seed", 3, "--no-progress", "--out", tmp_path)
+    # the estimator trains on every row: the command line without its validation defaults
+    proc = run_admm(1, "train", "--hidden", "256,256", "--iters", 40, "--seed", 3, *NO_VALIDATION_FLAGS, "--no-progress",
+                    "--out", tmp_path)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert score == pytest.approx(summary["test_accuracy"], abs=1e-12)
     assert score > 0.95 and clf.n_iter_ == 40 and len(clf.loss_curve_) == 40
     assert clf.coefs_[0].shape == (64, 256) and clf.coefs_[-1].shape == (256, 10)
+
+
+def test_defaults_are_the_command_lines_without_validation():
+    """minibatch_am with its scaled batch size and 60 epochs, as `admm-mpi train`; every row trains
+    (no validation split, no early stopping), as in scikit-learn."""
+    X, y, X_test, y_test = _digits()
+    clf = ADMMClassifier(hidden_layer_sizes=(32,), random_state=0)
+    assert (clf.solver, clf.max_iter) == ("minibatch_am", 60)
+    clf.fit(X[:300], y[:300])
+    assert clf.n_iter_ == 60 and len(clf.loss_curve_) == 60
+    assert clf.score(X_test, y_test) > 0.85
+
+
+@pytest.mark.mpi(ranks=[2], timeout=60)
+def test_a_distributed_fit_refuses_unbalanced_rows(comm):
+    X, y, _, _ = _digits()
+    rows = slice(0, 700) if comm.rank == 0 else slice(700, 1500)  # balanced would be 750 and 750
+    with pytest.raises(ValueError, match=r"the ranks hold \[700, 800\] rows; .* balanced blocks of \[750, 750\]"):
+        ADMMClassifier(hidden_layer_sizes=(8,), max_iter=2, comm=comm).fit(X[rows], y[rows])
 
 
 def test_predict_proba_only_for_cross_entropy():

@@ -30,9 +30,10 @@ import pytest
 from admm_mpi.data import write_dataset
 from admm_mpi.model import ModelSpec, save_model
 
-from tests.helpers import blobs, child_env, mpiexec, run_admm
+from tests.helpers import NO_VALIDATION_FLAGS, blobs, child_env, mpiexec, run_admm
 
-COMMON = ["--hidden", "64,64", "--no-progress", "--dtype", "float64"]
+# Taylor, every iteration, the last iterate kept (a --solver in a test's own arguments overrides it)
+COMMON = ["--solver", "taylor", *NO_VALIDATION_FLAGS, "--hidden", "64,64", "--no-progress", "--dtype", "float64"]
 
 
 def _descendants(pid):
@@ -112,7 +113,8 @@ def test_nan_in_the_iterates_stops_with_the_iteration_and_keeps_the_last_good_ch
             if iteration == 5 and self.grid.rank == 1:
                 state.z[-1][0, 0] = np.nan   # one bad number on one rank
         TaylorADMM.step = step
-        sys.exit(main(["train", "--hidden", "16", "--iters", "20", "--checkpoint-every", "2", "--no-progress",
+        sys.exit(main(["train", "--solver", "taylor", "--hidden", "16", "--iters", "20", "--checkpoint-every", "2",
+                       "--no-progress",
                        "--out", r"{run}"]))
     """))
     proc = subprocess.run([mpiexec(), "-n", "2", sys.executable, str(script)], capture_output=True, text=True,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO, child_env
+from tests.helpers import NO_VALIDATION_FLAGS, REPO, child_env
 
 SLURM_READY = shutil.which("slurmctld") and shutil.which("munged") and os.geteuid() == 0
 
@@ -45,9 +45,10 @@ def _wait(predicate, timeout, step=0.5):
 
 def test_sbatch_requeue_resumes_from_the_checkpoint(slurm, tmp_path):
     env = dict(slurm, ADMM_CHECKPOINT_EVERY="2")
-    job = subprocess.run(["sbatch", "--parsable", str(REPO / "launch" / "slurm.sbatch"), "--hidden", "256,256",
-                          "--iters", "250"], cwd=tmp_path, capture_output=True, text=True, env=env,
-                         check=True).stdout.strip().split(";")[0]
+    # taylor for all 250 iterations (no early stopping): long enough to be requeued mid-run
+    job = subprocess.run(["sbatch", "--parsable", str(REPO / "launch" / "slurm.sbatch"), "--solver", "taylor",
+                          *NO_VALIDATION_FLAGS, "--hidden", "256,256", "--iters", "250"], cwd=tmp_path,
+                         capture_output=True, text=True, env=env, check=True).stdout.strip().split(";")[0]
     run = tmp_path / "runs" / f"slurm-{job}"
     metrics = run / "metrics.jsonl"
     assert _wait(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 4, 120)
@@ -92,10 +93,10 @@ def test_scancel_term_inside_a_minibatch_epoch_checkpoints_within_seconds_and_re
     import h5py
     import numpy as np
 
-    from tests.helpers import run_admm
+    from tests.helpers import NO_VALIDATION_FLAGS, run_admm
 
     args = ["--solver", "minibatch_am", "--batch-size", "20", "--hidden", "512,512", "--iters", "2",
-            "--dtype", "float64"]
+            "--dtype", "float64", *NO_VALIDATION_FLAGS]  # every training row: 1500 / 20 = 75 batches
     env = dict(slurm, ADMM_RUN_DIR=str(tmp_path / "run"))
     job = subprocess.run(["sbatch", "--parsable", str(REPO / "launch" / "slurm.sbatch"), *args], cwd=tmp_path,
                          capture_output=True, text=True, env=env, check=True).stdout.strip().split(";")[0]

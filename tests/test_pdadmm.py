@@ -9,7 +9,7 @@ from admm_mpi.ops import quantize as quant
 from admm_mpi.ops.activations import ACTIVATIONS, proximal_z_update, relu
 from admm_mpi.train import train
 
-from tests.helpers import brute_force_min
+from tests.helpers import NO_VALIDATION, brute_force_min
 
 N = 10_000
 
@@ -96,7 +96,7 @@ def test_quantiser_edge_cases():
 
 
 def _digits_config(**kw):
-    base = dict(solver="pdadmm", hidden=(40, 40, 40), iters=6, dtype="float64", progress=False)
+    base = dict(solver="pdadmm", hidden=(40, 40, 40), iters=6, dtype="float64", progress=False, **NO_VALIDATION)
     base.update(kw)
     return TrainConfig.from_settings(**base)
 

@@ -7,6 +7,7 @@ from admm_mpi.config import TrainConfig
 from admm_mpi.grid import Grid
 from admm_mpi.train import train
 
+from tests.helpers import NO_VALIDATION
 from tests.test_distributed import _dataset
 
 # (layout, layer_groups, hidden widths, quantize bits)
@@ -30,7 +31,8 @@ def test_pdadmm_grid_equals_serial(comm, shared_tmp, case):
     if layout == "hybrid" and comm.size % groups:
         pytest.skip(f"{groups} layer groups need an even number of ranks")
     config = TrainConfig.from_settings(data=_dataset(shared_tmp, comm), solver="pdadmm", layout=layout,
-                                       layer_groups=groups, hidden=hidden, quantize=bits, dtype="float64", progress=False, **{"iters": 15, **(extra or [{}])[0]})
+                                       layer_groups=groups, hidden=hidden, quantize=bits, dtype="float64", progress=False,
+                                       **NO_VALIDATION, **{"iters": 15, **(extra or [{}])[0]})
     grid = Grid(comm)
     distributed = train(config, grid, out=False)
     serial = train(config.__class__(**{**config.__dict__, "layout": "data", "layer_groups": 0}),
@@ -71,7 +73,7 @@ def test_pdadmm_checkpoint_resumes_on_any_layout(comm, shared_tmp, case):
     if comm.size % max(groups, 1) or comm.size % max(groups2, 1):
         pytest.skip("the hybrid grid needs an even number of ranks")
     base = dict(data=_dataset(shared_tmp, comm), solver="pdadmm", hidden=(12, 10, 8), quantize=8,
-                dtype="float64", progress=False, out=str(shared_tmp / "run"))
+                dtype="float64", progress=False, out=str(shared_tmp / "run"), **NO_VALIDATION)
     grid = Grid(comm)
     train(TrainConfig.from_settings(**base, layout=layout, layer_groups=groups, iters=5, checkpoint_every=5), grid)
     resumed = train(TrainConfig.from_settings(**base, layout=layout2, layer_groups=groups2, iters=9, resume="auto"),

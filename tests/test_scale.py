@@ -22,12 +22,12 @@ import pytest
 
 from admm_mpi.data import write_dataset
 
-from tests.helpers import blobs, child_env, run_admm
+from tests.helpers import NO_VALIDATION_FLAGS, blobs, child_env, run_admm
 
 FULL = os.environ.get("ADMM_MPI_SCALE_TESTS", "") not in ("", "0")
 scale_only = pytest.mark.skipif(not FULL, reason="set ADMM_MPI_SCALE_TESTS=1 to run every 8/16-rank case")
 
-COMMON = ("--dtype", "float64", "--no-progress", "--seed", "3")
+COMMON = ("--dtype", "float64", "--no-progress", "--seed", "3", *NO_VALIDATION_FLAGS)
 # name -> command-line settings (the test_distributed settings, fewer iterations)
 DATA_PARALLEL = {
     "taylor": ("--solver", "taylor", "--hidden", "12,8", "--iters", 8, "--warm-start", 3),

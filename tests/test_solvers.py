@@ -9,7 +9,7 @@ from admm_mpi.grid import Grid
 from admm_mpi.solvers.mdlam import _momentum
 from admm_mpi.train import train
 
-from tests.helpers import blobs
+from tests.helpers import NO_VALIDATION, blobs
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def test_mdlam_momentum_really_extrapolates():
 @pytest.mark.parametrize("activation", ["relu", "hard_tanh", "sigmoid"])
 def test_mdlam_keeps_a_in_the_box_and_advances_momentum(blob_file, activation):
     config = TrainConfig.from_settings(data=blob_file, solver="mdlam", activation=activation, hidden=(16, 16), iters=12,
-                         progress=False, eps=1.0, eps_min=1e-3)
+                         progress=False, eps=1.0, eps_min=1e-3, **NO_VALIDATION)
     out = train(config, Grid.serial(), out=False)
     state, h = out.state, out.spec.h.apply
     for l in range(1, len(state.a)):
@@ -49,7 +49,7 @@ def test_mdlam_keeps_a_in_the_box_and_advances_momentum(blob_file, activation):
 def test_sigmoid_admm_is_stable_across_penalties_and_initialisations(blob_file, beta, seed):
     """Zeng et al.'s claim: stable with respect to the penalty and the initialisation."""
     config = TrainConfig.from_settings(data=blob_file, solver="sigmoid_admm", hidden=(20, 20), iters=30, progress=False,
-                         beta=beta, seed=seed)
+                         beta=beta, seed=seed, **NO_VALIDATION)
     out = train(config, Grid.serial(), out=False)
     assert np.isfinite(out.summary["objective"])
     assert out.summary["train_accuracy"] >= 0.9, (beta, seed, out.summary["train_accuracy"])

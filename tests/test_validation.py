@@ -13,7 +13,7 @@ from admm_mpi.grid import Grid
 from admm_mpi.model import forward, load_model
 from admm_mpi.train import train
 
-from tests.helpers import blobs, run_admm
+from tests.helpers import NO_VALIDATION_FLAGS, blobs, run_admm
 
 
 def _noisy(path, n=300, seed=11, **kw):
@@ -110,7 +110,8 @@ def test_keep_best_saves_the_best_validation_iterate(tmp_path, solver):
     """model.h5 is the first iterate with the highest validation accuracy in metrics.jsonl: its
     accuracy recomputed from model.h5 matches, and training only up to it gives the same bits."""
     _, y, _, _ = _noisy(tmp_path / "noisy.h5")
-    best, _ = _train(tmp_path, "best", *solver, "--iters", 25, "--validation-fraction", 0.3, "--keep", "best")
+    best, _ = _train(tmp_path, "best", *solver, "--iters", 25, "--validation-fraction", 0.3, "--keep", "best",
+                     "--no-early-stopping")
     rows, summary = _rows(best), _summary(best)
     accuracies = [r["validation_accuracy"] for r in rows]
     k = int(np.argmax(accuracies)) + 1
@@ -126,9 +127,11 @@ def test_keep_best_saves_the_best_validation_iterate(tmp_path, solver):
     predicted = spec.loss_fn.predict(forward(spec, weights, biases, X[held].T))
     assert np.mean(predicted == y[held]) == accuracies[k - 1]
 
-    upto, _ = _train(tmp_path, "upto", *solver, "--iters", k, "--validation-fraction", 0.3, "--keep", "last")
+    upto, _ = _train(tmp_path, "upto", *solver, "--iters", k, "--validation-fraction", 0.3, "--keep", "last",
+                     "--no-early-stopping")
     assert _same_weights(best / "model.h5", upto / "model.h5")
-    last, _ = _train(tmp_path, "last", *solver, "--iters", 25, "--validation-fraction", 0.3)
+    last, _ = _train(tmp_path, "last", *solver, "--iters", 25, "--validation-fraction", 0.3, "--keep", "last",
+                     "--no-early-stopping")
     assert not _same_weights(best / "model.h5", last / "model.h5")
     assert _summary(last)["kept_iteration"] == 25
 
@@ -156,9 +159,9 @@ def test_eval_every_and_eval_test_change_no_weight(tmp_path):
     for solver in (["--solver", "taylor"], ["--solver", "pdadmm", "--layout", "layer"]):
         name = solver[1]
         every, _ = _train(tmp_path, f"{name}-every", *solver, "--iters", 10, "--validation-fraction", 0.3,
-                          "--eval-every", 1, "--eval-test", "every")
+                          "--no-early-stopping", "--keep", "last", "--eval-every", 1, "--eval-test", "every")
         sparse, _ = _train(tmp_path, f"{name}-sparse", *solver, "--iters", 10, "--validation-fraction", 0.3,
-                           "--eval-every", 4, "--eval-test", "never")
+                           "--no-early-stopping", "--keep", "last", "--eval-every", 4, "--eval-test", "never")
         assert _same_weights(every / "model.h5", sparse / "model.h5"), name
         rows = _rows(sparse)
         assert [r["iteration"] for r in rows if r["train_accuracy"] is not None] == [4, 8, 10]
@@ -236,8 +239,10 @@ def test_bad_settings_are_refused(setting, message):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--keep", "best"], "--keep best needs a validation split"),
-    (["--early-stopping"], "--early-stopping needs a validation split"),
+    # asked for explicitly, keep best and early stopping without validation rows are errors
+    (["--validation-fraction", "0", "--keep", "best"], "--keep best needs a validation split"),
+    (["--validation-fraction", "0", "--early-stopping"], "--early-stopping needs a validation split"),
+    (["--validation-fraction", "0", "--no-early-stopping", "--keep", "best"], "--keep best needs a validation split"),
     (["--validation-fraction", "0.001"], "holds out no row"),
     (["--validation-fraction", "1.5"], "validation_fraction must lie in [0, 1)"),
     (["--eval-test", "always"], "unknown eval_test 'always'"),

@@ -11,7 +11,7 @@ from admm_mpi.solvers.taylor import TaylorADMM
 
 for _cls in (TaylorADMM, DLADMM, PDADMM, MDLAM, SigmoidADMM, MiniBatchAM):
     register(_cls)
-DEFAULT_SOLVER = TaylorADMM.name
+DEFAULT_SOLVER = MiniBatchAM.name  # chosen on the public suite by validation accuracy (bench/results/suite.md)
 
 __all__ = ["DEFAULT_SOLVER", "SOLVERS", "Solver", "SolverParams", "MiniBatchParams", "setting", "register", "get_solver",
            "make_solver"]

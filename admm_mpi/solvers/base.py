@@ -89,6 +89,7 @@ class Solver:
     layer_parallel: ClassVar[bool] = False  # True: runs on a layer-groups x data-shards grid
 
     stop_request = None  # the loop's StopRequest; mini-batch solvers check it between batches
+    batch_size = None    # global columns per mini-batch, as run (None: full batch)
 
     def init_state(self, X, Y, rng):
         raise NotImplementedError

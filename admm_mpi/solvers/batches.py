@@ -33,6 +33,21 @@ from admm_mpi.backend import from_host, namespace, sum_all
 from admm_mpi.solvers.base import Solver, SolverParams, check_at_least, setting
 
 
+# the default batch size of the mini-batch solvers that scale it with the data (minibatch_am's
+# ``batch_size = 0``): a tenth of the training rows, at least 200 and at most 2000 columns (chosen on
+# the public suite by validation accuracy, bench/results/suite.md)
+SCALED_BATCH_DIVISOR, SCALED_BATCH_MIN, SCALED_BATCH_MAX = 10, 200, 2000
+
+
+def scaled_batch_size(n_train):
+    """``n_train // 10`` clipped to [200, 2000]: the default batch size for ``n_train`` training rows.
+
+    ``n_train`` is the global number of training rows (all ranks, after the validation rows are
+    held out), so every rank count draws the same batches.
+    """
+    return min(max(n_train // SCALED_BATCH_DIVISOR, SCALED_BATCH_MIN), SCALED_BATCH_MAX)
+
+
 def batch_size_setting(default, help):
     """The ``batch_size`` setting: global columns per mini-batch (one iteration = one epoch)."""
     return setting(default, f"columns per global mini-batch, one iteration = one epoch{help}")

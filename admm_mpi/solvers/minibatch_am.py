@@ -26,7 +26,7 @@ from typing import ClassVar
 
 from admm_mpi.backend import namespace, sum_all
 from admm_mpi.ops.linalg import activation_solver, transpose_reduce_weights
-from admm_mpi.solvers.batches import batch_size_setting, epoch_batches, run_epoch, take_columns
+from admm_mpi.solvers.batches import batch_size_setting, epoch_batches, run_epoch, scaled_batch_size, take_columns
 from admm_mpi.solvers.common import forward_states, init_weights
 from admm_mpi.solvers.base import Solver, SolverParams, check_at_least, check_non_negative, check_positive, setting
 
@@ -48,12 +48,13 @@ class MiniBatchAMParams(SolverParams):
     gamma: float = setting(1.0, "penalty on a = h(z)")
     rho: float = setting(1e-2, "proximal weight of the weight step per batch sample")
     ridge: float = setting(1e-4, "weight decay per batch sample")
-    batch_size: int = batch_size_setting(2000, "")
+    batch_size: int = batch_size_setting(0, " (0: n_train // 10 clipped to [200, 2000], n_train the training "
+                                            "rows left after the validation split)")
 
     def validate(self):
         check_positive(self, "beta", "gamma", "rho")
         check_non_negative(self, "ridge")
-        check_at_least(self, 1, "batch_size")
+        check_at_least(self, 0, "batch_size")
 
 
 class MiniBatchAM(Solver):
@@ -69,7 +70,8 @@ class MiniBatchAM(Solver):
     ridge : float
         Weight decay per batch sample.
     batch_size : int
-        Columns per global mini-batch (the last batch of an epoch may be smaller).
+        Columns per global mini-batch (the last batch of an epoch may be smaller); 0 scales it with
+        the global training rows ``n_total``: :func:`~admm_mpi.solvers.batches.scaled_batch_size`.
     """
 
     name = "minibatch_am"
@@ -80,7 +82,7 @@ class MiniBatchAM(Solver):
     def __init__(self, spec, grid, n_total, *, beta, gamma, rho, ridge, batch_size):
         self.spec, self.grid, self.n_total = spec, grid, n_total
         self.beta, self.gamma, self.rho, self.ridge = beta, gamma, rho, ridge
-        self.batch_size = batch_size
+        self.batch_size = batch_size or scaled_batch_size(n_total)  # global rows: same batches at any rank count
         self.start, self.stop = grid.block_range(n_total)
 
     def init_state(self, X, Y, rng):
