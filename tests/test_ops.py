@@ -204,3 +204,21 @@ def test_closed_form_relu_z_update_equals_the_piecewise_one():
     assert np.all(np.abs(f(ours) - f(reference)) <= 1e-12 * (1 + f(reference)))
     assert np.quantile(np.abs(ours - reference), 0.999) < 1e-12
     assert relu_z_update(a.astype(np.float32), m.astype(np.float32), 1.0, 1.0).dtype == np.float32
+
+
+def test_cross_entropy_prox_in_float32_stops_at_float32_precision(monkeypatch):
+    """The stopping test scales with the dtype: in float32 the Newton iteration stops after a few
+    steps (a fixed 1e-13 never stopped it before max_iter) at the float64 answer to float32 precision."""
+    from admm_mpi.ops import losses
+
+    rng = np.random.default_rng(0)
+    m = 3 * rng.standard_normal((10, 1350))
+    Y = np.eye(10)[:, rng.integers(0, 10, 1350)]
+    exact = losses.cross_entropy_prox(m, Y, np.zeros_like(m), 0.1)
+    steps = []
+    softmax = losses.softmax
+    monkeypatch.setattr(losses, "softmax", lambda z: steps.append(1) or softmax(z))
+    z32 = losses.cross_entropy_prox(m.astype(np.float32), Y.astype(np.float32), np.zeros((10, 1350), np.float32), 0.1)
+    assert z32.dtype == np.float32
+    assert len(steps) <= 15, len(steps)
+    assert np.abs(z32 - exact).max() <= 1e-4 * np.abs(exact).max()
