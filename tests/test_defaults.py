@@ -55,15 +55,15 @@ def test_scaled_batches_distributed_equal_serial(comm, shared_tmp):
     config = TrainConfig.from_settings(data=str(path), hidden=(12, 8), iters=3, dtype="float64", progress=False)
     distributed = train(config, Grid(comm), out=False)
     serial = train(config, Grid.serial(), out=False)
-    assert (distributed["n_train"], distributed["n_validation"]) == (2253, 250)
-    assert distributed["batch_size"] == serial["batch_size"] == 225
-    assert distributed["config"]["batch_size"] == 0  # the setting: the rule
+    assert (distributed.summary["n_train"], distributed.summary["n_validation"]) == (2253, 250)
+    assert distributed.summary["batch_size"] == serial.summary["batch_size"] == 225
+    assert distributed.summary["config"]["batch_size"] == 0  # the setting: the rule
     for key in ("iterations", "kept_iteration", "validation_accuracy", "train_accuracy"):
-        assert distributed[key] == serial[key], key
-    for W, b, W_ref, b_ref in zip(*distributed["model"], *serial["model"]):
+        assert distributed.summary[key] == serial.summary[key], key
+    for W, b, W_ref, b_ref in zip(*distributed.model, *serial.model):
         layer, ref = np.column_stack([W, b]), np.column_stack([W_ref, b_ref])
         assert np.linalg.norm(layer - ref) <= 1e-10 * np.linalg.norm(ref)
-    assert comm.allgather(distributed["batch_size"]) == [225] * comm.size
+    assert comm.allgather(distributed.summary["batch_size"]) == [225] * comm.size
 
 
 # -- the defaults are visible ------------------------------------------------------------------------------
