@@ -256,6 +256,19 @@ def _infer_classes(labels, grid, path, n_samples):
     return n_classes
 
 
+def _validation_rows(path, grid, n, fraction, seed, optional):
+    """The global rows of ``X`` held out for validation (None if none and ``optional``); agreed on every rank."""
+    held, problem = _held_out_rows(path, fraction, seed)
+    grid.agree(problem)
+    if held.size:
+        return held
+    # the same on every rank: each drew from all the labels
+    grid.agree(None if optional else
+               f"validation_fraction {fraction} holds out no row of the {n} training rows of "
+               f"{path} (at most all but one row of each class); use a larger fraction")
+    return None
+
+
 def load_shard(path, grid, dtype=np.float64, part=None, *, validation_fraction=0.0, seed=0, read_test=True,
                validation_optional=False):
     """Read this rank's slab of the training, validation and test rows of the HDF5 file at ``path``.
@@ -277,13 +290,7 @@ def load_shard(path, grid, dtype=np.float64, part=None, *, validation_fraction=0
     n, d, n_test, n_val_file, n_classes, name = meta
     held = None
     if not n_val_file and validation_fraction > 0:
-        held, problem = _held_out_rows(path, validation_fraction, seed)
-        grid.agree(problem)
-        if not held.size:  # the same on every rank: each drew from all the labels
-            grid.agree(None if validation_optional else
-                       f"validation_fraction {validation_fraction} holds out no row of the {n} training rows of "
-                       f"{path} (at most all but one row of each class); use a larger fraction")
-            held = None
+        held = _validation_rows(path, grid, n, validation_fraction, seed, validation_optional)
     n_train = n - (0 if held is None else held.size)
     part = part or grid
     if n_train < part.size:
