@@ -114,7 +114,8 @@ def run_admm(problem, solver, data, tmp, stop_at, extra=(), timeout=6 * 3600):
     ``stop_at`` (the rest of the curve would not change a time to target)."""
     out = Path(tmp) / f"{problem}-{solver}"
     cmd = admm_command(problem, solver, data, out, extra)
-    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1",
+               MPIEXEC_TIMEOUT=str(timeout))  # a whole MNIST recipe takes longer than a test's limit
     load, t0 = load_average(), time.perf_counter()
     with open(Path(tmp) / f"{problem}-{solver}.log", "w") as log:
         proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
