@@ -53,7 +53,8 @@ def test_summary_ratio_and_missing_sides():
     entry = {"problem": "digits", "targets": [0.97, 0.99],
              "admm": [{"solver": "minibatch_am", "curve": _curve([(0.5, None, 0.96), (1.0, None, 0.975)])},
                       {"solver": "taylor", "curve": _curve([(3.0, None, 0.98)])}],
-             "torch": [{"optimiser": "adam", "lr": 1e-3, "cap_hit": False, "curve": _curve([(0.2, 0.97, 0.96), (0.4, 0.98, 0.98)])},
+             "torch": [{"optimiser": "adam", "lr": 1e-3, "cap_hit": False,
+                        "curve": _curve([(0.2, 0.97, 0.96), (0.4, 0.98, 0.98)])},
                        {"optimiser": "adam", "lr": 3e-3, "cap_hit": True, "curve": _curve([(0.3, 0.99, 0.97)])}]}
     first, second = tta.summarise(entry)["summary"]
     assert first["admm_seconds"] == {"minibatch_am": 1.0, "taylor": 3.0}
