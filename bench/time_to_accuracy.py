@@ -17,8 +17,10 @@ no start-up, data loading or evaluation); the job is stopped once the test accur
 problem's highest target.
 
 PyTorch: the MLP of the problem's ``minibatch_am`` recipe (same widths, ReLU, cross-entropy),
-float32, ``torch.set_num_threads(2)``: SGD with momentum 0.9 and Adam on batches of 128, full-batch
-L-BFGS (strong Wolfe line search, one iteration per step). Each trains on the training rows minus a
+float32, ``torch.set_num_threads(--torch-threads)`` (default 2, the two cores; on this shared machine
+at load 5 two threads took 420-560 ms per MNIST step against 124-140 ms for one, so the recorded run
+used 1): SGD with momentum 0.9 and Adam on batches of 128, full-batch L-BFGS (strong Wolfe line
+search, five iterations per step). Each trains on the training rows minus a
 validation split (MNIST and Fashion-MNIST: the last 10 000 of the 60 000; digits: 10 %, stratified,
 admm_mpi.data.validation_rows) and is evaluated on the validation and test rows (outside the clock)
 four times per epoch (L-BFGS: every five iterations). Per target and optimiser, the learning rate of
