@@ -323,6 +323,12 @@ def run_problem(problem, data, solvers, learning_rates, args, tmp):
         entry["admm"].append(record)
         print(problem, solver, {t: time_to_target(record["curve"], t) for t in targets},
               f"load {record['load_average_1min']}", flush=True)
+    if args.torch_from:  # the PyTorch runs of an earlier results file (the ADMM side re-measured alone)
+        earlier = next(e for e in json.loads(Path(args.torch_from).read_text())["problems"] if e["problem"] == problem)
+        entry.update({key: earlier[key] for key in ("torch", "widths", "validation", "torch_train_rows",
+                                                    "validation_rows", "batch_size") if key in earlier})
+        entry["torch_from"] = {key: earlier.get(key) for key in ("command", "commit")}
+        return summarise(entry)
     if learning_rates is None:
         entry["torch_skipped"] = "torch is not installed (pip install -e '.[bench]')"
         return summarise(entry)
@@ -383,6 +389,9 @@ def markdown(result):
              ""]
     for entry in result["problems"]:
         lines += [f"## {entry['problem']}", "", f"`{entry.get('command')}` at commit {entry.get('commit')}", ""]
+        if entry.get("torch_from"):
+            lines += [f"PyTorch runs taken from `{entry['torch_from']['command']}` at commit "
+                      f"{entry['torch_from']['commit']}; the ADMM runs are this command's.", ""]
         if entry.get("skipped"):
             lines += [f"skipped: {entry['skipped']}", ""]
             continue
@@ -475,6 +484,9 @@ def main(argv=None):
     parser.add_argument("--max-epochs", type=int, default=0, help="PyTorch epochs at most (0: per problem)")
     parser.add_argument("--torch-threads", type=int, default=2, help="torch.set_num_threads (the two cores)")
     parser.add_argument("--admm-iters", type=int, default=0, help="override every ADMM recipe's iterations")
+    parser.add_argument("--torch-from", metavar="JSON",
+                        help="take the PyTorch runs from an earlier results file (recorded as torch_from) and "
+                             "run only the ADMM side")
     parser.add_argument("--quick", action="store_true",
                         help="seconds: digits, minibatch_am 3 iterations, one lr per optimiser, 3 s caps")
     parser.add_argument("--cache", default=str(REPO / "bench" / ".data"), help="converted data sets")
