@@ -251,11 +251,14 @@ def test_a_signal_to_one_non_root_rank_stops_the_job_with_a_checkpoint(tmp_path,
 def test_sigterm_inside_a_minibatch_epoch_checkpoints_between_batches_and_resumes_bit_exactly(tmp_path):
     """Preemption at mini-batch granularity: the checkpoint names the epoch and the batches done;
     the resumed run skips those batches of the same permutation and equals the uninterrupted run."""
-    run, full = tmp_path / "run", tmp_path / "full"
+    run, full, marker = tmp_path / "run", tmp_path / "full", tmp_path / "in-epoch-2"
     args = ["--solver", "minibatch_am", "--batch-size", "20", "--hidden", "256,256", "--iters", 3]
-    proc = _popen(2, run, *args)
-    assert _wait_rows(run, 1)
-    time.sleep(0.3)
+    proc = subprocess.Popen([mpiexec(), "-n", "2", sys.executable, str(_pausing_script(tmp_path, run, marker, args))],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env())
+    deadline = time.time() + 120
+    while not marker.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert marker.exists(), proc.communicate(timeout=60)
     proc.send_signal(signal.SIGTERM)               # to mpiexec, which forwards it to every rank
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err
@@ -271,6 +274,32 @@ def test_sigterm_inside_a_minibatch_epoch_checkpoints_between_batches_and_resume
         assert np.array_equal(W, W_ref)
     rows = [json.loads(line)["iteration"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert rows == [1, 2, 3]
+
+
+def _pausing_script(tmp_path, run, marker, args):
+    """Train; rank 0 pauses after the 82nd batch (the 7th of epoch 2, 75 batches an epoch) and
+    says so by creating ``marker``: a signal sent then lands inside epoch 2 however fast the
+    machine is (a fixed sleep once let epoch 2 finish first)."""
+    path = tmp_path / "pause.py"
+    path.write_text(textwrap.dedent(f"""
+        import sys, time
+        from admm_mpi.solvers import minibatch_am
+        from admm_mpi.cli import main
+
+        original, count = minibatch_am.run_epoch, {{"n": 0}}
+        def run_epoch(grid, state, batches, batch, stop_request):
+            def pausing(local, n_batch):
+                result = batch(local, n_batch)
+                count["n"] += 1
+                if count["n"] == 82 and grid.rank == 0:
+                    open(r"{marker}", "w").close()
+                    time.sleep(5)
+                return result
+            return original(grid, state, batches, pausing, stop_request)
+        minibatch_am.run_epoch = run_epoch
+        sys.exit(main(["train", *{COMMON!r}, "--out", r"{run}", *{list(map(str, args))!r}]))
+    """))
+    return path
 
 
 def _kill_before_commit_script(path, run, *, rank, stage):
