@@ -410,6 +410,7 @@ def run(n, repeats, iters, collectives_path, reuse=None):
     coll_result = json.loads(Path(collectives_path).read_text())
     coll_here, coll_cluster = coll_result["params"], coll_result["params_uncontended"]
     earlier = json.loads(Path(reuse).read_text()) if reuse else None
+    n = earlier["samples"] if reuse else n  # the step check compares with steps measured on that many samples
     measured = earlier["measurements"] if reuse else measure(n, repeats, iters)
     params = measured["compute"]
     projection_rates = projection_core_rates(params)
