@@ -37,7 +37,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from collectives import cluster_seconds, git_commit, model_seconds  # noqa: E402
-from common import RESULTS, machine, median_seconds, mpiexec, save_plot, synthetic_mnist, write_result  # noqa: E402
+from common import ALL_ROWS, RESULTS, machine, median_seconds, mpiexec, save_plot, synthetic_mnist, write_result  # noqa: E402
 
 WIDTHS = (784, 1000, 1000, 10)  # the step check's network
 ITEMSIZE = 4  # float32
@@ -254,8 +254,8 @@ def measure_compute(dtype=np.float32, repeats=7):
 
 def measured_step(P, data, out, iters):
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    cmd = [mpiexec(), "-n", str(P), sys.executable, "-m", "admm_mpi", "train", "--data", data, "--hidden",
-           "1000,1000", "--dtype", "float32", "--iters", str(iters), "--no-progress", "--out", out]
+    cmd = [mpiexec(), "-n", str(P), sys.executable, "-m", "admm_mpi", "train", "--data", data, "--solver", "taylor",
+           *ALL_ROWS, "--hidden", "1000,1000", "--dtype", "float32", "--iters", str(iters), "--no-progress", "--out", out]
     subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=3600)
     return json.loads((Path(out) / "summary.json").read_text())["step_seconds_per_iteration"]
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import mpiexec, write_result  # noqa: E402
+from common import ALL_ROWS, mpiexec, write_result  # noqa: E402
 
 from admm_mpi.data import write_dataset  # noqa: E402
 
@@ -43,7 +43,7 @@ def make_data(path, n=6000, n_test=1000):
 def train(ranks, data, out, iters, quantize=0):
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
     cmd = [mpiexec(), "-n", str(ranks), sys.executable, "-m", "admm_mpi", "train", "--data", data,
-           "--solver", "pdadmm", "--layout", "layer", "--hidden", HIDDEN, "--dtype", "float32",
+           "--solver", "pdadmm", "--layout", "layer", *ALL_ROWS, "--hidden", HIDDEN, "--dtype", "float32",
            "--iters", str(iters), "--quantize", str(quantize), "--no-progress", "--out", out]
     subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=3600)
     return cmd, json.loads((Path(out) / "summary.json").read_text())

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import mpiexec, save_plot, synthetic_mnist, write_result  # noqa: E402
+from common import ALL_ROWS, mpiexec, save_plot, synthetic_mnist, write_result  # noqa: E402
 
 from admm_mpi.data import write_dataset  # noqa: E402
 
@@ -41,6 +41,7 @@ def train(ranks, threads, data, out, iters):
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads),
                MKL_NUM_THREADS=str(threads))
     cmd = [mpiexec(), "-n", str(ranks), sys.executable, "-m", "admm_mpi", "train", "--data", data,
+           "--solver", "taylor", *ALL_ROWS,
            "--hidden", "1000,1000", "--dtype", "float32", "--iters", str(iters), "--no-progress", "--out", out]
     subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=3600)
     return cmd, json.loads((Path(out) / "summary.json").read_text())
