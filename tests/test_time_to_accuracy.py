@@ -7,20 +7,13 @@ import sys
 
 import pytest
 
-from tests.helpers import REPO, child_env
+from tests.helpers import bench_module, REPO, child_env
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("bench_time_to_accuracy", REPO / "bench" / "time_to_accuracy.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(REPO / "bench"))
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(REPO / "bench"))
-    return module
+    return bench_module("time_to_accuracy")
 
 
 def _curve(points):
