@@ -256,13 +256,14 @@ def _evaluate_iteration(config, solver, spec, state, shard, grid, Y_val, iterati
     due = decision is not None or iteration % config.eval_every == 0 or iteration == config.iters
     if decision == "diverged" or not due:
         return dict.fromkeys(SCORES), decision
-    scores = evaluate_model(solver, spec, state, shard, grid, ("train", "validation"), Y_val)
-    selection.update(iteration, scores["validation_accuracy"], state)
+    model = solver.evaluated(state)
+    scores = evaluate_model(solver, spec, model, shard, grid, ("train", "validation"), Y_val)
+    selection.update(iteration, scores["validation_accuracy"], model)
     if decision is None and config.early_stopping and selection.stale >= config.patience:
         decision = "early_stopped"
     final = decision is not None or iteration == config.iters
     if config.eval_test == "every" or (config.eval_test == "end" and config.keep == "last" and final):
-        scores["test_accuracy"] = evaluate_model(solver, spec, state, shard, grid, ("test",))["test_accuracy"]
+        scores["test_accuracy"] = evaluate_model(solver, spec, model, shard, grid, ("test",))["test_accuracy"]
     return scores, decision
 
 
@@ -452,7 +453,8 @@ class _Run:
         """The iterate that becomes the model (``--keep``), its metrics row and test accuracy."""
         row = self.row or {}  # a run stopped inside its first epoch has no metrics row
         model, row = ((self.selection.model, self.selection.row)
-                      if self.config.keep == "best" and self.selection.model is not None else (self.state, row))
+                      if self.config.keep == "best" and self.selection.model is not None
+                      else (self.solver.evaluated(self.state), row))
         test_accuracy = row.get("test_accuracy")
         if self.config.eval_test == "end" and test_accuracy is None:  # the kept iterate, once
             test_accuracy = evaluate_model(self.solver, self.spec, model, self.shard, self.grid,

@@ -31,7 +31,7 @@ def test_minibatch_am_batch_size_0_is_the_rule_and_an_explicit_one_wins():
 
     params = TrainConfig().params
     assert (TrainConfig().solver, type(params)) == ("minibatch_am", MiniBatchAM.Params) and params.batch_size == 0
-    settings = dict(beta=0.1, gamma=1.0, rho=1e-2, ridge=1e-4)
+    settings = dict(beta=0.1, gamma=1.0, rho=1e-2, ridge=1e-4, average=1.0)
     assert MiniBatchAM(None, Grid.serial(), 5432, batch_size=0, **settings).batch_size == 543
     assert MiniBatchAM(None, Grid.serial(), 5432, batch_size=64, **settings).batch_size == 64
 

@@ -47,7 +47,8 @@ def test_anchored_weight_solve_is_the_least_squares_minimiser(seed):
 @pytest.mark.parametrize("n, batch", [(203, 29), (10, 3), (7, 100)])
 def test_each_epoch_visits_every_global_column_once_on_any_rank_count(size, n, batch):
     spec = _spec((3, 4, 2))
-    solvers = [MiniBatchAM(spec, _Ranks(size, r), n, beta=1.0, gamma=1.0, rho=1.0, ridge=0.0, batch_size=batch)
+    solvers = [MiniBatchAM(spec, _Ranks(size, r), n, beta=1.0, gamma=1.0, rho=1.0, ridge=0.0, average=1.0,
+                           batch_size=batch)
                for r in range(size)]
     state = solvers[0].init_state(np.zeros((3, 1)), None, np.random.default_rng(0))
     orders = []
@@ -75,7 +76,7 @@ def test_one_epoch_matches_the_sub_problems_solved_by_hand():
     X, Y = rng.standard_normal((5, n)), rng.standard_normal((3, n))
     beta, gamma, rho, ridge = 0.7, 1.3, 0.05, 0.01
     solver = MiniBatchAM(_spec(widths), Grid.serial(), n, beta=beta, gamma=gamma, rho=rho, ridge=ridge,
-                         batch_size=n)
+                         average=1.0, batch_size=n)
     state = solver.init_state(X, Y, np.random.default_rng(0))
     W0, b0 = [w.copy() for w in state.weights], [b.copy() for b in state.biases]
     solver.step(state, Y, 1)
@@ -105,7 +106,8 @@ def test_weights_stay_put_when_the_forward_pass_already_fits():
     rng = np.random.default_rng(1)
     widths, n = (4, 6, 5, 2), 30
     X = rng.standard_normal((4, n))
-    solver = MiniBatchAM(_spec(widths), Grid.serial(), n, beta=0.5, gamma=2.0, rho=0.1, ridge=0.0, batch_size=7)
+    solver = MiniBatchAM(_spec(widths), Grid.serial(), n, beta=0.5, gamma=2.0, rho=0.1, ridge=0.0, average=1.0,
+                         batch_size=7)
     state = solver.init_state(X, None, np.random.default_rng(0))
     W0 = [w.copy() for w in state.weights + state.biases]
     a = X
@@ -117,3 +119,76 @@ def test_weights_stay_put_when_the_forward_pass_already_fits():
     for got, before in zip(state.weights + state.biases, W0):
         np.testing.assert_allclose(got, before, rtol=1e-9, atol=1e-12)
     assert state.epoch_displacement == pytest.approx(0.0, abs=1e-20)
+
+
+def _averaging_solver(average, n=30, batch=6, seed=2):
+    rng = np.random.default_rng(seed)
+    widths = (4, 6, 3)
+    X, Y = rng.standard_normal((4, n)), rng.standard_normal((3, n))
+    solver = MiniBatchAM(_spec(widths), Grid.serial(), n, beta=0.5, gamma=1.0, rho=0.1, ridge=0.01,
+                         average=average, batch_size=batch)
+    return solver, solver.init_state(X, Y, np.random.default_rng(0)), Y
+
+
+@pytest.mark.parametrize("average", [0.4, 1.0, 2.5])
+def test_the_evaluated_network_is_the_mean_then_the_moving_average_of_the_batch_iterates(average):
+    """Against the closed form: for ``H = max(1, average * batches per epoch)`` batches, the mean of
+    the first ``H`` iterates, then ``(1 - 1/H)^(t-H) mean_H + sum_j (1/H) (1 - 1/H)^(t-j) x_j``."""
+    solver, state, Y = _averaging_solver(average)
+    iterates = []  # every batch's weights, recorded by wrapping the fold
+
+    def record(state, horizon, fold=solver.fold_into_average):
+        iterates.append([x.copy() for x in state.weights + state.biases])
+        fold(state, horizon)
+
+    solver.fold_into_average = record
+    for epoch in (1, 2, 3):
+        solver.step(state, Y, epoch)
+    t, horizon = len(iterates), max(1.0, average * 5)  # 5 batches of 6 columns per epoch
+    assert t == 15 and state.averaged_batches == 15
+    h = int(horizon) if horizon == int(horizon) else None
+    for k in range(len(iterates[0])):
+        xs = np.array([it[k] for it in iterates])
+        if h is None:  # a fractional horizon: the recursion with weight 1/min(t, H), unrolled
+            expected = xs[0]
+            for j in range(1, t):
+                w = 1 / min(j + 1, horizon)
+                expected = (1 - w) * expected + w * xs[j]
+        else:
+            d = 1 - 1 / h
+            expected = d ** (t - h) * xs[:h].mean(axis=0) + sum((1 / h) * d ** (t - 1 - j) * xs[j]
+                                                                   for j in range(h, t))
+        got = (solver.evaluated(state).weights + solver.evaluated(state).biases)[k]
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-14)
+        assert not np.allclose(got, xs[-1])  # the average is not the last iterate
+
+
+def test_average_0_evaluates_the_last_iterate_and_averaging_leaves_the_iterates_alone():
+    plain, state0, Y = _averaging_solver(0.0)
+    averaged, state1, _ = _averaging_solver(1.0)
+    for epoch in (1, 2):
+        plain.step(state0, Y, epoch)
+        averaged.step(state1, Y, epoch)
+    assert plain.evaluated(state0) is state0 and state0.average_weights is None
+    for x, y in zip(state0.weights + state0.biases, state1.weights + state1.biases):
+        np.testing.assert_array_equal(x, y)  # the same iterates: the average is only looked at
+
+
+def test_the_loop_scores_selects_and_saves_the_average(tmp_path):
+    """Through ``train``: the kept last epoch's model is the solver's average, not the last iterate."""
+    from admm_mpi.config import TrainConfig
+    from admm_mpi.data import write_dataset
+    from admm_mpi.train import train
+    from tests.helpers import blobs
+
+    X, y = blobs(300, 5, 3, seed=4)
+    path = str(tmp_path / "blobs.h5")
+    write_dataset(path, X, y, None, None, name="blobs", n_classes=3)
+    config = TrainConfig.from_settings(data=path, hidden=(8,), iters=3, batch_size=50, keep="last",
+                                       early_stopping=False, dtype="float64", progress=False)
+    result = train(config, Grid.serial(), out=False)
+    state = result.state
+    for got, average, last in zip(result.model[0], state.average_weights, state.weights):
+        np.testing.assert_array_equal(got, average)
+        assert not np.array_equal(got, last)
+    assert result.summary["iterations"] == result.summary["kept_iteration"] == 3

@@ -103,6 +103,11 @@ class Solver:
     def end_of_iteration(self, state, metrics):
         """Schedules that depend on the global metrics: none by default."""
 
+    def evaluated(self, state):
+        """The network the loop evaluates, selects and saves (``.weights``, ``.biases``): the
+        current iterate here; a solver that averages its iterates returns the average."""
+        return state
+
     def outputs(self, model, X):
         """Outputs of the network ``model`` (``.weights``, ``.biases``) for this rank's columns ``X``."""
         return forward(self.spec, model.weights, model.biases, X)
