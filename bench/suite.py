@@ -91,6 +91,8 @@ EARLY = ["--early-stopping", "--patience", "10"]
 # number of training rows n (after the validation rows are held out).
 CANDIDATES = {
     "current": [],
+    # the current defaults but the last iterate evaluated (the defaults before the weight average)
+    "no-average": ["--average", "0"],
     # the defaults before this suite chose new ones (taylor, 60 iterations, no early stopping)
     "taylor-60": ["--solver", "taylor", "--no-early-stopping"],
     "minibatch_am": MBAM,
