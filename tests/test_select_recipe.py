@@ -1,0 +1,36 @@
+"""bench/select_recipe.py: candidates trained without reading the test split, the pick by validation,
+its test accuracy read once from its saved model."""
+
+import json
+
+import pytest
+
+from tests.helpers import REPO, bench_module
+
+
+@pytest.mark.timeout(300)
+def test_the_pick_is_the_best_validation_run_and_only_it_is_scored_on_test(tmp_path):
+    config = tmp_path / "tiny.toml"
+    config.write_text('solver = "minibatch_am"\nhidden = [16]\nseed = 0\n')
+    out = tmp_path / "selection.json"
+    argv = ["--config", str(config), "--data", str(REPO / "data" / "digits.h5"), "--candidate", "weak=--ridge 1",
+            "--candidate", "plain=--ridge 1e-4", "--iters", "2", "--patience", "1", "--runs", str(tmp_path / "runs"),
+            "--name", "tiny", "--out", str(out), "--timeout", "240"]
+    module = bench_module("select_recipe")
+    module.main(argv)
+    result = json.loads(out.read_text())
+    records = {r["tag"]: r for r in result["candidates"]}
+    assert result["pick"] == max(records, key=lambda tag: records[tag]["validation_accuracy"])
+    assert result["pick_validation_accuracy"] == records[result["pick"]]["validation_accuracy"]
+    assert 0.0 < result["pick_test_accuracy"] <= 1.0 and result["n_test"] == 297
+    for tag, record in records.items():  # no candidate's training read the test split
+        rows = [json.loads(line) for line in (tmp_path / "runs" / f"tiny-{tag}" / "metrics.jsonl").read_text().split("\n")
+                if line]
+        assert rows and all(row["test_accuracy"] is None for row in rows)
+        assert record["n_validation"] == 250 and record["settings"]["eval_test"] == "never"
+    assert "commit" in result and "machine" in result and str(tmp_path) not in out.read_text()
+    metrics = tmp_path / "runs" / "tiny-plain" / "metrics.jsonl"
+    before = metrics.stat().st_mtime_ns
+    module.main(argv + ["--reuse"])  # read back, not retrained
+    assert metrics.stat().st_mtime_ns == before
+    assert json.loads(out.read_text())["pick"] == result["pick"]
