@@ -52,7 +52,8 @@ def run_candidate(args, tag, flags):
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert summary["config"]["eval_test"] == "never" and summary["test_accuracy"] is None
     return {"tag": tag, "flags": flags, "reused": reused, "out": str(out),
-            "settings": {k: v for k, v in summary["config"].items() if k not in ("data", "out")},  # paths: above "n_train": summary["n_train"], "n_validation": summary["n_validation"],
+            "settings": {k: v for k, v in summary["config"].items() if k not in ("data", "out")},  # no paths
+            "n_train": summary["n_train"], "n_validation": summary["n_validation"],
             "validation_accuracy": summary["validation_accuracy"], "kept_epoch": summary["kept_iteration"],
             "epochs_run": summary["iterations"],
             "curve": [[r["iteration"], r["validation_accuracy"], r["seconds"]] for r in rows],

@@ -28,6 +28,7 @@ def test_the_pick_is_the_best_validation_run_and_only_it_is_scored_on_test(tmp_p
                 if line]
         assert rows and all(row["test_accuracy"] is None for row in rows)
         assert record["n_validation"] == 250 and record["settings"]["eval_test"] == "never"
+        assert "data" not in record["settings"] and "out" not in record["settings"]
     assert "commit" in result and "machine" in result and str(tmp_path) not in out.read_text()
     metrics = tmp_path / "runs" / "tiny-plain" / "metrics.jsonl"
     before = metrics.stat().st_mtime_ns
