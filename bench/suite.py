@@ -94,6 +94,7 @@ CANDIDATES = {
     # the current defaults but the last iterate evaluated (the defaults before the weight average)
     "no-average": ["--average", "0"],
     "average-0.5": ["--average", "0.5"],   # the running average over half an epoch's batches
+    "average-1": ["--average", "1"],       # ... over one epoch's
     "average-2": ["--average", "2"],       # ... over two epochs'
     "iters-100": ["--iters", "100"],       # a larger epoch budget (early stopping still ends most runs)
     # the defaults before this suite chose new ones (taylor, 60 iterations, no early stopping)
