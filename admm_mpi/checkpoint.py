@@ -37,6 +37,7 @@ import numpy as np
 from admm_mpi import __version__
 from admm_mpi.backend import from_host, namespace, to_host
 from admm_mpi.errors import TrainingError
+from admm_mpi.solvers.base import BATCH_STATE
 
 FORMAT = "admm-mpi checkpoint"
 FORMAT_VERSION = 2
@@ -49,12 +50,23 @@ class CheckpointError(TrainingError):
 
 # ---- what a state holds ---------------------------------------------------------------------
 
-def global_fields(state):
-    """Names of the state's global entries: dataclass fields that are not per-sample or
-    transient, plus ``extra_global_fields`` (set by a wrapper such as the mini-batch mode)."""
-    skip = set(state.sample_fields) | set(getattr(state, "transient_fields", ()))
-    names = [f.name for f in dataclasses.fields(state) if f.name not in skip]
-    return names + [n for n in getattr(state, "extra_global_fields", ()) if n not in names]
+def field_owners(state):
+    """The state's checkpointed entries as ``(global, per_sample)`` lists of ``(name, owner)``.
+
+    A dataclass field is per-sample if ``state.sample_fields`` names it, else global. A field
+    marked ``metadata={BATCH_STATE: True}`` holds another solver's state for the current
+    mini-batch only (the mini-batch mode): that state's global entries are this state's, under
+    their own names, and its per-sample entries (one batch's codes) are not saved.
+    """
+    global_entries, sample_entries = [], []
+    for f in dataclasses.fields(state):
+        if f.metadata.get(BATCH_STATE):
+            global_entries += field_owners(getattr(state, f.name))[0]
+        elif f.name in state.sample_fields:
+            sample_entries.append((f.name, state))
+        else:
+            global_entries.append((f.name, state))
+    return global_entries, sample_entries
 
 
 def _entries(value):
@@ -256,12 +268,13 @@ def _owned_items(state, shard, owns, samples=True):
     """This rank's (key, host value) pairs: global entries and per-sample columns it owns
     (none with ``samples=False``: a checkpoint of the global state only)."""
     global_items, sample_items = [], []
-    for name in global_fields(state):
-        for suffix, index, item in _entries(getattr(state, name)):
+    global_entries, sample_entries = field_owners(state)
+    for name, owner in global_entries:
+        for suffix, index, item in _entries(getattr(owner, name)):
             if owns(name, index, False):
                 global_items.append((name + suffix, to_host(item) if hasattr(item, "shape") else item))
-    for name in state.sample_fields if samples else ():
-        for suffix, index, item in _entries(getattr(state, name)):
+    for name, owner in sample_entries if samples else ():
+        for suffix, index, item in _entries(getattr(owner, name)):
             if item is not None and owns(name, index, True):
                 sample_items.append((name + suffix, None if item is shard.X else to_host(item)))
     return global_items, sample_items
@@ -270,9 +283,9 @@ def _owned_items(state, shard, owns, samples=True):
 def _field_shapes(state):
     """Which fields are lists and how long (the manifest's record of the state's structure)."""
     out = {}
-    for kind, names in (("global", global_fields(state)), ("samples", state.sample_fields)):
-        for name in names:
-            value = getattr(state, name)
+    for kind, entries in zip(("global", "samples"), field_owners(state)):
+        for name, owner in entries:
+            value = getattr(owner, name)
             out[name] = {"kind": kind, "list": isinstance(value, list),
                          "length": len(value) if isinstance(value, list) else None}
     return out
@@ -549,15 +562,16 @@ def load(manifest, state, shard, grid, needs=None, samples=True):
 
     parts = _Parts(manifest)
     try:
-        for name in global_fields(state):
+        global_entries, sample_entries = field_owners(state)
+        for name, owner in global_entries:
             if name not in fields:
                 continue
-            setattr(state, name, _read_field(name, fields[name], getattr(state, name), needs,
+            setattr(owner, name, _read_field(name, fields[name], getattr(owner, name), needs,
                                              lambda key: on_device(parts.global_value(key))))
-        for name in state.sample_fields if samples and manifest.get("state", "full") == "full" else ():
+        for name, owner in sample_entries if samples and manifest.get("state", "full") == "full" else ():
             def read(key):
                 return shard.X if parts.is_data(key) else on_device(parts.columns(key, start, stop))
-            setattr(state, name, _read_field(name, fields[name], getattr(state, name), needs, read))
+            setattr(owner, name, _read_field(name, fields[name], getattr(owner, name), needs, read))
     except (OSError, KeyError) as exc:
         problem = f"cannot read checkpoint {manifest['path']}: {_reason(exc)}"
     else:

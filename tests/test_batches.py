@@ -83,7 +83,27 @@ def test_each_batch_starts_from_the_forward_pass_of_the_current_weights(name):
     np.testing.assert_array_equal(seen[0][4], X[:, cols[0]])
     np.testing.assert_array_equal(seen[2][4], X[:, cols[1]])
     # nothing per-sample is kept after the epoch
-    assert all(getattr(state, f) is None for f in state.transient_fields) and state.sample_fields == ()
+    assert all(getattr(state.inner, f) is None for f in type(state.inner).sample_fields) and state.sample_fields == ()
+
+
+def test_the_mode_composes_the_inner_state_and_checkpoints_its_global_fields_only():
+    """The inner solver's state object is held, not modified: its per-sample fields stay per-sample
+    in its own class, and the checkpoint's entries are its global fields plus the epoch's."""
+    from admm_mpi.checkpoint import field_owners
+
+    X, Y = _problem(1)
+    _, batched = _pair("dladmm", X.shape[1], 30, 1)
+    state = batched.init_state(X, Y, np.random.default_rng(0))
+    batched.step(state, Y, 1)
+    inner = state.inner
+    assert type(inner).sample_fields and inner.sample_fields == type(inner).sample_fields
+    assert not hasattr(inner, "shuffle_seed") and not hasattr(inner, "transient_fields")
+    global_entries, sample_entries = field_owners(state)
+    names = [name for name, _ in global_entries]
+    assert sample_entries == [] and not set(names) & set(inner.sample_fields)
+    assert {"weights", "biases", "shuffle_seed", "batches_done", "epoch_loss"} <= set(names)
+    assert [owner for name, owner in global_entries if name == "weights"] == [inner]
+    assert state.weights is inner.weights  # reads pass through to the inner state
 
 
 def test_epoch_metrics_are_the_batch_losses_at_the_forward_pass():

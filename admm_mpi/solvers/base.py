@@ -12,13 +12,17 @@ of its ``Params`` as keyword arguments.
 Hooks, in the order the loop uses them:
 
 - ``init_state(X, Y, rng)``: the state (a dataclass with ``sample_fields``: the per-sample entries
-  held as this rank's columns; every other field is global and identical on every rank);
+  held as this rank's columns; every other field is global and identical on every rank; a field
+  marked ``metadata={BATCH_STATE: True}`` holds another solver's state for one mini-batch, whose
+  global fields count as this state's and whose per-sample fields are not checkpointed);
 - ``step(state, Y, iteration)``: one iteration (for the mini-batch solvers one epoch); returns
   ``INTERRUPTED`` when a stop request ended it between two mini-batches, else None;
 - ``local_metrics(state, Y)``: this rank's sums (``objective``, ``residual_sq``), summed over ranks;
 - ``end_of_iteration(state, metrics)``: schedules from the global metrics;
+- ``evaluated(state)``: the network that is scored, selected and saved (``.weights``, ``.biases``);
 - ``outputs(model, X)``: network outputs for this rank's columns ``X`` (evaluation);
-- ``full_model(state)``: every layer's ``(weights, biases)`` on the root (the saved model);
+- ``full_model(model)``: every layer's ``(weights, biases)`` on the root (the saved model), from
+  the ``evaluated`` network that was kept;
 - ``owns(name, index, per_sample)`` / ``needs(name, index)``: which entries of the state this rank
   writes to a checkpoint, and which it reads back.
 """
@@ -30,6 +34,10 @@ from typing import ClassVar
 
 from admm_mpi.errors import InputError
 from admm_mpi.model import forward
+
+# dataclass field metadata of a state field that holds another solver's state for one mini-batch
+# (the mini-batch mode): checkpoints save that state's global fields, not its per-sample ones
+BATCH_STATE = "batch_state"
 
 SOLVERS = {}
 

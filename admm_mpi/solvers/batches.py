@@ -25,12 +25,13 @@ epoch; each rank takes the batch's columns it holds, so any number of ranks runs
 columns are split over the data shards of each layer group, and every group takes the same batch.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 
 from admm_mpi.backend import from_host, namespace, sum_all
-from admm_mpi.solvers.base import Solver, SolverParams, check_at_least, setting
+from admm_mpi.solvers.base import BATCH_STATE, Solver, SolverParams, check_at_least, setting
 
 
 # the default batch size of the mini-batch solvers that scale it with the data (minibatch_am's
@@ -112,12 +113,34 @@ def take_columns(x, local):
     return xp.take(x, from_host(xp, local, like=x), axis=1)
 
 
+@dataclass
+class BatchedState:
+    """The mini-batch mode's state: the inner solver's state, whose per-sample fields hold the
+    current batch's codes only (so checkpoints leave them out: ``BATCH_STATE``), and the epoch's
+    permutation seed, position and partial sums."""
+
+    sample_fields: ClassVar[tuple] = ()
+    inner: object = field(metadata={BATCH_STATE: True})
+    shuffle_seed: int = 0
+    epoch_loss: float = 0.0
+    epoch_displacement: float = 0.0
+    batches_done: int = 0  # batches of the current epoch done (a checkpoint inside an epoch)
+
+    def __getattr__(self, name):
+        # reads of the inner state's entries (weights, biases, step sizes) pass through, for
+        # whoever inspects a finished run's state; writes stay explicit (``state.inner.x = ...``)
+        if name == "inner":  # not set yet (copy, unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+
 class MiniBatchMode(Solver):
     """Run a full-batch solver one mini-batch of columns at a time (one iteration = one epoch).
 
     ``inner`` is the solver; it provides ``init_state``, ``fresh_codes(state, X)`` (the per-sample
-    variables of ``X``'s columns from the forward pass) and ``step``. Its state keeps the
-    per-sample fields of the current batch only, so they are *transient*: not checkpointed.
+    variables of ``X``'s columns from the forward pass) and ``step``. The mode composes it: its
+    state (:class:`BatchedState`) holds the inner solver's state, whose per-sample fields are
+    rebuilt for every batch and dropped after the epoch; the inner solver is not modified.
     """
 
     def __init__(self, inner, batch_size, sweeps):
@@ -128,11 +151,14 @@ class MiniBatchMode(Solver):
 
     # evaluation, the saved model and checkpoint ownership are the inner solver's (pdADMM's
     # pipelined evaluation and layer groups)
+    def evaluated(self, state):
+        return self.inner.evaluated(state.inner)
+
     def outputs(self, model, X):
         return self.inner.outputs(model, X)
 
-    def full_model(self, state):
-        return self.inner.full_model(state)
+    def full_model(self, model):  # ``model``: what ``evaluated`` returned, or a copy of it
+        return self.inner.full_model(model)
 
     def owns(self, name, index, per_sample):
         return self.inner.owns(name, index, per_sample)
@@ -142,37 +168,34 @@ class MiniBatchMode(Solver):
 
     def init_state(self, X, Y, rng):
         self.X = X  # the batches are drawn from it; not state (a checkpoint never copies the data)
-        state = self.inner.init_state(X[:, :0], Y[:, :0], rng)  # weights only: codes come per batch
-        state.transient_fields = type(state).sample_fields
-        state.sample_fields = ()
-        state.shuffle_seed = int(rng.integers(2**62))  # drawn after the weights: same seed, same batches
-        state.epoch_loss = state.epoch_displacement = 0.0
-        state.batches_done = 0  # batches of the current epoch done (a checkpoint inside an epoch)
-        state.extra_global_fields = ("shuffle_seed", "batches_done", "epoch_loss", "epoch_displacement")
-        return state
+        inner = self.inner.init_state(X[:, :0], Y[:, :0], rng)  # weights only: codes come per batch
+        # the seed is drawn after the weights: same seed, same batches
+        return BatchedState(inner, shuffle_seed=int(rng.integers(2**62)))
 
     def step(self, state, Y, iteration):
         """One epoch: ``sweeps`` solver iterations per mini-batch (``iteration`` counts epochs from 1).
 
         Returns ``INTERRUPTED`` when a stop request ended the epoch between two batches.
         """
+        inner = state.inner
+
         def batch(local, n_batch):
             Yb = take_columns(Y, local)
-            self.inner.fresh_codes(state, take_columns(self.X, local))
-            output = state.z[-1]  # None on a layer group without the output layer: it counts 0
+            self.inner.fresh_codes(inner, take_columns(self.X, local))
+            output = inner.z[-1]  # None on a layer group without the output layer: it counts 0
             loss = 0.0
             if output is not None:
                 output = namespace(output).asarray(output, copy=True)
                 loss = self.spec.loss_fn.value(output, Yb)
             batch_solver = self.inner.on_columns(n_batch)  # the problem the inner solver sees is the batch
             for _ in range(self.sweeps):
-                batch_solver.step(state, Yb, iteration)
-            return loss, 0.0 if output is None else sum_all((state.z[-1] - output) ** 2)
+                batch_solver.step(inner, Yb, iteration)
+            return loss, 0.0 if output is None else sum_all((inner.z[-1] - output) ** 2)
 
         batches = epoch_batches(state.shuffle_seed, iteration, self.n_total, self.batch_size, self.start, self.stop)
         outcome = run_epoch(self.grid, state, batches, batch, self.stop_request)
-        for name in state.transient_fields:  # free the last batch's codes
-            setattr(state, name, None)
+        for name in inner.sample_fields:  # free the last batch's codes
+            setattr(inner, name, None)
         return outcome
 
     def local_metrics(self, state, Y):
