@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from admm_mpi.backend import dtype_name, from_host, namespace, sum_all
+from admm_mpi.backend import dtype_name, from_host, is_numpy, namespace, sum_all
 
 
 def init_weights(widths, rng, like):
@@ -29,33 +29,52 @@ def forward_states(weights, biases, X, h):
     return a, z
 
 
+SPREAD_WEIGHT_STEP = True  # False: the root takes every weight step (bench/speed_minibatch_am.py --variant compares)
+
+
 def weight_step(grid, a_prev, T, W, b, c, mu, tau, *, bias_first, center=False, steps=1):
     """Backtracked gradient step on ``W`` and exact ``b`` for ``(c/2)||T - W a - b||² + (mu/2)||W||²``.
 
-    Data-parallel by transpose reduction: the statistics of ``[a;1]`` and ``T`` are reduced to
-    the root, which takes the step (all trials on the small reduced matrices) and broadcasts
-    ``[W | b]``, so the weights stay bit-identical on every rank. ``bias_first`` chooses the
-    order (dlADMM's backward sweep updates b before W, its forward sweep W before b); with
-    ``center`` the W step is taken with b minimised out and b is set exactly after it;
-    ``steps`` repeats the W step on the same reduced statistics.
-    Returns ``(W, b, tau)``; ``tau`` is meaningful on the root, which owns the search.
+    Data-parallel by transpose reduction: the statistics of ``[a;1]`` and ``T`` are summed over
+    the ranks, the same bytes on every rank; each rank steps its block of the rows of ``W`` and
+    ``b`` (the search's two sums over rows are summed over the ranks, so every rank takes the same
+    step size), and an allgather of the rows gives every rank the same ``[W | b]``.
+    ``bias_first`` chooses the order (dlADMM's backward sweep updates b before W, its forward
+    sweep W before b); with ``center`` the W step is taken with b minimised out and b is set
+    exactly after it; ``steps`` repeats the W step on the same statistics.
+    Returns ``(W, b, tau)``, ``tau`` the same on every rank.
     """
-    from admm_mpi.ops.linalg import reduce_solve_broadcast
-    from admm_mpi.ops.steps import exact_bias, weight_gradient_step
+    from admm_mpi.ops.linalg import reduce_solve_broadcast, summed_normal_equations
 
-    xp = namespace(W)
-    step_size = [tau]
+    if not is_numpy(W) or not SPREAD_WEIGHT_STEP:  # device arrays: the root steps, the others wait
+        step_size = [tau]
 
-    def solve(stats):
-        bias = exact_bias(stats, W) if bias_first else b
-        W_new, step_size[0], _, _ = weight_gradient_step(stats, W, bias, c, mu, tau, bias_eliminated=center,
-                                                         steps=steps)
-        if not bias_first or center:
-            bias = exact_bias(stats, W_new)
-        return xp.concat([W_new, bias[:, None]], axis=1)
+        def solve(stats):
+            Wb, step_size[0] = _weight_step_rows(stats, W, b, c, mu, tau, (0, W.shape[0]), bias_first, center, steps)
+            return Wb
 
-    W, b = reduce_solve_broadcast(grid, a_prev, T, solve)
-    return W, b, step_size[0]
+        W, b = reduce_solve_broadcast(grid, a_prev, T, solve)
+        return W, b, step_size[0]
+    stats = summed_normal_equations(grid, a_prev, T)
+    rows = grid.block_range(W.shape[0])
+    Wb = np.empty((W.shape[0], W.shape[1] + 1), dtype=W.dtype)
+    Wb[rows[0]:rows[1]], tau = _weight_step_rows(
+        stats, W[rows[0]:rows[1]], b[rows[0]:rows[1]], c, mu, tau, rows, bias_first, center, steps,
+        sum_scalars=grid.allsum, shared_value=lambda f: grid.bcast_decision(f() if grid.is_root else None))
+    Wb = grid.allgather_rows(Wb)
+    return np.array(Wb[:, :-1]), np.array(Wb[:, -1]), tau
+
+
+def _weight_step_rows(stats, W, b, c, mu, tau, rows, bias_first, center, steps, **collectives):
+    """Rows ``rows`` of the new ``[W | b]`` (from those rows of ``W`` and ``b``) and the step size."""
+    from admm_mpi.ops.steps import exact_bias, weight_gradient_rows
+
+    bias = exact_bias(stats, W, rows) if bias_first else b
+    W_new, tau, _, _ = weight_gradient_rows(stats, W, bias, c, mu, tau, rows, bias_eliminated=center, steps=steps,
+                                            **collectives)
+    if not bias_first or center:
+        bias = exact_bias(stats, W_new, rows)
+    return namespace(W).concat([W_new, bias[:, None]], axis=1), tau
 
 
 def activation_step(grid, a, T, W, b, c, target, nu, tau):

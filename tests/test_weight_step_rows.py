@@ -1,0 +1,128 @@
+"""The backtracked weight step split by rows of W over the ranks: the serial step's numbers, the same bytes everywhere."""
+
+import hashlib
+import threading
+
+import numpy as np
+import pytest
+
+from admm_mpi.grid import Grid
+from admm_mpi.ops.linalg import local_normal_equations
+from admm_mpi.ops.steps import exact_bias, weight_gradient_rows, weight_gradient_step
+from admm_mpi.partition import block_range
+
+
+def _problem(n_in, m, n, seed):
+    """Non-negative inputs (as activations are: the Gram has one large eigenvalue), targets, W, b."""
+    rng = np.random.default_rng(seed)
+    a = np.abs(rng.standard_normal((n_in, n)))
+    return a, rng.standard_normal((m, n)), rng.standard_normal((m, n_in)), rng.standard_normal(m)
+
+
+def _in_blocks(parts, m, step_block):
+    """Run ``step_block(rows, sum_scalars)`` for ``parts`` row blocks at once (one thread each), as
+    ranks would: ``sum_scalars`` adds every block's values in block order."""
+    barrier, partial, results = threading.Barrier(parts), [None] * parts, [None] * parts
+
+    def run(r):
+        def sum_scalars(values):
+            partial[r] = np.array(values)
+            barrier.wait()
+            total = sum(partial[1:], partial[0].copy())
+            barrier.wait()  # every block has read the others' values before they are overwritten
+            return total
+
+        results[r] = step_block(block_range(m, parts, r), sum_scalars)
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in range(parts)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+@pytest.mark.parametrize("m, parts", [(7, 1), (7, 2), (7, 3), (10, 4), (3, 4), (1, 3)])
+@pytest.mark.parametrize("centred", [False, True])
+@pytest.mark.parametrize("tau_prev, steps", [(None, 1), (None, 5), (0.3, 5)])
+def test_row_blocks_give_the_whole_step(m, parts, centred, tau_prev, steps):
+    """Blocks of rows stepped apart (the search's sums added over blocks) give the whole step's rows,
+    step size and trials; blocks without rows take part in the sums and return no rows."""
+    a, T, W, b = _problem(12, m, 50, seed=m * 10 + parts)
+    stats = local_normal_equations(a, T)
+    c, mu = 0.7, 0.05
+    W_ref, tau_ref, trials_ref, grad_sq_ref = weight_gradient_step(stats, W, b, c, mu, tau_prev,
+                                                                   bias_eliminated=centred, steps=steps)
+
+    def step_block(rows, sum_scalars):
+        start, stop = rows
+        return weight_gradient_rows(stats, W[start:stop], b[start:stop], c, mu, tau_prev, rows,
+                                    bias_eliminated=centred, steps=steps, sum_scalars=sum_scalars)
+
+    results = _in_blocks(parts, m, step_block)
+    W_rows = np.vstack([r[0] for r in results])
+    np.testing.assert_allclose(W_rows, W_ref, rtol=1e-12, atol=1e-12 * np.abs(W_ref).max())
+    for r, (W_block, tau, trials, grad_sq) in enumerate(results):
+        start, stop = block_range(m, parts, r)
+        assert W_block.shape == (stop - start, W.shape[1])
+        assert tau == tau_ref and trials == trials_ref
+        assert grad_sq == pytest.approx(grad_sq_ref, rel=1e-12)
+    assert trials_ref >= steps  # a real search: every step tried at least one step size
+    assert not np.allclose(W_ref, W)  # and moved
+
+
+def test_exact_bias_of_rows_is_those_rows_of_the_bias():
+    a, T, W, _ = _problem(6, 5, 40, seed=3)
+    stats = local_normal_equations(a, T)
+    whole = exact_bias(stats, W)
+    np.testing.assert_array_equal(np.concatenate([exact_bias(stats, W[s:e], (s, e)) for s, e in
+                                                  [(0, 2), (2, 2), (2, 5)]]), whole)
+    np.testing.assert_allclose(whole, np.mean(T - W @ a, axis=1), rtol=1e-12)
+
+
+def _same_bytes_everywhere(comm, *arrays):
+    digest = hashlib.sha256(b"".join(np.ascontiguousarray(x).tobytes() for x in arrays)).hexdigest()
+    return len(set(comm.allgather(digest))) == 1
+
+
+@pytest.mark.mpi(ranks=[1, 2, 3, 4], timeout=60)
+@pytest.mark.parametrize("m", [3, 10, 13])  # 3 rows at 4 ranks leave a rank without rows
+@pytest.mark.parametrize("bias_first, center", [(True, False), (False, False), (False, True)])
+def test_weight_step_rows_over_ranks_equal_the_serial_step(comm, m, bias_first, center):
+    """Each rank steps its own rows; W, b and the step size equal the serial step's and are the
+    same bytes on every rank (the step size too: every rank carries it to the next search)."""
+    from admm_mpi.ops import steps
+    from admm_mpi.solvers.common import weight_step
+
+    grid = Grid(comm)
+    a, T, W, b = _problem(15, m, 61, seed=m)
+    start, stop = grid.block_range(61)
+    stepped_rows = []
+    original = steps.weight_gradient_rows
+
+    def recording(stats, W_rows, b_rows, c, mu, tau, rows, **kwargs):
+        stepped_rows.append((tuple(rows), W_rows.shape[0]))
+        return original(stats, W_rows, b_rows, c, mu, tau, rows, **kwargs)
+
+    steps.weight_gradient_rows = recording
+    try:
+        results = []
+        tau = None
+        for _ in range(2):  # the second call starts from the first one's step size
+            W_d, b_d, tau = weight_step(grid, a[:, start:stop], T[:, start:stop], W, b, 0.8, 0.01, tau,
+                                        bias_first=bias_first, center=center, steps=4)
+            results.append((W_d, b_d, tau))
+    finally:
+        steps.weight_gradient_rows = original
+    own = grid.block_range(m)
+    assert stepped_rows == [(own, own[1] - own[0])] * 2  # this rank's rows only
+
+    serial, tau_s = Grid.serial(), None
+    for W_d, b_d, tau_d in results:
+        W_s, b_s, tau_s = weight_step(serial, a, T, W, b, 0.8, 0.01, tau_s, bias_first=bias_first, center=center,
+                                      steps=4)
+        np.testing.assert_allclose(W_d, W_s, rtol=1e-12, atol=1e-12 * np.abs(W_s).max())
+        np.testing.assert_allclose(b_d, b_s, rtol=1e-12, atol=1e-12 * np.abs(b_s).max())
+        assert tau_d == pytest.approx(tau_s, rel=1e-12)  # (the Grams summed in another order round apart)
+        assert _same_bytes_everywhere(comm, W_d, b_d, np.array([tau_d]))
+    grid.close()
