@@ -1,4 +1,4 @@
-"""The backtracked weight step split by rows of W over the ranks: the serial step's numbers, the same bytes everywhere."""
+"""The weight step split by rows of W over the ranks: the serial step's numbers, the same bytes everywhere."""
 
 import hashlib
 import threading
@@ -125,4 +125,34 @@ def test_weight_step_rows_over_ranks_equal_the_serial_step(comm, m, bias_first, 
         np.testing.assert_allclose(b_d, b_s, rtol=1e-12, atol=1e-12 * np.abs(b_s).max())
         assert tau_d == pytest.approx(tau_s, rel=1e-12)  # (the Grams summed in another order round apart)
         assert _same_bytes_everywhere(comm, W_d, b_d, np.array([tau_d]))
+    grid.close()
+
+
+RUNS = {  # mini-batch modes of the solvers whose weight steps are split by rows; 3 classes: a 3-row output layer
+    "dladmm-batches": dict(solver="dladmm", batch_size=29, batch_sweeps=2, iters=3, w_steps=3, rho=0.1),
+    "mdlam-batches": dict(solver="mdlam", batch_size=29, batch_sweeps=2, iters=3, w_steps=3),
+}
+
+
+@pytest.mark.mpi(ranks=[1, 2, 3, 4], timeout=180)
+@pytest.mark.parametrize("case", sorted(RUNS))
+def test_minibatch_run_equals_serial_with_the_same_bytes_on_every_rank(comm, shared_tmp, case):
+    from admm_mpi.config import TrainConfig
+    from admm_mpi.train import train
+
+    from tests.helpers import NO_VALIDATION
+    from tests.test_distributed import _dataset
+
+    config = TrainConfig.from_settings(data=_dataset(shared_tmp, comm), hidden=(12, 8), dtype="float64",
+                                       progress=False, **NO_VALIDATION, **RUNS[case])
+    grid = Grid(comm)
+    distributed = train(config, grid, out=False)
+    serial = train(config, Grid.serial(), out=False)
+    layers = distributed.state.weights + distributed.state.biases
+    assert [x.shape[0] for x in distributed.state.weights] == [12, 8, 3]
+    for x, ref in zip(layers, serial.state.weights + serial.state.biases):
+        assert np.linalg.norm(x - ref) <= 1e-10 * np.linalg.norm(ref)
+    assert _same_bytes_everywhere(comm, *layers)
+    assert distributed.state.tau_W == pytest.approx(serial.state.tau_W, rel=1e-10)
+    assert len(set(comm.allgather(tuple(distributed.state.tau_W)))) == 1  # every rank carries the same step sizes
     grid.close()

@@ -130,7 +130,7 @@ def weight_gradient_rows(stats, W, b, c, mu, tau_prev, rows, *, bias_eliminated=
     """
     G, s_a, N, C, s_T = split_stats(stats)
     start, stop = rows
-    C = C[start:stop]
+    C = C[start:stop, :]
     if bias_eliminated:
         G = G - s_a[:, None] * s_a[None, :] / N
         offset = C - s_T[start:stop, None] * s_a[None, :] / N
