@@ -114,8 +114,11 @@ def test_weight_step_rows_over_ranks_equal_the_serial_step(comm, m, bias_first, 
             results.append((W_d, b_d, tau))
     finally:
         steps.weight_gradient_rows = original
+    same_everywhere = [_same_bytes_everywhere(comm, W_d, b_d, np.array([tau_d])) for W_d, b_d, tau_d in results]
+    grid.close()  # (every collective is done: a failed assertion on one rank cannot leave the others waiting)
     own = grid.block_range(m)
     assert stepped_rows == [(own, own[1] - own[0])] * 2  # this rank's rows only
+    assert same_everywhere == [True, True]  # W, b and the step size: the same bytes on every rank
 
     serial, tau_s = Grid.serial(), None
     for W_d, b_d, tau_d in results:
@@ -124,8 +127,6 @@ def test_weight_step_rows_over_ranks_equal_the_serial_step(comm, m, bias_first, 
         np.testing.assert_allclose(W_d, W_s, rtol=1e-12, atol=1e-12 * np.abs(W_s).max())
         np.testing.assert_allclose(b_d, b_s, rtol=1e-12, atol=1e-12 * np.abs(b_s).max())
         assert tau_d == pytest.approx(tau_s, rel=1e-12)  # (the Grams summed in another order round apart)
-        assert _same_bytes_everywhere(comm, W_d, b_d, np.array([tau_d]))
-    grid.close()
 
 
 RUNS = {  # mini-batch modes of the solvers whose weight steps are split by rows; 3 classes: a 3-row output layer
@@ -147,12 +148,14 @@ def test_minibatch_run_equals_serial_with_the_same_bytes_on_every_rank(comm, sha
                                        progress=False, **NO_VALIDATION, **RUNS[case])
     grid = Grid(comm)
     distributed = train(config, grid, out=False)
-    serial = train(config, Grid.serial(), out=False)
     layers = distributed.state.weights + distributed.state.biases
+    same_everywhere = _same_bytes_everywhere(comm, *layers)
+    step_sizes_everywhere = comm.allgather(tuple(distributed.state.tau_W))
+    grid.close()  # (every collective is done: a failed assertion on one rank cannot leave the others waiting)
+    serial = train(config, Grid.serial(), out=False)
     assert [x.shape[0] for x in distributed.state.weights] == [12, 8, 3]
     for x, ref in zip(layers, serial.state.weights + serial.state.biases):
         assert np.linalg.norm(x - ref) <= 1e-10 * np.linalg.norm(ref)
-    assert _same_bytes_everywhere(comm, *layers)
+    assert same_everywhere
     assert distributed.state.tau_W == pytest.approx(serial.state.tau_W, rel=1e-10)
-    assert len(set(comm.allgather(tuple(distributed.state.tau_W)))) == 1  # every rank carries the same step sizes
-    grid.close()
+    assert len(set(step_sizes_everywhere)) == 1  # every rank carries the same step sizes into the next search
