@@ -71,6 +71,31 @@ def test_row_blocks_give_the_whole_step(m, parts, centred, tau_prev, steps):
     assert not np.allclose(W_ref, W)  # and moved
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_centred_step_is_the_gradient_step_on_the_centred_data(seed):
+    """With b minimised out, the step (from the statistics, the centred Gram never formed) is the
+    gradient step of ``(c/2)||T_c - W a_c||² + (mu/2)||W||²`` on the centred samples, its step size
+    the first of ``τ_prev/2, τ_prev, ...`` to decrease enough, the first one bounded by the top
+    eigenvalue of the centred Gram (not the uncentred one, larger along the mean)."""
+    a, T, W, b = _problem(9, 4, 70, seed)
+    c, mu = 0.9, 0.02
+    a_c, T_c = a - a.mean(axis=1, keepdims=True), T - T.mean(axis=1, keepdims=True)
+    grad = c * (W @ a_c - T_c) @ a_c.T + mu * W
+    grad_sq, curvature = np.sum(grad * grad), c * np.sum((grad @ a_c) ** 2) + mu * np.sum(grad * grad)
+    top = c * np.linalg.eigvalsh(a_c @ a_c.T)[-1] + mu
+    stats = local_normal_equations(a, T)
+    for tau_prev in (None, 1e-3 * top):
+        W_new, tau, trials, _ = weight_gradient_step(stats, W, b, c, mu, tau_prev, bias_eliminated=True)
+        if tau_prev is None:  # a power-iteration estimate of the top eigenvalue, doubled if it fell short
+            assert 0.5 * top <= tau <= 2.1 * top
+            assert tau < 0.5 * (c * np.linalg.eigvalsh(a @ a.T)[-1] + mu)  # far below the uncentred bound
+        else:
+            assert tau == pytest.approx(0.5 * tau_prev * 2.0 ** (trials - 1), rel=1e-12)
+            assert trials == 1 or curvature > 0.5 * tau * grad_sq  # the previous trial did not decrease enough
+        assert curvature <= tau * grad_sq * (1 + 1e-9)  # sufficient decrease of the parabola
+        np.testing.assert_allclose(W_new, W - grad / tau, rtol=1e-10, atol=1e-12 * np.abs(W).max())
+
+
 def test_exact_bias_of_rows_is_those_rows_of_the_bias():
     a, T, W, _ = _problem(6, 5, 40, seed=3)
     stats = local_normal_equations(a, T)

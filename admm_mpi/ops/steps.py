@@ -132,16 +132,16 @@ def weight_gradient_rows(stats, W, b, c, mu, tau_prev, rows, *, bias_eliminated=
     start, stop = rows
     C = C[start:stop, :]
     if bias_eliminated:
-        G = G - s_a[:, None] * s_a[None, :] / N
         offset = C - s_T[start:stop, None] * s_a[None, :] / N
     else:
         offset = C - b[:, None] * s_a[None, :]
-    WG = W @ G
+    times_gram = _gram_product(G, s_a, N, centred=bias_eliminated)
+    WG = times_gram(W)
     W = namespace(W).asarray(W, copy=True)
     tau, total_trials, first_grad_sq = tau_prev, 0, None
     for _ in range(steps):
         grad = c * (WG - offset) + mu * W
-        grad_G = grad @ G
+        grad_G = times_gram(grad)
         grad_sq, grad_G_grad = (float(x) for x in sum_scalars(np.array([sum_all(grad * grad),
                                                                           sum_all(grad_G * grad)])))
         if first_grad_sq is None:
@@ -149,12 +149,27 @@ def weight_gradient_rows(stats, W, b, c, mu, tau_prev, rows, *, bias_eliminated=
         if grad_sq == 0.0:
             break
         curvature = c * grad_G_grad + mu * grad_sq
-        tau0 = start_tau(tau, lambda: shared_value(lambda: c * power_iteration(lambda v: G @ v, G) + mu))
+        tau0 = start_tau(tau, lambda: shared_value(lambda: c * power_iteration(times_gram, G) + mu))
         _, tau, trials = backtracking(0.0, tau0, parabola_trial(0.0, grad_sq, curvature))
         total_trials += trials
         W -= grad / tau
         WG -= grad_G / tau
     return W, tau, total_trials, first_grad_sq
+
+
+def _gram_product(G, s_a, N, centred):
+    """``X ↦ X G`` for the rows of ``X`` (or a vector), or with ``centred`` ``X ↦ X (G - s_a s_aᵀ/N)``
+    as a rank-one correction of ``X G``: the centred Gram is never formed (it would be a k x k
+    array made again on every rank for every step, the one part of the step not split by rows)."""
+    if not centred:
+        return lambda X: X @ G
+    s_mean = s_a / N
+
+    def times(X):
+        XG = X @ G
+        XG -= (X @ s_a)[..., None] * s_mean
+        return XG
+    return times
 
 
 def exact_bias(stats, W, rows=None):
