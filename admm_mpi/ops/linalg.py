@@ -509,9 +509,10 @@ def reduce_solve_broadcast(grid, a, z, solve):
     """The root-solved weight step of every solver, as one plan: the transpose-reduced statistics
     ``[A Aᵀ | A zᵀ]`` (:func:`local_normal_equations`, ``A = [a; 1]``) summed to the root, where
     ``solve(stats)`` returns ``[W | b]``; the root's bytes are broadcast, so the weights are
-    bit-identical on every rank. For steps whose search or momentum is a sequence of decisions
-    on the whole matrix (the gradient steps of dlADMM, mDLAM, pdADMM); ``solve`` runs on
-    the root only. Returns ``(W, b)`` on every rank.
+    bit-identical on every rank; ``solve`` runs on the root only, the other ranks wait. Used for
+    device arrays (numpy weights take the row-split plans: :func:`transpose_reduce_weights`, and
+    ``solvers.common.step_by_rows`` for the gradient steps of dlADMM, mDLAM, pdADMM).
+    Returns ``(W, b)`` on every rank.
     """
     xp = namespace(a, z)
     stats = grid.sum_to_root(local_normal_equations(a, z))
