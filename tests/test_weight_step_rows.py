@@ -96,6 +96,20 @@ def test_centred_step_is_the_gradient_step_on_the_centred_data(seed):
         np.testing.assert_allclose(W_new, W - grad / tau, rtol=1e-10, atol=1e-12 * np.abs(W).max())
 
 
+def test_mdlam_centred_objective_from_statistics_and_by_rows():
+    """mDLAM's restart test: ``min_b φ`` (up to ``(c/2)||T_c||²``) from the statistics, the rows' shares adding up."""
+    from admm_mpi.solvers.mdlam import centred_weight_objective
+
+    a, T, W, _ = _problem(7, 5, 50, seed=4)
+    c, mu = 0.7, 0.1
+    a_c, T_c = a - a.mean(axis=1, keepdims=True), T - T.mean(axis=1, keepdims=True)
+    brute = 0.5 * c * np.sum((T_c - W @ a_c) ** 2) + 0.5 * mu * np.sum(W * W) - 0.5 * c * np.sum(T_c ** 2)
+    stats = local_normal_equations(a, T)
+    assert centred_weight_objective(stats, W, c, mu) == pytest.approx(brute, rel=1e-12)
+    shares = [centred_weight_objective(stats, W[s:e], c, mu, (s, e)) for s, e in [(0, 2), (2, 2), (2, 5)]]
+    assert sum(shares) == pytest.approx(brute, rel=1e-12)
+
+
 def test_exact_bias_of_rows_is_those_rows_of_the_bias():
     a, T, W, _ = _problem(6, 5, 40, seed=3)
     stats = local_normal_equations(a, T)

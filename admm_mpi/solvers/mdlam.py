@@ -61,13 +61,16 @@ def centred_weight_objective(stats, W, c, mu, rows=None):
     """``min_b (c/2)||T - W a - b||² + (mu/2)||W||²`` up to a constant (from reduced statistics).
 
     With ``rows = (start, stop)``, ``W`` holds those rows only and their share of the sum is returned.
+    The centred statistics ``G - s_a s_aᵀ/N`` and ``C - s_T s_aᵀ/N`` enter through ``W s_a``: no
+    k x k array is formed.
     """
     G, s_a, N, C, s_T = split_stats(stats)
     if rows is not None:
         C, s_T = C[rows[0]:rows[1], :], s_T[rows[0]:rows[1]]
-    Gc = G - s_a[:, None] * s_a[None, :] / N
-    Cc = C - s_T[:, None] * s_a[None, :] / N
-    return 0.5 * c * (sum_all((W @ Gc) * W) - 2 * sum_all(W * Cc)) + 0.5 * mu * sum_all(W * W)
+    W_s = W @ s_a
+    quadratic = sum_all((W @ G) * W) - sum_all(W_s * W_s) / N
+    linear = sum_all(W * C) - sum_all(W_s * s_T) / N
+    return 0.5 * c * (quadratic - 2 * linear) + 0.5 * mu * sum_all(W * W)
 
 
 @dataclass(frozen=True)
