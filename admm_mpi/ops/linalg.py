@@ -380,7 +380,7 @@ def transpose_reduce_weights(grid, a, z, ridge, anchor=None, anchor_weight=0.0, 
                                                                                    z.shape[0]):
         return kernel_form_weights(grid, a, z, shift, anchor, anchor_weight, anchor_output)
     k, m = a.shape[0] + 1, z.shape[0]
-    stats = grid.allsum_in_place(local_normal_equations(a, z, out=_workspace("stats", (k, k + m), a.dtype)))
+    stats = summed_normal_equations(grid, a, z)
     start, stop = grid.block_range(m)
     Wb = np.empty((m, k), dtype=a.dtype)
     if stop > start:  # (a rank without rows, e.g. 10 rows over 16 ranks, factors nothing)
@@ -388,6 +388,15 @@ def transpose_reduce_weights(grid, a, z, ridge, anchor=None, anchor_weight=0.0, 
         Wb[start:stop] = solve_normal_equation_rows(stats, factor, (start, stop), anchor, anchor_weight)
     Wb = grid.allgather_rows(Wb)
     return np.array(Wb[:, :-1]), np.array(Wb[:, -1])
+
+
+def summed_normal_equations(grid, a, z):
+    """(numpy) :func:`local_normal_equations` summed over the ranks, the same bytes on every rank.
+
+    In a buffer reused between calls (valid until the next call with the same shapes).
+    """
+    k, m = a.shape[0] + 1, z.shape[0]
+    return grid.allsum_in_place(local_normal_equations(a, z, out=_workspace("stats", (k, k + m), a.dtype)))
 
 
 # ---- the same solve through the batch's kernel matrix ------------------------------------------
@@ -500,9 +509,10 @@ def reduce_solve_broadcast(grid, a, z, solve):
     """The root-solved weight step of every solver, as one plan: the transpose-reduced statistics
     ``[A Aᵀ | A zᵀ]`` (:func:`local_normal_equations`, ``A = [a; 1]``) summed to the root, where
     ``solve(stats)`` returns ``[W | b]``; the root's bytes are broadcast, so the weights are
-    bit-identical on every rank. For steps whose search or momentum is a sequence of decisions
-    on the whole matrix (the gradient steps of dlADMM, mDLAM, pdADMM); ``solve`` runs on
-    the root only. Returns ``(W, b)`` on every rank.
+    bit-identical on every rank; ``solve`` runs on the root only, the other ranks wait. Used for
+    device arrays (numpy weights take the row-split plans: :func:`transpose_reduce_weights`, and
+    ``solvers.common.step_by_rows`` for the gradient steps of dlADMM, mDLAM, pdADMM).
+    Returns ``(W, b)`` on every rank.
     """
     xp = namespace(a, z)
     stats = grid.sum_to_root(local_normal_equations(a, z))

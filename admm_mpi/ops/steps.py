@@ -14,6 +14,8 @@ For the quadratic blocks (W, b, and unconstrained a) ``φ`` along the step is a 
 curvature ``gᵀHg`` are known — and on a data-parallel grid these are two reduced scalars.
 """
 
+import numpy as np
+
 from admm_mpi.backend import namespace, sum_all
 
 MAX_TRIALS = 60
@@ -100,27 +102,54 @@ def weight_gradient_step(stats, W, b, c, mu, tau_prev, *, bias_eliminated=False,
 
     ``steps > 1`` repeats the step on the same statistics: no communication and no pass over
     the samples, and one GEMM each, because ``W⁺G = WG - (∇G)/τ`` reuses the curvature product.
+    This is :func:`weight_gradient_rows` with every row in one block.
+    """
+    return weight_gradient_rows(stats, W, b, c, mu, tau_prev, (0, W.shape[0]), bias_eliminated=bias_eliminated,
+                                steps=steps)
+
+
+def _serial_sum(values):
+    return values
+
+
+def _computed_here(top_eigenvalue):
+    return top_eigenvalue()
+
+
+def weight_gradient_rows(stats, W, b, c, mu, tau_prev, rows, *, bias_eliminated=False, steps=1,
+                         sum_scalars=_serial_sum, shared_value=_computed_here):
+    """:func:`weight_gradient_step` on the block ``rows = (start, stop)`` of the rows of ``W``.
+
+    ``W`` and ``b`` are that block's rows. Row ``i`` of the gradient, of ``∇φ G`` and of ``W G``
+    depends on row ``i`` of ``W`` alone; only the search couples the rows, through two sums over
+    all of them, ``||∇φ||²`` and ``<∇φ G, ∇φ>``. ``sum_scalars(values)`` (a float64 array of
+    this block's sums) returns the sums over all blocks, the same on every caller, so every
+    block takes the same ``τ``. ``shared_value(f)`` returns ``f()``'s value, the same on every caller
+    (the power-iteration bound on the Gram, needed the first time only). Serially both are the
+    identity. Returns ``(W_new rows, τ, trials, grad_sq)``, ``grad_sq`` over all rows.
     """
     G, s_a, N, C, s_T = split_stats(stats)
+    start, stop = rows
+    C = C[start:stop, :]
     if bias_eliminated:
-        G = G - s_a[:, None] * s_a[None, :] / N
-        C = C - s_T[:, None] * s_a[None, :] / N
-        offset = C
+        offset = C - s_T[start:stop, None] * s_a[None, :] / N
     else:
         offset = C - b[:, None] * s_a[None, :]
-    WG = W @ G
+    times_gram = _gram_product(G, s_a, N, centred=bias_eliminated)
+    WG = times_gram(W)
     W = namespace(W).asarray(W, copy=True)
     tau, total_trials, first_grad_sq = tau_prev, 0, None
     for _ in range(steps):
         grad = c * (WG - offset) + mu * W
-        grad_sq = sum_all(grad * grad)
+        grad_G = times_gram(grad)
+        grad_sq, grad_G_grad = (float(x) for x in sum_scalars(np.array([sum_all(grad * grad),
+                                                                          sum_all(grad_G * grad)])))
         if first_grad_sq is None:
             first_grad_sq = grad_sq
         if grad_sq == 0.0:
             break
-        grad_G = grad @ G
-        curvature = c * sum_all(grad_G * grad) + mu * grad_sq
-        tau0 = start_tau(tau, lambda: c * power_iteration(lambda v: G @ v, G) + mu)
+        curvature = c * grad_G_grad + mu * grad_sq
+        tau0 = start_tau(tau, lambda: shared_value(lambda: c * power_iteration(times_gram, G) + mu))
         _, tau, trials = backtracking(0.0, tau0, parabola_trial(0.0, grad_sq, curvature))
         total_trials += trials
         W -= grad / tau
@@ -128,7 +157,27 @@ def weight_gradient_step(stats, W, b, c, mu, tau_prev, *, bias_eliminated=False,
     return W, tau, total_trials, first_grad_sq
 
 
-def exact_bias(stats, W):
-    """Minimiser over ``b`` of ``||T - W a - b||²``: the mean over samples of ``T - W a``."""
+def _gram_product(G, s_a, N, centred):
+    """``X ↦ X G`` for the rows of ``X`` (or a vector), or with ``centred`` ``X ↦ X (G - s_a s_aᵀ/N)``
+    as a rank-one correction of ``X G``: the centred Gram is never formed (it would be a k x k
+    array made again on every rank for every step, the one part of the step not split by rows)."""
+    if not centred:
+        return lambda X: X @ G
+    s_mean = s_a / N
+
+    def times(X):
+        XG = X @ G
+        XG -= (X @ s_a)[..., None] * s_mean
+        return XG
+    return times
+
+
+def exact_bias(stats, W, rows=None):
+    """Minimiser over ``b`` of ``||T - W a - b||²``: the mean over samples of ``T - W a``.
+
+    With ``rows = (start, stop)``, ``W`` holds those rows only and their entries of ``b`` are returned.
+    """
     _, s_a, N, _, s_T = split_stats(stats)
+    if rows is not None:
+        s_T = s_T[rows[0]:rows[1]]
     return (s_T - W @ s_a) / N

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from admm_mpi.backend import dtype_name, from_host, namespace, sum_all
+from admm_mpi.backend import dtype_name, from_host, is_numpy, namespace, sum_all
 
 
 def init_weights(widths, rng, like):
@@ -29,33 +29,60 @@ def forward_states(weights, biases, X, h):
     return a, z
 
 
+SPREAD_WEIGHT_STEP = True  # False: the root takes every weight step (bench/speed_minibatch_am.py --variant compares)
+
+
 def weight_step(grid, a_prev, T, W, b, c, mu, tau, *, bias_first, center=False, steps=1):
     """Backtracked gradient step on ``W`` and exact ``b`` for ``(c/2)||T - W a - b||² + (mu/2)||W||²``.
 
-    Data-parallel by transpose reduction: the statistics of ``[a;1]`` and ``T`` are reduced to
-    the root, which takes the step (all trials on the small reduced matrices) and broadcasts
-    ``[W | b]``, so the weights stay bit-identical on every rank. ``bias_first`` chooses the
-    order (dlADMM's backward sweep updates b before W, its forward sweep W before b); with
-    ``center`` the W step is taken with b minimised out and b is set exactly after it;
-    ``steps`` repeats the W step on the same reduced statistics.
-    Returns ``(W, b, tau)``; ``tau`` is meaningful on the root, which owns the search.
+    Data-parallel by transpose reduction, each rank stepping its block of the rows of ``W`` and
+    ``b`` (:func:`step_by_rows`). ``bias_first`` chooses the order (dlADMM's backward sweep
+    updates b before W, its forward sweep W before b); with ``center`` the W step is taken with
+    b minimised out and b is set exactly after it; ``steps`` repeats the W step on the same
+    statistics. Returns ``(W, b, tau)``, ``tau`` the same on every rank.
     """
-    from admm_mpi.ops.linalg import reduce_solve_broadcast
-    from admm_mpi.ops.steps import exact_bias, weight_gradient_step
+    from admm_mpi.ops.steps import exact_bias, weight_gradient_rows
 
-    xp = namespace(W)
     step_size = [tau]
 
-    def solve(stats):
-        bias = exact_bias(stats, W) if bias_first else b
-        W_new, step_size[0], _, _ = weight_gradient_step(stats, W, bias, c, mu, tau, bias_eliminated=center,
-                                                         steps=steps)
+    def step_rows(stats, rows, **collectives):
+        W_rows, b_rows = W[rows[0]:rows[1], :], b[rows[0]:rows[1]]
+        bias = exact_bias(stats, W_rows, rows) if bias_first else b_rows
+        W_new, step_size[0], _, _ = weight_gradient_rows(stats, W_rows, bias, c, mu, tau, rows,
+                                                         bias_eliminated=center, steps=steps, **collectives)
         if not bias_first or center:
-            bias = exact_bias(stats, W_new)
-        return xp.concat([W_new, bias[:, None]], axis=1)
+            bias = exact_bias(stats, W_new, rows)
+        return namespace(W).concat([W_new, bias[:, None]], axis=1)
 
-    W, b = reduce_solve_broadcast(grid, a_prev, T, solve)
+    W, b = step_by_rows(grid, a_prev, T, step_rows)
     return W, b, step_size[0]
+
+
+def step_by_rows(grid, a_prev, T, step_rows):
+    """``[W | b]`` of a layer whose step is row-separable but for a few sums over the rows.
+
+    The transpose-reduced statistics ``[A Aᵀ | A Tᵀ]`` (``A = [a; 1]``) are summed over the
+    ranks, the same bytes on every rank; ``step_rows(stats, rows, sum_scalars=, shared_value=)``
+    returns the rows ``rows = (start, stop)`` of ``[W | b]``, this rank's block; its
+    ``sum_scalars(values)`` sums an array of this block's sums over the ranks and
+    ``shared_value(f)`` hands the root's ``f()`` to every rank (both the same bytes on every rank,
+    so every rank takes the same decisions). An allgather of the rows gives every rank the same
+    ``[W | b]``: no rank waits through another's step. Device arrays (and ``SPREAD_WEIGHT_STEP``
+    off): the root steps every row and broadcasts. Returns ``(W, b)``.
+    """
+    from admm_mpi.ops.linalg import reduce_solve_broadcast, summed_normal_equations
+
+    m = T.shape[0]
+    if not is_numpy(T) or not SPREAD_WEIGHT_STEP:
+        return reduce_solve_broadcast(grid, a_prev, T, lambda stats: step_rows(
+            stats, (0, m), sum_scalars=lambda values: values, shared_value=lambda f: f()))
+    stats = summed_normal_equations(grid, a_prev, T)
+    start, stop = grid.block_range(m)
+    Wb = np.empty((m, a_prev.shape[0] + 1), dtype=a_prev.dtype)
+    Wb[start:stop] = step_rows(stats, (start, stop), sum_scalars=grid.allsum,
+                               shared_value=lambda f: grid.bcast_decision(f() if grid.is_root else None))
+    Wb = grid.allgather_rows(Wb)
+    return np.array(Wb[:, :-1]), np.array(Wb[:, -1])
 
 
 def activation_step(grid, a, T, W, b, c, target, nu, tau):

@@ -22,10 +22,9 @@ import numpy as np
 
 from admm_mpi.backend import namespace, sum_all
 
-from admm_mpi.ops.linalg import reduce_solve_broadcast
 from admm_mpi.ops.steps import (backtracking, exact_bias, power_iteration, split_stats, start_tau,
-                                weight_gradient_step)
-from admm_mpi.solvers.common import forward_states, init_weights
+                                weight_gradient_rows)
+from admm_mpi.solvers.common import forward_states, init_weights, step_by_rows
 from admm_mpi.solvers.base import Solver, check_at_least, check_non_negative, check_positive, setting
 from admm_mpi.solvers.batches import MiniBatchParams
 
@@ -58,12 +57,20 @@ def _worse(new, old):
     return new > old + 1e-9 * (abs(old) + 1e-300)
 
 
-def centred_weight_objective(stats, W, c, mu):
-    """``min_b (c/2)||T - W a - b||² + (mu/2)||W||²`` up to a constant (from reduced statistics)."""
+def centred_weight_objective(stats, W, c, mu, rows=None):
+    """``min_b (c/2)||T - W a - b||² + (mu/2)||W||²`` up to a constant (from reduced statistics).
+
+    With ``rows = (start, stop)``, ``W`` holds those rows only and their share of the sum is returned.
+    The centred statistics ``G - s_a s_aᵀ/N`` and ``C - s_T s_aᵀ/N`` enter through ``W s_a``: no
+    k x k array is formed.
+    """
     G, s_a, N, C, s_T = split_stats(stats)
-    Gc = G - s_a[:, None] * s_a[None, :] / N
-    Cc = C - s_T[:, None] * s_a[None, :] / N
-    return 0.5 * c * (sum_all((W @ Gc) * W) - 2 * sum_all(W * Cc)) + 0.5 * mu * sum_all(W * W)
+    if rows is not None:
+        C, s_T = C[rows[0]:rows[1], :], s_T[rows[0]:rows[1]]
+    W_s = W @ s_a
+    quadratic = sum_all((W @ G) * W) - sum_all(W_s * W_s) / N
+    linear = sum_all(W * C) - sum_all(W_s * s_T) / N
+    return 0.5 * c * (quadratic - 2 * linear) + 0.5 * mu * sum_all(W * W)
 
 
 @dataclass(frozen=True)
@@ -110,23 +117,29 @@ class MDLAM(Solver):
 
     # -- blocks ---------------------------------------------------------------------------------
     def _update_weights(self, state, l):
-        W, W_prev = state.weights[l], state.prev_weights[l]
+        W, W_prev, b = state.weights[l], state.prev_weights[l], state.biases[l]
 
-        def solve(stats):  # on the root, which owns the momentum and the step sizes
+        def step_rows(stats, rows, *, sum_scalars, shared_value):
+            # this rank's rows; momentum, step size and restart are decided alike on every rank
+            start, stop = rows
+            W_rows = W[start:stop, :]
             t_new, omega = _momentum(state.t_W[l])
-            W_hat = W + omega * (W - W_prev)
-            W_new, tau, _, _ = weight_gradient_step(stats, W_hat, state.biases[l], self.rho, self.mu,
-                                                    state.tau_W[l], bias_eliminated=True, steps=self.w_steps)
-            if _worse(centred_weight_objective(stats, W_new, self.rho, self.mu),
-                      centred_weight_objective(stats, W, self.rho, self.mu)):
-                W_new, tau, _, _ = weight_gradient_step(stats, W, state.biases[l], self.rho, self.mu,
-                                                        tau, bias_eliminated=True, steps=self.w_steps)
+            W_hat = W_rows + omega * (W_rows - W_prev[start:stop, :])
+            options = dict(bias_eliminated=True, steps=self.w_steps, sum_scalars=sum_scalars,
+                           shared_value=shared_value)
+            W_new, tau, _, _ = weight_gradient_rows(stats, W_hat, b[start:stop], self.rho, self.mu, state.tau_W[l],
+                                                    rows, **options)
+            new, old = sum_scalars(np.array([centred_weight_objective(stats, X, self.rho, self.mu, rows)
+                                             for X in (W_new, W_rows)]))
+            if _worse(new, old):
+                W_new, tau, _, _ = weight_gradient_rows(stats, W_rows, b[start:stop], self.rho, self.mu, tau, rows,
+                                                        **options)
                 t_new = 1.0  # restart the momentum of this block
             state.t_W[l], state.tau_W[l] = t_new, tau
-            return namespace(W).concat([W_new, exact_bias(stats, W_new)[:, None]], axis=1)
+            return namespace(W).concat([W_new, exact_bias(stats, W_new, rows)[:, None]], axis=1)
 
         state.prev_weights[l] = W
-        state.weights[l], state.biases[l] = reduce_solve_broadcast(self.grid, state.a[l], state.z[l], solve)
+        state.weights[l], state.biases[l] = step_by_rows(self.grid, state.a[l], state.z[l], step_rows)
 
     def _update_z(self, state, l, Y):
         m = state.weights[l] @ state.a[l] + state.biases[l][:, None]
