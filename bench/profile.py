@@ -60,6 +60,7 @@ WRAPPED = [
     ("weight solve", "admm_mpi.ops.linalg", "solve_normal_equation_rows"),
     ("weight solve", "admm_mpi.ops.linalg", "factor_normal_equations"),
     ("weight solve", "admm_mpi.ops.steps", "weight_gradient_step"),
+    ("weight solve", "admm_mpi.ops.steps", "weight_gradient_rows"),  # the row-split gradient steps
     ("activation solves", "admm_mpi.ops.linalg", "activation_solver"),
     ("evaluation", "admm_mpi.train", "_count_correct"),
     ("I/O", "admm_mpi.train", "load_shard"),

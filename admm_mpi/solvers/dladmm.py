@@ -48,7 +48,7 @@ class DLADMMState:
     z: list            # z_1 .. z_L
     u: np.ndarray      # dual of the output constraint
     rho: float
-    tau_W: list        # per-layer step of the W search (root)
+    tau_W: list        # per-layer step of the W search (the same on every rank)
     tau_a: list        # per-layer step of the a search
     objectives: list = field(default_factory=list)
 
