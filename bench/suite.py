@@ -97,6 +97,7 @@ CANDIDATES = {
     "average-1": ["--average", "1"],       # ... over one epoch's
     "average-2": ["--average", "2"],       # ... over two epochs'
     "iters-100": ["--iters", "100"],       # a larger epoch budget (early stopping still ends most runs)
+    "ridge-1e-3": ["--ridge", "1e-3"],     # ten times the weight decay
     # the defaults before this suite chose new ones (taylor, 60 iterations, no early stopping)
     "taylor-60": ["--solver", "taylor", "--no-early-stopping"],
     "minibatch_am": MBAM,
