@@ -24,11 +24,13 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, RESULTS, git_commit, mpiexec, write_result  # noqa: E402
+from common import ALL_ROWS, REPO, RESULTS, git_commit, mpiexec, write_result  # noqa: E402
 
 OUT_ROOT = Path("runs") / "bench-digits"
-WIDE = ["--hidden", "1000,1000", "--iters", "60"]  # the solver table: 64-1000-1000-10, 60 iterations
-DEEP = ["--solver", "pdadmm", "--layout", "layer", "--hidden", "500,500,500,500"]  # 64-500x4-10
+# the solver table: 64-1000-1000-10, 60 iterations, every training row, the last iterate (the
+# settings it was recorded with, before the defaults held out validation rows)
+WIDE = ["--hidden", "1000,1000", "--iters", "60", *ALL_ROWS]
+DEEP = ["--solver", "pdadmm", "--layout", "layer", "--hidden", "500,500,500,500", *ALL_ROWS]  # 64-500x4-10
 RIDGES = ("1e-6", "1e-5", "5e-5", "1e-4", "1e-3")
 
 
@@ -48,11 +50,11 @@ def planned_runs():
                      ["--solver", "dladmm", *WIDE, "--w-steps", str(steps), "--dtype", "float64"]))
     runs.append(("solvers", "minibatch_am-batch200-float64", "minibatch_am, batches of 200, 20 epochs, float64", 2,
                  ["--solver", "minibatch_am", "--hidden", "1000,1000", "--iters", "20", "--batch-size", "200",
-                  "--dtype", "float64"]))
+                  "--average", "0", *ALL_ROWS, "--dtype", "float64"]))
     for dtype in ("float64", "float32"):
         for ridge in RIDGES:
-            runs.append(("ridge", f"ridge{ridge}-{dtype}", f"ridge {ridge}, {dtype}", 1,
-                         ["--ridge", ridge, "--dtype", dtype]))
+            runs.append(("ridge", f"ridge{ridge}-{dtype}", f"ridge {ridge}, {dtype}", 1,  # Taylor's ridge
+                         ["--solver", "taylor", *ALL_ROWS, "--ridge", ridge, "--dtype", dtype]))
     for dtype, iters in (("float64", "50"), ("float32", "30")):
         for bits in ("0", "8"):
             runs.append(("pdadmm", f"pdadmm-layer-{dtype}-q{bits}",
@@ -98,13 +100,14 @@ def save(rows):
     return path
 
 
-def run(tables):
-    """Run the rows of ``tables``, saving after each one (a failed run keeps the rows before it)."""
+def run(tables, names=()):
+    """Run the rows of ``tables`` (only those named ``names``, if any), saving after each one (a
+    failed run keeps the rows before it)."""
     path = RESULTS / "digits.json"
     old = json.loads(path.read_text()) if path.exists() else {}
     rows = {r["name"]: r for r in old.get("rows", [])}
     for table, name, label, ranks, settings in planned_runs():
-        if table not in tables:
+        if table not in tables or (names and name not in names):
             continue
         rows[name] = {"table": table, "label": label, **train(name, ranks, settings)}
         r = rows[name]
@@ -159,8 +162,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", action="append", choices=["quick_start", "solvers", "ridge", "pdadmm"],
                         help="run only this table (repeatable); the other rows are kept from the last run")
+    parser.add_argument("--row", action="append", help="run only the row of this name (repeatable)")
     args = parser.parse_args(argv)
-    path = run(set(args.only or ["quick_start", "solvers", "ridge", "pdadmm"]))
+    path = run(set(args.only or ["quick_start", "solvers", "ridge", "pdadmm"]), set(args.row or ()))
     print("wrote", path, RESULTS / "digits.md")
 
 
