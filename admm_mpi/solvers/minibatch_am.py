@@ -161,7 +161,11 @@ class MiniBatchAM(Solver):
         w = 1.0 / min(state.averaged_batches, horizon)
         for average, new in ((state.average_weights, state.weights), (state.average_biases, state.biases)):
             for l, x in enumerate(new):
-                average[l] = namespace(x).asarray(x, copy=True) if w == 1.0 else (1.0 - w) * average[l] + w * x
+                if w == 1.0:  # the first batch: a copy the average then owns and updates in place
+                    average[l] = namespace(x).asarray(x, copy=True)
+                else:  # in place: one temporary per layer on this per-batch path
+                    average[l] *= 1.0 - w
+                    average[l] += w * x
 
     def evaluated(self, state):
         """The running average of the iterates (``average > 0``), else the last iterate."""
