@@ -373,6 +373,60 @@ def summarise(entry):
     return entry
 
 
+def fastest_solver(entry, target):
+    """The ADMM solver of ``entry`` that reached ``target`` first on the test rows (None: none did)."""
+    timed = [(time_to_target(r["curve"], target), r["solver"]) for r in entry["admm"]]
+    timed = [(t, solver) for t, solver in timed if t is not None]
+    return min(timed)[1] if timed else None
+
+
+def repeat_timings(problem, data, entry, args, tmp):
+    """``args.repeats`` rounds, interleaved, of the fastest ADMM solver and of each optimiser's chosen
+    learning rate (the ones that reached a target on the test rows; an optimiser that never reaches
+    it cannot be the best): per target, the median test seconds of each side and their ratio."""
+    import statistics
+
+    spec = PROBLEMS[problem]
+    targets, stop_at = spec["targets"], max(spec["targets"])
+    solvers = sorted({solver for target in targets if (solver := fastest_solver(entry, target))})
+    chosen = sorted({(o, v["lr"]) for s in entry["summary"] for o, v in s["torch"].items()
+                     if v["test_seconds"] is not None})
+    arrays = load(data)
+    splits = split_validation(arrays, spec["validation"])
+    widths = [arrays[0].shape[1], *recipe_widths(problem), int(arrays[1].max()) + 1]
+    cap, max_epochs = args.cap_seconds or spec["cap_seconds"], args.max_epochs or spec["max_epochs"]
+    rounds = []
+    for r in range(args.repeats):
+        runs = {}
+        for solver in solvers:
+            extra = ["--iters", str(args.admm_iters)] if args.admm_iters else []
+            record = run_admm(problem, solver, data, tmp, stop_at, extra)
+            runs[f"ADMM {solver}"] = {t: time_to_target(record["curve"], t) for t in targets} | {
+                "load_average_1min": record["load_average_1min"]}
+        for optimiser, lr in chosen:
+            record = train_torch(widths, optimiser, lr, splits, stop_at, cap, max_epochs, seed=r,
+                                 threads=args.torch_threads)
+            runs[f"PyTorch {optimiser} lr {lr:g}"] = {t: time_to_target(record["curve"], t) for t in targets} | {
+                "load_average_1min": record["load_average_1min"], "threads": args.torch_threads}
+        print(problem, "round", r, runs, flush=True)
+        rounds.append(runs)
+    medians = []
+    for target in targets:
+        per_method = {}
+        for method in rounds[0]:
+            times = [run[method][target] for run in rounds]
+            per_method[method] = statistics.median(times) if None not in times else None
+        admm = [t for m, t in per_method.items() if m.startswith("ADMM") and t is not None]
+        torch_ = [t for m, t in per_method.items() if m.startswith("PyTorch") and t is not None]
+        medians.append({"target": target, "median_test_seconds": per_method,
+                        "ratio_of_medians": min(admm) / min(torch_) if admm and torch_ else None,
+                        "goal_ratio": GOALS.get((problem, target))})
+    entry["repeats"] = {"rounds": rounds, "medians": medians, "torch_threads": args.torch_threads,
+                        "how": f"{args.repeats} rounds; in each, the ADMM solver(s) then each chosen learning rate "
+                               "(PyTorch seed = round)"}
+    return entry
+
+
 def seconds(value):
     return "never" if value is None else f"{value:.2f} s"
 
@@ -412,6 +466,19 @@ def markdown(result):
                          + f" | {ratio} | {goal} |")
         caps = [f"{r['optimiser']} lr {r['lr']:g}" for r in entry["torch"] if r["cap_hit"]]
         lines += ["", "Training-time caps hit: " + (", ".join(caps) if caps else "none") + ".", ""]
+        if entry.get("repeats"):
+            rep = entry["repeats"]
+            methods = list(rep["medians"][0]["median_test_seconds"])
+            lines += [f"Medians of {len(rep['rounds'])} rounds in one run ({rep['how']}; PyTorch with "
+                      f"{rep['torch_threads']} threads):", "",
+                      "| target | " + " | ".join(methods) + " | ratio of medians | goal |", "|---" * (len(methods) + 3) + "|"]
+            for m in rep["medians"]:
+                ratio = "—" if m["ratio_of_medians"] is None else f"**{m['ratio_of_medians']:.2f}×**"
+                goal = "" if m["goal_ratio"] is None else f"≤ {m['goal_ratio']:g}× " + (
+                    "met" if m["ratio_of_medians"] is not None and m["ratio_of_medians"] <= m["goal_ratio"] else "not met")
+                lines.append(f"| {m['target']} | " + " | ".join(seconds(t) for t in m["median_test_seconds"].values())
+                             + f" | {ratio} | {goal} |")
+            lines.append("")
     return "\n".join(lines) + "\n"
 
 
@@ -459,7 +526,8 @@ def save(result, directory):
     ran = {e["problem"] for e in fresh}
     problems = sorted([e for e in old if e["problem"] not in ran] + fresh,
                       key=lambda e: list(PROBLEMS).index(e["problem"]))
-    loads = [r["load_average_1min"] for e in problems for r in e.get("admm", []) + e.get("torch", [])]
+    loads = [r["load_average_1min"] for e in problems for r in e.get("admm", []) + e.get("torch", [])
+             + [run for rnd in e.get("repeats", {}).get("rounds", []) for run in rnd.values()]]
     result = portable({**result, "problems": problems, "load_averages": loads, **record})
     (directory / "time_to_accuracy.json").write_text(json.dumps(result, indent=2) + "\n")
     (directory / "time_to_accuracy.md").write_text(markdown(result))
@@ -487,6 +555,9 @@ def main(argv=None):
     parser.add_argument("--torch-from", metavar="JSON",
                         help="take the PyTorch runs from an earlier results file (recorded as torch_from) and "
                              "run only the ADMM side")
+    parser.add_argument("--repeats", type=int, default=0,
+                        help="then time the fastest ADMM solver and each optimiser's chosen lr this many times, "
+                             "interleaved (medians and their ratio per target)")
     parser.add_argument("--quick", action="store_true",
                         help="seconds: digits, minibatch_am 3 iterations, one lr per optimiser, 3 s caps")
     parser.add_argument("--cache", default=str(REPO / "bench" / ".data"), help="converted data sets")
@@ -510,7 +581,10 @@ def main(argv=None):
             continue
         solvers = (SOLVERS if args.solvers == "all" or (args.solvers == "default" and problem == "digits")
                    else ("minibatch_am",) if args.solvers == "default" else args.solvers.split(","))
-        result["problems"].append(run_problem(problem, data, solvers, learning_rates, args, tmp))
+        entry = run_problem(problem, data, solvers, learning_rates, args, tmp)
+        if args.repeats:
+            entry = repeat_timings(problem, data, entry, args, tmp)
+        result["problems"].append(entry)
         paths = save(result, args.out)  # after every problem: an interrupted run keeps what finished
     print("wrote", *map(str, paths))
     for e in result["problems"]:
