@@ -3,6 +3,7 @@
     git worktree add --detach ../wt-base e216405
     python bench/speed_minibatch_am.py --base ../wt-base --repeats 3
     python bench/speed_minibatch_am.py --config configs/mnist-dladmm.toml --repeats 3   # a mini-batch mode, 1 vs 2 ranks
+    python bench/speed_minibatch_am.py --config configs/mnist-pdadmm.toml --extra "--layout data"   # and other flags
 
 Runs ``mpiexec -n P admm-mpi train --config configs/mnist-minibatch_am.toml --iters 1`` (one
 epoch, one BLAS thread per rank) on the first ``--train`` MNIST training samples (the recipe's
@@ -21,6 +22,7 @@ results/speed_minibatch_am.json.
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -52,10 +54,10 @@ def subset(cache, n_train):
     return str(path)
 
 
-def run(checkout, settings, ranks, data, out, config=DEFAULT_CONFIG):
+def run(checkout, settings, ranks, data, out, config=DEFAULT_CONFIG, extra=()):
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1",
                PYTHONPATH=str(checkout))
-    train = ["train", "--config", config, "--iters", "1", "--data", data,
+    train = ["train", "--config", config, *extra, "--iters", "1", "--data", data,
              "--no-progress", "--out", str(out)]
     cmd = [mpiexec(), "-n", str(ranks), sys.executable, str(Path(__file__).resolve()), "--run", settings, "--", *train]
     load = os.getloadavg()[0]
@@ -110,6 +112,8 @@ def main():
                         "results/speed_<recipe>.json unless it is the default")
     p.add_argument("--variant", action="append", default=[], help="module.ATTR=value[,...]: another variant of this checkout")
     p.add_argument("--variants-at-2-ranks-only", action="store_true", help="run the --variant ones at 2 ranks only")
+    p.add_argument("--extra", default="", help="flags added to the recipe's (e.g. '--layout data'); "
+                   "the results file's name gets them as a suffix")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--ranks", type=int, nargs="+", default=[2, 1])
     p.add_argument("--train", type=int, default=10000, help="first N training samples (60000: a full epoch)")
@@ -130,19 +134,21 @@ def main():
                     if ranks not in ranks_of[name]:
                         continue
                     result = run(checkout, settings, ranks, data, Path(tmp) / f"{name}-{ranks}-{repeat}".replace("/", "_"),
-                                 args.config)
+                                 args.config, shlex.split(args.extra))
                     runs[name][str(ranks)].append(result)
                     print(json.dumps({"variant": name, "ranks": ranks, "repeat": repeat, **result}), flush=True)
     medians, ratios = summarise(runs, list(variants))
     argv = [os.path.relpath(a, REPO) if os.path.isabs(a) else a for a in sys.argv[1:]]
     batch = tomllib.loads((REPO / args.config).read_text()).get("batch_size", 2000)
     name = "speed_minibatch_am" if args.config == DEFAULT_CONFIG else f"speed_{Path(args.config).stem}"
+    if args.extra:
+        name += "_" + "_".join(a.lstrip("-") for a in shlex.split(args.extra))
     write_result(name, {
         "benchmark": f"{args.config}, one epoch on a training subset; medians of step seconds "
                      "(solver) and seconds (step + evaluation) per epoch",
         "argv": ["python", "bench/speed_minibatch_am.py", *argv],
         "commits": {"this": git_commit(REPO), "base": git_commit(base) if base else None},
-        "command": f"mpiexec -n P admm-mpi train --config {args.config} --iters 1 "
+        "command": f"mpiexec -n P admm-mpi train --config {args.config} {args.extra} --iters 1 "
                    f"--data mnist-first{args.train}.h5 (OMP_NUM_THREADS=1)",
         "train_samples": args.train, "batches_per_epoch": -(-args.train // batch), "machine": machine(),
         "medians": medians, "ratios": ratios, "runs": runs})
