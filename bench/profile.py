@@ -46,6 +46,10 @@ CASES = {f"digits-{s}": ("digits", ["--solver", s, "--iters", "5"]) for s in SOL
 CASES.update({f"digits-{s}-batches": ("digits", ["--solver", s, "--iters", "2", "--batch-size", "200"])
               for s in ["dladmm", "mdlam", "sigmoid_admm", "pdadmm"]})
 CASES["mnist-minibatch_am"] = ("mnist", ["--config", "configs/mnist-minibatch_am.toml", "--iters", "1"])
+# the other solvers' MNIST mini-batch recipes, one epoch on the first 10 000 training images (the file
+# bench/speed_minibatch_am.py makes in the cache)
+CASES.update({f"mnist10k-{s}": ("mnist-first10000", ["--config", f"configs/mnist-{s}.toml", "--iters", "1"])
+              for s in ["dladmm", "mdlam", "sigmoid_admm", "pdadmm"]})
 PHASES = ["forward codes", "targets & updates", "activation solves", "local Grams", "Reduce",
           "weight solve", "Bcast", "Allgather", "other collectives", "evaluation", "I/O"]
 SEP = " > "  # joins the nested phases of a timer key
@@ -224,6 +228,11 @@ def git_commit(repo):
 def data_path(dataset, cache):
     if dataset == "digits":
         return "digits"
+    if dataset == "mnist-first10000":
+        path = Path(cache) / "mnist-first10000.h5"
+        if not path.exists():
+            raise SystemExit(f"profile: {path} is absent; make it with bench/speed_minibatch_am.py --cache {cache}")
+        return str(path)
     from accuracy import data_file
 
     path = data_file(dataset, cache)

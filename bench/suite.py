@@ -98,6 +98,10 @@ CANDIDATES = {
     "average-2": ["--average", "2"],       # ... over two epochs'
     "iters-100": ["--iters", "100"],       # a larger epoch budget (early stopping still ends most runs)
     "ridge-1e-3": ["--ridge", "1e-3"],     # ten times the weight decay
+    "rho-0.03": ["--rho", "0.03"],         # a stronger proximal anchor per batch: smaller weight steps
+    "rho-0.1": ["--rho", "0.1"],
+    "rho-0.3": ["--rho", "0.3"],
+    "batch-n20": [("--batch-size", lambda n: str(int(np.clip(n // 20, 100, 2000))))],  # twice the batches per epoch
     # the defaults before this suite chose new ones (taylor, 60 iterations, no early stopping)
     "taylor-60": ["--solver", "taylor", "--no-early-stopping"],
     "minibatch_am": MBAM,

@@ -115,12 +115,13 @@ def read_curve(metrics):
 def run_admm(problem, solver, data, tmp, stop_at, extra=(), timeout=6 * 3600):
     """One ADMM run under mpiexec (its own process group); killed once the test accuracy reaches
     ``stop_at`` (the rest of the curve would not change a time to target)."""
-    out = Path(tmp) / f"{problem}-{solver}"
+    # a fresh directory per run: a repeat polling the previous run's metrics.jsonl would stop at once
+    out = Path(tempfile.mkdtemp(prefix=f"{problem}-{solver}-", dir=tmp)) / "run"
     cmd = admm_command(problem, solver, data, out, extra)
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1",
                MPIEXEC_TIMEOUT=str(timeout))  # a whole MNIST recipe takes longer than a test's limit
     load, t0 = load_average(), time.perf_counter()
-    with open(Path(tmp) / f"{problem}-{solver}.log", "w") as log:
+    with open(out.parent / "log", "w") as log:
         proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         stopped = None
         while proc.poll() is None:
@@ -135,7 +136,7 @@ def run_admm(problem, solver, data, tmp, stop_at, extra=(), timeout=6 * 3600):
                 os.killpg(proc.pid, signal.SIGKILL)  # the job's own group: mpiexec, its proxy, the ranks
                 proc.wait()
     if proc.returncode != 0 and not stopped:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{(Path(tmp) / f'{problem}-{solver}.log').read_text()[-3000:]}")
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{(out.parent / 'log').read_text()[-3000:]}")
     command = " ".join(["OMP_NUM_THREADS=1", "mpiexec", *cmd[1:3], "admm-mpi", *cmd[6:]])
     return {"method": f"ADMM {solver}", "solver": solver, "command": command, "load_average_1min": load,
             "wall_seconds": round(time.perf_counter() - t0, 1), "stopped": stopped or "iterations done",

@@ -41,6 +41,9 @@ CASES = {
     "sigmoid_admm-batches-29": dict(solver="sigmoid_admm", loss="cross_entropy", batch_size=29, iters=4),
     "sigmoid_admm-batches-anchored": dict(solver="sigmoid_admm", activation="tanh", loss="cross_entropy",
                                           batch_size=29, iters=3, rho=0.05),
+    # batches narrower than the 61-wide last hidden layer: the output solve takes the kernel form
+    "sigmoid_admm-batches-kernel-form": dict(solver="sigmoid_admm", activation="tanh", loss="cross_entropy",
+                                             hidden=(12, 60), batch_size=29, iters=3, rho=0.05),
 }
 
 

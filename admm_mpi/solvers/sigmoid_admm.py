@@ -116,9 +116,10 @@ class SigmoidADMM(Solver):
         m = state.weights[-1] @ state.a[-1] + state.biases[-1][:, None]
         state.z[-1] = self.spec.loss_fn.prox(m, Y, -state.lam[-1], self.beta / 2)
         T = state.z[-1] - state.lam[-1] / self.beta
+        # n_columns: a mini-batch narrower than the layer's input is solved through its kernel matrix
         state.weights[-1], state.biases[-1] = transpose_reduce_weights(
             self.grid, state.a[-1], T, self.mu / self.beta, anchor=(state.weights[-1], state.biases[-1]),
-            anchor_weight=self.rho * self.n_total)
+            anchor_weight=self.rho * self.n_total, n_columns=self.n_total, anchor_output=m)
 
     def _update_V(self, state, l):
         """V_l = a[l] (input of layer l, output of layer l-1)."""
