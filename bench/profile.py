@@ -133,7 +133,12 @@ def install(timer):
     for phase, method in GRID_METHODS:
         if hasattr(grid_module.Grid, method):
             setattr(grid_module.Grid, method, timer.wrap(phase, getattr(grid_module.Grid, method)))
-    grid_module.ProcessGrid.wait = staticmethod(timer.wrap("other collectives", grid_module.ProcessGrid.wait))
+    # messages in flight (pdADMM's boundary exchanges; older checkouts: ProcessGrid.wait / LayerGrid.wait)
+    for cls in [getattr(grid_module, n, None) for n in ("Pending", "ProcessGrid", "LayerGrid")]:
+        wait = getattr(cls, "wait", None) if cls is not None else None
+        if wait is not None and "wait" in vars(cls):
+            wrapped = timer.wrap("other collectives", wait)
+            setattr(cls, "wait", wrapped if cls.__name__ == "Pending" else staticmethod(wrapped))
     for cls in [getattr(solvers, n) for n in dir(solvers)] + [solvers.MiniBatchMode]:
         if isinstance(cls, type) and hasattr(cls, "step"):
             cls.step = timer.wrap("step", cls.step, outermost=True)
