@@ -98,3 +98,66 @@ def test_mdlam_float32_codes_that_fit_exactly_do_not_freeze_the_a_step():
         solver.step(state, Y, k + 1)
     assert all(t is None or t < 1e6 for t in state.tau_a), state.tau_a
     assert np.linalg.norm(state.weights[0] - W0) > 1e-3 * np.linalg.norm(W0)  # the first layer trains
+
+
+@pytest.mark.parametrize("layer", [0, 1])
+def test_sigmoid_admm_weight_step_is_the_prox_linear_step_it_accepts(layer):
+    """The hidden W step from the closed-form search equals, by brute force on the data, the
+    step ``W - (mu W + G)/(ω+mu)``, ``b - g_b/ω`` with the gradient G of the layer's terms
+    (central differences), at the first ω of the doubling search whose step passes the
+    sufficient-decrease test evaluated on the data."""
+    from admm_mpi.model import ModelSpec
+    from admm_mpi.solvers.sigmoid_admm import SigmoidADMM
+
+    rng = np.random.default_rng(11 + layer)
+    spec = ModelSpec(widths=(4, 5, 5, 3), activation="tanh", loss="cross_entropy", n_classes=3)
+    X = rng.normal(size=(4, 30))
+    Y = spec.loss_fn.targets(rng.integers(0, 3, 30), 3, np.float64)
+    # a small first ω (omega * beta * n = 0.45): the search rejects trials before it accepts one
+    solver = SigmoidADMM(spec, Grid.serial(), 30, beta=1.5, mu=2.0, omega=0.01, rho=0.0)
+    state = solver.init_state(X, Y, rng)
+    for l in range(3):  # multipliers and targets away from the forward pass: a non-trivial step
+        state.lam[l] = rng.normal(size=state.lam[l].shape)
+    for l in (1, 2):
+        state.a[l] = state.a[l] + 0.1 * rng.normal(size=state.a[l].shape)
+    W, b, mu = state.weights[layer].copy(), state.biases[layer].copy(), 2.0
+
+    def terms(Wx, bx):
+        g, _ = solver._g(state, layer, W=Wx, b=bx)
+        return solver._layer_terms(state, layer, g)[0]
+
+    def phi(Wx, bx):
+        return terms(Wx, bx) + 0.5 * mu * np.sum(Wx * Wx)
+
+    h = 1e-6
+    G, g_b = np.zeros_like(W), np.zeros_like(b)
+    for idx in np.ndindex(W.shape):
+        E = np.zeros_like(W)
+        E[idx] = h
+        G[idx] = (terms(W + E, b) - terms(W - E, b)) / (2 * h)
+    for i in range(b.size):
+        e = np.zeros_like(b)
+        e[i] = h
+        g_b[i] = (terms(W, b + e) - terms(W, b - e)) / (2 * h)
+    def step(omega):
+        return (omega * W - G) / (omega + mu), b - g_b / omega
+
+    def accepted(omega):  # the sufficient-decrease test, by brute force
+        W_t, b_t = step(omega)
+        dW, db = W_t - W, b_t - b
+        bound = phi(W, b) + np.sum(G * dW) + np.sum(g_b * db) + 0.5 * mu * (np.sum(W_t**2) - np.sum(W**2)) \
+            + 0.5 * omega * (np.sum(dW**2) + np.sum(db**2))
+        return phi(W_t, b_t) <= bound + 1e-9 * abs(phi(W, b))
+
+    first = 0.01 * 1.5 * 30
+    trials = [first * 2.0**k for k in range(40)]
+    expected = next(t for t in trials if accepted(t))
+    assert expected > first  # the search had to reject at least one trial
+    solver._update_W(state, layer)
+    omega = state.tau_W[layer]
+    assert omega == pytest.approx(expected, rel=1e-12)
+    W_new, b_new = step(omega)
+    np.testing.assert_allclose(state.weights[layer], W_new, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(state.biases[layer], b_new, rtol=1e-6, atol=1e-8)
+    assert not np.allclose(state.weights[layer], W)  # it moved
+    np.testing.assert_allclose(state.z[layer], W_new @ state.a[layer] + b_new[:, None], rtol=1e-6, atol=1e-8)

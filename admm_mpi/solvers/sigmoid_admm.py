@@ -162,7 +162,13 @@ class SigmoidADMM(Solver):
             state.z[l] = state.weights[l] @ state.a[l] + state.biases[l][:, None]
 
     def _update_W(self, state, l):
-        """[W_l b_l] for a hidden layer: linearised proximal step with backtracked ω."""
+        """[W_l b_l] for a hidden layer: linearised proximal step with backtracked ω.
+
+        The trial step is ``W - D/(ω+μ)`` with ``D = μ W + G`` fixed for the whole search, so the
+        trials need neither a product with the data nor a pass over W: the new pre-activation is
+        ``pre - (D V)/(ω+μ) + (b_new - b)`` (``D V`` formed once) and the step's inner products and
+        norms follow from five sums over ``W``, ``D``, ``G`` and the bias gradient taken once.
+        """
         W, b = state.weights[l], state.biases[l]
         g, pre = self._g(state, l)
         A = with_ones_row(state.a[l])
@@ -170,26 +176,32 @@ class SigmoidADMM(Solver):
         xp = namespace(W)
         value = xp.asarray([self._layer_terms(state, l, g)[0]], dtype=grad_local.dtype,
                            device=getattr(W, "device", None))
-        reduced = self.grid.allsum(xp.concat([xp.reshape(grad_local, (-1,)), value]))
+        reduced = self.grid.allsum_in_place(xp.concat([xp.reshape(grad_local, (-1,)), value]))
         grad = xp.reshape(reduced[:-1], grad_local.shape)
-        phi0 = float(reduced[-1]) + 0.5 * self.mu * sum_all(W * W)
+        G, g_b = grad[:, :-1], grad[:, -1]
+        D = self.mu * W + G
+        DV = D @ state.a[l]
+        w_sq, d_sq, w_d, g_d, gb_sq = (float(sum_all(x * y)) for x, y in ((W, W), (D, D), (W, D), (G, D), (g_b, g_b)))
+        phi0 = float(reduced[-1]) + 0.5 * self.mu * w_sq
+        last = l == self.spec.n_layers - 1
 
         def trial(omega):
             # argmin (mu/2)||W||² + <grad, Θ> + (omega/2)||Θ - Θ_k||²  (no decay on b)
-            W_new = (omega * W - grad[:, :-1]) / (omega + self.mu)
-            b_new = b - grad[:, -1] / omega
-            g_new, _ = self._g(state, l, W=W_new, b=b_new)
+            s = omega + self.mu
+            db = -g_b / omega
+            pre_new = pre - DV / s + db[:, None]
+            g_new = pre_new if last else self.spec.h.apply(pre_new)
             value = self.grid.allsum(np.array([self._layer_terms(state, l, g_new)[0]]))[0]
-            value += 0.5 * self.mu * sum_all(W_new * W_new)
-            dW, db = W_new - W, b_new - b
-            inner = float(sum_all(grad[:, :-1] * dW) + sum_all(grad[:, -1] * db)) + 0.5 * self.mu * float(
-                sum_all(W_new * W_new) - sum_all(W * W))
-            return (W_new, b_new), value, inner, float(sum_all(dW * dW) + sum_all(db * db))
+            decay_change = -2.0 * w_d / s + d_sq / s**2      # ||W_new||² - ||W||²
+            value += 0.5 * self.mu * (w_sq + decay_change)
+            inner = -g_d / s - gb_sq / omega + 0.5 * self.mu * decay_change
+            return omega, value, inner, d_sq / s**2 + gb_sq / omega**2
 
         tau0 = start_tau(state.tau_W[l], lambda: self.omega * self.beta * float(self.n_total))
-        result, tau, _ = backtracking(phi0, tau0, trial)
-        if result is not None:
-            state.weights[l], state.biases[l] = result
+        omega, tau, _ = backtracking(phi0, tau0, trial)
+        if omega is not None:
+            state.weights[l] = W - D / (omega + self.mu)
+            state.biases[l] = b - g_b / omega
         state.tau_W[l] = tau
         state.z[l] = state.weights[l] @ state.a[l] + state.biases[l][:, None]
 
