@@ -167,7 +167,8 @@ class SigmoidADMM(Solver):
         The trial step is ``W - D/(ω+μ)`` with ``D = μ W + G`` fixed for the whole search, so the
         trials need neither a product with the data nor a pass over W: the new pre-activation is
         ``pre - (D V)/(ω+μ) + (b_new - b)`` (``D V`` formed once) and the step's inner products and
-        norms follow from five sums over ``W``, ``D``, ``G`` and the bias gradient taken once.
+        norms follow from five sums over ``W``, ``D``, ``G`` and the bias gradient taken once (each
+        rank sums its block of rows).
         """
         W, b = state.weights[l], state.biases[l]
         g, pre = self._g(state, l)
@@ -181,7 +182,12 @@ class SigmoidADMM(Solver):
         G, g_b = grad[:, :-1], grad[:, -1]
         D = self.mu * W + G
         DV = D @ state.a[l]
-        w_sq, d_sq, w_d, g_d, gb_sq = (float(sum_all(x * y)) for x, y in ((W, W), (D, D), (W, D), (G, D), (g_b, g_b)))
+        # the five sums over this rank's block of rows, then added over the ranks: the passes over
+        # the m x k arrays divide by P
+        r0, r1 = self.grid.block_range(W.shape[0])
+        Wr, Dr, Gr, gr = W[r0:r1, :], D[r0:r1, :], G[r0:r1, :], g_b[r0:r1]
+        w_sq, d_sq, w_d, g_d, gb_sq = (float(x) for x in self.grid.allsum(np.array(
+            [sum_all(x * y) for x, y in ((Wr, Wr), (Dr, Dr), (Wr, Dr), (Gr, Dr), (gr, gr))])))
         phi0 = float(reduced[-1]) + 0.5 * self.mu * w_sq
         last = l == self.spec.n_layers - 1
 
