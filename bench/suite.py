@@ -102,6 +102,7 @@ CANDIDATES = {
     "rho-0.1": ["--rho", "0.1"],
     "rho-0.3": ["--rho", "0.3"],
     "batch-n20": [("--batch-size", lambda n: str(int(np.clip(n // 20, 100, 2000))))],  # twice the batches per epoch
+    "batch-n40": [("--batch-size", lambda n: str(int(np.clip(n // 40, 100, 2000))))],  # four times
     # the defaults before this suite chose new ones (taylor, 60 iterations, no early stopping)
     "taylor-60": ["--solver", "taylor", "--no-early-stopping"],
     "minibatch_am": MBAM,
