@@ -11,7 +11,7 @@ Parameter names follow ``MLPClassifier`` (``hidden_layer_sizes``, ``activation``
 ``intercepts_``, ``n_iter_``, ``loss_curve_`` (the ADMM objective per iteration), ``classes_``.
 
 Defaults: those of ``admm-mpi train`` for the solver (``minibatch_am``, its batch size scaled with
-the rows: ``n // 10`` clipped to [200, 2000]) and the budget (``max_iter=60`` epochs), but no
+the rows: ``n // 20`` clipped to [100, 2000]) and the budget (``max_iter=60`` epochs), but no
 validation split, early stopping or best-iterate selection: as in scikit-learn (``MLPClassifier``'s
 ``early_stopping=False``), ``fit`` trains on every row it is given and model selection is the
 caller's (``GridSearchCV``, ``cross_val_score``).
@@ -108,9 +108,12 @@ class _ADMMBase(BaseEstimator):
             result = train(self._config(loss), grid, out=False, shard=shard)
         finally:
             grid.close()
-        state, self._spec, summary = result.state, result.spec, result.summary
-        self.coefs_ = [W.T.copy() for W in state.weights]
-        self.intercepts_ = [b.copy() for b in state.biases]
+        self._spec, summary = result.spec, result.summary
+        # the network the loop evaluated and would save (minibatch_am: the running average of its
+        # iterates, not the last iterate), every layer on every rank of a data-parallel fit
+        weights, biases = result.model
+        self.coefs_ = [W.T.copy() for W in weights]
+        self.intercepts_ = [b.copy() for b in biases]
         self.n_iter_ = summary["iterations"]
         self.loss_curve_ = list(result.objective_history)
         if self.tol > 0 and not summary["converged"]:

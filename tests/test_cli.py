@@ -35,9 +35,9 @@ def test_default_run_on_bundled_digits_under_two_ranks(tmp_path):
     assert (config["iters"], config["tol"], config["batch_size"]) == (60, 0, 0)
     assert (config["validation_fraction"], config["early_stopping"], config["patience"], config["keep"]) == \
         (0.1, True, 10, "best")
-    # 1500 digits rows: 150 held out for validation, 1350 train in batches of 200 (1350 // 10 clipped)
+    # 1500 digits rows: 150 held out for validation, 1350 train in batches of 100 (1350 // 20 clipped)
     assert (summary["n_train"], summary["n_validation"], summary["validation_source"]) == (1350, 150, "held_out")
-    assert summary["batch_size"] == 200
+    assert summary["batch_size"] == 100
     assert summary["iterations"] <= 60
     if summary["iterations"] < 60:
         assert summary["stopped"] == "early_stopping" and summary["iterations"] - summary["kept_iteration"] == 10

@@ -18,11 +18,11 @@ from tests.helpers import blobs, run_admm
 
 # -- the batch-size rule -------------------------------------------------------------------------------
 @pytest.mark.parametrize("n_train, batch", [
-    (1, 200), (150, 200), (1999, 200), (2000, 200), (2009, 200),  # below the floor: 200
-    (2010, 201), (2019, 201), (2253, 225), (19999, 1999),          # a tenth of the rows, rounded down
-    (20000, 2000), (20009, 2000), (20010, 2000), (10**7, 2000),    # above the ceiling: 2000
+    (1, 100), (150, 100), (1999, 100), (2000, 100), (2019, 100),  # below the floor: 100
+    (2020, 101), (2039, 101), (2253, 112), (39999, 1999),          # a twentieth of the rows, rounded down
+    (40000, 2000), (40019, 2000), (40020, 2000), (10**7, 2000),    # above the ceiling: 2000
 ])
-def test_scaled_batch_size_is_a_tenth_of_the_rows_clipped_to_200_2000(n_train, batch):
+def test_scaled_batch_size_is_a_twentieth_of_the_rows_clipped_to_100_2000(n_train, batch):
     assert scaled_batch_size(n_train) == batch
 
 
@@ -32,7 +32,7 @@ def test_minibatch_am_batch_size_0_is_the_rule_and_an_explicit_one_wins():
     params = TrainConfig().params
     assert (TrainConfig().solver, type(params)) == ("minibatch_am", MiniBatchAM.Params) and params.batch_size == 0
     settings = dict(beta=0.1, gamma=1.0, rho=1e-2, ridge=1e-4, average=1.0)
-    assert MiniBatchAM(None, Grid.serial(), 5432, batch_size=0, **settings).batch_size == 543
+    assert MiniBatchAM(None, Grid.serial(), 5432, batch_size=0, **settings).batch_size == 271
     assert MiniBatchAM(None, Grid.serial(), 5432, batch_size=64, **settings).batch_size == 64
 
 
@@ -47,7 +47,7 @@ def _blob_file(path, n, d=6, classes=3, seed=5, scale=1.0, test=True):
 @pytest.mark.mpi(ranks=[1, 2, 3], timeout=180)
 def test_scaled_batches_distributed_equal_serial(comm, shared_tmp):
     """The rule reads the global training rows (after the validation rows are held out), so every
-    rank count runs the same batches: 2503 rows, 250 held out, batches of 2253 // 10 = 225."""
+    rank count runs the same batches: 2503 rows, 250 held out, batches of 2253 // 20 = 112."""
     path = shared_tmp / "rule.h5"
     if comm.rank == 0:
         _blob_file(path, 2503)
@@ -56,14 +56,14 @@ def test_scaled_batches_distributed_equal_serial(comm, shared_tmp):
     distributed = train(config, Grid(comm), out=False)
     serial = train(config, Grid.serial(), out=False)
     assert (distributed.summary["n_train"], distributed.summary["n_validation"]) == (2253, 250)
-    assert distributed.summary["batch_size"] == serial.summary["batch_size"] == 225
+    assert distributed.summary["batch_size"] == serial.summary["batch_size"] == 112
     assert distributed.summary["config"]["batch_size"] == 0  # the setting: the rule
     for key in ("iterations", "kept_iteration", "validation_accuracy", "train_accuracy"):
         assert distributed.summary[key] == serial.summary[key], key
     for W, b, W_ref, b_ref in zip(*distributed.model, *serial.model):
         layer, ref = np.column_stack([W, b]), np.column_stack([W_ref, b_ref])
         assert np.linalg.norm(layer - ref) <= 1e-10 * np.linalg.norm(ref)
-    assert comm.allgather(distributed.summary["batch_size"]) == [225] * comm.size
+    assert comm.allgather(distributed.summary["batch_size"]) == [112] * comm.size
 
 
 # -- the defaults are visible ------------------------------------------------------------------------------
@@ -74,12 +74,12 @@ def test_config_defaults_and_help_show_the_new_defaults():
                  "patience = 10", 'keep = "best"'):
         assert f"\n{line}\n" in defaults.stdout, line
     minibatch_am = defaults.stdout.split("# minibatch_am")[1]
-    assert "#   batch_size = 0  # " in minibatch_am and "n_train // 10 clipped to [200, 2000]" in minibatch_am
+    assert "#   batch_size = 0  # " in minibatch_am and "n_train // 20 clipped to [100, 2000]" in minibatch_am
     helped = run_admm(1, "train", "--help")
     assert helped.returncode == 0, helped.stderr
     text = " ".join(helped.stdout.split())  # argparse wraps lines
     for fragment in ("(default: minibatch_am)", "--no-early-stopping", "(default: 0.1;", "(default: on;",
-                     "(default: best;", "n_train // 10 clipped to [200, 2000]", "(default: 60)"):
+                     "(default: best;", "n_train // 20 clipped to [100, 2000]", "(default: 60)"):
         assert fragment in text, fragment
 
 
@@ -107,7 +107,7 @@ def _run(tmp_path, name, data, *args, ranks=2):
 def test_each_default_can_be_turned_off(tmp_path):
     data = _blob_file(tmp_path / "b.h5", 400)
     on, _ = _run(tmp_path, "defaults", data, "--patience", 2)
-    assert (on["solver"], on["n_validation"], on["kept"], on["batch_size"]) == ("minibatch_am", 40, "best", 200)
+    assert (on["solver"], on["n_validation"], on["kept"], on["batch_size"]) == ("minibatch_am", 40, "best", 100)
     assert on["stopped"] == "early_stopping" and on["iterations"] < 15  # blobs separate at once: stops
     config = on["config"]
     assert (config["validation_fraction"], config["early_stopping"], config["keep"]) == (0.1, True, "best")

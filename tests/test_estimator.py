@@ -35,6 +35,10 @@ def test_notebook_fit_matches_the_command_line(tmp_path):
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert score == pytest.approx(summary["test_accuracy"], abs=1e-12)
+    with h5py.File(tmp_path / "model.h5", "r") as f:  # the saved network: minibatch_am's weight average
+        for l, (W, b) in enumerate(zip(clf.coefs_, clf.intercepts_)):
+            np.testing.assert_array_equal(W.T, f[f"layers/{l}/W"][...])
+            np.testing.assert_array_equal(b, f[f"layers/{l}/b"][...])
     assert score > 0.95 and clf.n_iter_ == 40 and len(clf.loss_curve_) == 40
     assert clf.coefs_[0].shape == (64, 256) and clf.coefs_[-1].shape == (256, 10)
 

@@ -62,7 +62,7 @@ class MiniBatchAMParams(SolverParams):
     ridge: float = setting(1e-4, "weight decay per batch sample")
     average: float = setting(0.5, "horizon in epochs of the running average of the weights that is "
                                   "evaluated and saved (0: the last iterate)")
-    batch_size: int = batch_size_setting(0, " (0: n_train // 10 clipped to [200, 2000], n_train the training "
+    batch_size: int = batch_size_setting(0, " (0: n_train // 20 clipped to [100, 2000], n_train the training "
                                             "rows left after the validation split)")
 
     def validate(self):
