@@ -320,16 +320,13 @@ def load_shard(path, grid, dtype=np.float64, part=None, *, validation_fraction=0
             problem = problem or _check_values(arrays["X" + split], labels["y" + split], "X" + split,
                                                "y" + split, n_classes, arrays.get("rows" + split))
     grid.agree(problem)
-    has_val = "X_val" in arrays
-    return Shard(
-        X=np.ascontiguousarray(arrays["X"].T), y=labels["y"],
-        X_test=np.ascontiguousarray(arrays["X_test"].T), y_test=labels["y_test"],
-        n_total=n_train, n_test_total=n_test, n_features=d, n_classes=n_classes, name=name, start=start,
-        X_val=np.ascontiguousarray(arrays["X_val"].T) if has_val else None,
-        y_val=labels["y_val"] if has_val else None,
-        n_val_total=n_val_file or (0 if held is None else held.size),
-        validation_source="file" if n_val_file else "held_out" if held is not None else None,
-    )
+    has_val, n_held = "X_val" in arrays, 0 if held is None else held.size
+    return Shard(X=np.ascontiguousarray(arrays["X"].T), y=labels["y"],
+                 X_test=np.ascontiguousarray(arrays["X_test"].T), y_test=labels["y_test"], n_total=n_train,
+                 n_test_total=n_test, n_features=d, n_classes=n_classes, name=name, start=start,
+                 X_val=np.ascontiguousarray(arrays["X_val"].T) if has_val else None,
+                 y_val=labels["y_val"] if has_val else None, n_val_total=n_val_file or n_held,
+                 validation_source="file" if n_val_file else "held_out" if held is not None else None)
 
 
 def write_dataset(path, X, y, X_test=None, y_test=None, *, name="", n_classes=None, preprocessing="", classes=None,
