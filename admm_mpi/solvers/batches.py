@@ -35,8 +35,8 @@ from admm_mpi.solvers.base import BATCH_STATE, Solver, SolverParams, check_at_le
 
 
 # the default batch size of the mini-batch solvers that scale it with the data (minibatch_am's
-# ``batch_size = 0``): a tenth of the training rows, at least 200 and at most 2000 columns (chosen on
-# the public suite by validation accuracy, bench/results/suite.md)
+# ``batch_size = 0``): a twentieth of the training rows, at least 100 and at most 2000 columns (chosen
+# on the public suite by validation accuracy, bench/results/suite.md)
 SCALED_BATCH_DIVISOR, SCALED_BATCH_MIN, SCALED_BATCH_MAX = 20, 100, 2000
 
 
