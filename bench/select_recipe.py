@@ -15,6 +15,14 @@ from the seed) are carved from the training rows. The candidate with the best va
 is then scored once on the official test images with ``admm-mpi evaluate``. The other candidates
 are never scored on test.
 
+``--adam-lr LR`` (repeatable) gives PyTorch Adam the same treatment on the same rows: the config's
+MLP (ReLU, cross-entropy, batches of 128, two threads), one run per learning rate on the training
+rows left after the validation rows are held out (``admm_mpi.data.validation_rows``, the rows
+``admm-mpi train --validation-fraction F`` holds out at the config's seed), validation accuracy
+after every epoch, early stopping with the same patience, the best epoch's weights kept. The lr
+with the best validation accuracy is the pick; only its kept network is scored on test, once.
+With ``--adam-lr`` and no ``--candidate``, only Adam runs. Needs torch (``pip install -e ".[bench]"``).
+
 Writes ``results/selection_<name>.json``: every candidate's flags, settings as run, validation curve
 and seconds; the pick; its test accuracy. ``--reuse`` reads back a candidate whose run directory
 already holds a finished run (its ``summary.json`` records the settings it ran with) instead of
@@ -27,7 +35,10 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, mpiexec, portable, run_record  # noqa: E402
@@ -70,11 +81,93 @@ def test_accuracy(args, model):
     return result["test_accuracy"], result["n_test"]
 
 
+def adam_epochs(model, splits, lr, args):
+    """Adam at ``lr`` up to ``args.iters`` epochs, early stopping on validation: (curve, best state)."""
+    import torch
+    from time_to_accuracy import BATCH, accuracy
+
+    X, y = splits["train"]
+    opt, loss_fn = torch.optim.Adam(model.parameters(), lr=lr), torch.nn.CrossEntropyLoss()
+    generator = torch.Generator().manual_seed(args.seed)
+    curve, best, best_state, clock = [], -1.0, None, 0.0
+    for epoch in range(1, args.iters + 1):
+        t0 = time.perf_counter()
+        for idx in torch.randperm(X.shape[0], generator=generator).split(BATCH):
+            opt.zero_grad()
+            loss_fn(model(X[idx]), y[idx]).backward()
+            opt.step()
+        clock += time.perf_counter() - t0
+        curve.append([epoch, accuracy(model, *splits["validation"]), round(clock, 3)])
+        if curve[-1][1] > best:
+            best, best_state = curve[-1][1], {k: v.clone() for k, v in model.state_dict().items()}
+        elif epoch - max(curve, key=lambda point: point[1])[0] >= args.patience:
+            break
+    return curve, best_state
+
+
+def select_adam(args, hidden):
+    """Adam's learning rate chosen on the validation rows; only the pick's kept network meets the test rows."""
+    import torch
+    from admm_mpi.data import validation_rows
+    from time_to_accuracy import accuracy, load, mlp
+
+    torch.set_num_threads(args.torch_threads)
+    X, y, X_test, y_test = load(args.data)
+    held = validation_rows(y, args.validation_fraction, args.seed)
+    keep = np.setdiff1d(np.arange(y.size), held)
+    as_torch = lambda X, y: (torch.from_numpy(np.ascontiguousarray(X)), torch.from_numpy(np.asarray(y, np.int64)))
+    splits = {"train": as_torch(X[keep], y[keep]), "validation": as_torch(X[held], y[held])}
+    widths = [X.shape[1], *hidden, int(y.max()) + 1]
+    runs = []
+    for lr in args.adam_lr:
+        torch.manual_seed(args.seed)
+        model = mlp(widths)
+        curve, state = adam_epochs(model, splits, lr, args)
+        best = max(curve, key=lambda point: point[1])
+        runs.append({"lr": lr, "curve": curve, "validation_accuracy": best[1], "kept_epoch": best[0],
+                     "epochs_run": len(curve), "train_seconds": curve[-1][2], "state": state, "model": model})
+        print(f"adam lr {lr:g}: validation {best[1]:.4f} (epoch {best[0]} of {len(curve)})", flush=True)
+    pick = max(runs, key=lambda r: r["validation_accuracy"])
+    pick["model"].load_state_dict(pick["state"])
+    test = accuracy(pick["model"], *as_torch(X_test, y_test))
+    print(f"adam pick lr {pick['lr']:g}: test accuracy {test:.4f} on {y_test.size} images (read once)")
+    return {"widths": widths, "batch": 128, "threads": args.torch_threads, "torch": torch.__version__,
+            "n_train": int(keep.size), "n_validation": int(held.size),
+            "runs": [{k: v for k, v in r.items() if k not in ("state", "model")} for r in runs],
+            "pick_lr": pick["lr"], "pick_validation_accuracy": pick["validation_accuracy"],
+            "pick_test_accuracy": test, "n_test": int(y_test.size)}
+
+
+def select_admm(args):
+    """The ADMM candidates' runs, the pick by validation and its test accuracy (read once)."""
+    candidates = [item.partition("=") for item in args.candidate]
+    records = [run_candidate(args, tag, shlex.split(flags)) for tag, _, flags in candidates]
+    best = max(records, key=lambda r: r["validation_accuracy"])  # max keeps the first of equals
+    accuracy, n_test = test_accuracy(args, Path(best["out"]) / "model.h5")
+    for r in records:
+        r["out"] = Path(r["out"]).name
+        print(f"{r['tag']:24s} validation {r['validation_accuracy']:.4f} (epoch {r['kept_epoch']} of "
+              f"{r['epochs_run']}){'  <- pick' if r is best else ''}")
+    print(f"pick {best['tag']}: test accuracy {accuracy:.4f} on {n_test} images (read once)")
+    return {"candidates": records, "pick": best["tag"], "pick_validation_accuracy": best["validation_accuracy"],
+            "pick_test_accuracy": accuracy, "n_test": n_test,
+            "train_command": "OMP_NUM_THREADS=1 " + shlex.join(["mpiexec", "-n", str(args.ranks), "admm-mpi"]
+                                                              + train_command(args, ["<flags>"], "<run>")[6:])}
+
+
+def config_settings(path):
+    """The config's hidden widths and seed (what Adam copies from it)."""
+    from admm_mpi.config import read_toml
+
+    config = read_toml(path)
+    return config["hidden"], config.get("seed", 0)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", required=True)
     parser.add_argument("--data", required=True)
-    parser.add_argument("--candidate", action="append", required=True, metavar="TAG=FLAGS",
+    parser.add_argument("--candidate", action="append", default=[], metavar="TAG=FLAGS",
                         help="a candidate: its tag and its flags added to the config's (repeatable)")
     parser.add_argument("--validation-fraction", type=float, default=0.16667)
     parser.add_argument("--iters", type=int, default=20, help="epoch budget of every candidate")
@@ -86,26 +179,22 @@ def main(argv=None):
     parser.add_argument("--reuse", action="store_true", help="read back finished runs instead of rerunning them")
     parser.add_argument("--timeout", type=float, default=4 * 3600)
     parser.add_argument("--out", help="the results file (default: results/selection_<name>.json)")
+    parser.add_argument("--adam-lr", type=float, action="append", default=[], metavar="LR",
+                        help="PyTorch Adam at this learning rate on the same rows (repeatable)")
+    parser.add_argument("--torch-threads", type=int, default=2)
     args = parser.parse_args(argv)
+    if not args.candidate and not args.adam_lr:
+        parser.error("give at least one --candidate or --adam-lr")
     args.name = args.name or Path(args.config).stem
-    candidates = [item.partition("=") for item in args.candidate]
-    records = [run_candidate(args, tag, shlex.split(flags)) for tag, _, flags in candidates]
-    best = max(records, key=lambda r: r["validation_accuracy"])  # max keeps the first of equals
-    accuracy, n_test = test_accuracy(args, Path(best["out"]) / "model.h5")
-    for r in records:
-        r["out"] = Path(r["out"]).name
-        print(f"{r['tag']:24s} validation {r['validation_accuracy']:.4f} (epoch {r['kept_epoch']} of "
-              f"{r['epochs_run']}){'  <- pick' if r is best else ''}")
-    print(f"pick {best['tag']}: test accuracy {accuracy:.4f} on {n_test} images (read once)")
+    hidden, args.seed = config_settings(args.config)
+    result = {"benchmark": "recipe chosen on validation accuracy, then the test split read once",
+              "config": args.config, "data": Path(args.data).name, "ranks": args.ranks,
+              "validation_fraction": args.validation_fraction, "iters": args.iters, "patience": args.patience}
+    if args.candidate:
+        result.update(select_admm(args))
+    if args.adam_lr:
+        result["adam"] = select_adam(args, hidden)
     path = Path(args.out or RESULTS / f"selection_{args.name}.json")
-    result = {
-        "benchmark": "recipe chosen on validation accuracy, then the test split read once",
-        "config": args.config, "data": Path(args.data).name, "ranks": args.ranks,
-        "validation_fraction": args.validation_fraction, "iters": args.iters, "patience": args.patience,
-        "candidates": records, "pick": best["tag"], "pick_validation_accuracy": best["validation_accuracy"],
-        "pick_test_accuracy": accuracy, "n_test": n_test,
-        "train_command": "OMP_NUM_THREADS=1 " + shlex.join(["mpiexec", "-n", str(args.ranks), "admm-mpi"]
-                                                          + train_command(args, ["<flags>"], "<run>")[6:])}
     path.write_text(json.dumps(portable({**result, **run_record()}), indent=2) + "\n")
     print(f"wrote {path}")
 

@@ -35,3 +35,22 @@ def test_the_pick_is_the_best_validation_run_and_only_it_is_scored_on_test(tmp_p
     module.main(argv + ["--reuse"])  # read back, not retrained
     assert metrics.stat().st_mtime_ns == before
     assert json.loads(out.read_text())["pick"] == result["pick"]
+
+
+@pytest.mark.timeout(300)
+def test_adams_learning_rate_is_picked_on_the_validation_rows_and_only_the_pick_meets_test(tmp_path):
+    pytest.importorskip("torch", reason="PyTorch (the [bench] extra) is not installed")
+    config = tmp_path / "tiny.toml"
+    config.write_text('solver = "minibatch_am"\nhidden = [16]\nseed = 0\n')
+    out = tmp_path / "selection.json"
+    module = bench_module("select_recipe")
+    module.main(["--config", str(config), "--data", str(REPO / "data" / "digits.h5"), "--adam-lr", "1e-5",
+                 "--adam-lr", "1e-2", "--iters", "3", "--patience", "1", "--name", "tiny", "--out", str(out),
+                 "--torch-threads", "1"])
+    adam = json.loads(out.read_text())["adam"]
+    runs = {r["lr"]: r for r in adam["runs"]}
+    assert adam["pick_lr"] == 1e-2 and runs[1e-2]["validation_accuracy"] > runs[1e-5]["validation_accuracy"]
+    assert adam["pick_validation_accuracy"] == max(point[1] for point in runs[1e-2]["curve"])
+    assert adam["n_validation"] == 250 and adam["n_train"] + 250 == 1500 and adam["n_test"] == 297
+    assert 0.5 < adam["pick_test_accuracy"] <= 1.0
+    assert "candidates" not in json.loads(out.read_text())  # Adam alone ran
