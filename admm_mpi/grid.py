@@ -17,7 +17,7 @@ import numpy as np
 
 from admm_mpi.backend import from_host, is_numpy, namespace, to_host
 from admm_mpi.errors import InputError
-from admm_mpi.partition import block_range
+from admm_mpi.partition import balanced_blocks, block_range
 
 
 def _world_comm():
@@ -483,17 +483,12 @@ class ProcessGrid:
     def __getattr__(self, name):  # agree, allsum, bcast_decision, gather_to_root, ...
         return getattr(self.world, name)
 
-    def layers(self, n_layers):
-        """This group's layers ``[first, stop)`` of ``n_layers`` (contiguous blocks)."""
-        return block_range(n_layers, self.groups, self.group)
-
-    def owner_group(self, layer, n_layers):
-        """The layer group that owns ``layer``."""
-        for g in range(self.groups):
-            start, stop = block_range(n_layers, self.groups, g)
-            if start <= layer < stop:
-                return g
-        raise ValueError(layer)
+    def layers(self, n_layers, costs=None):
+        """This group's layers ``[first, stop)`` of ``n_layers``: contiguous blocks, balanced by
+        ``costs`` (one per layer, the same on every rank) when given, else by count."""
+        if costs is None:
+            return block_range(n_layers, self.groups, self.group)
+        return balanced_blocks(costs, self.groups)[self.group]
 
     # ---- neighbour exchange (planned, non-blocking, counted) --------------------------------
     def boundary_exchange(self, to_next, tag, bits=0):

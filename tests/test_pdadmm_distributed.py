@@ -14,6 +14,7 @@ from tests.test_distributed import _dataset
 CASES = {
     "layer-L4": ("layer", 0, (12, 10, 8), 0),          # one layer per rank up to 4 ranks
     "layer-L6": ("layer", 0, (12, 10, 9, 8, 7), 0),    # more layers than ranks: blocks of layers
+    "layer-uneven": ("layer", 0, (40, 4, 4), 0),       # blocks by cost, not count: the wide layer alone
     "layer-L4-8bit": ("layer", 0, (12, 10, 8), 8),
     "hybrid-2": ("hybrid", 2, (12, 10, 8), 0),         # 2 layer groups x size/2 data shards
     "hybrid-2-8bit": ("hybrid", 2, (12, 10, 8), 8),

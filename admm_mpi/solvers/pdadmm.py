@@ -45,6 +45,13 @@ from admm_mpi.solvers.batches import MiniBatchParams
 TAG_P, TAG_Q, TAG_FORWARD = 11, 12, 13
 
 
+
+def layer_costs(widths):
+    """Each layer's share of an iteration's work, for splitting the layers over layer groups: its
+    weights and bias, ``(n_in + 1) * n_out`` (every product of a layer's updates, the W steps and
+    the p, q and z updates, is with its W or Wᵀ)."""
+    return [(n_in + 1) * n_out for n_in, n_out in zip(widths[:-1], widths[1:])]
+
 @dataclass
 class PDADMMState:
     # per-sample variables (columns of this rank); the rest is global
@@ -94,7 +101,7 @@ class PDADMM(Solver):
                              "use at most one layer group per layer")
         self.spec, self.grid, self.n_total = spec, grid, n_total
         self.nu, self.rho, self.mu, self.w_steps, self.bits = nu, rho, mu, w_steps, quantize
-        self.first, self.stop = grid.layers(L)
+        self.first, self.stop = grid.layers(L, layer_costs(spec.widths))
         self._exchanges = {}
 
     @property
