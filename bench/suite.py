@@ -103,6 +103,8 @@ CANDIDATES = {
     "rho-0.3": ["--rho", "0.3"],
     "batch-n20": [("--batch-size", lambda n: str(int(np.clip(n // 20, 100, 2000))))],  # twice the batches per epoch
     "batch-n40": [("--batch-size", lambda n: str(int(np.clip(n // 40, 100, 2000))))],  # four times
+    "patience-5": ["--patience", "5"],     # early stopping after 5 epochs without a better validation accuracy
+    "patience-3": ["--patience", "3"],
     # the defaults before this suite chose new ones (taylor, 60 iterations, no early stopping)
     "taylor-60": ["--solver", "taylor", "--no-early-stopping"],
     "minibatch_am": MBAM,
