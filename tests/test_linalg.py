@@ -312,3 +312,18 @@ def test_activation_operator_formed_by_the_ranks_together_equals_serial_and_is_b
     np.testing.assert_allclose(shared, alone, rtol=1e-12, atol=1e-12)
     assert np.array_equal(shared, comm.bcast(shared, root=0))  # the same operator on every rank
     grid.close()
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 255, 256, 257, 600])
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_fill_lower_from_upper_mirrors_the_strict_upper_triangle_in_place(n, order):
+    from admm_mpi.ops.linalg import fill_lower_from_upper
+
+    rng = np.random.default_rng(n)
+    upper = np.triu(rng.standard_normal((n, n)))
+    M = np.array(upper + np.tril(rng.standard_normal((n, n)), -1), order=order)  # garbage below
+    fill_lower_from_upper(M)
+    assert np.array_equal(M, upper + np.triu(upper, 1).T)
+    T = np.array(upper.T, order=order)  # the transposed view, as the solvers pass Fortran results
+    fill_lower_from_upper(T.T)
+    assert np.array_equal(T.T, upper + np.triu(upper, 1).T)

@@ -1,5 +1,7 @@
 """Weight solves by transpose reduction, and small SPD solves."""
 
+import functools
+
 import numpy as np
 import scipy.linalg
 
@@ -63,8 +65,14 @@ def fill_lower_from_upper(M, block=256):
         r1 = min(r0 + block, n)
         M[r1:, r0:r1] = M[r0:r1, r1:].T
         square = M[r0:r1, r0:r1]
-        below = np.tril_indices(r1 - r0, -1)
-        square[below] = square.T[below]
+        np.copyto(square, square.T.copy(), where=_strictly_lower(r1 - r0))
+
+
+@functools.lru_cache(maxsize=8)
+def _strictly_lower(n):
+    """Mask of the strict lower triangle of n x n (kept: small batches fill many small Grams, and
+    making the indices anew each time cost as much as the copy)."""
+    return np.tri(n, k=-1, dtype=bool)
 
 
 def _spd_inverse64(A, xp):
