@@ -437,7 +437,16 @@ def run(n, repeats, iters, collectives_path, reuse=None):
             "network": NETWORK, "ranks_per_node": RANKS_PER_NODE, "sgd_batch_per_rank": SGD_BATCH_PER_RANK,
             "projections": projections, "summaries": summaries(projections),
             "node_aware": node_aware_rows(coll_result), "argv": portable_argv(), "commit": git_commit(), "machine": machine(),
-            "measurements_from": ({key: earlier.get(key) for key in ("command", "commit")} if reuse else "this run")}
+            "measurements_from": measurements_origin(earlier)}
+
+
+def measurements_origin(earlier):
+    """Where the measurements were made: "this run", or the command and commit of the run that measured them
+    (a reused file that itself reused keeps naming the run that measured)."""
+    if earlier is None:
+        return "this run"
+    origin = earlier.get("measurements_from")
+    return origin if isinstance(origin, dict) else {key: earlier.get(key) for key in ("command", "commit")}
 
 
 def _pct(x):
