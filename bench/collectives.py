@@ -378,8 +378,9 @@ def holdout_errors(probes, cores, reduce_per_byte, cache=None):
         params = fit(_subset(probes, sweeps=others), cores, reduce_per_byte=reduce_per_byte, cache=cache)
         found["sweeps"] += error_table(_subset(probes, sweeps=[left]), params, cores, sweep=left)
         found["sweeps_unmodelled"] += _unmodelled(probes, others, left)
-    for i in range(len(next(iter(probes.values()))["sizes"])):
-        rest = [j for j in range(len(next(iter(probes.values()))["sizes"])) if j != i]
+    sizes = range(min(len(f["sizes"]) for f in probes.values()))
+    for i in sizes:
+        rest = [j for j in sizes if j != i]
         params = fit(_subset(probes, sizes=rest), cores, reduce_per_byte=reduce_per_byte, cache=cache)
         found["leave_one_size_out"] += error_table(_subset(probes, sizes=[i]), params, cores)
     inside = [P for P in probes if P <= cores]
