@@ -1,16 +1,16 @@
 """The collectives of a data-parallel step, measured over 8 B - 64 MB at 2, 3, 4 and 8 ranks, and modelled.
 
     python bench/collectives.py [--ranks 2,3,4,8] [--max-bytes 67108864] [--min-repeats 5] [--sweeps 3] [--node-aware]
+    python bench/collectives.py --refit bench/results/collectives.json [--holdout OTHER.json]   (fits, measures nothing)
 
 Each rank count runs ``mpiexec -n P python bench/collectives.py --probe`` (one BLAS thread per
-rank). The probe's communicator first makes 8 collectives: MPICH switches its intra-node Reduce,
-Bcast and Allreduce to the shared-memory "release-gather" algorithms only after
-``MPIR_CVAR_POSIX_NUM_COLLS_THRESHOLD`` = 5 collectives on a communicator, and a training run is
-in that steady state from its first iteration on; then each operation and size is called twice
-before it is timed. A repetition is a Barrier, then the operation; its time is the slowest
-rank's. Per sweep the median and the minimum over the repetitions are kept; ``--sweeps`` passes
-over all operations and sizes interleave in time, and ``times`` is the median over the passes,
-``fastest`` the minimum.
+rank). The probe's communicator first makes 8 collectives (past MPICH's
+``MPIR_CVAR_POSIX_NUM_COLLS_THRESHOLD`` = 5, from which a single-threaded MPICH would use its
+shared-memory release-gather algorithms, as a training run's communicator would from its first
+iteration on); then each operation and size is called twice before it is timed. A repetition is a Barrier, then the
+operation; its time is the slowest rank's. Per sweep the median and the minimum over the repetitions
+are kept; ``--sweeps`` passes over all operations and sizes interleave in time, and ``times`` is the
+median over the passes, ``fastest`` the minimum.
 
 Operations (float32 SUM, ``n`` bytes per rank): ``Reduce`` to rank 0, ``Bcast`` from rank 0,
 ``Allreduce``, ``Reduce_scatter_block`` (n bytes in, n/P out), ``Allgather`` (n/P in, n out: with
@@ -19,16 +19,33 @@ solve's pair). The step gathers no arrays to one rank (only small pickled object
 not measured. With ``--node-aware`` the probe also times ``Grid.allsum`` with faked nodes
 (``Grid(nodes=k)``) against the flat one.
 
-The model (below, used by ``cost_model.py``): per operation, time = stages x latency + 8 KB cells x
-cell + bytes moved x copy + bytes reduced x reduce + bytes moved from DRAM x memory, with the
-stages, cells and bytes of the algorithm MPICH selects (see the comment above ``structure``),
-the reduce coefficient measured apart (MPI's float32 SUM on one rank, ``Op.Reduce_local``, in
-cache) and the others fitted per operation to all rank counts and sizes (robust, on relative
-errors), once to the
-medians of every rank count (``params``) and once to the minima at the rank counts that fit the
-cores (``params_uncontended``: a node with a core per rank). The machine has 2 cores:
-3, 4 and 8 ranks are oversubscribed and their times include the scheduler's; it is also shared
-with other jobs, whose load (``os.getloadavg`` before and after each probe) is recorded.
+The model (used by ``cost_model.py``; what MPICH runs and why is the comment above ``MMAP_THRESHOLD_MAX``).
+mpi4py asks for MPI_THREAD_MULTIPLE, and threaded MPICH does not select its release-gather algorithms:
+every operation is one of MPIR's point-to-point algorithms (binomial, Rabenseifner, pairwise, ring),
+messages of >= 8 KB copied once through Linux CMA. Per operation, from the rounds and bytes of that
+algorithm on the slowest rank's critical path:
+
+    time = rounds x latency + rounds of >= 8 KB x rendezvous + bytes copied x copy
+           + bytes CMA copies out of 4 KB pages x page + bytes copied from DRAM x memory
+           + bytes reduced x reduce + bytes of fresh temporaries x fault,
+
+times P / cores when ranks outnumber the cores, plus rounds x switch. Where the bytes live decides the
+per-byte cost: a temporary MPICH mallocs per call is a fresh mapping from 32 MiB on (glibc's cap on its
+mmap threshold), so its pages fault in every call (``fault``); numpy's arrays of >= 32 MiB are fresh
+mappings in transparent huge pages, smaller ones reuse heap pages of 4 KB, which CMA pins one by one
+(``page``); the share of the ranks' working set beyond the last-level cache comes from DRAM
+(``memory``, a smooth share: 0 up to the cache, towards 1 beyond). The reduction's cost per byte is
+measured apart (MPI's float32 SUM on one rank, ``Op.Reduce_local``, in cache); ``page``, ``memory``
+and ``fault`` are properties of the machine, one value for every operation; latency, rendezvous, copy
+and switch are fitted per operation. One robust fit (soft-L1 on relative errors) over all operations,
+rank counts and sizes, once to the medians of every rank count (``params``) and once to the minima
+at the rank counts that fit the cores (``params_uncontended``: a node with a core per rank). Held-out
+checks (``errors_holdout``): each sweep predicted from a fit to the others (beside the same comparison
+with no model, the measurement's own reproducibility), each size from a fit without it, the
+oversubscribed rank counts from a fit to the others, and with ``--holdout`` another run's medians.
+The machine has 2 cores: 3, 4 and 8 ranks are oversubscribed and their times include the
+scheduler's; it is also shared with other jobs, whose load (``os.getloadavg`` before and after each
+probe) is recorded.
 """
 
 import argparse
@@ -39,6 +56,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import namedtuple
 from pathlib import Path
 
 import numpy as np
@@ -51,33 +69,51 @@ NOTE = ("2 cores: 3, 4 and 8 ranks are oversubscribed and their times include th
         "shared with other jobs (load_before / load_after per probe), so an operation longer than a time slice "
         "may wait for a descheduled partner: 'times' are medians over the sweeps of the per-sweep medians, "
         "'fastest' the minima over every repetition; 'params' fit the medians, 'params_uncontended' the minima at "
-        "ranks <= cores.")
+        "ranks <= cores; 'errors_holdout': the median fit's errors on measurements it did not see (held-out sweeps, "
+        "sizes, rank counts, another run), with 'sweeps_unmodelled' the sweeps' own spread; "
+        "'error_summary_64KB_up' summarises each at >= 64 KB.")
 OPERATIONS = ("reduce", "bcast", "allreduce", "reduce_scatter", "allgather", "reduce_bcast")
 
 
 # ---- the model --------------------------------------------------------------------------------
-# What MPICH 4-5 (ch4) runs, from its selection files (github.com/pmodels/mpich:
-# maint/tuning/coll/ch4/generic.json, ch4/posix_generic.json, mpir/generic.json) and
-# doc/mpich/tuning_parameters.md, section 2.6 ("Intra-node collective algorithms", Table IV):
-# - a communicator on several nodes (or one node with several ranks: "comm_hierarchy=parent")
-#   reduces above 2 KB by MPIDI_Reduce_intra_composition_alpha: the shared-memory reduce of each
-#   node (release-gather, Jain et al. SC18: a k-ary tree of radix MPIR_CVAR_REDUCE_INTRANODE_TREE_KVAL
-#   = 4 over cells of 32 KB / 4 = 8 KB, pipelined), then the node leaders' MPIR reduce (binomial
-#   up to 2 KB, else reduce-scatter + gather, Rabenseifner);
-# - Bcast inside a node: release-gather, radix 64 (flat below 65 ranks): the root copies each cell
-#   in, every other rank copies it out; across nodes: binomial below 12 KB, else scatter +
-#   allgather (recursive doubling or ring);
-# - Allreduce on one node: release-gather (reduce then bcast through the same cells);
-# - Reduce_scatter (commutative): recursive halving below 512 KB in total, else pairwise
-#   exchange; Allgather: recursive doubling (power-of-2 ranks, < 512 KB), Bruck (< 80 KB), else
-#   ring; both point to point (through shared memory on one node).
-REDUCE_RADIX, BCAST_RADIX = 4, 64
-LARGE = 512 * 1024
-TERMS = ("latency", "cell", "copy", "reduce", "memory")  # seconds per stage, per 8 KB cell of a shared-memory
-# tree pass (release-gather pipelines its data through cells of 32 KB / 4), per byte moved, per byte reduced, per
-# byte moved from DRAM
-CELL = 8192
-WORKING_SET = 3  # buffers of n bytes per rank an operation touches (send, receive, shared cells or temporaries)
+# What runs. mpi4py starts MPI at MPI_THREAD_MULTIPLE (mpi4py.rc.thread_level "multiple"; the pip MPICH 5.0.2
+# grants it), and MPICH's ch4 POSIX selection (maint/tuning/coll/ch4/posix_generic.json in github.com/pmodels/mpich,
+# compiled into libmpi) offers its shared-memory release-gather Bcast, Reduce and Allreduce only under
+# "is_multi_threaded=no": threaded, the search finds nothing and src/mpid/ch4/shm/posix/posix_coll.h falls back to
+# MPIR's point-to-point algorithms (maint/tuning/coll/mpir/generic.json, src/mpi/coll/*), on one node:
+# - Bcast: binomial tree below 8 ranks; from 8 ranks binomial up to 12 KB, else scatter + allgather (recursive
+#   doubling below 512 KB for a power of 2, else ring);
+# - Reduce (root 0; ch4's composition alpha hands it to the node communicator): binomial up to 2 KB, else
+#   Rabenseifner's recursive-halving reduce-scatter + binomial gather;
+# - Allreduce: recursive doubling up to 8 B, else Rabenseifner's reduce-scatter + allgather;
+# - Reduce_scatter_block: recursive halving below 512 KB in total, else pairwise exchange;
+# - Allgather: recursive doubling (power of 2) below 512 KB, Bruck (other P) below 80 KB, else ring.
+# Messages of >= 8 KB go single-copy through Linux CMA (MPIR_CVAR_CH4_IPC_CMA_P2P_THRESHOLD): after a handshake
+# the receiver copies straight from the sender's pages (process_vm_readv); smaller ones through shared cells.
+# Two effects of the C library shape the large sizes. glibc's malloc serves a chunk from its heap once its dynamic
+# mmap threshold has risen above it, but that threshold never rises above 32 MiB (DEFAULT_MMAP_THRESHOLD_MAX), so
+# - a temporary of >= 32 MiB, which MPIR's Rabenseifner and pairwise algorithms malloc per call, is a fresh mapping
+#   every call: its pages fault in (zeroed by the kernel) every time;
+# - numpy asks for transparent huge pages (madvise) on arrays >= 4 MiB, but only pages that fault in afterwards get
+#   them: smaller arrays reuse heap pages already mapped at 4 KB; arrays >= 32 MiB are fresh mappings and sit in
+#   2 MB pages but for their unaligned ends (/proc/self/smaps: 30 of 32 MB). A copy through 4 KB pages pays a page
+#   walk and a pin per page (CMA pins the sender's pages), through 2 MB pages hardly any.
+MMAP_THRESHOLD_MAX = 32 * 2**20  # glibc: 4 Mi x sizeof(long)
+MALLOC_OVERHEAD = 16  # bytes glibc adds to a chunk (header, alignment)
+HUGE_PAGE = 2 * 2**20
+CMA_THRESHOLD = 8192
+LARGE = 512 * 1024  # MPIR's switch to pairwise / ring (and Bcast's to ring from 8 ranks)
+TERMS = ("latency", "rendezvous", "copy", "page", "memory", "reduce", "fault", "switch")
+# seconds per: message round on the critical path; round of >= 8 KB (the CMA handshake); byte copied on the
+# critical path; byte CMA copies out of 4 KB pages (pinned one by one); byte copied from DRAM (the working set's
+# share beyond the cache); byte reduced; byte of a fresh temporary faulting in; round on oversubscribed cores
+# (a waiting rank yields its core to the one it waits for)
+SHARED = ("page", "memory", "fault")  # properties of the machine and its kernel: one value for every operation
+PER_OPERATION = ("latency", "rendezvous", "copy", "switch")  # "reduce" is measured apart (reduction_seconds_per_byte)
+Traffic = namedtuple("Traffic", "stages rendezvous moved small_pages reduced fresh buffers")
+# on the critical path of the slowest rank: message rounds, those of >= 8 KB, bytes copied (locally and by CMA),
+# bytes CMA copies out of 4 KB pages (a local memcpy pins nothing), bytes reduced, bytes of fresh temporaries
+# touched; buffers: n-byte buffers a rank touches (its working set / n)
 
 
 def last_level_cache():
@@ -96,45 +132,112 @@ def last_level_cache():
 LLC = last_level_cache()
 
 
-def outside_cache(P, n, cache=None):
-    """Fraction of the ranks' working set (P x WORKING_SET x n bytes) that does not fit the last-level cache."""
-    return max(0.0, 1.0 - (cache or LLC) / (WORKING_SET * P * n)) if n else 0.0
+def fresh_mapping(nbytes):
+    """Whether malloc(nbytes) maps new pages on every call: its chunk is beyond glibc's 32 MiB cap on the
+    dynamic mmap threshold, so the heap never serves it and free() unmaps it."""
+    return nbytes + MALLOC_OVERHEAD > MMAP_THRESHOLD_MAX
 
 
-def tree_depth(P, radix):
-    """Levels below the root of a k-ary tree over P ranks."""
-    depth, reach = 0, 1
-    while reach < P:
-        depth += 1
-        reach += radix**depth
-    return depth
+def huge_page_share(nbytes):
+    """Share of a numpy array of nbytes in 2 MB pages: a fresh mapping (see fresh_mapping) loses one huge page
+    to its unaligned ends on average; a smaller array sits in heap pages mapped at 4 KB before numpy's madvise."""
+    return max(0.0, 1.0 - HUGE_PAGE / nbytes) if fresh_mapping(nbytes) else 0.0
 
 
-def p2p_stages(P, n):
-    """Point-to-point stages of MPIR's reduce-scatter / allgather: recursive halving or doubling
-    (log2 P, one more when P is not a power of 2) below 512 KB in total, else pairwise or ring (P - 1)."""
-    if n >= LARGE:
-        return P - 1
-    return math.ceil(math.log2(P)) + (P & (P - 1) != 0)
+def beyond_cache(working_set, cache):
+    """Share of a working set that does not fit the last-level cache (0 up to the cache, towards 1 beyond)."""
+    return max(0.0, 1.0 - cache / working_set) if working_set > 0 else 0.0
+
+
+def _log2(P):
+    return math.ceil(math.log2(P))
+
+
+def _pof2(P):
+    """Largest power of 2 <= P (Rabenseifner's core; the other ranks first hand their data to a partner)."""
+    return 1 << (P.bit_length() - 1)
+
+
+def _rounds(count, message):
+    """(rounds, rounds through CMA) of ``count`` message rounds whose smallest message has ``message`` bytes."""
+    return count, (count if message >= CMA_THRESHOLD else 0)
+
+
+def _bcast(P, n):
+    """In the user's buffer: binomial tree, or from 8 ranks above 12 KB scatter + allgather."""
+    user = 1.0 - huge_page_share(n)
+    if P < 8 or n <= 12288:
+        rounds = _log2(P)
+        return Traffic(*_rounds(rounds, n), rounds * n, rounds * n * user, 0.0, 0.0, 1)
+    allgather = _log2(P) if P & (P - 1) == 0 and n < LARGE else P - 1
+    moved = 2 * (P - 1) / P * n
+    return Traffic(*_rounds(_log2(P) + allgather, n / P), moved, moved * user, 0.0, 0.0, 1)
+
+
+def _allgather(P, n):
+    """n/P bytes in, n out (user buffers): a rank copies its own block and receives the P - 1 others."""
+    pow2 = P & (P - 1) == 0
+    rounds = _log2(P) if (n < LARGE if pow2 else n < 81920) else P - 1
+    received = (P - 1) / P * n
+    return Traffic(*_rounds(rounds, n / P), n, received * (1.0 - huge_page_share(n)), 0.0, 0.0, 1 + 1 / P)
+
+
+def _reduce_scatter(P, n):
+    """n bytes in, n/P out. Recursive halving: input copied into a temporary, halves exchanged and reduced,
+    the result copied out. Pairwise: P - 1 rounds of n/P bytes from the others' inputs into one temporary
+    of n/P bytes, reduced into the output."""
+    share = (P - 1) / P * n
+    if n < LARGE:
+        extra = n * (P != _pof2(P))
+        moved = n + share + n / P + extra
+        return Traffic(*_rounds(_log2(_pof2(P)) + (P != _pof2(P)), n / P), moved, share + extra, share + extra, 0.0,
+                       3 + 1 / P)
+    moved = n / P + share
+    fresh = n / P if fresh_mapping(n / P + 1) else 0.0
+    return Traffic(*_rounds(P - 1, n / P), moved, share * (1.0 - huge_page_share(n)), share, fresh, 1 + 2 / P)
+
+
+def _reduce(P, n):
+    """To root 0. Rabenseifner: each rank copies its input into a result buffer (a temporary of n bytes off the
+    root), halves are exchanged into a second temporary of n bytes and reduced, the pieces gathered to the root;
+    what CMA copies comes out of temporaries (4 KB pages). From 32 MiB a non-root faults in its whole result
+    buffer and the received part of the other."""
+    if n <= 2048:
+        rounds = _log2(P)
+        return Traffic(rounds, 0, rounds * n, rounds * n, rounds * n, 0.0, 2)
+    q = _pof2(P)
+    extra = n * (P != q)
+    share = (q - 1) / q * n
+    moved = n + 2 * share + extra
+    fresh = n + share + extra if fresh_mapping(n) else 0.0
+    return Traffic(*_rounds(2 * _log2(q) + (P != q), n / q), moved, moved - n, share + extra, fresh, 3)
+
+
+def _allreduce(P, n):
+    """Rabenseifner: input copied into the user's output, reduce-scatter through a temporary of n bytes (from
+    32 MiB its received part faults in), allgather in the output; CMA copies out of the users' outputs."""
+    if n <= 8:
+        rounds = _log2(P)
+        return Traffic(rounds, 0, rounds * n, rounds * n, rounds * n, 0.0, 2)
+    q = _pof2(P)
+    extra = n * (P != q)
+    share = (q - 1) / q * n
+    moved = n + 2 * share + 2 * extra
+    fresh = share + extra if fresh_mapping(n) else 0.0
+    return Traffic(*_rounds(2 * _log2(q) + 2 * (P != q), n / q), moved, (moved - n) * (1.0 - huge_page_share(n)),
+                   share + extra, fresh, 3)
 
 
 def structure(name, P, n):
-    """(stages, bytes moved on the critical path, bytes reduced on it) of ``name`` with n bytes per rank
-    on P ranks of one node, as MPICH's algorithm there does it."""
-    share = (P - 1) / P
-    reduce_tree = (tree_depth(P, REDUCE_RADIX), n, min(P - 1, REDUCE_RADIX) * n)  # children fill cells, parent adds them
-    bcast_tree = (tree_depth(P, BCAST_RADIX), 2 * n, 0)  # root copies each cell in, the others copy it out
-    if name == "reduce":
-        return reduce_tree
-    if name == "bcast":
-        return bcast_tree
-    if name in ("allreduce", "reduce_bcast"):
-        return tuple(a + b for a, b in zip(reduce_tree, bcast_tree))
-    if name == "reduce_scatter":
-        return (p2p_stages(P, n), share * n, share * n)
-    if name == "allgather":
-        return (p2p_stages(P, n), share * n, 0)
-    raise ValueError(name)
+    """The Traffic of ``name`` with n bytes per rank on P ranks of one node, as MPICH's algorithm there does it."""
+    if name == "reduce_bcast":
+        reduce, bcast = _reduce(P, n), _bcast(P, n)
+        return Traffic(*(a + b for a, b in zip(reduce[:-1], bcast[:-1])), max(reduce.buffers, bcast.buffers))
+    algorithms = {"reduce": _reduce, "bcast": _bcast, "allreduce": _allreduce,
+                  "reduce_scatter": _reduce_scatter, "allgather": _allgather}
+    if name not in algorithms:
+        raise ValueError(name)
+    return algorithms[name](P, n)
 
 
 def oversubscription(P, cores):
@@ -142,18 +245,25 @@ def oversubscription(P, cores):
     return max(1.0, P / cores) if cores else 1.0
 
 
-def model_terms(name, P, n, cache=None):
-    """Multipliers of the TERMS coefficients: stages, cells, bytes moved, bytes reduced, bytes moved from DRAM."""
-    stages, moved, reduced = structure(name, P, n)
-    passes = {"reduce": 1, "bcast": 1, "allreduce": 2, "reduce_bcast": 2}.get(name, 0)  # release-gather tree passes
-    return stages, passes * -(-n // CELL), moved, reduced, moved * outside_cache(P, n, cache)
+def model_terms(name, P, n, cores=None, cache=None):
+    """Multipliers of the TERMS coefficients for ``name``, n bytes per rank, P ranks on ``cores`` cores of one node
+    (None: a core per rank) whose last-level cache holds ``cache`` bytes."""
+    traffic = structure(name, P, n)
+    over = oversubscription(P, cores)
+    dram = beyond_cache(P * traffic.buffers * n, cache or LLC)
+    per_rank = {"latency": traffic.stages, "rendezvous": traffic.rendezvous, "copy": traffic.moved,
+                "page": traffic.small_pages, "memory": traffic.moved * dram, "reduce": traffic.reduced,
+                "fault": traffic.fresh}
+    terms = {term: value * over for term, value in per_rank.items()}
+    terms["switch"] = float(traffic.stages) if over > 1 else 0.0
+    return terms
 
 
 def model_seconds(params, name, P, n, cores=None, cache=None):
     """Modelled seconds of one collective on one node (``params[name]``: a coefficient per TERMS)."""
     coefficients = params[name]
-    terms = model_terms(name, P, n, cache or params.get("cache_bytes"))
-    return sum(k * coefficients[t] for k, t in zip(terms, TERMS)) * oversubscription(P, cores)
+    terms = model_terms(name, P, n, cores, cache or params.get("cache_bytes"))
+    return sum(terms[t] * coefficients.get(t, 0.0) for t in TERMS)
 
 
 def _leaders(name, N, n, alpha, beta, gamma):
@@ -176,9 +286,10 @@ def _leaders(name, N, n, alpha, beta, gamma):
 def cluster_seconds(params, name, P, n, per_node, network, cache=None):
     """Modelled seconds of ``name`` (n bytes per rank) on P ranks, nodes of ``per_node`` ranks on as many cores.
 
-    Reduce, Bcast, Allreduce: node-aware as MPICH composes them (this machine's shared-memory model
-    inside each node, MPIR among the leaders over ``network``). Reduce_scatter and Allgather run
-    flat over all P ranks: every rank's off-node share crosses its node's one NIC.
+    Reduce, Bcast, Allreduce: node-aware as MPICH composes them (this machine's model of MPIR's algorithms
+    inside each node, with ``cache`` bytes of last-level cache per node; MPIR among the leaders over
+    ``network``). Reduce_scatter and Allgather run flat over all P ranks: every rank's off-node share
+    crosses its node's one NIC.
     """
     c = min(P, per_node)
     nodes = -(-P // c)
@@ -191,48 +302,105 @@ def cluster_seconds(params, name, P, n, per_node, network, cache=None):
         return inside["reduce"] + _leaders("allreduce", nodes, n, alpha, beta, gamma) + inside["bcast"]
     if nodes == 1:
         return model_seconds(params, name, P, n, cache=cache)
-    nic = p2p_stages(P, n) * alpha + c * (nodes - 1) / nodes * n * beta
+    nic = structure(name, P, n).stages * alpha + c * (nodes - 1) / nodes * n * beta
     return nic + ((P - 1) / P * n * gamma if name == "reduce_scatter" else 0.0)
 
 
-def fit_operation(probes, name, cores, key="times", cache=None, reduce_per_byte=None):
-    """One operation's coefficients (non-negative) by a robust fit of the relative errors over every P and size:
-    (coefficients, the fit's cost). Soft-L1, so the sizes that other jobs' load blew up by a time slice
-    weigh like one bad point each, not like their squared error. ``reduce_per_byte``, measured apart
-    (``reduction_seconds_per_byte``), fixes the reduce coefficient: with few rank counts the bytes moved
-    and the bytes reduced grow together and could not be told apart."""
+def _relative_rows(probes, cores, key, cache):
+    """Per measurement: (operation, {term: multiplier / measured seconds}): a fit of these fits relative errors."""
+    rows = []
+    for P, found in probes.items():
+        for name in OPERATIONS:
+            for n, t in zip(found["bytes"][name], found[key][name]):
+                rows.append((name, {k: v / t for k, v in model_terms(name, P, n, cores, cache).items()}))
+    return rows
+
+
+def fit(probes, cores, key="times", ranks=None, reduce_per_byte=0.0, cache=None):
+    """Every operation's coefficients, fitted to the medians (``key="times"``) or to the fastest repetitions
+    (``"fastest"``: what the algorithms cost when no other job takes the cores) of every rank count (or ``ranks``).
+
+    One fit over all operations, rank counts and sizes of the relative errors, non-negative, robust (soft-L1:
+    a size that other jobs' load blew up weighs like one bad point, not like its squared error). The SHARED
+    coefficients (page walks, DRAM, page faults) take one value for all operations, the others one per operation;
+    ``reduce_per_byte``, measured apart (``reduction_seconds_per_byte``), fixes the reduction's (the bytes moved
+    and reduced grow together and could not be told apart); a term no measurement exercises (``switch`` without
+    oversubscribed ranks) is 0.
+    """
     from scipy.optimize import least_squares, nnls
 
-    free = [t for t in TERMS if not (t == "reduce" and reduce_per_byte is not None)]
-    rows, targets = [], []
-    for P, found in probes.items():
-        for n, t in zip(found["bytes"][name], found[key][name]):
-            terms = dict(zip(TERMS, (k * oversubscription(P, cores) / t for k in model_terms(name, P, n, cache))))
-            rows.append([terms[f] for f in free])
-            targets.append(1.0 - (terms["reduce"] * reduce_per_byte if reduce_per_byte is not None else 0.0))
-    A, targets = np.array(rows), np.array(targets)
-    scale = A.max(axis=0)
-    scale[scale == 0] = 1.0
-    A = A / scale
-    start, _ = nnls(A, targets)
-    solution = least_squares(lambda x: A @ x - targets, start, bounds=(0, np.inf), loss="soft_l1", f_scale=0.25)
-    found = dict(zip(free, map(float, solution.x / scale)))
-    return {t: found.get(t, reduce_per_byte) for t in TERMS}, float(solution.cost)
-
-
-def fit(probes, cores, key="times", ranks=None, reduce_per_byte=None):
-    """Coefficients of every operation, fitted to the medians (``key="times"``) or to the fastest
-    repetitions (``"fastest"``: what the algorithms cost when no other job takes the cores), and the
-    cache the ranks effectively have (``cache_bytes``: on a shared machine other jobs hold part of the
-    last-level cache), chosen among 1 MB .. the LLC for the least error."""
-    best = None
+    cache = cache or LLC
     probes = {P: found for P, found in probes.items() if ranks is None or P in ranks}
-    for cache in [2**k for k in range(20, LLC.bit_length()) if 2**k <= LLC]:
-        fitted = {name: fit_operation(probes, name, cores, key, cache, reduce_per_byte) for name in OPERATIONS}
-        error = sum(residual for _, residual in fitted.values())
-        if best is None or error < best[0]:
-            best = (error, cache, {name: coefficients for name, (coefficients, _) in fitted.items()})
-    return {**best[2], "cache_bytes": best[1], "reduce_per_byte_measured": reduce_per_byte}
+    rows = _relative_rows(probes, cores, key, cache)
+    columns = [(None, t) for t in SHARED] + [(name, t) for name in OPERATIONS for t in PER_OPERATION]
+    raw = np.array([[terms[t] if op in (None, name) else 0.0 for op, t in columns] for name, terms in rows])
+    target = np.array([1.0 - terms["reduce"] * reduce_per_byte for _, terms in rows])
+    used = raw.max(axis=0) > 0
+    scale = raw[:, used].max(axis=0)  # columns of equal size: the solver's tolerances mean the same for each
+    A = raw[:, used] / scale
+    start, _ = nnls(A, target)
+    solution = least_squares(lambda x: A @ x - target, start, bounds=(0, np.inf), loss="soft_l1", f_scale=0.25)
+    values = np.zeros(len(columns))
+    values[used] = solution.x / scale
+    params = {name: {"reduce": reduce_per_byte} for name in OPERATIONS}
+    for (op, term), value in zip(columns, values):
+        for name in (OPERATIONS if op is None else (op,)):
+            params[name][term] = float(value)
+    return {**params, "cache_bytes": cache, "reduce_per_byte_measured": reduce_per_byte, "shared_terms": list(SHARED)}
+
+
+def _subset(probes, sizes=None, sweeps=None):
+    """The probes restricted to the size indices ``sizes`` and with ``times`` the median of the ``sweeps`` given."""
+    out = {}
+    for P, found in probes.items():
+        keep = range(len(found["sizes"])) if sizes is None else sizes
+        times = {name: np.median([found["sweeps"][name][s] for s in sweeps], axis=0) if sweeps
+                 else found["times"][name] for name in OPERATIONS}
+        out[P] = {"sizes": [found["sizes"][i] for i in keep],
+                  "bytes": {name: [found["bytes"][name][i] for i in keep] for name in OPERATIONS},
+                  "times": {name: [float(times[name][i]) for i in keep] for name in OPERATIONS}}
+    return out
+
+
+def holdout_errors(probes, cores, reduce_per_byte, cache=None):
+    """The median model's errors on measurements its fit did not see.
+
+    ``sweeps``: fitted to the median of all sweeps but one, checked on that one, each in turn; ``sweeps_unmodelled``
+    the same comparison with the median of the other sweeps in the model's place (the measurement's own
+    reproducibility: no model of the medians predicts a single sweep better). ``leave_one_size_out``: fitted
+    without one size (every operation and rank count), checked there, each size in turn. ``ranks_beyond_cores``:
+    fitted at the rank counts that fit the cores, checked at the oversubscribed ones (their per-round switch is 0).
+    """
+    found = {"sweeps": [], "sweeps_unmodelled": [], "leave_one_size_out": [], "ranks_beyond_cores": []}
+    count = min(len(f["sweeps"][OPERATIONS[0]]) for f in probes.values())
+    for left in range(count if count > 1 else 0):
+        others = [s for s in range(count) if s != left]
+        params = fit(_subset(probes, sweeps=others), cores, reduce_per_byte=reduce_per_byte, cache=cache)
+        found["sweeps"] += error_table(_subset(probes, sweeps=[left]), params, cores, sweep=left)
+        found["sweeps_unmodelled"] += _unmodelled(probes, others, left)
+    sizes = range(min(len(f["sizes"]) for f in probes.values()))
+    for i in sizes:
+        rest = [j for j in sizes if j != i]
+        params = fit(_subset(probes, sizes=rest), cores, reduce_per_byte=reduce_per_byte, cache=cache)
+        found["leave_one_size_out"] += error_table(_subset(probes, sizes=[i]), params, cores)
+    inside = [P for P in probes if P <= cores]
+    if inside and len(inside) < len(probes):
+        params = fit(probes, cores, ranks=inside, reduce_per_byte=reduce_per_byte, cache=cache)
+        found["ranks_beyond_cores"] = error_table({P: f for P, f in probes.items() if P > cores}, params, cores)
+    return found
+
+
+def _unmodelled(probes, others, left):
+    """Rows as error_table's, the median of the ``others`` sweeps standing in for the model of sweep ``left``."""
+    rows = []
+    for P, found in probes.items():
+        for name in OPERATIONS:
+            for i, n in enumerate(found["bytes"][name]):
+                t = found["sweeps"][name][left][i]
+                guess = float(np.median([found["sweeps"][name][s][i] for s in others]))
+                rows.append({"operation": name, "ranks": P, "bytes": n, "measured": t, "predicted": guess,
+                             "error": guess / t - 1, "sweep": left})
+    return rows
 
 
 def reduction_seconds_per_byte(nbytes=2**20, repeats=21):
@@ -368,16 +536,32 @@ def git_commit():
         return None
 
 
-def error_table(probes, params, cores, key="times"):
-    """Per operation, rank count and size: measured, modelled, relative error."""
+def error_table(probes, params, cores, key="times", sweep=None):
+    """Per operation, rank count and size: measured, modelled, relative error (and the held-out ``sweep``)."""
     rows = []
     for P, found in probes.items():
         for name in OPERATIONS:
             for nbytes, t in zip(found["bytes"][name], found[key][name]):
                 predicted = model_seconds(params, name, P, nbytes, cores=cores)
-                rows.append({"operation": name, "ranks": P, "bytes": nbytes, "measured": t,
-                             "predicted": predicted, "error": predicted / t - 1})
+                row = {"operation": name, "ranks": P, "bytes": nbytes, "measured": t, "predicted": predicted,
+                       "error": predicted / t - 1}
+                rows.append(row if sweep is None else {**row, "sweep": sweep})
     return rows
+
+
+def error_summary(rows, min_bytes=64 * 1024, target=0.25):
+    """Per rank count, over the cells of >= ``min_bytes``: how many are within ``target``, the worst absolute
+    error, and the cells beyond the target."""
+    summary = {}
+    for P in sorted({r["ranks"] for r in rows}):
+        cells = [r for r in rows if r["ranks"] == P and r["bytes"] >= min_bytes]
+        if not cells:
+            continue
+        misses = [{k: r[k] for k in ("operation", "bytes", "error", "sweep") if k in r}
+                  for r in cells if abs(r["error"]) > target]
+        summary[str(P)] = {"cells": len(cells), "within_target": len(cells) - len(misses),
+                           "worst_abs_error": max(abs(r["error"]) for r in cells), "beyond_target": misses}
+    return summary
 
 
 def error_markdown(rows, ranks=None, min_bytes=0):
@@ -401,6 +585,33 @@ def _size_label(n):
     return f"{n} B"
 
 
+def _refit_inputs(path):
+    """(probes, cores, last-level cache, reduction seconds per byte) recorded in an earlier results file: a refit
+    models the machine that measured, with the reduction cost measured then (measured now if not recorded)."""
+    earlier = json.loads(Path(path).read_text())
+    gamma = earlier.get("params", {}).get("reduce_per_byte_measured")
+    return ({int(P): v for P, v in earlier["probes"].items()}, earlier.get("cores") or os.cpu_count(),
+            earlier.get("last_level_cache_bytes") or LLC, gamma or reduction_seconds_per_byte())
+
+
+def fitted_result(probes, cores, cache, gamma, holdout=None):
+    """The fits, their errors in sample and held out (and on another run's medians: ``holdout``, a results file)."""
+    params = fit(probes, cores, reduce_per_byte=gamma, cache=cache)
+    inside = [P for P in probes if P <= cores]
+    fastest = fit(probes, cores, "fastest", inside, reduce_per_byte=gamma, cache=cache)
+    errors_holdout = holdout_errors(probes, cores, gamma, cache)
+    if holdout:
+        other = {int(P): v for P, v in json.loads(Path(holdout).read_text())["probes"].items()}
+        errors_holdout["other_run"] = error_table(other, params, cores)
+    errors = error_table(probes, params, cores)
+    summaries = {"in_sample": error_summary(errors), **{k: error_summary(v) for k, v in errors_holdout.items()}}
+    return {"cores": cores, "oversubscribed_ranks": [P for P in probes if P > cores], "note": NOTE,
+            "last_level_cache_bytes": cache, "params": params, "params_uncontended": fastest, "errors": errors,
+            "errors_uncontended": error_table({P: probes[P] for P in inside}, fastest, cores, "fastest"),
+            "errors_holdout": errors_holdout, "holdout_file": holdout and os.path.basename(holdout),
+            "error_summary_64KB_up": summaries}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ranks", default="2,3,4,8")
@@ -408,36 +619,32 @@ def main(argv=None):
     parser.add_argument("--min-repeats", type=int, default=5)
     parser.add_argument("--sweeps", type=int, default=3, help="interleaved passes over the sizes (median kept)")
     parser.add_argument("--node-aware", action="store_true", help="also time Grid.allsum over faked nodes")
-    parser.add_argument("--refit", metavar="JSON", help="fit the probes of an earlier results file again")
+    parser.add_argument("--refit", metavar="JSON", help="fit an earlier results file's probes again")
+    parser.add_argument("--holdout", metavar="JSON", help="also check the fit on another results file's medians")
     parser.add_argument("--probe", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.probe:
         probe(args.probe, args.max_bytes, args.min_repeats, args.node_aware, args.sweeps)
         return
-    tmp = tempfile.mkdtemp(prefix="bench-coll-")
-    print("probes in", tmp, flush=True)
-    cores = os.cpu_count()
-    probes = {}
     if args.refit:
-        probes = {int(P): v for P, v in json.loads(Path(args.refit).read_text())["probes"].items()}
-    for P in [] if args.refit else map(int, args.ranks.split(",")):
-        probes[P] = run_probe(P, args.max_bytes, args.min_repeats, args.node_aware, args.sweeps, tmp)
-        print(f"P={P}: load {probes[P]['load_before'][0]:.1f} -> {probes[P]['load_after'][0]:.1f}", flush=True)
-        Path(tmp, "probes.json").write_text(json.dumps({"probes": probes}))
-    # the uncontended fit (for nodes with a core per rank) from the rank counts that fit the cores
-    gamma = reduction_seconds_per_byte()
-    params = fit(probes, cores, reduce_per_byte=gamma)
-    fastest = fit(probes, cores, "fastest", [P for P in probes if P <= cores], reduce_per_byte=gamma)
+        probes, cores, cache, gamma = _refit_inputs(args.refit)
+    else:
+        tmp = tempfile.mkdtemp(prefix="bench-coll-")
+        print("probes in", tmp, flush=True)
+        probes, cores, cache = {}, os.cpu_count(), LLC
+        for P in map(int, args.ranks.split(",")):
+            probes[P] = run_probe(P, args.max_bytes, args.min_repeats, args.node_aware, args.sweeps, tmp)
+            print(f"P={P}: load {probes[P]['load_before'][0]:.1f} -> {probes[P]['load_after'][0]:.1f}", flush=True)
+            Path(tmp, "probes.json").write_text(json.dumps({"probes": probes}))
+        gamma = reduction_seconds_per_byte()
     argv = [os.path.basename(a) if os.path.isabs(a) else a for a in sys.argv]  # no paths of this machine
     result = {"benchmark": "collectives", "argv": argv, "commit": git_commit(), "machine": machine(),
-              "cores": cores, "oversubscribed_ranks": [P for P in probes if P > cores],
-              "note": NOTE, "last_level_cache_bytes": LLC, "params": params, "params_uncontended": fastest,
-              "errors": error_table(probes, params, cores),
-              "errors_uncontended": error_table(probes, fastest, cores, "fastest"),
+              **fitted_result(probes, cores, cache, gamma, args.holdout),
               "probes": {str(P): v for P, v in probes.items()}}
     write_result("collectives", result)
     print(error_markdown(result["errors"]))
     print(error_markdown(result["errors_uncontended"]))
+    print(json.dumps(result["error_summary_64KB_up"], indent=1))
     print("wrote", RESULTS / "collectives.json")
 
 

@@ -8,8 +8,9 @@ Parameters, all measured on this machine (the collectives by ``bench/collectives
   (the ReLU z-update and the passes around it), timed on a 1000 x 10 000 block;
 - the weight solves (Cholesky + inverse of each layer's (n_in+1)² Gram and of the a-update
   matrices), timed at the check's shape and scaled by Σ k³ for other shapes;
-- the collectives: ``results/collectives.json``, a per-operation model of MPICH's algorithms
-  (stages x latency + bytes moved x copy + bytes reduced x reduce, fitted at 2-8 ranks).
+- the collectives: ``results/collectives.json`` (or ``--collectives``), a model of the point-to-point
+  algorithms MPICH runs (rounds x latency + bytes copied x copy + bytes reduced x reduce + the costs of
+  where the bytes live: 4 KB pages, DRAM, temporaries that fault in; see ``bench/collectives.py``).
 
 One Taylor step on P ranks, N samples (one thread per rank):
 
@@ -372,6 +373,12 @@ def collective_errors(errors):
     return {"rows": rows, "worst_abs_error": worst}
 
 
+def probe_conditions(coll_result):
+    """Per rank count of the collectives' probe: sweeps and the 1-minute load before and after."""
+    return {P: {"sweeps": probe.get("sweep_count"), "load_before": probe["load_before"][0],
+                "load_after": probe["load_after"][0]} for P, probe in coll_result["probes"].items()}
+
+
 def measure(n, repeats, iters):
     tmp = tempfile.mkdtemp(prefix="bench-cost-")
     return {"compute": measure_compute(), "steps": measure_steps(n, repeats, iters, tmp),
@@ -420,6 +427,9 @@ def run(n, repeats, iters, collectives_path, reuse=None):
             "dtype": "float32", "params": params, "measurements": measured,
             "projection_core_rates": {**projection_rates, "source": QUIET_RATES["source"]},
             "collectives": {"params_here": coll_here, "params_cluster": coll_cluster, "commit": coll_result.get("commit"),
+                            "file": os.path.basename(collectives_path), "probes": probe_conditions(coll_result),
+                            "holdout_file": coll_result.get("holdout_file"),
+                            "error_summary_64KB_up": coll_result.get("error_summary_64KB_up"),
                             "errors_2_4_ranks_64KB_up": collective_errors(coll_result["errors"]),
                             "errors_uncontended_2_4_ranks_64KB_up": collective_errors(coll_result["errors_uncontended"])},
             "checks": step_checks(params, coll_here, n, measured["steps"]), "layer_evaluation": measured["layer_evaluation"],
@@ -427,7 +437,16 @@ def run(n, repeats, iters, collectives_path, reuse=None):
             "network": NETWORK, "ranks_per_node": RANKS_PER_NODE, "sgd_batch_per_rank": SGD_BATCH_PER_RANK,
             "projections": projections, "summaries": summaries(projections),
             "node_aware": node_aware_rows(coll_result), "argv": portable_argv(), "commit": git_commit(), "machine": machine(),
-            "measurements_from": ({key: earlier.get(key) for key in ("command", "commit")} if reuse else "this run")}
+            "measurements_from": measurements_origin(earlier)}
+
+
+def measurements_origin(earlier):
+    """Where the measurements were made: "this run", or the command and commit of the run that measured them
+    (a reused file that itself reused keeps naming the run that measured)."""
+    if earlier is None:
+        return "this run"
+    origin = earlier.get("measurements_from")
+    return origin if isinstance(origin, dict) else {key: earlier.get(key) for key in ("command", "commit")}
 
 
 def _pct(x):
@@ -451,9 +470,59 @@ def _error_rows(rows, ranks):
     return lines
 
 
+def _loads_text(coll, sweeps=True):
+    """'2 ranks: 3 sweeps, load 0.4 -> 0.5; 4 ranks: ...' from the probe conditions of the collectives file."""
+    return "; ".join(f"{P} ranks: " + (f"{c['sweeps']} sweeps, " if sweeps else "")
+                     + f"load {c['load_before']:.1f} -> {c['load_after']:.1f}" for P, c in coll["probes"].items())
+
+
+HOLDOUT_ROWS = (("in_sample", "in sample (the fit's own data)"),
+                ("leave_one_size_out", "each size from a fit without it"),
+                ("sweeps", "each sweep from a fit to the median of the others"),
+                ("sweeps_unmodelled", "each sweep from the median of the others, no model (the sweeps' spread)"),
+                ("ranks_beyond_cores", "oversubscribed ranks from a fit at the ranks that fit the cores"),
+                ("other_run", "another run's medians"))
+
+
+def markdown_collective_model(coll):
+    errors = coll["errors_2_4_ranks_64KB_up"]
+    worst = {P: max(abs(r["error"]) for r in errors["rows"] if r["ranks"] == P) for P in (2, 4)}
+    lines = ["## The collective model", "",
+             "What MPICH (5.0.2 here) runs: mpi4py asks for MPI_THREAD_MULTIPLE, and MPICH selects its shared-memory "
+             "release-gather algorithms only single-threaded (`maint/tuning/coll/ch4/posix_generic.json` in "
+             "github.com/pmodels/mpich), so every operation is one of MPIR's point-to-point algorithms "
+             "(`maint/tuning/coll/mpir/generic.json`): Bcast a binomial tree (from 8 ranks, above 12 KB, scatter + "
+             "allgather), Reduce and Allreduce Rabenseifner's reduce-scatter + gather / allgather, Reduce_scatter "
+             "recursive halving or pairwise exchange, Allgather recursive doubling or ring; messages of 8 KB and more "
+             "are copied once, through Linux CMA. Across nodes MPICH composes Reduce, Bcast and Allreduce node-aware: "
+             "inside each node as here, MPIR among the node leaders. Time = rounds x latency + rounds of >= 8 KB x "
+             "rendezvous + bytes copied x copy + bytes CMA copies out of 4 KB pages x page + bytes copied from DRAM x "
+             "memory + bytes reduced x reduce + bytes of fresh temporaries x fault, times P / cores and plus rounds x "
+             "switch when ranks outnumber cores. A temporary MPICH mallocs of 32 MiB or more (glibc's cap on its mmap "
+             "threshold) is a new mapping every call, so its pages fault in each time; numpy arrays of 32 MiB or more "
+             "sit in huge pages, smaller ones in 4 KB heap pages; the DRAM share is the ranks' working set beyond the "
+             "last-level cache. page, memory and fault take one value for the machine, latency, rendezvous, copy and "
+             "switch one per operation, reduce is measured apart; one robust fit over 8 B - 64 MB and all rank counts "
+             f"of `{coll['file']}` ({_loads_text(coll)}).", "",
+             f"Error at 2 and 4 ranks, sizes >= 64 KB, fit to the medians: worst **{_pct(worst[2])}** at 2 ranks, "
+             f"**{_pct(worst[4])}** at 4 ranks (target 25 %). Per size (model / measured - 1):", ""]
+    lines += _error_rows(errors["rows"], (2, 4))
+    summary = coll.get("error_summary_64KB_up") or {}
+    if summary:
+        lines += ["", f"The same fit on data it did not see (`errors_holdout` in `{coll['file']}`"
+                  + (f"; another run: `{coll['holdout_file']}`" if coll.get("holdout_file") else "")
+                  + "), sizes >= 64 KB: cells within 25 % / cells, worst error.", "",
+                  "| check | 2 ranks | 4 ranks |", "|---|---|---|"]
+        for key, label in HOLDOUT_ROWS:
+            cells = [f"{s['within_target']}/{s['cells']}, {_pct(s['worst_abs_error'])}" if s else "-"
+                     for s in (summary.get(key, {}).get(P) for P in ("2", "4"))]
+            if key in summary:
+                lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown_header(result):
     p, coll = result["params"], result["collectives"]
-    errors = coll["errors_2_4_ranks_64KB_up"]
     lines = ["# Cost model of data-parallel ADMM and SGD", "",
              f"Measured here, one BLAS thread, at the median repetition (load {p['load']:.0f} on {os.cpu_count()} cores; "
              "the step check measures them again before each rank count's runs, `measurements.steps` in the JSON): "
@@ -461,23 +530,8 @@ def markdown_header(result):
              f"{_rates_text(p['uncontended'])}. The projections use this machine's quietest rates on record "
              f"({_rates_text(result['projection_core_rates'])}; {result['projection_core_rates']['source']}, "
              "the SGD element-wise cost scaled by this run's ratio). Collectives: `bench/collectives.py` "
-             "(`results/collectives.json`, its own table of errors per size and rank count).", "",
-             "## The collective model", "",
-             "Per operation, what MPICH runs (its selection files `maint/tuning/coll/ch4/generic.json`, "
-             "`ch4/posix_generic.json`, `mpir/generic.json` and `doc/mpich/tuning_parameters.md` §2.6 in "
-             "github.com/pmodels/mpich): inside a node, Reduce and Bcast (and Allreduce) are the shared-memory "
-             "release-gather trees (radix 4 for Reduce, 64 for Bcast, 8 KB cells); across nodes the leaders run "
-             "MPIR's binomial tree for small messages and Rabenseifner's reduce-scatter + gather (Reduce) or "
-             "scatter + allgather (Bcast) for large ones; Reduce_scatter is recursive halving / pairwise, "
-             "Allgather recursive doubling / Bruck / ring. Time = stages x latency + 8 KB cells x cell + bytes moved "
-             "x copy + bytes reduced x reduce + bytes moved from DRAM x memory (the share of the ranks' working set "
-             "beyond the cache they effectively have, fitted), five coefficients per operation fitted over "
-             "8 B - 64 MB at 2, 3, 4 and 8 ranks (3 and 8: one pass, see collectives.json).", "",
-             f"Worst error at 2 and 4 ranks, sizes >= 64 KB, fit to the medians: **{_pct(errors['worst_abs_error'])}** "
-             "(target 25 %). The load of other jobs on this 2-core machine (1-minute load average 17-30 during the "
-             "probes, `load_before`/`load_after` in collectives.json) puts most medians in the scheduler's regime: "
-             "at 4 ranks even 8 B take 18-40 ms, which no algorithm model reproduces. Per size (model / measured - 1):",
-             ""] + _error_rows(errors["rows"], (2, 4))
+             f"(`results/{coll['file']}`, its own table of errors per size and rank count).", ""]
+    lines += markdown_collective_model(coll)
     uncontended = coll["errors_uncontended_2_4_ranks_64KB_up"]
     lines += ["", "Fit to the fastest repetitions at 2 ranks (the intra-node model of the projections), error per size "
               f"against those minima (worst {_pct(max(abs(r['error']) for r in uncontended['rows'] if r['ranks'] == 2))} "
@@ -506,13 +560,15 @@ def markdown_assumptions(result):
              f"{NODE_CACHE // 2**20} MB per node | our assumption |",
              "| per-core compute | this machine's quietest rates on record (above) | measured; Azure HBv4's HPL, "
              "7.6 TF FP64 on 144 cores, is 53 GFLOP/s per core against 46 here |",
-             "| intra-node collectives | this machine's uncontended fit (`params_uncontended` of collectives.json) | measured |",
+             "| intra-node collectives | this machine's uncontended fit (`params_uncontended` of "
+             f"{result['collectives']['file']}) | measured |",
              "| HIGGS | 11 M x 28, widths 28-300-300-300-300-300-1 | Baldi, Sadowski, Whiteson, Nature Comm. 5, 4308 (2014): five hidden layers of 300 |",
              "| MNIST recipes | taylor 784-4000-10 full batch; minibatch_am 784-4000-1000-10, batches of 2000 | configs/mnist-*.toml |",
              "| HIGGS minibatch_am batch | 100 000 columns (110 per epoch) | our choice: large enough to split over 4 096 ranks |",
              f"| SGD | {result['sgd_batch_per_rank']} samples per rank and step (global batch 128 P), or a fixed global batch "
              "of 8192, one Allreduce of all "
-             "gradients per step (node-aware: shared-memory reduce, leaders' Rabenseifner allreduce, shared-memory bcast), "
+             "gradients per step (node-aware as MPICH composes it: reduce inside each node, the leaders' Rabenseifner "
+             "allreduce, bcast inside each node), "
              "6 flops per weight and sample at the same GEMM rate | usual data-parallel SGD |",
              "| ADMM collectives | root solve: Reduce of [A Aᵀ \\| A Zᵀ] + Bcast of [W \\| b] per layer (node-aware, as MPICH "
              "composes them); spread solve: Reduce_scatter + Allgather of the statistics over all ranks (not node-aware: "
@@ -585,10 +641,14 @@ def markdown_node_aware(result):
     for P, k in sorted({(r["ranks"], r["nodes"]) for r in rows}):
         cells = [r for r in rows if r["ranks"] == P and r["nodes"] == k]
         lines.append(f"| {P} | {k} | " + " | ".join(f"{r['ratio']:.2f}" for r in cells) + " |")
-    lines += ["", "Each cell is one pass of the probe on this machine under a load of 17-30 (collectives.json), so the "
-              "ratios are as noisy as the medians above: they do not show a consistent gain or loss. On one machine "
-              "the split adds a second collective and a second pass over the data, and MPICH's own Reduce already "
-              "reduces through shared memory inside a node first (its composition), so the option stays off unless "
+    ratios = [r["ratio"] for r in rows]
+    verdict = ("the split is slower at every size" if min(ratios) > 1 else "the split is faster at every size"
+               if max(ratios) < 1 else "no consistent gain or loss")
+    coll = result["collectives"]
+    lines += ["", f"Each cell is the median of one pass of the probe on this machine ({_loads_text(coll, sweeps=False)}"
+              f"; `{coll['file']}`): ratios {min(ratios):.2f} - {max(ratios):.2f}, {verdict}. "
+              "On one machine the split adds a second collective and a second pass over the data, and MPICH's own "
+              "Reduce already reduces inside a node first (its composition), so the option stays off unless "
               "asked for (`ADMM_MPI_NODE_AWARE=1` for real nodes, for MPIs that do not compose like MPICH). "
               "Rounding: the sum is associated as Σ_nodes(Σ_ranks of the node), which changes the last bits against "
               "the flat sum (whole numbers stay exact, other sums within 1e-13 relative: tests/test_scale.py); every "
