@@ -18,6 +18,12 @@ config's widths, ReLU, cross-entropy, torch.set_num_threads(2)) is the reference
 Writes results/accuracy.json (merged by run name, so a partial run updates its entries only),
 results/accuracy.png (test accuracy against iteration and against training seconds) and
 results/accuracy.md (the ablation: what each ingredient of the best recipe adds on MNIST).
+
+Those runs' recipes were chosen on test accuracy (each entry says so in ``selected_on``).
+``python bench/accuracy.py --fold-selections`` adds the validation-selected ones: every
+``results/selection_*.json`` of ``bench/select_recipe.py`` (a config's candidates, or Adam's
+learning rates, chosen on 10 000 held-out training images; the test split read once, by the pick)
+becomes an entry of ``selected`` with its validation and test accuracy.
 """
 
 import argparse
@@ -118,6 +124,51 @@ def run_adam(dataset, data, hidden, epochs=ADAM_EPOCHS):
                       for k, (s, a) in enumerate(curve)]}
 
 
+SELECTED_ON = ("validation: 10 000 of the 60 000 official training images held out "
+               "(--validation-fraction 0.16667, stratified, seed 0); the test images read once, by the pick")
+TEST_SELECTED = "test: the recipe was chosen by looking at test accuracy (recorded before validation selection)"
+
+
+def selection_entry(path):
+    """accuracy.json's record of one ``bench/select_recipe.py`` result: the validation-selected pick of
+    a config (``selection_<config>.json``) or Adam's learning rate (``selection_<data set>-adam.json``)."""
+    result = json.loads(Path(path).read_text())
+    common = {"source": Path(path).name, "commit": result.get("commit"), "selected_on": SELECTED_ON,
+              "n_test": result.get("n_test")}
+    if "adam" in result:
+        adam = result["adam"]
+        dataset = Path(result["config"]).stem.split("-")[0]
+        return {**common, "name": f"{dataset}-pytorch_adam", "dataset": dataset,
+                "solver": f"PyTorch {adam['torch']} Adam", "widths": adam["widths"], "n_test": adam["n_test"],
+                "candidates": [{"lr": r["lr"], "validation_accuracy": r["validation_accuracy"],
+                                "kept_epoch": r["kept_epoch"]} for r in adam["runs"]],
+                "pick": f"lr {adam['pick_lr']:g}", "validation_accuracy": adam["pick_validation_accuracy"],
+                "test_accuracy": adam["pick_test_accuracy"]}
+    pick = next(c for c in result["candidates"] if c["tag"] == result["pick"])
+    return {**common, "name": Path(result["config"]).stem, "dataset": Path(result["config"]).stem.split("-")[0],
+            "solver": pick["settings"]["solver"], "config": result["config"], "pick": result["pick"],
+            "pick_flags": pick["flags"], "kept_epoch": pick["kept_epoch"], "epochs_run": pick["epochs_run"],
+            "train_seconds": round(pick["train_seconds"], 1),
+            "candidates": [{"tag": c["tag"], "flags": c["flags"], "validation_accuracy": c["validation_accuracy"],
+                            "kept_epoch": c["kept_epoch"]} for c in result["candidates"]],
+            "validation_accuracy": result["pick_validation_accuracy"], "test_accuracy": result["pick_test_accuracy"]}
+
+
+def fold_selections():
+    """Every ``results/selection_*.json`` into accuracy.json's ``selected`` list; the earlier runs
+    (``runs``) are labelled as chosen on test."""
+    path = RESULTS / "accuracy.json"
+    result = json.loads(path.read_text())
+    result["selected"] = [selection_entry(p) for p in sorted(RESULTS.glob("selection_*.json"))]
+    for entry in result["runs"]:
+        entry.setdefault("selected_on", TEST_SELECTED)
+    write_result("accuracy", result)
+    for e in result["selected"]:
+        print(f"{e['name']:28s} pick {e['pick']:12s} validation {e['validation_accuracy']:.4f} "
+              f"test {e['test_accuracy']:.4f}")
+    return result
+
+
 def merge(entries):
     path = RESULTS / "accuracy.json"
     old = json.loads(path.read_text()) if path.exists() else {"runs": [], "ablation": []}
@@ -213,7 +264,12 @@ def main(argv=None):
     parser.add_argument("--ablation-only", action="store_true")
     parser.add_argument("--cache", default=str(REPO / "bench" / ".data"), help="converted data sets")
     parser.add_argument("--out", default=str(REPO / "runs" / "accuracy"), help="run directories")
+    parser.add_argument("--fold-selections", action="store_true",
+                        help="only fold results/selection_*.json (bench/select_recipe.py) into accuracy.json")
     args = parser.parse_args(argv)
+    if args.fold_selections:
+        fold_selections()
+        return
     entries = {"runs": [], "ablation": []}
     names = sorted(p.stem for p in CONFIGS.glob("*.toml"))
     if args.only:

@@ -54,3 +54,31 @@ def test_adams_learning_rate_is_picked_on_the_validation_rows_and_only_the_pick_
     assert adam["n_validation"] == 250 and adam["n_train"] + 250 == 1500 and adam["n_test"] == 297
     assert 0.5 < adam["pick_test_accuracy"] <= 1.0
     assert "candidates" not in json.loads(out.read_text())  # Adam alone ran
+
+
+@pytest.mark.timeout(300)
+def test_accuracy_json_records_the_validation_and_test_accuracy_of_each_selection(tmp_path, monkeypatch):
+    import sys
+
+    results = tmp_path / "results"
+    results.mkdir()
+    config = tmp_path / "digits-minibatch_am.toml"
+    config.write_text('solver = "minibatch_am"\nhidden = [16]\nseed = 0\n')
+    bench_module("select_recipe").main(
+        ["--config", str(config), "--data", str(REPO / "data" / "digits.h5"), "--candidate", "weak=--ridge 1",
+         "--candidate", "plain=", "--iters", "2", "--patience", "1", "--runs", str(tmp_path / "runs"),
+         "--out", str(results / "selection_digits-minibatch_am.json"), "--timeout", "240"])
+    (results / "accuracy.json").write_text(json.dumps({"runs": [{"name": "digits-taylor", "test_accuracy": 0.9}],
+                                                       "ablation": []}))
+    accuracy = bench_module("accuracy")
+    monkeypatch.setattr(accuracy, "RESULTS", results)
+    monkeypatch.setattr(sys.modules["common"], "RESULTS", results)
+    accuracy.main(["--fold-selections"])
+    folded = json.loads((results / "accuracy.json").read_text())
+    selection = json.loads((results / "selection_digits-minibatch_am.json").read_text())
+    [entry] = folded["selected"]
+    assert entry["name"] == "digits-minibatch_am" and entry["pick"] == selection["pick"]
+    assert entry["validation_accuracy"] == selection["pick_validation_accuracy"]
+    assert entry["test_accuracy"] == selection["pick_test_accuracy"]
+    assert {c["tag"] for c in entry["candidates"]} == {"weak", "plain"} and "validation" in entry["selected_on"]
+    assert folded["runs"][0]["selected_on"].startswith("test")  # the earlier runs are labelled
