@@ -98,6 +98,7 @@ def adam_epochs(model, splits, lr, args):
             opt.step()
         clock += time.perf_counter() - t0
         curve.append([epoch, accuracy(model, *splits["validation"]), round(clock, 3)])
+        print(f"adam lr {lr:g} epoch {epoch}: validation {curve[-1][1]:.4f}, {clock:.0f} s", flush=True)
         if curve[-1][1] > best:
             best, best_state = curve[-1][1], {k: v.clone() for k, v in model.state_dict().items()}
         elif epoch - max(curve, key=lambda point: point[1])[0] >= args.patience:
