@@ -139,7 +139,7 @@ def selection_entry(path):
         adam = result["adam"]
         dataset = Path(result["config"]).stem.split("-")[0]
         return {**common, "name": f"{dataset}-pytorch_adam", "dataset": dataset,
-                "solver": f"PyTorch {adam['torch']} Adam", "widths": adam["widths"], "n_test": adam["n_test"],
+                "solver": f"PyTorch {adam['torch']} Adam", "hidden": adam["widths"][1:-1], "n_test": adam["n_test"],
                 "candidates": [{"lr": r["lr"], "validation_accuracy": r["validation_accuracy"],
                                 "kept_epoch": r["kept_epoch"]} for r in adam["runs"]],
                 "pick": f"lr {adam['pick_lr']:g}", "validation_accuracy": adam["pick_validation_accuracy"],
@@ -147,6 +147,7 @@ def selection_entry(path):
     pick = next(c for c in result["candidates"] if c["tag"] == result["pick"])
     return {**common, "name": Path(result["config"]).stem, "dataset": Path(result["config"]).stem.split("-")[0],
             "solver": pick["settings"]["solver"], "config": result["config"], "pick": result["pick"],
+            "hidden": pick["settings"]["hidden"],
             "pick_flags": pick["flags"], "kept_epoch": pick["kept_epoch"], "epochs_run": pick["epochs_run"],
             "train_seconds": round(pick["train_seconds"], 1),
             "candidates": [{"tag": c["tag"], "flags": c["flags"], "validation_accuracy": c["validation_accuracy"],
@@ -163,10 +164,28 @@ def fold_selections():
     for entry in result["runs"]:
         entry.setdefault("selected_on", TEST_SELECTED)
     write_result("accuracy", result)
+    (RESULTS / "accuracy_selected.md").write_text(selected_markdown(result["selected"]))
     for e in result["selected"]:
         print(f"{e['name']:28s} pick {e['pick']:12s} validation {e['validation_accuracy']:.4f} "
               f"test {e['test_accuracy']:.4f}")
     return result
+
+
+def selected_markdown(entries):
+    """The validation-selected recipes as a table (README, *Accuracy on MNIST and Fashion-MNIST*)."""
+    lines = ["| data set | method (recipe) | hidden widths | candidates: validation accuracy (kept epoch) | pick | "
+             "validation accuracy | test accuracy, read once | results file |", "|---|---|---|---|---|---|---|---|"]
+    order = {"mnist": 0, "fashion_mnist": 1}
+    for e in sorted(entries, key=lambda e: (order.get(e["dataset"], 2), "PyTorch" in e["solver"],
+                                            -e["validation_accuracy"])):
+        label = "lr " if "lr" in e["candidates"][0] else ""
+        tried = " / ".join(f"{label}{c.get('lr', c.get('tag'))}: {c['validation_accuracy']:.4f} ({c['kept_epoch']})"
+                           for c in e["candidates"])
+        method = e["solver"] if "PyTorch" in e["solver"] else f"`{e['solver']}` (`{e['config']}`)"
+        mlp = "-".join(map(str, e["hidden"]))
+        lines.append(f"| {e['dataset']} | {method} | {mlp} | {tried} | {e['pick']} | {e['validation_accuracy']:.4f} | "
+                     f"**{e['test_accuracy']:.4f}** | `{e['source']}` ({(e.get('commit') or '')[:7]}) |")
+    return "\n".join(lines) + "\n"
 
 
 def merge(entries):

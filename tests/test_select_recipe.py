@@ -82,3 +82,4 @@ def test_accuracy_json_records_the_validation_and_test_accuracy_of_each_selectio
     assert entry["test_accuracy"] == selection["pick_test_accuracy"]
     assert {c["tag"] for c in entry["candidates"]} == {"weak", "plain"} and "validation" in entry["selected_on"]
     assert folded["runs"][0]["selected_on"].startswith("test")  # the earlier runs are labelled
+    assert "| digits | `minibatch_am`" in (results / "accuracy_selected.md").read_text()
