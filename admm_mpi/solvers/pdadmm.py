@@ -45,12 +45,12 @@ from admm_mpi.solvers.batches import MiniBatchParams
 TAG_P, TAG_Q, TAG_FORWARD = 11, 12, 13
 
 
-
 def layer_costs(widths):
     """Each layer's share of an iteration's work, for splitting the layers over layer groups: its
     weights and bias, ``(n_in + 1) * n_out`` (every product of a layer's updates, the W steps and
     the p, q and z updates, is with its W or Wᵀ)."""
     return [(n_in + 1) * n_out for n_in, n_out in zip(widths[:-1], widths[1:])]
+
 
 @dataclass
 class PDADMMState:
