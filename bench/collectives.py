@@ -197,14 +197,20 @@ def _reduce_scatter(P, n):
     return Traffic(*_rounds(P - 1, n / P), moved, share * (1.0 - huge_page_share(n)), share, fresh, 1 + 2 / P)
 
 
+def _recursive_small(P, n):
+    """Reduce or Allreduce of a small message: log2 P rounds of the whole message (binomial tree or recursive
+    doubling), each copied and reduced once, no temporaries of note."""
+    rounds = _log2(P)
+    return Traffic(rounds, 0, rounds * n, rounds * n, rounds * n, 0.0, 2)
+
+
 def _reduce(P, n):
     """To root 0. Rabenseifner: each rank copies its input into a result buffer (a temporary of n bytes off the
     root), halves are exchanged into a second temporary of n bytes and reduced, the pieces gathered to the root;
     what CMA copies comes out of temporaries (4 KB pages). From 32 MiB a non-root faults in its whole result
     buffer and the received part of the other."""
     if n <= 2048:
-        rounds = _log2(P)
-        return Traffic(rounds, 0, rounds * n, rounds * n, rounds * n, 0.0, 2)
+        return _recursive_small(P, n)
     q = _pof2(P)
     extra = n * (P != q)
     share = (q - 1) / q * n
@@ -217,8 +223,7 @@ def _allreduce(P, n):
     """Rabenseifner: input copied into the user's output, reduce-scatter through a temporary of n bytes (from
     32 MiB its received part faults in), allgather in the output; CMA copies out of the users' outputs."""
     if n <= 8:
-        rounds = _log2(P)
-        return Traffic(rounds, 0, rounds * n, rounds * n, rounds * n, 0.0, 2)
+        return _recursive_small(P, n)
     q = _pof2(P)
     extra = n * (P != q)
     share = (q - 1) / q * n
