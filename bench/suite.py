@@ -107,6 +107,11 @@ CANDIDATES = {
     "patience-3": ["--patience", "3"],
     "gamma-10": ["--gamma", "10"],         # ten times the activation penalty (spambase: validation 0.927 -> 0.946)
     "beta-0.01": ["--beta", "0.01"],       # a tenth of the pre-activation penalty (spambase: the same)
+    # the output loss (default cross-entropy): least squares or one-vs-all hinge targets move the
+    # outputs less far on noisy labels (probe: spambase validation 0.927 -> 0.940 both, twonorm 0.973 -> 0.980 / 0.973)
+    "loss-ls": ["--loss", "least_squares"],
+    "loss-hinge": ["--loss", "ova_hinge"],
+    "tanh": ["--activation", "tanh"],       # a bounded activation (spambase 0.929, twonorm 0.975)
     # the defaults before this suite chose new ones (taylor, 60 iterations, no early stopping)
     "taylor-60": ["--solver", "taylor", "--no-early-stopping"],
     "minibatch_am": MBAM,
