@@ -334,6 +334,11 @@ def admm_extra(args):
     return ["--iters", str(args.admm_iters)] if args.admm_iters else []
 
 
+def earlier_entry(path, problem):
+    """``problem``'s entry in an earlier results file."""
+    return next(e for e in json.loads(Path(path).read_text())["problems"] if e["problem"] == problem)
+
+
 def run_problem(problem, data, solvers, learning_rates, args, tmp):
     spec = PROBLEMS[problem]
     targets, stop_at = spec["targets"], max(spec["targets"])
@@ -343,11 +348,22 @@ def run_problem(problem, data, solvers, learning_rates, args, tmp):
         entry["admm"].append(record)
         print(problem, solver, {t: time_to_target(record["curve"], t) for t in targets},
               f"load {record['load_average_1min']}", flush=True)
+    if args.admm_from:  # another solver's runs (and repeats) of an earlier results file kept beside these
+        earlier = earlier_entry(args.admm_from, problem)
+        ran = {r["solver"] for r in entry["admm"]}
+        entry["admm"] = [r for r in earlier["admm"] if r["solver"] not in ran] + entry["admm"]
+        entry["admm_from"] = {"solvers": sorted({r["solver"] for r in earlier["admm"]} - ran),
+                              **{key: earlier.get(key) for key in ("command", "commit")}}
+        repeated = {m.removeprefix("ADMM ") for m in earlier.get("repeats", {}).get("rounds", [{}])[0]
+                    if m.startswith("ADMM ")}
+        if repeated and not ran & repeated:  # the repeats name their solver: still true beside new solvers
+            entry["repeats"] = earlier["repeats"]
     if args.torch_from:  # the PyTorch runs of an earlier results file (the ADMM side re-measured alone)
-        earlier = next(e for e in json.loads(Path(args.torch_from).read_text())["problems"] if e["problem"] == problem)
+        earlier = earlier_entry(args.torch_from, problem)
         entry.update({key: earlier[key] for key in ("torch", "widths", "validation", "torch_train_rows",
                                                     "validation_rows", "batch_size") if key in earlier})
-        entry["torch_from"] = {key: earlier.get(key) for key in ("command", "commit")}
+        # where the runs were made: an earlier file may itself have taken them from another
+        entry["torch_from"] = earlier.get("torch_from") or {key: earlier.get(key) for key in ("command", "commit")}
         return summarise(entry)
     if learning_rates is None:
         entry["torch_skipped"] = "torch is not installed (pip install -e '.[bench]')"
@@ -466,6 +482,9 @@ def markdown(result):
         if entry.get("torch_from"):
             lines += [f"PyTorch runs taken from `{entry['torch_from']['command']}` at commit "
                       f"{entry['torch_from']['commit']}; the ADMM runs are this command's.", ""]
+        if entry.get("admm_from"):
+            lines += [f"ADMM runs of {', '.join(entry['admm_from']['solvers'])} (and their repeats) taken from "
+                      f"`{entry['admm_from']['command']}` at commit {entry['admm_from']['commit']}.", ""]
         if entry.get("skipped"):
             lines += [f"skipped: {entry['skipped']}", ""]
             continue
@@ -570,6 +589,9 @@ def main(argv=None):
     parser.add_argument("--torch-from", metavar="JSON",
                         help="take the PyTorch runs from an earlier results file (recorded as torch_from) and "
                              "run only the ADMM side")
+    parser.add_argument("--admm-from", metavar="JSON",
+                        help="keep the ADMM runs (and repeats) of an earlier results file for the solvers not run "
+                             "now (recorded as admm_from): add solvers to a problem without re-timing the others")
     parser.add_argument("--repeats", type=int, default=0,
                         help="then time the fastest ADMM solver and each optimiser's chosen lr this many times, "
                              "interleaved (medians and their ratio per target)")

@@ -95,3 +95,18 @@ def test_quick_run_records_curves_loads_and_ratio(quick_run):
         assert summary["ratio_admm_over_torch"] == pytest.approx(summary["best_admm_seconds"] / best_torch)
     assert (out / "time_to_accuracy_digits.png").stat().st_size > 0
     assert "| 0.97 |" in (out / "time_to_accuracy.md").read_text()
+
+
+def test_admm_from_adds_a_solver_beside_the_earlier_runs(quick_run, tmp_path):
+    earlier, first = quick_run
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "time_to_accuracy.py"), "--quick", "--solvers", "taylor",
+                           "--admm-from", str(earlier / "time_to_accuracy.json"), "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300, env=child_env(), cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (entry,) = json.loads((tmp_path / "time_to_accuracy.json").read_text())["problems"]
+    (kept,) = [r for r in entry["admm"] if r["solver"] == "minibatch_am"]
+    assert kept == first["problems"][0]["admm"][0]  # the earlier run itself, not a re-run
+    assert [r["solver"] for r in entry["admm"]] == ["minibatch_am", "taylor"]
+    assert entry["admm_from"]["solvers"] == ["minibatch_am"] and "--quick" in entry["admm_from"]["command"]
+    assert set(entry["summary"][0]["admm_seconds"]) == {"minibatch_am", "taylor"}
+    assert "ADMM runs of minibatch_am (and their repeats) taken from" in (tmp_path / "time_to_accuracy.md").read_text()
