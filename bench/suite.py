@@ -129,6 +129,8 @@ CANDIDATES = {
     "minibatch_am-es-iters200": [*MBAM, "--iters", "200", *EARLY],
     "taylor-es-iters200": ["--iters", "200", *EARLY],
 }
+# the candidate whose flags the current defaults equal (what `admm-mpi train` runs with no flags)
+DEFAULTS_CANDIDATE = "batch-n20"
 BASELINES = ("sklearn_mlp", "logreg", "adam")
 C_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
 LR_GRID = (3e-4, 1e-3, 3e-3)
@@ -537,11 +539,28 @@ def _selection(result, summaries):
     if not full:
         return []
     best, s = max(full.items(), key=lambda kv: kv[1]["mean_validation"])
-    return ["", f"Selected on mean validation accuracy among the candidates run on all {len(sets)} sets: "
-            f"**{best}** (validation {s['mean_validation']:.4f}; its test {s['mean_test']:.4f} against the MLP's "
-            f"{s['mlp_mean_test']:.4f}, worst set {100 * s['worst_gap_to_mlp']:+.1f} pt ({s['worst_gap_set']}), "
-            f"not slower than the MLP on {s['large_sets_not_slower_than_mlp']} of {s['large_sets']} sets of "
-            f">= {LARGE} rows)."]
+    lines = ["", f"Best mean validation accuracy among the candidates run on all {len(sets)} sets: "
+             f"**{best}** (validation {s['mean_validation']:.4f}; its test {s['mean_test']:.4f} against the MLP's "
+             f"{s['mlp_mean_test']:.4f}, worst set {100 * s['worst_gap_to_mlp']:+.1f} pt ({s['worst_gap_set']}), "
+             f"not slower than the MLP on {s['large_sets_not_slower_than_mlp']} of {s['large_sets']} sets of "
+             f">= {LARGE} rows)."]
+    default = f"admm:{DEFAULTS_CANDIDATE}"
+    if best != default and default in full:
+        better, worse = wins(result, best, default)
+        lines += ["", f"The defaults (`admm-mpi train` with no flags) are candidate **{default}** (validation "
+                  f"{full[default]['mean_validation']:.4f}, test {full[default]['mean_test']:.4f}); {best} against "
+                  f"them, set by set on validation: better on {better}, worse on {worse}, level on "
+                  f"{len(sets) - better - worse} (README, *Defaults*, says why they stay or change)."]
+    return lines
+
+
+def wins(result, method, reference):
+    """On how many sets ``method``'s validation accuracy is above and below ``reference``'s."""
+    pairs = [(s["methods"][method]["validation_accuracy"], s["methods"][reference]["validation_accuracy"])
+             for n, s in result["sets"].items() if not n.endswith("+raw") and method in s.get("methods", {})
+             and reference in s.get("methods", {}) and "error" not in s["methods"][method]
+             and "error" not in s["methods"][reference]]
+    return sum(a > b for a, b in pairs), sum(a < b for a, b in pairs)
 
 
 def paired(result, method, reference):

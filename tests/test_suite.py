@@ -118,6 +118,28 @@ def test_summary_means_gaps_and_time_ratios():
     assert s["worst_time_ratio_to_mlp"] == pytest.approx(0.5) and s["worst_time_ratio_set"] == "large"
 
 
+def test_selection_names_the_best_candidate_and_how_it_fares_against_the_defaults():
+    suite = _suite_module()
+    default = f"admm:{suite.DEFAULTS_CANDIDATE}"
+
+    def rec(val):
+        return {"validation_accuracy": val, "test_accuracy": val, "train_seconds": 1.0, "cpu_seconds": 1.0}
+
+    values = {"a": (0.9, 0.8), "b": (0.7, 0.7), "c": (0.6, 0.9), "d": (0.95, 0.5)}  # new, default
+    result = {"sets": {n: {"rows": 100, "methods": {"sklearn_mlp": rec(0.5), "admm:new": rec(new), default: rec(old)}}
+                       for n, (new, old) in values.items()}}
+    assert suite.wins(result, "admm:new", default) == (2, 1)
+    summaries = {m: suite.summarise(result, m) for m in ("admm:new", default)}
+    text = "\n".join(suite._selection(result, summaries))
+    assert "**admm:new** (validation 0.7875" in text
+    assert f"candidate **{default}** (validation 0.7250" in text and "better on 2, worse on 1, level on 1" in text
+    values["c"] = (0.1, 0.9)  # the defaults now lead: no comparison line
+    result["sets"]["c"]["methods"]["admm:new"] = rec(0.1)
+    summaries = {m: suite.summarise(result, m) for m in ("admm:new", default)}
+    text = "\n".join(suite._selection(result, summaries))
+    assert f"**{default}**" in text and "better on" not in text
+
+
 def test_unknown_set_is_one_line_exit_2(tmp_path):
     proc = _run_suite("--sets", "no_such_set", "--out", tmp_path / "s.json", timeout=60)
     assert proc.returncode == 2 and "unknown set or candidate: no_such_set" in proc.stderr

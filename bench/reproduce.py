@@ -1,0 +1,109 @@
+"""Rerun a selected recipe from its committed config and compare with the recorded accuracy.
+
+    python bench/reproduce.py --selection bench/results/selection_mnist-taylor.json --data ../cache/mnist.h5
+
+runs the recipe as a user would, from the config alone,
+
+    OMP_NUM_THREADS=1 mpiexec -n 2 admm-mpi train --config CONFIG --data DATA --eval-test end <extra>
+
+(the config holds the pick and the selection's settings: validation fraction, budget, early
+stopping, keep best), then compares its validation and test accuracy with the selection file's
+pick, and its settings as run with the pick's settings as recorded. A rerun reproduces when both
+accuracies are within ``--tolerance`` (0.002) and the settings differ only where ``--extra`` asked.
+``--run DIR`` reads back a run directory that already finished (the same command, run earlier)
+instead of training (``--run-commit`` records the commit it ran at). Results merge into ``results/reproduce.json``, one entry per selection file.
+"""
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, RESULTS, git_commit, mpiexec, portable, run_record  # noqa: E402
+
+# settings that say where and how loudly a run goes, or whether it reads test, not what it computes
+NOT_RECIPE = ("data", "out", "progress", "eval_test", "resume", "checkpoint_every")
+
+
+def config_path(recorded):
+    """The selection's config path as recorded (portable: relative to the repository, ``$TMPDIR/``, ``~/``)."""
+    path = Path(recorded.replace("$TMPDIR/", tempfile.gettempdir() + os.sep, 1)).expanduser()
+    return str(path if path.is_absolute() else REPO / path)
+
+
+def train_command(selection, data, extra, out, ranks):
+    return [mpiexec(), "-n", str(ranks), sys.executable, "-m", "admm_mpi", "train",
+            "--config", config_path(selection["config"]), "--data", data, "--eval-test", "end", "--no-progress", "--out", str(out), *extra]
+
+
+def pick_record(selection):
+    (pick,) = [c for c in selection["candidates"] if c["tag"] == selection["pick"]]
+    return pick
+
+
+def compare(selection, summary, tolerance):
+    """The rerun's accuracies and settings against the selection's pick."""
+    pick = pick_record(selection)
+    ran = {k: v for k, v in summary["config"].items() if k not in NOT_RECIPE}
+    recorded = {k: v for k, v in pick["settings"].items() if k not in NOT_RECIPE}
+    changed = {k: {"recorded": recorded.get(k), "rerun": ran.get(k)} for k in sorted(set(ran) | set(recorded))
+               if ran.get(k) != recorded.get(k)}
+    delta_validation = summary["validation_accuracy"] - selection["pick_validation_accuracy"]
+    delta_test = summary["test_accuracy"] - selection["pick_test_accuracy"]
+    return {"recorded": {"validation_accuracy": selection["pick_validation_accuracy"],
+                         "test_accuracy": selection["pick_test_accuracy"], "kept_epoch": pick["kept_epoch"]},
+            "rerun": {"validation_accuracy": summary["validation_accuracy"], "test_accuracy": summary["test_accuracy"],
+                      "kept_epoch": summary["kept_iteration"], "epochs_run": summary["iterations"],
+                      "ranks": summary["ranks"]},
+            "delta_validation": delta_validation, "delta_test": delta_test, "settings_changed": changed,
+            "reproduced": abs(delta_validation) <= tolerance and abs(delta_test) <= tolerance}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--selection", required=True, help="a results/selection_*.json file")
+    parser.add_argument("--data", required=True, help="the data set the selection ran on (HDF5)")
+    parser.add_argument("--extra", default="", help="flags added to the config's (for example '--layout data')")
+    parser.add_argument("--run", help="a finished run directory of this command (read back, not trained)")
+    parser.add_argument("--run-commit", help="with --run: the commit that run was made at (recorded)")
+    parser.add_argument("--runs", default=str(REPO / "bench" / ".runs"), help="where a fresh run goes")
+    parser.add_argument("--ranks", type=int, default=2)
+    parser.add_argument("--tolerance", type=float, default=0.002)
+    parser.add_argument("--timeout", type=float, default=6 * 3600)
+    parser.add_argument("--out", default=str(RESULTS / "reproduce.json"))
+    args = parser.parse_args(argv)
+    selection_path = Path(args.selection)
+    selection = json.loads(selection_path.read_text())
+    extra = shlex.split(args.extra)
+    out = Path(args.run) if args.run else Path(args.runs) / f"reproduce-{selection_path.stem}"
+    command = train_command(selection, args.data, extra, out, args.ranks)
+    if not args.run:
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        subprocess.run(command, check=True, env=env, timeout=args.timeout, cwd=REPO)
+    summary = json.loads((out / "summary.json").read_text())
+    result = {"selection": selection_path.name, "selection_commit": selection.get("commit"),
+              "train_command": "OMP_NUM_THREADS=1 " + shlex.join(["mpiexec", "-n", str(args.ranks), "admm-mpi"]
+                                                                + command[6:-len(extra) - 2] + extra),
+              "read_back": bool(args.run), "run_commit": args.run_commit if args.run else git_commit(),
+              "tolerance": args.tolerance,
+              **compare(selection, summary, args.tolerance), **run_record()}
+    path = Path(args.out)
+    merged = json.loads(path.read_text()) if path.exists() else {"benchmark": "reruns of selected recipes", "runs": {}}
+    merged["runs"][selection_path.stem] = portable(result)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(merged, indent=2) + "\n")
+    r = result
+    print(f"{selection_path.stem}: validation {r['rerun']['validation_accuracy']:.4f} (recorded "
+          f"{r['recorded']['validation_accuracy']:.4f}), test {r['rerun']['test_accuracy']:.4f} (recorded "
+          f"{r['recorded']['test_accuracy']:.4f}); settings changed: {sorted(r['settings_changed']) or 'none'}; "
+          f"{'reproduced' if r['reproduced'] else 'NOT reproduced'} within {args.tolerance}")
+    return 0 if r["reproduced"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
