@@ -149,3 +149,60 @@ def test_cluster_seconds_inside_one_node_is_the_node_model(coll):
     across = coll.cluster_seconds(params, "allreduce", 256, MiB, 64, network, 256 * MiB)
     assert math.isfinite(across) and across > coll.cluster_seconds(params, "allreduce", 64, MiB, 64, network, 256 * MiB)
     assert np.isfinite(coll.cluster_seconds(params, "bcast", 4096, 64 * MiB, 64, network, 256 * MiB))
+
+
+def test_every_sweep_runs_every_cell_once_in_an_order_of_its_own(coll):
+    orders = coll.sweep_orders(78, 7, [0, 2])
+    assert len(orders) == 7 and all(sorted(order) == list(range(78)) for order in orders)
+    assert len({tuple(order) for order in orders}) == 7  # not one order repeated
+    assert orders != [list(range(78))] * 7  # not the ascending order
+    assert coll.sweep_orders(78, 7, [0, 2]) == orders  # every rank draws the same
+    assert coll.sweep_orders(78, 7, [0, 4]) != orders
+
+
+def test_timed_sweeps_warm_every_cell_first_then_file_each_timing_under_its_own_size(coll):
+    names, sizes = ("reduce", "bcast"), [8, 64, 512]
+    log = []
+
+    def warm(name, n):
+        log.append(("warm", name, n))
+
+    def measure(name, n):
+        log.append(("time", name, n))
+        return 1000 * names.index(name) + n + 0.5, 1000 * names.index(name) + n  # (median, minimum)
+
+    orders = [[5, 0, 3, 1, 4, 2], [2, 4, 0, 5, 1, 3]]
+    medians, minima, loads = coll.timed_sweeps(names, sizes, orders, measure, warm)
+    cells = [(name, n) for name in names for n in sizes]
+    assert log[:6] == [("warm", *cell) for cell in cells]  # the untimed pass, ascending, before any timing
+    assert log[6:12] == [("time", *cells[k]) for k in orders[0]]  # then each sweep in its own order
+    assert log[12:] == [("time", *cells[k]) for k in orders[1]]
+    for s in range(2):
+        assert medians["reduce"][s] == [8.5, 64.5, 512.5] and medians["bcast"][s] == [1008.5, 1064.5, 1512.5]
+        assert minima["bcast"][s] == [1008, 1064, 1512]
+    assert len(loads) == 2
+    with pytest.raises(ValueError):
+        coll.timed_sweeps(names, sizes, [[0, 0, 1, 2, 3, 4]], measure, warm)
+
+
+def test_sweep_spread_is_robust_to_one_slow_sweep_and_counts_it(coll):
+    sweeps = [[1.0, 2.0]] * 6 + [[2.0, 2.2]]
+    spread = coll.sweep_spread(sweeps)
+    assert spread["mad"] == [0.0, 0.0]
+    assert spread["range"] == pytest.approx([1.0, 0.1])
+    assert spread["beyond_25pct"] == pytest.approx([1 / 7, 0.0])
+
+
+def test_spread_summary_names_the_cells_whose_sweeps_disagree(coll):
+    probes = synthetic_probes(coll, known_params(coll), sweeps=5)
+    assert all(s["median_mad"] == 0.0 and not s["uncertain"] for s in coll.spread_summary(probes).values())
+    i = probes[2]["sizes"].index(8 * MiB)
+    rows = probes[2]["sweeps"]["bcast"] = [list(row) for row in probes[2]["sweeps"]["bcast"]]
+    for s, factor in enumerate((1.0, 1.1, 0.9, 2.0, 2.0)):
+        rows[s][i] *= factor  # jitter, and two sweeps of five on a busy core
+    summary = coll.spread_summary(probes)
+    assert summary["2"]["cells"] == 6 * len(coll.OPERATIONS) and summary["2"]["sweeps"] == 5
+    assert [(c["operation"], c["bytes"]) for c in summary["2"]["uncertain"]] == [("bcast", 8 * MiB)]
+    assert summary["2"]["worst_mad"]["operation"] == "bcast"
+    assert summary["2"]["worst_mad"]["mad"] == pytest.approx(0.2 / 1.1)
+    assert summary["4"]["median_mad"] == 0.0 and not summary["4"]["uncertain"]
