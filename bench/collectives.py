@@ -452,7 +452,10 @@ def _operation(name, comm, nbytes):
     if name in ("reduce_scatter", "allgather"):
         count = max(1, count // size) * size
     send = np.ones(count, np.float32)
-    out = np.empty_like(send)
+    # written, not np.empty: Bcast's root only reads ``out``, and an untouched buffer may be pages never faulted in,
+    # which CMA then reads through the kernel's one zero page (no DRAM, no page walk of real pages), where a step
+    # broadcasts data it has just written
+    out = np.ones_like(send)
     calls = {
         "reduce": lambda: comm.Reduce(send, out if rank == 0 else None, op=MPI.SUM, root=0),
         "bcast": lambda: comm.Bcast(out, root=0),

@@ -206,3 +206,32 @@ def test_spread_summary_names_the_cells_whose_sweeps_disagree(coll):
     assert summary["2"]["worst_mad"]["operation"] == "bcast"
     assert summary["2"]["worst_mad"]["mad"] == pytest.approx(0.2 / 1.1)
     assert summary["4"]["median_mad"] == 0.0 and not summary["4"]["uncertain"]
+
+
+class _FakeComm:
+    """Records the buffers handed to Bcast; rank 0 of ``size``."""
+
+    def __init__(self, size=2):
+        self.size, self.sent = size, []
+
+    def Get_size(self):
+        return self.size
+
+    def Get_rank(self):
+        return 0
+
+    def Bcast(self, buffer, root=0):
+        self.sent.append(buffer.copy())
+
+    def Reduce(self, send, out, op=None, root=0):
+        pass
+
+
+def test_the_root_broadcasts_data_it_holds_not_untouched_pages(coll):
+    pytest.importorskip("mpi4py")
+    for name in ("bcast", "reduce_bcast"):
+        comm = _FakeComm()
+        call, nbytes = coll._operation(name, comm, 64 * MiB)
+        call()
+        assert nbytes == 64 * MiB and len(comm.sent) == 1
+        assert np.all(comm.sent[0] == 1.0), name  # np.empty would hand over (zero) pages never written
