@@ -497,7 +497,7 @@ def sweep_orders(cells, sweeps, seed):
     return [rng.permutation(cells).tolist() for _ in range(sweeps)]
 
 
-def timed_sweeps(names, sizes, orders, measure, warm):
+def timed_sweeps(names, sizes, orders, measure, warm, stamp=None):
     """``warm(name, n)`` once for every operation and size in ascending order, then one sweep per order in
     ``orders`` (indices into the cells ``(name, size index)``, operations outer) with ``measure(name, n)`` ->
     (median, minimum) per cell; per sweep the load average when it starts.
@@ -506,18 +506,21 @@ def timed_sweeps(names, sizes, orders, measure, warm):
     threshold has risen past every temporary and array below 32 MiB (from then on served by the heap, in pages
     already mapped), which the first timed sweep of the old protocol still saw rise (its 8 MB cells were fresh
     mappings). Per sweep the cells run in a random order, so a burst of load or a drift hits random cells, not
-    one size or one operation of every sweep. Returns (medians, minima, loads): ``medians[name]`` a list per
-    sweep of the per-size values in size order, as ``probe`` records them."""
+    one size or one operation of every sweep. Returns (medians, minima, loads, stamps): ``medians[name]`` a list
+    per sweep of the per-size values in size order, as ``probe`` records them; ``stamps`` what ``stamp()`` returns
+    before each sweep and after the last (none without ``stamp``)."""
     cells = [(name, i) for name in names for i in range(len(sizes))]
     for name, i in cells:
         warm(name, sizes[i])
     medians = {name: [] for name in names}
     minima = {name: [] for name in names}
-    loads = []
+    loads, stamps = [], []
     for order in orders:
         if sorted(order) != list(range(len(cells))):
             raise ValueError("an order must run every cell once")
         loads.append(os.getloadavg()[0])
+        if stamp:
+            stamps.append(stamp())
         found = {}
         for k in order:
             name, i = cells[k]
@@ -525,7 +528,41 @@ def timed_sweeps(names, sizes, orders, measure, warm):
         for name in names:
             medians[name].append([found[name, i][0] for i in range(len(sizes))])
             minima[name].append([found[name, i][1] for i in range(len(sizes))])
-    return medians, minima, loads
+    if stamp and orders:
+        stamps.append(stamp())
+    return medians, minima, loads, stamps
+
+
+def scheduler_counters():
+    """This process's CPU, migrations between CPUs and involuntary context switches (Linux /proc/self/sched),
+    and the machine's stolen time (seconds the hypervisor ran something else on this VM's CPUs, /proc/stat)."""
+    found = {"cpu": None, "migrations": None, "involuntary": None, "steal": None}
+    try:
+        found["cpu"] = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[36])
+        for line in Path("/proc/self/sched").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key in ("se.nr_migrations", "nr_involuntary_switches"):
+                found["migrations" if key == "se.nr_migrations" else "involuntary"] = int(float(value))
+        found["steal"] = int(Path("/proc/stat").read_text().split("\n", 1)[0].split()[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        pass
+    return found
+
+
+def sweep_conditions(stamps):
+    """Per sweep, from the per-rank ``scheduler_counters`` before and after it: each rank's CPU at its start, the
+    ranks' migrations and involuntary switches during it, and the seconds stolen by the hypervisor (rank 0's
+    view of the machine)."""
+    rows = []
+    for before, after in zip(stamps, stamps[1:]):
+        def delta(key):
+            return [None if a[key] is None or b[key] is None else b[key] - a[key] for a, b in zip(before, after)]
+
+        steal = delta("steal")[0]
+        rows.append({"cpus": [r["cpu"] for r in before], "migrations": delta("migrations"),
+                     "involuntary": delta("involuntary"), "steal_seconds": steal})
+    return rows
 
 
 def sweep_spread(sweeps):
@@ -569,10 +606,14 @@ def probe(out, max_bytes, min_repeats, node_aware, sweeps, seed=0):
         for _ in range(WARMUP):
             call()
 
+    def stamp():
+        return comm.allgather(scheduler_counters())
+
     started = time.perf_counter()
-    result["sweeps"], result["sweep_minima"], result["sweep_loads"] = timed_sweeps(OPERATIONS, sizes, orders,
-                                                                                   measure, warm)
+    result["sweeps"], result["sweep_minima"], result["sweep_loads"], stamps = timed_sweeps(
+        OPERATIONS, sizes, orders, measure, warm, stamp)
     result["sweep_seconds"] = time.perf_counter() - started
+    result["sweep_conditions"] = sweep_conditions(stamps)
     result["times"] = {name: np.median(result["sweeps"][name], axis=0).tolist() for name in OPERATIONS}
     result["fastest"] = {name: np.min(result["sweep_minima"][name], axis=0).tolist() for name in OPERATIONS}
     result["spread"] = {name: sweep_spread(result["sweeps"][name]) for name in OPERATIONS}
@@ -598,10 +639,11 @@ def node_aware_probe(comm, sizes, min_repeats):
     return found
 
 
-def run_probe(P, max_bytes, min_repeats, node_aware, sweeps, tmp, seed=0):
+def run_probe(P, max_bytes, min_repeats, node_aware, sweeps, tmp, seed=0, bind=False):
     path = os.path.join(tmp, f"coll{P}.json")
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    cmd = [mpiexec(), "-n", str(P), sys.executable, __file__, "--probe", path, "--max-bytes", str(max_bytes),
+    cmd = [mpiexec(), "-n", str(P)] + (["-bind-to", "core"] if bind else []) + [
+           sys.executable, __file__, "--probe", path, "--max-bytes", str(max_bytes),
            "--min-repeats", str(min_repeats), "--sweeps", str(sweeps), "--seed", str(seed)] + (
         ["--node-aware"] if node_aware else [])
     subprocess.run(cmd, check=True, env=env, timeout=7200, capture_output=True)
@@ -720,6 +762,7 @@ def main(argv=None):
     parser.add_argument("--min-repeats", type=int, default=5)
     parser.add_argument("--sweeps", type=int, default=7, help="interleaved passes over the sizes (median kept)")
     parser.add_argument("--seed", type=int, default=0, help="of the random order of the cells in each sweep")
+    parser.add_argument("--bind", action="store_true", help="mpiexec -bind-to core (Hydra): ranks pinned to cores")
     parser.add_argument("--node-aware", action="store_true", help="also time Grid.allsum over faked nodes")
     parser.add_argument("--refit", metavar="JSON", help="fit an earlier results file's probes again")
     parser.add_argument("--holdout", metavar="JSON", help="also check the fit on another results file's medians")
@@ -736,7 +779,9 @@ def main(argv=None):
         print("probes in", tmp, flush=True)
         probes, cores, cache = {}, os.cpu_count(), LLC
         for P in map(int, args.ranks.split(",")):
-            probes[P] = run_probe(P, args.max_bytes, args.min_repeats, args.node_aware, args.sweeps, tmp, args.seed)
+            probes[P] = run_probe(P, args.max_bytes, args.min_repeats, args.node_aware, args.sweeps, tmp, args.seed,
+                                  args.bind)
+            probes[P]["bound_to_cores"] = args.bind
             print(f"P={P}: load {probes[P]['load_before'][0]:.1f} -> {probes[P]['load_after'][0]:.1f}", flush=True)
             Path(tmp, "probes.json").write_text(json.dumps({"probes": probes}))
         gamma = reduction_seconds_per_byte()

@@ -172,11 +172,14 @@ def test_timed_sweeps_warm_every_cell_first_then_file_each_timing_under_its_own_
         return 1000 * names.index(name) + n + 0.5, 1000 * names.index(name) + n  # (median, minimum)
 
     orders = [[5, 0, 3, 1, 4, 2], [2, 4, 0, 5, 1, 3]]
-    medians, minima, loads = coll.timed_sweeps(names, sizes, orders, measure, warm)
+    medians, minima, loads, stamps = coll.timed_sweeps(names, sizes, orders, measure, warm,
+                                                       stamp=lambda: log.append(("stamp",)) or len(log))
     cells = [(name, n) for name in names for n in sizes]
     assert log[:6] == [("warm", *cell) for cell in cells]  # the untimed pass, ascending, before any timing
-    assert log[6:12] == [("time", *cells[k]) for k in orders[0]]  # then each sweep in its own order
-    assert log[12:] == [("time", *cells[k]) for k in orders[1]]
+    # then each sweep in its own order, stamped before each and after the last
+    assert log[6:13] == [("stamp",)] + [("time", *cells[k]) for k in orders[0]]
+    assert log[13:] == [("stamp",)] + [("time", *cells[k]) for k in orders[1]] + [("stamp",)]
+    assert stamps == [7, 14, 21]
     for s in range(2):
         assert medians["reduce"][s] == [8.5, 64.5, 512.5] and medians["bcast"][s] == [1008.5, 1064.5, 1512.5]
         assert minima["bcast"][s] == [1008, 1064, 1512]
@@ -235,3 +238,16 @@ def test_the_root_broadcasts_data_it_holds_not_untouched_pages(coll):
         call()
         assert nbytes == 64 * MiB and len(comm.sent) == 1
         assert np.all(comm.sent[0] == 1.0), name  # np.empty would hand over (zero) pages never written
+
+
+def test_sweep_conditions_are_the_counters_differences_over_each_sweep(coll):
+    def ranks(steal, *per_rank):
+        return [{"cpu": cpu, "migrations": m, "involuntary": v, "steal": steal if i == 0 else None}
+                for i, (cpu, m, v) in enumerate(per_rank)]
+
+    stamps = [ranks(10.0, (0, 5, 1), (1, 7, 2)), ranks(10.5, (1, 6, 1), (1, 7, 9)), ranks(10.5, (1, 6, 1), (0, 9, 9))]
+    rows = coll.sweep_conditions(stamps)
+    assert rows == [{"cpus": [0, 1], "migrations": [1, 0], "involuntary": [0, 7], "steal_seconds": 0.5},
+                    {"cpus": [1, 1], "migrations": [0, 2], "involuntary": [0, 0], "steal_seconds": 0.0}]
+    here = coll.scheduler_counters()
+    assert set(here) == {"cpu", "migrations", "involuntary", "steal"}
