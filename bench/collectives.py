@@ -534,9 +534,11 @@ def timed_sweeps(names, sizes, orders, measure, warm, stamp=None):
 
 
 def scheduler_counters():
-    """This process's CPU, migrations between CPUs and involuntary context switches (Linux /proc/self/sched),
-    and the machine's stolen time (seconds the hypervisor ran something else on this VM's CPUs, /proc/stat)."""
-    found = {"cpu": None, "migrations": None, "involuntary": None, "steal": None}
+    """This process's CPU, migrations between CPUs and involuntary context switches (Linux /proc/self/sched), its
+    bytes in transparent huge pages (/proc/self/smaps_rollup: khugepaged collapses madvised ranges, the heap's
+    too, while the probe runs), and the machine's stolen time (seconds the hypervisor ran something else on this
+    VM's CPUs, /proc/stat)."""
+    found = {"cpu": None, "migrations": None, "involuntary": None, "steal": None, "huge_pages": None}
     try:
         found["cpu"] = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[36])
         for line in Path("/proc/self/sched").read_text().splitlines():
@@ -545,23 +547,26 @@ def scheduler_counters():
             if key in ("se.nr_migrations", "nr_involuntary_switches"):
                 found["migrations" if key == "se.nr_migrations" else "involuntary"] = int(float(value))
         found["steal"] = int(Path("/proc/stat").read_text().split("\n", 1)[0].split()[8]) / os.sysconf("SC_CLK_TCK")
+        for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
+            if line.startswith("AnonHugePages:"):
+                found["huge_pages"] = int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
     return found
 
 
 def sweep_conditions(stamps):
-    """Per sweep, from the per-rank ``scheduler_counters`` before and after it: each rank's CPU at its start, the
-    ranks' migrations and involuntary switches during it, and the seconds stolen by the hypervisor (rank 0's
-    view of the machine)."""
+    """Per sweep, from the per-rank ``scheduler_counters`` before and after it: each rank's CPU and bytes in huge
+    pages at its start, the ranks' migrations and involuntary switches during it, and the seconds stolen by the
+    hypervisor (rank 0's view of the machine)."""
     rows = []
     for before, after in zip(stamps, stamps[1:]):
         def delta(key):
             return [None if a[key] is None or b[key] is None else b[key] - a[key] for a, b in zip(before, after)]
 
         steal = delta("steal")[0]
-        rows.append({"cpus": [r["cpu"] for r in before], "migrations": delta("migrations"),
-                     "involuntary": delta("involuntary"), "steal_seconds": steal})
+        rows.append({"cpus": [r["cpu"] for r in before], "huge_pages": [r.get("huge_pages") for r in before],
+                     "migrations": delta("migrations"), "involuntary": delta("involuntary"), "steal_seconds": steal})
     return rows
 
 

@@ -242,12 +242,14 @@ def test_the_root_broadcasts_data_it_holds_not_untouched_pages(coll):
 
 def test_sweep_conditions_are_the_counters_differences_over_each_sweep(coll):
     def ranks(steal, *per_rank):
-        return [{"cpu": cpu, "migrations": m, "involuntary": v, "steal": steal if i == 0 else None}
+        return [{"cpu": cpu, "migrations": m, "involuntary": v, "steal": steal if i == 0 else None, "huge_pages": 0}
                 for i, (cpu, m, v) in enumerate(per_rank)]
 
     stamps = [ranks(10.0, (0, 5, 1), (1, 7, 2)), ranks(10.5, (1, 6, 1), (1, 7, 9)), ranks(10.5, (1, 6, 1), (0, 9, 9))]
     rows = coll.sweep_conditions(stamps)
-    assert rows == [{"cpus": [0, 1], "migrations": [1, 0], "involuntary": [0, 7], "steal_seconds": 0.5},
-                    {"cpus": [1, 1], "migrations": [0, 2], "involuntary": [0, 0], "steal_seconds": 0.0}]
+    assert rows == [{"cpus": [0, 1], "huge_pages": [0, 0], "migrations": [1, 0], "involuntary": [0, 7],
+                     "steal_seconds": 0.5},
+                    {"cpus": [1, 1], "huge_pages": [0, 0], "migrations": [0, 2], "involuntary": [0, 0],
+                     "steal_seconds": 0.0}]
     here = coll.scheduler_counters()
-    assert set(here) == {"cpu", "migrations", "involuntary", "steal"}
+    assert set(here) == {"cpu", "migrations", "involuntary", "steal", "huge_pages"}
