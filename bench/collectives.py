@@ -742,6 +742,16 @@ def _refit_inputs(path):
             earlier.get("last_level_cache_bytes") or LLC, gamma or reduction_seconds_per_byte())
 
 
+def measured_by(path=None):
+    """Who measured the probes: "this run", or (a refit of ``path``) the command, commit and machine of the run
+    that measured them, kept through refits of refits."""
+    if path is None:
+        return "this run"
+    earlier = json.loads(Path(path).read_text())
+    origin = earlier.get("measured_by")
+    return origin if isinstance(origin, dict) else {key: earlier.get(key) for key in ("command", "commit", "machine")}
+
+
 def fitted_result(probes, cores, cache, gamma, holdout=None):
     """The fits, their errors in sample and held out (and on another run's medians: ``holdout``, a results file)."""
     params = fit(probes, cores, reduce_per_byte=gamma, cache=cache)
@@ -792,6 +802,7 @@ def main(argv=None):
         gamma = reduction_seconds_per_byte()
     argv = [os.path.basename(a) if os.path.isabs(a) else a for a in sys.argv]  # no paths of this machine
     result = {"benchmark": "collectives", "argv": argv, "commit": git_commit(), "machine": machine(),
+              "measured_by": measured_by(args.refit),
               **fitted_result(probes, cores, cache, gamma, args.holdout),
               "probes": {str(P): v for P, v in probes.items()}}
     path = write_result(args.name, result)

@@ -1,6 +1,7 @@
 """bench/collectives.py's model of MPICH's collectives: the memory effects it rests on, the traffic of the
 algorithms MPICH runs, and that its fit recovers the coefficients of measurements it generated itself."""
 
+import json
 import math
 
 import numpy as np
@@ -253,3 +254,15 @@ def test_sweep_conditions_are_the_counters_differences_over_each_sweep(coll):
                      "steal_seconds": 0.0}]
     here = coll.scheduler_counters()
     assert set(here) == {"cpu", "migrations", "involuntary", "steal", "huge_pages"}
+
+
+def test_a_refit_keeps_naming_the_run_that_measured(coll, tmp_path):
+    assert coll.measured_by() == "this run"
+    first = tmp_path / "first.json"
+    first.write_text('{"command": "python bench/collectives.py --ranks 2,4", "commit": "abc", "machine": {"cpus": 2}}')
+    origin = coll.measured_by(first)
+    assert origin == {"command": "python bench/collectives.py --ranks 2,4", "commit": "abc", "machine": {"cpus": 2}}
+    second = tmp_path / "second.json"
+    second.write_text(json.dumps({"command": "python bench/collectives.py --refit first.json", "commit": "def",
+                                  "measured_by": origin}))
+    assert coll.measured_by(second) == origin
