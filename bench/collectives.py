@@ -1,7 +1,7 @@
 """The collectives of a data-parallel step, measured over 8 B - 64 MB at 2, 3, 4 and 8 ranks, and modelled.
 
     python bench/collectives.py [--ranks 2,3,4,8] [--max-bytes 67108864] [--min-repeats 5] [--sweeps 7] [--seed 0]
-                                [--node-aware]
+                                [--node-aware] [--bind] [--name collectives]
     python bench/collectives.py --refit bench/results/collectives.json [--holdout OTHER.json]   (fits, measures nothing)
     (either writes bench/results/collectives.json, or with ``--name NAME`` bench/results/NAME.json)
 
@@ -16,7 +16,9 @@ a drift hits random cells rather than one size or one operation in every pass. E
 then timed ``repeats_for`` times: a repetition is a Barrier, then the operation; its time is the slowest rank's.
 Per sweep the median and the minimum over the repetitions are kept; ``times`` is the median over the sweeps,
 ``fastest`` the minimum, ``spread`` how the sweeps scatter around that median (``sweep_spread``); the load
-average is recorded per sweep.
+average is recorded per sweep, and ``sweep_conditions`` the ranks' CPUs, migrations, involuntary switches and bytes
+in transparent huge pages and the hypervisor's stolen time (``scheduler_counters``). ``--bind`` pins the ranks to
+cores (``mpiexec -bind-to core``); by default the scheduler places them, as in a training run.
 
 Operations (float32 SUM, ``n`` bytes per rank): ``Reduce`` to rank 0, ``Bcast`` from rank 0,
 ``Allreduce``, ``Reduce_scatter_block`` (n bytes in, n/P out), ``Allgather`` (n/P in, n out: with
