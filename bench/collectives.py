@@ -1,16 +1,24 @@
 """The collectives of a data-parallel step, measured over 8 B - 64 MB at 2, 3, 4 and 8 ranks, and modelled.
 
-    python bench/collectives.py [--ranks 2,3,4,8] [--max-bytes 67108864] [--min-repeats 5] [--sweeps 3] [--node-aware]
+    python bench/collectives.py [--ranks 2,3,4,8] [--max-bytes 67108864] [--min-repeats 5] [--sweeps 7] [--seed 0]
+                                [--node-aware] [--bind] [--name collectives]
     python bench/collectives.py --refit bench/results/collectives.json [--holdout OTHER.json]   (fits, measures nothing)
+    (either writes bench/results/collectives.json, or with ``--name NAME`` bench/results/NAME.json)
 
 Each rank count runs ``mpiexec -n P python bench/collectives.py --probe`` (one BLAS thread per
 rank). The probe's communicator first makes 8 collectives (past MPICH's
 ``MPIR_CVAR_POSIX_NUM_COLLS_THRESHOLD`` = 5, from which a single-threaded MPICH would use its
 shared-memory release-gather algorithms, as a training run's communicator would from its first
-iteration on); then each operation and size is called twice before it is timed. A repetition is a Barrier, then the
-operation; its time is the slowest rank's. Per sweep the median and the minimum over the repetitions
-are kept; ``--sweeps`` passes over all operations and sizes interleave in time, and ``times`` is the
-median over the passes, ``fastest`` the minimum.
+iteration on). An untimed pass calls every operation at every size (in ascending order) twice, leaving glibc's
+malloc in the state a training run's is in after its first iterations (``timed_sweeps``); then ``--sweeps`` passes
+each time every operation and size once, in an order of their own (random, ``--seed``), so that a burst of load or
+a drift hits random cells rather than one size or one operation in every pass. Each cell is called twice more,
+then timed ``repeats_for`` times: a repetition is a Barrier, then the operation; its time is the slowest rank's.
+Per sweep the median and the minimum over the repetitions are kept; ``times`` is the median over the sweeps,
+``fastest`` the minimum, ``spread`` how the sweeps scatter around that median (``sweep_spread``); the load
+average is recorded per sweep, and ``sweep_conditions`` the ranks' CPUs, migrations, involuntary switches and bytes
+in transparent huge pages and the hypervisor's stolen time (``scheduler_counters``). ``--bind`` pins the ranks to
+cores (``mpiexec -bind-to core``); by default the scheduler places them, as in a training run.
 
 Operations (float32 SUM, ``n`` bytes per rank): ``Reduce`` to rank 0, ``Bcast`` from rank 0,
 ``Allreduce``, ``Reduce_scatter_block`` (n bytes in, n/P out), ``Allgather`` (n/P in, n out: with
@@ -66,12 +74,15 @@ from common import RESULTS, machine, mpiexec, write_result  # noqa: E402
 
 WARMUP = 2  # calls of each operation and size before timing (the communicator is warmed up once, in probe)
 NOTE = ("2 cores: 3, 4 and 8 ranks are oversubscribed and their times include the scheduler's; the machine is "
-        "shared with other jobs (load_before / load_after per probe), so an operation longer than a time slice "
-        "may wait for a descheduled partner: 'times' are medians over the sweeps of the per-sweep medians, "
-        "'fastest' the minima over every repetition; 'params' fit the medians, 'params_uncontended' the minima at "
-        "ranks <= cores; 'errors_holdout': the median fit's errors on measurements it did not see (held-out sweeps, "
-        "sizes, rank counts, another run), with 'sweeps_unmodelled' the sweeps' own spread; "
-        "'error_summary_64KB_up' summarises each at >= 64 KB.")
+        "shared with other jobs (load_before / load_after per probe, sweep_loads per sweep), so an operation longer "
+        "than a time slice may wait for a descheduled partner. Protocol (probes with 'warmup_pass'): one untimed "
+        "pass over every operation and size, then 'sweep_count' sweeps, each over every cell in its own random "
+        "order ('orders', 'seed'); 'times' are medians over the sweeps of the per-sweep medians, 'fastest' the minima "
+        "over every repetition, 'spread' per cell the sweeps' scatter (relative MAD, range, share beyond 25 %); "
+        "'params' fit the medians, 'params_uncontended' the minima at ranks <= cores; 'errors_holdout': the median "
+        "fit's errors on measurements it did not see (held-out sweeps, sizes, rank counts, another run), with "
+        "'sweeps_unmodelled' the sweeps' own spread; 'error_summary_64KB_up' summarises each at >= 64 KB, "
+        "'sweep_spread_64KB_up' the spread.")
 OPERATIONS = ("reduce", "bcast", "allreduce", "reduce_scatter", "allgather", "reduce_bcast")
 
 
@@ -443,7 +454,10 @@ def _operation(name, comm, nbytes):
     if name in ("reduce_scatter", "allgather"):
         count = max(1, count // size) * size
     send = np.ones(count, np.float32)
-    out = np.empty_like(send)
+    # written, not np.empty: Bcast's root only reads ``out``, and an untouched buffer may be pages never faulted in,
+    # which CMA then reads through the kernel's one zero page (no DRAM, no page walk of real pages), where a step
+    # broadcasts data it has just written
+    out = np.ones_like(send)
     calls = {
         "reduce": lambda: comm.Reduce(send, out if rank == 0 else None, op=MPI.SUM, root=0),
         "bcast": lambda: comm.Bcast(out, root=0),
@@ -478,8 +492,101 @@ def time_collective(comm, call, repeats):
     return float(np.median(slowest)), float(slowest.min())
 
 
-def probe(out, max_bytes, min_repeats, node_aware, sweeps):
-    """Run under mpiexec: ``sweeps`` passes over every operation and size; rank 0 writes JSON.
+def sweep_orders(cells, sweeps, seed):
+    """Per sweep, a random order of the ``cells`` (indices 0 .. cells - 1), each once; the same on every rank
+    for one ``seed`` (every rank must call the same collective next)."""
+    rng = np.random.default_rng(seed)
+    return [rng.permutation(cells).tolist() for _ in range(sweeps)]
+
+
+def timed_sweeps(names, sizes, orders, measure, warm, stamp=None):
+    """``warm(name, n)`` once for every operation and size in ascending order, then one sweep per order in
+    ``orders`` (indices into the cells ``(name, size index)``, operations outer) with ``measure(name, n)`` ->
+    (median, minimum) per cell; per sweep the load average when it starts.
+
+    The warm-up pass leaves glibc's malloc as a training run's is after its first iterations: its dynamic mmap
+    threshold has risen past every temporary and array below 32 MiB (from then on served by the heap, in pages
+    already mapped), which the first timed sweep of the old protocol still saw rise (its 8 MB cells were fresh
+    mappings). Per sweep the cells run in a random order, so a burst of load or a drift hits random cells, not
+    one size or one operation of every sweep. Returns (medians, minima, loads, stamps): ``medians[name]`` a list
+    per sweep of the per-size values in size order, as ``probe`` records them; ``stamps`` what ``stamp()`` returns
+    before each sweep and after the last (none without ``stamp``)."""
+    cells = [(name, i) for name in names for i in range(len(sizes))]
+    for name, i in cells:
+        warm(name, sizes[i])
+    medians = {name: [] for name in names}
+    minima = {name: [] for name in names}
+    loads, stamps = [], []
+    for order in orders:
+        if sorted(order) != list(range(len(cells))):
+            raise ValueError("an order must run every cell once")
+        loads.append(os.getloadavg()[0])
+        if stamp:
+            stamps.append(stamp())
+        found = {}
+        for k in order:
+            name, i = cells[k]
+            found[name, i] = measure(name, sizes[i])
+        for name in names:
+            medians[name].append([found[name, i][0] for i in range(len(sizes))])
+            minima[name].append([found[name, i][1] for i in range(len(sizes))])
+    if stamp and orders:
+        stamps.append(stamp())
+    return medians, minima, loads, stamps
+
+
+def scheduler_counters():
+    """This process's CPU, migrations between CPUs and involuntary context switches (Linux /proc/self/sched), its
+    bytes in transparent huge pages (/proc/self/smaps_rollup: khugepaged collapses madvised ranges, the heap's
+    too, while the probe runs), and the machine's stolen time (seconds the hypervisor ran something else on this
+    VM's CPUs, /proc/stat)."""
+    found = {"cpu": None, "migrations": None, "involuntary": None, "steal": None, "huge_pages": None}
+    try:
+        found["cpu"] = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[36])
+        for line in Path("/proc/self/sched").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key in ("se.nr_migrations", "nr_involuntary_switches"):
+                found["migrations" if key == "se.nr_migrations" else "involuntary"] = int(float(value))
+        found["steal"] = int(Path("/proc/stat").read_text().split("\n", 1)[0].split()[8]) / os.sysconf("SC_CLK_TCK")
+        for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
+            if line.startswith("AnonHugePages:"):
+                found["huge_pages"] = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return found
+
+
+def sweep_conditions(stamps):
+    """Per sweep, from the per-rank ``scheduler_counters`` before and after it: each rank's CPU and bytes in huge
+    pages at its start, the ranks' migrations and involuntary switches during it, and the seconds stolen by the
+    hypervisor (rank 0's view of the machine)."""
+    rows = []
+    for before, after in zip(stamps, stamps[1:]):
+        def delta(key):
+            return [None if a[key] is None or b[key] is None else b[key] - a[key] for a, b in zip(before, after)]
+
+        steal = delta("steal")[0]
+        rows.append({"cpus": [r["cpu"] for r in before], "huge_pages": [r.get("huge_pages") for r in before],
+                     "migrations": delta("migrations"), "involuntary": delta("involuntary"), "steal_seconds": steal})
+    return rows
+
+
+def sweep_spread(sweeps):
+    """Per size, over the sweeps' medians (``sweeps``: a list per sweep of per-size seconds): the relative median
+    absolute deviation (MAD / median), the relative range ((max - min) / median) and the share of sweeps more
+    than 25 % from the median."""
+    values = np.asarray(sweeps, dtype=float)
+    median = np.median(values, axis=0)
+    deviation = np.abs(values - median)
+    return {"mad": (np.median(deviation, axis=0) / median).tolist(),
+            "range": ((values.max(axis=0) - values.min(axis=0)) / median).tolist(),
+            "beyond_25pct": ((deviation > 0.25 * median).mean(axis=0)).tolist()}
+
+
+def probe(out, max_bytes, min_repeats, node_aware, sweeps, seed=0):
+    """Run under mpiexec: a warm-up pass, then ``sweeps`` passes over every operation and size, each pass in its
+    own random order (``timed_sweeps``); rank 0 writes JSON.
 
     The passes interleave in time, so a burst of load on this shared machine hits one pass of
     a size, not all of them: the median over the passes is kept (``sweeps`` keeps each pass).
@@ -491,17 +598,32 @@ def probe(out, max_bytes, min_repeats, node_aware, sweeps):
         comm.Bcast(np.zeros(1), root=0)
     load_before = os.getloadavg()
     sizes = sizes_up_to(max_bytes)
+    seed = [seed, comm.Get_size()]  # each rank count its own orders
+    orders = comm.bcast(sweep_orders(len(OPERATIONS) * len(sizes), sweeps, seed), root=0)  # rank 0's, for certain
     result = {"ranks": comm.Get_size(), "sizes": sizes, "sweep_count": sweeps, "min_repeats": min_repeats,
-              "sweeps": {name: [] for name in OPERATIONS},
-              "sweep_minima": {name: [] for name in OPERATIONS},
+              "repeats": [repeats_for(n, min_repeats) for n in sizes], "warmup_pass": True, "seed": seed,
+              "orders": orders, "timer_resolution": time.get_clock_info("perf_counter").resolution,
               "bytes": {name: [_operation(name, comm, n)[1] for n in sizes] for name in OPERATIONS}}
-    for _ in range(sweeps):
-        for name in OPERATIONS:
-            found = [time_collective(comm, _operation(name, comm, n)[0], repeats_for(n, min_repeats)) for n in sizes]
-            result["sweeps"][name].append([median for median, _ in found])
-            result["sweep_minima"][name].append([least for _, least in found])
+
+    def measure(name, n):
+        return time_collective(comm, _operation(name, comm, n)[0], repeats_for(n, min_repeats))
+
+    def warm(name, n):
+        call = _operation(name, comm, n)[0]
+        for _ in range(WARMUP):
+            call()
+
+    def stamp():
+        return comm.allgather(scheduler_counters())
+
+    started = time.perf_counter()
+    result["sweeps"], result["sweep_minima"], result["sweep_loads"], stamps = timed_sweeps(
+        OPERATIONS, sizes, orders, measure, warm, stamp)
+    result["sweep_seconds"] = time.perf_counter() - started
+    result["sweep_conditions"] = sweep_conditions(stamps)
     result["times"] = {name: np.median(result["sweeps"][name], axis=0).tolist() for name in OPERATIONS}
     result["fastest"] = {name: np.min(result["sweep_minima"][name], axis=0).tolist() for name in OPERATIONS}
+    result["spread"] = {name: sweep_spread(result["sweeps"][name]) for name in OPERATIONS}
     if node_aware:
         result["node_aware"] = node_aware_probe(comm, sizes, min_repeats)
     result["load_before"], result["load_after"] = load_before, os.getloadavg()
@@ -524,11 +646,13 @@ def node_aware_probe(comm, sizes, min_repeats):
     return found
 
 
-def run_probe(P, max_bytes, min_repeats, node_aware, sweeps, tmp):
+def run_probe(P, max_bytes, min_repeats, node_aware, sweeps, tmp, seed=0, bind=False):
     path = os.path.join(tmp, f"coll{P}.json")
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    cmd = [mpiexec(), "-n", str(P), sys.executable, __file__, "--probe", path, "--max-bytes", str(max_bytes),
-           "--min-repeats", str(min_repeats), "--sweeps", str(sweeps)] + (["--node-aware"] if node_aware else [])
+    cmd = [mpiexec(), "-n", str(P)] + (["-bind-to", "core"] if bind else []) + [
+           sys.executable, __file__, "--probe", path, "--max-bytes", str(max_bytes),
+           "--min-repeats", str(min_repeats), "--sweeps", str(sweeps), "--seed", str(seed)] + (
+        ["--node-aware"] if node_aware else [])
     subprocess.run(cmd, check=True, env=env, timeout=7200, capture_output=True)
     return json.loads(Path(path).read_text())
 
@@ -569,6 +693,27 @@ def error_summary(rows, min_bytes=64 * 1024, target=0.25):
     return summary
 
 
+def spread_summary(probes, min_bytes=64 * 1024):
+    """Per rank count, over the cells of >= ``min_bytes``: how the sweeps' medians scatter around the cell's median
+    (``sweep_spread``): the median and the worst relative MAD, and the cells where more than a quarter of the
+    sweeps lie more than 25 % from the median (there the median itself is uncertain at the target's scale)."""
+    summary = {}
+    for P, found in sorted(probes.items()):
+        cells = []
+        for name in OPERATIONS:
+            spread = sweep_spread(found["sweeps"][name])
+            cells += [{"operation": name, "bytes": n, **{k: v[i] for k, v in spread.items()}}
+                      for i, n in enumerate(found["bytes"][name]) if n >= min_bytes]
+        if not cells:
+            continue
+        worst = max(cells, key=lambda c: c["mad"])
+        summary[str(P)] = {"cells": len(cells), "sweeps": len(found["sweeps"][OPERATIONS[0]]),
+                           "median_mad": float(np.median([c["mad"] for c in cells])),
+                           "worst_mad": {k: worst[k] for k in ("operation", "bytes", "mad")},
+                           "uncertain": [c for c in cells if c["beyond_25pct"] > 0.25]}
+    return summary
+
+
 def error_markdown(rows, ranks=None, min_bytes=0):
     """Table: per operation and rank count, the model's error (%) at each size."""
     sizes = sorted({r["bytes"] for r in rows if r["operation"] == "reduce" and r["bytes"] >= min_bytes})
@@ -599,6 +744,16 @@ def _refit_inputs(path):
             earlier.get("last_level_cache_bytes") or LLC, gamma or reduction_seconds_per_byte())
 
 
+def measured_by(path=None):
+    """Who measured the probes: "this run", or (a refit of ``path``) the command, commit and machine of the run
+    that measured them, kept through refits of refits."""
+    if path is None:
+        return "this run"
+    earlier = json.loads(Path(path).read_text())
+    origin = earlier.get("measured_by")
+    return origin if isinstance(origin, dict) else {key: earlier.get(key) for key in ("command", "commit", "machine")}
+
+
 def fitted_result(probes, cores, cache, gamma, holdout=None):
     """The fits, their errors in sample and held out (and on another run's medians: ``holdout``, a results file)."""
     params = fit(probes, cores, reduce_per_byte=gamma, cache=cache)
@@ -614,7 +769,7 @@ def fitted_result(probes, cores, cache, gamma, holdout=None):
             "last_level_cache_bytes": cache, "params": params, "params_uncontended": fastest, "errors": errors,
             "errors_uncontended": error_table({P: probes[P] for P in inside}, fastest, cores, "fastest"),
             "errors_holdout": errors_holdout, "holdout_file": holdout and os.path.basename(holdout),
-            "error_summary_64KB_up": summaries}
+            "error_summary_64KB_up": summaries, "sweep_spread_64KB_up": spread_summary(probes)}
 
 
 def main(argv=None):
@@ -622,14 +777,17 @@ def main(argv=None):
     parser.add_argument("--ranks", default="2,3,4,8")
     parser.add_argument("--max-bytes", type=int, default=64 * 2**20)
     parser.add_argument("--min-repeats", type=int, default=5)
-    parser.add_argument("--sweeps", type=int, default=3, help="interleaved passes over the sizes (median kept)")
+    parser.add_argument("--sweeps", type=int, default=7, help="interleaved passes over the sizes (median kept)")
+    parser.add_argument("--seed", type=int, default=0, help="of the random order of the cells in each sweep")
+    parser.add_argument("--bind", action="store_true", help="mpiexec -bind-to core (Hydra): ranks pinned to cores")
     parser.add_argument("--node-aware", action="store_true", help="also time Grid.allsum over faked nodes")
     parser.add_argument("--refit", metavar="JSON", help="fit an earlier results file's probes again")
     parser.add_argument("--holdout", metavar="JSON", help="also check the fit on another results file's medians")
+    parser.add_argument("--name", default="collectives", help="results file: bench/results/NAME.json")
     parser.add_argument("--probe", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.probe:
-        probe(args.probe, args.max_bytes, args.min_repeats, args.node_aware, args.sweeps)
+        probe(args.probe, args.max_bytes, args.min_repeats, args.node_aware, args.sweeps, args.seed)
         return
     if args.refit:
         probes, cores, cache, gamma = _refit_inputs(args.refit)
@@ -638,19 +796,23 @@ def main(argv=None):
         print("probes in", tmp, flush=True)
         probes, cores, cache = {}, os.cpu_count(), LLC
         for P in map(int, args.ranks.split(",")):
-            probes[P] = run_probe(P, args.max_bytes, args.min_repeats, args.node_aware, args.sweeps, tmp)
+            probes[P] = run_probe(P, args.max_bytes, args.min_repeats, args.node_aware, args.sweeps, tmp, args.seed,
+                                  args.bind)
+            probes[P]["bound_to_cores"] = args.bind
             print(f"P={P}: load {probes[P]['load_before'][0]:.1f} -> {probes[P]['load_after'][0]:.1f}", flush=True)
             Path(tmp, "probes.json").write_text(json.dumps({"probes": probes}))
         gamma = reduction_seconds_per_byte()
     argv = [os.path.basename(a) if os.path.isabs(a) else a for a in sys.argv]  # no paths of this machine
     result = {"benchmark": "collectives", "argv": argv, "commit": git_commit(), "machine": machine(),
+              "measured_by": measured_by(args.refit),
               **fitted_result(probes, cores, cache, gamma, args.holdout),
               "probes": {str(P): v for P, v in probes.items()}}
-    write_result("collectives", result)
+    path = write_result(args.name, result)
     print(error_markdown(result["errors"]))
     print(error_markdown(result["errors_uncontended"]))
     print(json.dumps(result["error_summary_64KB_up"], indent=1))
-    print("wrote", RESULTS / "collectives.json")
+    print(json.dumps(result["sweep_spread_64KB_up"], indent=1))
+    print("wrote", path)
 
 
 if __name__ == "__main__":

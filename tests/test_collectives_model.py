@@ -1,6 +1,7 @@
 """bench/collectives.py's model of MPICH's collectives: the memory effects it rests on, the traffic of the
 algorithms MPICH runs, and that its fit recovers the coefficients of measurements it generated itself."""
 
+import json
 import math
 
 import numpy as np
@@ -149,3 +150,119 @@ def test_cluster_seconds_inside_one_node_is_the_node_model(coll):
     across = coll.cluster_seconds(params, "allreduce", 256, MiB, 64, network, 256 * MiB)
     assert math.isfinite(across) and across > coll.cluster_seconds(params, "allreduce", 64, MiB, 64, network, 256 * MiB)
     assert np.isfinite(coll.cluster_seconds(params, "bcast", 4096, 64 * MiB, 64, network, 256 * MiB))
+
+
+def test_every_sweep_runs_every_cell_once_in_an_order_of_its_own(coll):
+    orders = coll.sweep_orders(78, 7, [0, 2])
+    assert len(orders) == 7 and all(sorted(order) == list(range(78)) for order in orders)
+    assert len({tuple(order) for order in orders}) == 7  # not one order repeated
+    assert orders != [list(range(78))] * 7  # not the ascending order
+    assert coll.sweep_orders(78, 7, [0, 2]) == orders  # every rank draws the same
+    assert coll.sweep_orders(78, 7, [0, 4]) != orders
+
+
+def test_timed_sweeps_warm_every_cell_first_then_file_each_timing_under_its_own_size(coll):
+    names, sizes = ("reduce", "bcast"), [8, 64, 512]
+    log = []
+
+    def warm(name, n):
+        log.append(("warm", name, n))
+
+    def measure(name, n):
+        log.append(("time", name, n))
+        return 1000 * names.index(name) + n + 0.5, 1000 * names.index(name) + n  # (median, minimum)
+
+    orders = [[5, 0, 3, 1, 4, 2], [2, 4, 0, 5, 1, 3]]
+    medians, minima, loads, stamps = coll.timed_sweeps(names, sizes, orders, measure, warm,
+                                                       stamp=lambda: log.append(("stamp",)) or len(log))
+    cells = [(name, n) for name in names for n in sizes]
+    assert log[:6] == [("warm", *cell) for cell in cells]  # the untimed pass, ascending, before any timing
+    # then each sweep in its own order, stamped before each and after the last
+    assert log[6:13] == [("stamp",)] + [("time", *cells[k]) for k in orders[0]]
+    assert log[13:] == [("stamp",)] + [("time", *cells[k]) for k in orders[1]] + [("stamp",)]
+    assert stamps == [7, 14, 21]
+    for s in range(2):
+        assert medians["reduce"][s] == [8.5, 64.5, 512.5] and medians["bcast"][s] == [1008.5, 1064.5, 1512.5]
+        assert minima["bcast"][s] == [1008, 1064, 1512]
+    assert len(loads) == 2
+    with pytest.raises(ValueError):
+        coll.timed_sweeps(names, sizes, [[0, 0, 1, 2, 3, 4]], measure, warm)
+
+
+def test_sweep_spread_is_robust_to_one_slow_sweep_and_counts_it(coll):
+    sweeps = [[1.0, 2.0]] * 6 + [[2.0, 2.2]]
+    spread = coll.sweep_spread(sweeps)
+    assert spread["mad"] == [0.0, 0.0]
+    assert spread["range"] == pytest.approx([1.0, 0.1])
+    assert spread["beyond_25pct"] == pytest.approx([1 / 7, 0.0])
+
+
+def test_spread_summary_names_the_cells_whose_sweeps_disagree(coll):
+    probes = synthetic_probes(coll, known_params(coll), sweeps=5)
+    assert all(s["median_mad"] == 0.0 and not s["uncertain"] for s in coll.spread_summary(probes).values())
+    i = probes[2]["sizes"].index(8 * MiB)
+    rows = probes[2]["sweeps"]["bcast"] = [list(row) for row in probes[2]["sweeps"]["bcast"]]
+    for s, factor in enumerate((1.0, 1.1, 0.9, 2.0, 2.0)):
+        rows[s][i] *= factor  # jitter, and two sweeps of five on a busy core
+    summary = coll.spread_summary(probes)
+    assert summary["2"]["cells"] == 6 * len(coll.OPERATIONS) and summary["2"]["sweeps"] == 5
+    assert [(c["operation"], c["bytes"]) for c in summary["2"]["uncertain"]] == [("bcast", 8 * MiB)]
+    assert summary["2"]["worst_mad"]["operation"] == "bcast"
+    assert summary["2"]["worst_mad"]["mad"] == pytest.approx(0.2 / 1.1)
+    assert summary["4"]["median_mad"] == 0.0 and not summary["4"]["uncertain"]
+
+
+class _FakeComm:
+    """Records the buffers handed to Bcast; rank 0 of ``size``."""
+
+    def __init__(self, size=2):
+        self.size, self.sent = size, []
+
+    def Get_size(self):
+        return self.size
+
+    def Get_rank(self):
+        return 0
+
+    def Bcast(self, buffer, root=0):
+        self.sent.append(buffer.copy())
+
+    def Reduce(self, send, out, op=None, root=0):
+        pass
+
+
+def test_the_root_broadcasts_data_it_holds_not_untouched_pages(coll):
+    pytest.importorskip("mpi4py")
+    for name in ("bcast", "reduce_bcast"):
+        comm = _FakeComm()
+        call, nbytes = coll._operation(name, comm, 64 * MiB)
+        call()
+        assert nbytes == 64 * MiB and len(comm.sent) == 1
+        assert np.all(comm.sent[0] == 1.0), name  # np.empty would hand over (zero) pages never written
+
+
+def test_sweep_conditions_are_the_counters_differences_over_each_sweep(coll):
+    def ranks(steal, *per_rank):
+        return [{"cpu": cpu, "migrations": m, "involuntary": v, "steal": steal if i == 0 else None, "huge_pages": 0}
+                for i, (cpu, m, v) in enumerate(per_rank)]
+
+    stamps = [ranks(10.0, (0, 5, 1), (1, 7, 2)), ranks(10.5, (1, 6, 1), (1, 7, 9)), ranks(10.5, (1, 6, 1), (0, 9, 9))]
+    rows = coll.sweep_conditions(stamps)
+    assert rows == [{"cpus": [0, 1], "huge_pages": [0, 0], "migrations": [1, 0], "involuntary": [0, 7],
+                     "steal_seconds": 0.5},
+                    {"cpus": [1, 1], "huge_pages": [0, 0], "migrations": [0, 2], "involuntary": [0, 0],
+                     "steal_seconds": 0.0}]
+    here = coll.scheduler_counters()
+    assert set(here) == {"cpu", "migrations", "involuntary", "steal", "huge_pages"}
+
+
+def test_a_refit_keeps_naming_the_run_that_measured(coll, tmp_path):
+    assert coll.measured_by() == "this run"
+    first = tmp_path / "first.json"
+    first.write_text('{"command": "python bench/collectives.py --ranks 2,4", "commit": "abc", "machine": {"cpus": 2}}')
+    origin = coll.measured_by(first)
+    assert origin == {"command": "python bench/collectives.py --ranks 2,4", "commit": "abc", "machine": {"cpus": 2}}
+    second = tmp_path / "second.json"
+    second.write_text(json.dumps({"command": "python bench/collectives.py --refit first.json", "commit": "def",
+                                  "measured_by": origin}))
+    assert coll.measured_by(second) == origin
