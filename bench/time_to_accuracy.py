@@ -481,7 +481,8 @@ def markdown(result):
         lines += [f"## {entry['problem']}", "", f"`{entry.get('command')}` at commit {entry.get('commit')}", ""]
         if entry.get("torch_from"):
             lines += [f"PyTorch runs taken from `{entry['torch_from']['command']}` at commit "
-                      f"{entry['torch_from']['commit']}; the ADMM runs are this command's.", ""]
+                      f"{entry['torch_from']['commit']}; the ADMM runs are this command's"
+                      f"{' (but those named next)' if entry.get('admm_from') else ''}.", ""]
         if entry.get("admm_from"):
             lines += [f"ADMM runs of {', '.join(entry['admm_from']['solvers'])} (and their repeats) taken from "
                       f"`{entry['admm_from']['command']}` at commit {entry['admm_from']['commit']}.", ""]
