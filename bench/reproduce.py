@@ -36,9 +36,9 @@ def config_path(recorded):
     return str(path if path.is_absolute() else REPO / path)
 
 
-def train_command(selection, data, extra, out, ranks):
-    return [mpiexec(), "-n", str(ranks), sys.executable, "-m", "admm_mpi", "train",
-            "--config", config_path(selection["config"]), "--data", data, "--eval-test", "end", "--no-progress", "--out", str(out), *extra]
+def train_arguments(selection, data, extra):
+    """``admm-mpi train``'s arguments: the config alone (it holds the pick), test read at the end."""
+    return ["--config", config_path(selection["config"]), "--data", data, "--eval-test", "end", "--no-progress", *extra]
 
 
 def pick_record(selection):
@@ -81,14 +81,16 @@ def main(argv=None):
     selection = json.loads(selection_path.read_text())
     extra = shlex.split(args.extra)
     out = Path(args.run) if args.run else Path(args.runs) / f"reproduce-{selection_path.stem}"
-    command = train_command(selection, args.data, extra, out, args.ranks)
+    arguments = train_arguments(selection, args.data, extra)
     if not args.run:
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        command = [mpiexec(), "-n", str(args.ranks), sys.executable, "-m", "admm_mpi", "train", *arguments,
+                   "--out", str(out)]
         subprocess.run(command, check=True, env=env, timeout=args.timeout, cwd=REPO)
     summary = json.loads((out / "summary.json").read_text())
     result = {"selection": selection_path.name, "selection_commit": selection.get("commit"),
-              "train_command": "OMP_NUM_THREADS=1 " + shlex.join(["mpiexec", "-n", str(args.ranks), "admm-mpi"]
-                                                                + command[6:-len(extra) - 2] + extra),
+              "train_command": "OMP_NUM_THREADS=1 " + shlex.join(["mpiexec", "-n", str(args.ranks), "admm-mpi",
+                                                                 "train", *arguments]),
               "read_back": bool(args.run), "run_commit": args.run_commit if args.run else git_commit(),
               "tolerance": args.tolerance,
               **compare(selection, summary, args.tolerance), **run_record()}

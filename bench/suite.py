@@ -556,17 +556,20 @@ def _selection(result, summaries):
 
 def wins(result, method, reference):
     """On how many sets ``method``'s validation accuracy is above and below ``reference``'s."""
-    pairs = [(s["methods"][method]["validation_accuracy"], s["methods"][reference]["validation_accuracy"])
-             for n, s in result["sets"].items() if not n.endswith("+raw") and method in s.get("methods", {})
-             and reference in s.get("methods", {}) and "error" not in s["methods"][method]
-             and "error" not in s["methods"][reference]]
+    pairs = [(m[method]["validation_accuracy"], m[reference]["validation_accuracy"])
+             for m in both_ran(result, method, reference)]
     return sum(a > b for a, b in pairs), sum(a < b for a, b in pairs)
+
+
+def both_ran(result, method, reference):
+    """The methods of every set (raw-feature variants aside) on which both ran without an error."""
+    return [s["methods"] for n, s in result["sets"].items() if not n.endswith("+raw")
+            and all("error" not in s.get("methods", {}).get(m, {"error": 1}) for m in (method, reference))]
 
 
 def paired(result, method, reference):
     """Mean validation and test accuracy difference ``method`` − ``reference`` over the sets both ran on."""
-    both = [s["methods"] for n, s in result["sets"].items() if not n.endswith("+raw")
-            and all("error" not in s.get("methods", {}).get(m, {"error": 1}) for m in (method, reference))]
+    both = both_ran(result, method, reference)
     if not both:
         return None
     return {"sets": len(both),
