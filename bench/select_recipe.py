@@ -26,7 +26,11 @@ With ``--adam-lr`` and no ``--candidate``, only Adam runs. Needs torch (``pip in
 Writes ``results/selection_<name>.json``: every candidate's flags, settings as run, validation curve
 and seconds; the pick; its test accuracy. ``--reuse`` reads back a candidate whose run directory
 already holds a finished run (its ``summary.json`` records the settings it ran with) instead of
-running it again.
+running it again. ``--reuse-from FILE`` takes every candidate record of an earlier selection file
+as it ran then (its flags and settings, which may differ from the config's today) and runs only the
+``--candidate`` ones beside them: candidates can be added without rerunning the earlier ones. If the
+pick is an earlier record, its test accuracy is the one that file read (the test split is not read
+again); an earlier record that was not that file's pick cannot be the pick (its model is not kept).
 """
 
 import argparse
@@ -139,12 +143,34 @@ def select_adam(args, hidden):
             "pick_test_accuracy": test, "n_test": int(y_test.size)}
 
 
+def earlier_records(path, new_tags):
+    """The candidate records of an earlier selection file, each marked with where it came from."""
+    earlier = json.loads(Path(path).read_text())
+    source = {"file": Path(path).name, "commit": earlier.get("commit")}
+    records = [{**record, "reused_from": source} for record in earlier.get("candidates", [])]
+    clash = sorted({r["tag"] for r in records} & set(new_tags))
+    if clash:
+        sys.exit(f"select_recipe: {path} already holds candidate(s) {', '.join(clash)}: give new tags")
+    return records, earlier
+
+
+def pick_test_accuracy(args, best, earlier):
+    """The pick's test accuracy: scored now from its model, or as the earlier file read it once."""
+    if "reused_from" not in best:
+        return test_accuracy(args, Path(best["out"]) / "model.h5")
+    if earlier.get("pick") != best["tag"]:
+        sys.exit(f"select_recipe: the pick {best['tag']} is an earlier record that was not scored on test "
+                 f"and whose model is not kept; rerun it as a --candidate")
+    return earlier["pick_test_accuracy"], earlier["n_test"]
+
+
 def select_admm(args):
     """The ADMM candidates' runs, the pick by validation and its test accuracy (read once)."""
     candidates = [item.partition("=") for item in args.candidate]
-    records = [run_candidate(args, tag, shlex.split(flags)) for tag, _, flags in candidates]
+    records, earlier = earlier_records(args.reuse_from, [t for t, _, _ in candidates]) if args.reuse_from else ([], {})
+    records += [run_candidate(args, tag, shlex.split(flags)) for tag, _, flags in candidates]
     best = max(records, key=lambda r: r["validation_accuracy"])  # max keeps the first of equals
-    accuracy, n_test = test_accuracy(args, Path(best["out"]) / "model.h5")
+    accuracy, n_test = pick_test_accuracy(args, best, earlier)
     for r in records:
         r["out"] = Path(r["out"]).name
         print(f"{r['tag']:24s} validation {r['validation_accuracy']:.4f} (epoch {r['kept_epoch']} of "
@@ -178,6 +204,8 @@ def main(argv=None):
                                        "(default: the config's name)")
     parser.add_argument("--runs", default="runs/selection", help="run directories")
     parser.add_argument("--reuse", action="store_true", help="read back finished runs instead of rerunning them")
+    parser.add_argument("--reuse-from", metavar="FILE",
+                        help="an earlier selection file whose candidate records join the new candidates")
     parser.add_argument("--timeout", type=float, default=4 * 3600)
     parser.add_argument("--out", help="the results file (default: results/selection_<name>.json)")
     parser.add_argument("--adam-lr", type=float, action="append", default=[], metavar="LR",

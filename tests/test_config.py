@@ -122,6 +122,7 @@ def test_bad_text_from_the_environment_is_refused(env, message):
     ("dladmm", "nu", "0", None),                                # nu = 0: tied to rho
     ("minibatch_am", "batch_size", "-1", "batch_size must be at least 0, got -1"),
     ("minibatch_am", "batch_size", "0", None),                  # 0: scaled with the training rows
+    ("minibatch_am", "step_decay", "-0.5", "step_decay must be finite and non-negative, got -0.5"),
     ("sigmoid_admm", "batch_size", "0", None),                  # 0: full batch
     ("sigmoid_admm", "batch_sweeps", "0", "batch_sweeps must be at least 1, got 0"),
 ])

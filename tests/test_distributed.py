@@ -35,6 +35,7 @@ CASES = {
     "minibatch_am-least_squares-3": dict(solver="minibatch_am", loss="least_squares", batch_size=3, iters=3),
     # batches narrower than the 61-wide hidden layer: its weights go through the kernel form
     "minibatch_am-kernel-form": dict(solver="minibatch_am", hidden=(60, 8), batch_size=29, iters=5),
+    "minibatch_am-step-decay": dict(solver="minibatch_am", batch_size=29, iters=5, step_decay=0.7),
     # the mini-batch mode of the full-batch solvers, on the same uneven batches
     "dladmm-batches-29": dict(solver="dladmm", batch_size=29, batch_sweeps=2, iters=4),
     "mdlam-batches-3": dict(solver="mdlam", batch_size=3, batch_sweeps=3, eps=1.0, iters=2, w_steps=2),

@@ -121,6 +121,32 @@ def test_weights_stay_put_when_the_forward_pass_already_fits():
     assert state.epoch_displacement == pytest.approx(0.0, abs=1e-20)
 
 
+def test_step_decay_grows_rho_batch_by_batch_and_a_resumed_epoch_continues_it(monkeypatch):
+    """Batch ``k`` of ``K`` in epoch ``e`` solves with ``rho (1 + step_decay (e - 1 + k / K))``, also when
+    the epoch resumes after ``k`` batches (a checkpoint inside it); 0 keeps ``rho`` constant."""
+    from admm_mpi.solvers import minibatch_am
+
+    seen, solve = [], minibatch_am.transpose_reduce_weights
+
+    def recording(grid, a, z, ridge, anchor=None, anchor_weight=0.0, **kw):
+        seen.append(anchor_weight / kw["n_columns"])
+        return solve(grid, a, z, ridge, anchor=anchor, anchor_weight=anchor_weight, **kw)
+
+    monkeypatch.setattr(minibatch_am, "transpose_reduce_weights", recording)
+    rng = np.random.default_rng(4)
+    X, Y = rng.standard_normal((4, 30)), rng.standard_normal((3, 30))
+    for decay in (0.0, 0.5):
+        solver = MiniBatchAM(_spec((4, 6, 3)), Grid.serial(), 30, beta=0.5, gamma=1.0, rho=0.1, ridge=0.01,
+                             average=1.0, batch_size=6, step_decay=decay)  # 5 batches per epoch, 2 layers
+        state = solver.init_state(X, Y, np.random.default_rng(0))
+        seen.clear()
+        solver.step(state, Y, 1)
+        state.batches_done = 3  # epoch 2 resumed after 3 of its 5 batches
+        solver.step(state, Y, 2)
+        expected = [0.1 * (1 + decay * t) for t in (0, 0.2, 0.4, 0.6, 0.8, 1.6, 1.8)]
+        np.testing.assert_allclose(seen, np.repeat(expected, 2), rtol=1e-15)
+
+
 def _averaging_solver(average, n=30, batch=6, seed=2):
     rng = np.random.default_rng(seed)
     widths = (4, 6, 3)

@@ -83,3 +83,34 @@ def test_accuracy_json_records_the_validation_and_test_accuracy_of_each_selectio
     assert {c["tag"] for c in entry["candidates"]} == {"weak", "plain"} and "validation" in entry["selected_on"]
     assert folded["runs"][0]["selected_on"].startswith("test")  # the earlier runs are labelled
     assert "| digits | `minibatch_am`" in (results / "accuracy_selected.md").read_text()
+
+
+@pytest.mark.timeout(300)
+def test_reuse_from_adds_candidates_beside_an_earlier_selection_without_reading_test_again(tmp_path, monkeypatch):
+    config = tmp_path / "tiny.toml"
+    config.write_text('solver = "minibatch_am"\nhidden = [16]\nseed = 0\n')
+    module = bench_module("select_recipe")
+    common = ["--config", str(config), "--data", str(REPO / "data" / "digits.h5"), "--iters", "2", "--patience", "1",
+              "--runs", str(tmp_path / "runs"), "--name", "tiny", "--timeout", "240"]
+    first, second, third = (tmp_path / f"selection{i}.json" for i in (1, 2, 3))
+    module.main(common + ["--candidate", "weak=--ridge 30", "--out", str(first)])
+    module.main(common + ["--reuse-from", str(first), "--candidate", "plain=--ridge 1e-4", "--out", str(second)])
+    result = json.loads(second.read_text())
+    records = {r["tag"]: r for r in result["candidates"]}
+    assert records["weak"]["reused_from"]["file"] == first.name and "reused_from" not in records["plain"]
+    assert records["weak"]["validation_accuracy"] == json.loads(first.read_text())["pick_validation_accuracy"]
+    assert result["pick"] == "plain" and records["plain"]["validation_accuracy"] > records["weak"]["validation_accuracy"]
+
+    def no_test_read(*_):
+        raise AssertionError("the test split was read again")
+
+    monkeypatch.setattr(module, "test_accuracy", no_test_read)
+    module.main(common + ["--reuse-from", str(second), "--candidate", "weaker=--ridge 100", "--out", str(third)])
+    again = json.loads(third.read_text())
+    assert again["pick"] == "plain" and again["pick_test_accuracy"] == result["pick_test_accuracy"]
+    assert [r["tag"] for r in again["candidates"]] == ["weak", "plain", "weaker"]
+    with pytest.raises(SystemExit, match="already holds candidate"):
+        module.main(common + ["--reuse-from", str(second), "--candidate", "plain=--ridge 1"])
+    second.write_text(json.dumps({**result, "pick": "weak"}))  # an earlier best that was never scored on test
+    with pytest.raises(SystemExit, match="not scored on test"):
+        module.main(common + ["--reuse-from", str(second), "--candidate", "weakest=--ridge 300"])

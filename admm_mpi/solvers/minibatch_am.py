@@ -24,6 +24,11 @@ the last ``average`` epochs' batches (``average = 0``: the last iterate). The de
 epoch, had the best mean validation accuracy on the public suite, level with the last iterate
 (bench/results/suite.md, candidates ``average-0.5``, ``no-average``, ``average-1``, ``average-2``).
 
+``step_decay`` makes the step shrink as training goes on, as a learning-rate decay does for SGD:
+after ``t`` epochs (counted in batches, so it moves within an epoch) the proximal weight is
+``rho (1 + step_decay t)``, an inverse-time decay of the step. It depends on the position in
+training only, so a resumed run and any number of ranks see the same weights.
+
 One iteration of the training loop is one epoch. Batches are slices of a permutation of the
 *global* column indices drawn from the seed and the epoch, each rank taking the batch's columns
 it holds, so any number of ranks runs the same batches and a resumed run the same permutation.
@@ -59,6 +64,8 @@ class MiniBatchAMParams(SolverParams):
     beta: float = setting(0.1, "penalty of the target problem z = W a + b (smaller: the output targets move further)")
     gamma: float = setting(1.0, "penalty on a = h(z)")
     rho: float = setting(1e-2, "proximal weight of the weight step per batch sample")
+    step_decay: float = setting(0.0, "decay of the step per epoch: rho grows to rho (1 + step_decay t) after t "
+                                     "epochs, an inverse-time decay (0: a constant step)")
     ridge: float = setting(1e-4, "weight decay per batch sample")
     average: float = setting(0.5, "horizon in epochs of the running average of the weights that is "
                                   "evaluated and saved (0: the last iterate)")
@@ -67,7 +74,7 @@ class MiniBatchAMParams(SolverParams):
 
     def validate(self):
         check_positive(self, "beta", "gamma", "rho")
-        check_non_negative(self, "ridge", "average")
+        check_non_negative(self, "ridge", "average", "step_decay")
         check_at_least(self, 0, "batch_size")
 
 
@@ -81,6 +88,8 @@ class MiniBatchAM(Solver):
         a small ``beta`` moves the output targets further.
     rho : float
         Proximal weight per batch sample of the weight solve (a larger ``rho`` is a smaller step).
+    step_decay : float
+        Growth of ``rho`` per epoch of training: ``rho (1 + step_decay t)`` after ``t`` epochs.
     ridge : float
         Weight decay per batch sample.
     average : float
@@ -97,9 +106,10 @@ class MiniBatchAM(Solver):
     default_loss = "cross_entropy"
     default_activation = "relu"
 
-    def __init__(self, spec, grid, n_total, *, beta, gamma, rho, ridge, average, batch_size):
+    def __init__(self, spec, grid, n_total, *, beta, gamma, rho, ridge, average, batch_size, step_decay=0.0):
         self.spec, self.grid, self.n_total = spec, grid, n_total
         self.beta, self.gamma, self.rho, self.ridge, self.average = beta, gamma, rho, ridge, average
+        self.step_decay = step_decay
         self.batch_size = batch_size or scaled_batch_size(n_total)  # global rows: same batches at any rank count
         self.start, self.stop = grid.block_range(n_total)
 
@@ -134,22 +144,29 @@ class MiniBatchAM(Solver):
         Returns ``INTERRUPTED`` when a stop request ended the epoch between two batches.
         """
         X, W, b = self.X, state.weights, state.biases
+        batches = list(self.batches(state, iteration))
+        position = [state.batches_done]  # the batch about to run (a resumed epoch starts inside)
 
         def batch(local, n_batch):
+            rho = self.rho_at(iteration - 1 + position[0] / len(batches))
+            position[0] += 1
             Xb, Yb = take_columns(X, local), take_columns(Y, local)
             a, z = forward_states(W, b, Xb, self.spec.h.apply)
             targets = self.targets(W, b, a, z, Yb)
             losses = self.spec.loss_fn.value(z[-1], Yb), sum_all((targets[-1] - z[-1]) ** 2)
             for l in range(len(W)):
                 W[l], b[l] = transpose_reduce_weights(self.grid, a[l], targets[l], self.ridge * n_batch,
-                                                      anchor=(W[l], b[l]), anchor_weight=self.rho * n_batch,
+                                                      anchor=(W[l], b[l]), anchor_weight=rho * n_batch,
                                                       n_columns=n_batch, anchor_output=z[l])
             self.fold_into_average(state, horizon)
             return losses
 
-        batches = list(self.batches(state, iteration))
         horizon = max(1.0, self.average * len(batches))  # in batches
         return run_epoch(self.grid, state, batches, batch, self.stop_request)
+
+    def rho_at(self, epochs_done):
+        """The proximal weight per sample after ``epochs_done`` epochs (fractional: batches count)."""
+        return self.rho * (1.0 + self.step_decay * epochs_done)
 
     def fold_into_average(self, state, horizon):
         """Fold the new iterate into the running average: weight ``1 / t`` for the ``t``-th batch
@@ -178,4 +195,4 @@ class MiniBatchAM(Solver):
         return {"objective": state.epoch_loss, "residual_sq": state.epoch_displacement}
 
     def end_of_iteration(self, state, metrics):
-        """No schedule: the step size is set by ``rho`` alone."""
+        """Nothing per epoch: ``rho``'s growth is applied per batch inside ``step``."""
