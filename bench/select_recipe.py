@@ -147,7 +147,8 @@ def earlier_records(path, new_tags):
     """The candidate records of an earlier selection file, each marked with where it came from."""
     earlier = json.loads(Path(path).read_text())
     source = {"file": Path(path).name, "commit": earlier.get("commit")}
-    records = [{**record, "reused_from": source} for record in earlier.get("candidates", [])]
+    # a record the earlier file had itself read back keeps its first source
+    records = [{**record, "reused_from": record.get("reused_from", source)} for record in earlier.get("candidates", [])]
     clash = sorted({r["tag"] for r in records} & set(new_tags))
     if clash:
         sys.exit(f"select_recipe: {path} already holds candidate(s) {', '.join(clash)}: give new tags")

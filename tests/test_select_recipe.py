@@ -109,6 +109,8 @@ def test_reuse_from_adds_candidates_beside_an_earlier_selection_without_reading_
     again = json.loads(third.read_text())
     assert again["pick"] == "plain" and again["pick_test_accuracy"] == result["pick_test_accuracy"]
     assert [r["tag"] for r in again["candidates"]] == ["weak", "plain", "weaker"]
+    sources = {r["tag"]: r["reused_from"]["file"] for r in again["candidates"] if "reused_from" in r}
+    assert sources == {"weak": first.name, "plain": second.name}  # a record keeps where it first ran
     with pytest.raises(SystemExit, match="already holds candidate"):
         module.main(common + ["--reuse-from", str(second), "--candidate", "plain=--ridge 1"])
     second.write_text(json.dumps({**result, "pick": "weak"}))  # an earlier best that was never scored on test
