@@ -145,11 +145,12 @@ class MiniBatchAM(Solver):
         """
         X, W, b = self.X, state.weights, state.biases
         batches = list(self.batches(state, iteration))
-        position = [state.batches_done]  # the batch about to run (a resumed epoch starts inside)
+        position = state.batches_done  # the batch about to run (a resumed epoch starts inside)
 
         def batch(local, n_batch):
-            rho = self.rho_at(iteration - 1 + position[0] / len(batches))
-            position[0] += 1
+            nonlocal position
+            rho = self.rho_at(iteration - 1 + position / len(batches))
+            position += 1
             Xb, Yb = take_columns(X, local), take_columns(Y, local)
             a, z = forward_states(W, b, Xb, self.spec.h.apply)
             targets = self.targets(W, b, a, z, Yb)
