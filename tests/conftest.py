@@ -4,6 +4,36 @@ import tempfile
 import pytest
 
 
+def pytest_configure(config):
+    _forward_quiet_to_mpi_subsessions()
+
+
+def _forward_quiet_to_mpi_subsessions():
+    """Let ``pytest -q`` run the MPI tests.
+
+    pytest-isolate-mpi 0.4 forwards the verbosity to each rank's sub-session as ``-`` followed
+    by ``verbose`` times ``v``; ``-q`` (verbosity -1) thus becomes a bare ``-``, which the
+    sub-session takes for a file name, so every MPI test failed with "file or directory not
+    found: -". A negative verbosity is forwarded as ``-q`` instead.
+    """
+    try:
+        from pytest_isolate_mpi import _plugin
+    except ImportError:  # the plugin is absent or reorganised: nothing to mend
+        return
+    assemble = getattr(_plugin, "assemble_sub_pytest_cmd", None)
+    if assemble is None or getattr(assemble, "forwards_quiet", False):
+        return
+
+    def assemble_forwarding_quiet(option, nodeid):
+        command = assemble(option, nodeid)
+        if option.verbose < 0:
+            command = ["-" + "q" * -option.verbose if arg == "-" else arg for arg in command]
+        return command
+
+    assemble_forwarding_quiet.forwards_quiet = True
+    _plugin.assemble_sub_pytest_cmd = assemble_forwarding_quiet
+
+
 @pytest.fixture
 def comm(mpi_ranks):
     """COMM_WORLD of a test marked ``@pytest.mark.mpi(ranks=[...])``, checked to have that many ranks.
