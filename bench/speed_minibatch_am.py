@@ -83,7 +83,7 @@ def runner(settings, argv):
     """(under mpiexec) apply ``settings`` to the imported library, then run the admm-mpi command."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("bench_profile", Path(__file__).with_name("profile.py"))
+    spec = importlib.util.spec_from_file_location("bench_profile", Path(__file__).with_name("phase_profile.py"))
     bench_profile = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench_profile)
     bench_profile.apply_settings(settings)

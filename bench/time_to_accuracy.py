@@ -49,20 +49,6 @@ from pathlib import Path
 import numpy as np
 
 
-def _import_stdlib_profile():
-    """bench/profile.py shadows the standard library's ``profile``, which torch.optim imports lazily
-    (through cProfile) when run as a script from bench/: import the standard one first."""
-    here = Path(__file__).resolve().parent
-    saved = sys.path[:]
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
-    try:
-        import cProfile  # noqa: F401
-        import profile  # noqa: F401
-    finally:
-        sys.path[:] = saved
-
-
-_import_stdlib_profile()
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, mpiexec, portable, run_record  # noqa: E402
 

@@ -297,7 +297,7 @@ def solve_normal_equations(stats, ridge, anchor=None, anchor_weight=0.0):
 # and test accuracy of the minibatch_am recipe and of digits do not change.
 FACTOR_DTYPE = None
 FLOAT32_MAX_ERROR = 0.1
-SPREAD_SOLVE = True  # False: today's layout, the root solves every row (bench/profile.py --set compares)
+SPREAD_SOLVE = True  # False: today's layout, the root solves every row (bench/phase_profile.py --set compares)
 _WORKSPACE = {}
 
 

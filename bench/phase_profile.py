@@ -1,10 +1,10 @@
 """Wall time per phase of one iteration (one epoch for the mini-batch modes) of each solver, per rank.
 
-    python bench/profile.py                          # every case at 1 and 2 ranks
-    python bench/profile.py --only digits-taylor --ranks 2
-    python bench/profile.py --repo ../wt-base --label "main e216405"   # profile another checkout
+    python bench/phase_profile.py                          # every case at 1 and 2 ranks
+    python bench/phase_profile.py --only digits-taylor --ranks 2
+    python bench/phase_profile.py --repo ../wt-base --label "main e216405"   # profile another checkout
 
-Each case runs ``mpiexec -n P python bench/profile.py --worker ... -- <admm-mpi train args>`` with one
+Each case runs ``mpiexec -n P python bench/phase_profile.py --worker ... -- <admm-mpi train args>`` with one
 BLAS thread per rank. The worker wraps the library's functions by name before training (nothing in
 the library is changed for this, so an old checkout is profiled by the same code) and times each
 phase *exclusively* (time spent in a nested phase counts for the inner one only):
@@ -309,7 +309,7 @@ def main():
                 print(json.dumps({k: entry[k] for k in ("case", "ranks", "step_seconds_per_iteration")}), flush=True)
     result.update(benchmark="wall time per phase of one iteration, per rank", machine=machine())
     argv = [os.path.relpath(a, REPO) if os.path.isabs(a) else a for a in sys.argv[1:]]  # no paths of this machine
-    result.setdefault("commands", {})[label] = {"argv": ["python", "bench/profile.py", *argv],
+    result.setdefault("commands", {})[label] = {"argv": ["python", "bench/phase_profile.py", *argv],
                                                 "commit": git_commit(repo), "load_average_1min": load}
     write_result("profile", result)
     plot(result)
