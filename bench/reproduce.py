@@ -11,7 +11,8 @@ stopping, keep best), then compares its validation and test accuracy with the se
 pick, and its settings as run with the pick's settings as recorded. A rerun reproduces when both
 accuracies are within ``--tolerance`` (0.002) and the settings differ only where ``--extra`` asked.
 ``--run DIR`` reads back a run directory that already finished (the same command, run earlier)
-instead of training (``--run-commit`` records the commit it ran at). Results merge into ``results/reproduce.json``, one entry per selection file.
+instead of training (``--run-commit`` records the commit it ran at). Results merge into ``results/reproduce.json``, one entry per selection file,
+and ``results/reproduce.md`` tabulates them (``--table``: only rewrite that table from the JSON).
 """
 
 import argparse
@@ -64,10 +65,38 @@ def compare(selection, summary, tolerance):
             "reproduced": abs(delta_validation) <= tolerance and abs(delta_test) <= tolerance}
 
 
+def markdown(merged):
+    """A table of every rerun in ``merged`` (the contents of reproduce.json), one row per selection."""
+    lines = ["# Reruns of the selected recipes", "",
+             "Each row: `python bench/reproduce.py --selection bench/results/<selection>.json --data <set>.h5` "
+             "reran the recipe from its committed config alone (`train command`) and compared the accuracies of "
+             "the kept iterate with the selection's pick (read back: a finished run of the same command was read "
+             "instead of training again).", "",
+             "| selection | validation: recorded / rerun | test: recorded / rerun | kept epoch: recorded / rerun "
+             "| settings changed | reproduced (tolerance) | run commit | train command |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, r in sorted(merged["runs"].items()):
+        recorded, rerun = r["recorded"], r["rerun"]
+        changed = ", ".join(f"{k}: {v['recorded']} → {v['rerun']}" for k, v in sorted(r["settings_changed"].items()))
+        lines.append(
+            f"| `{name}` | {recorded['validation_accuracy']:.4f} / {rerun['validation_accuracy']:.4f} "
+            f"| {recorded['test_accuracy']:.4f} / {rerun['test_accuracy']:.4f} "
+            f"| {recorded['kept_epoch']} / {rerun['kept_epoch']} | {changed or 'none'} "
+            f"| {'yes' if r['reproduced'] else '**no**'} ({r['tolerance']}) "
+            f"| {r['run_commit'][:7]}{' (read back)' if r['read_back'] else ''} | `{r['train_command']}` |")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(path, merged):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(merged, indent=2) + "\n")
+    path.with_suffix(".md").write_text(markdown(merged))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--selection", required=True, help="a results/selection_*.json file")
-    parser.add_argument("--data", required=True, help="the data set the selection ran on (HDF5)")
+    parser.add_argument("--selection", help="a results/selection_*.json file (required unless --table)")
+    parser.add_argument("--data", help="the data set the selection ran on (HDF5; required unless --table)")
     parser.add_argument("--extra", default="", help="flags added to the config's (for example '--layout data')")
     parser.add_argument("--run", help="a finished run directory of this command (read back, not trained)")
     parser.add_argument("--run-commit", help="with --run: the commit that run was made at (recorded)")
@@ -76,7 +105,13 @@ def main(argv=None):
     parser.add_argument("--tolerance", type=float, default=0.002)
     parser.add_argument("--timeout", type=float, default=6 * 3600)
     parser.add_argument("--out", default=str(RESULTS / "reproduce.json"))
+    parser.add_argument("--table", action="store_true", help="only rewrite the table (--out with .md) from --out")
     args = parser.parse_args(argv)
+    if args.table:
+        write_results(Path(args.out), json.loads(Path(args.out).read_text()))
+        return 0
+    if not (args.selection and args.data):
+        parser.error("--selection and --data are required (unless --table)")
     selection_path = Path(args.selection)
     selection = json.loads(selection_path.read_text())
     extra = shlex.split(args.extra)
@@ -97,8 +132,7 @@ def main(argv=None):
     path = Path(args.out)
     merged = json.loads(path.read_text()) if path.exists() else {"benchmark": "reruns of selected recipes", "runs": {}}
     merged["runs"][selection_path.stem] = portable(result)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(merged, indent=2) + "\n")
+    write_results(path, merged)
     r = result
     print(f"{selection_path.stem}: validation {r['rerun']['validation_accuracy']:.4f} (recorded "
           f"{r['recorded']['validation_accuracy']:.4f}), test {r['rerun']['test_accuracy']:.4f} (recorded "

@@ -28,6 +28,11 @@ def test_a_config_holding_the_pick_reproduces_its_selection_run(tmp_path):
     assert run["rerun"]["validation_accuracy"] == recorded["pick_validation_accuracy"]  # same seed, same ranks
     assert run["rerun"]["test_accuracy"] == recorded["pick_test_accuracy"]
     assert "--config" in run["train_command"] and str(tmp_path) not in out.read_text()
+    table = out.with_suffix(".md")
+    row = f"| `selection_tiny` | {run['recorded']['validation_accuracy']:.4f} / {run['rerun']['validation_accuracy']:.4f} |"
+    assert row in table.read_text() and "| yes (0.002) |" in table.read_text()
+    table.unlink()
+    assert reproduce.main(["--table", "--out", str(out)]) == 0 and row in table.read_text()  # from the JSON alone
     # read back the finished run instead of training again (its settings and accuracies are what count)
     metrics = tmp_path / "runs" / "reproduce-selection_tiny" / "metrics.jsonl"
     before = metrics.stat().st_mtime_ns
