@@ -69,6 +69,18 @@ def field_owners(state):
     return global_entries, sample_entries
 
 
+def _checkpointed(state, extra):
+    """:func:`field_owners` of ``state``, with every field of ``extra`` (a dataclass of global
+    entries kept beside the solver's state: the run's model selection) among the global ones."""
+    global_entries, sample_entries = field_owners(state)
+    if extra is not None:
+        added = [(f.name, extra) for f in dataclasses.fields(extra)]
+        clash = {name for name, _ in added} & {name for name, _ in global_entries + sample_entries}
+        assert not clash, f"{type(extra).__name__} fields {sorted(clash)} clash with the solver's state"
+        global_entries = global_entries + added
+    return global_entries, sample_entries
+
+
 def _entries(value):
     """``(key suffix, index, item)`` of a field: list items by position, a single value as index None."""
     if isinstance(value, list):
@@ -264,11 +276,11 @@ def _check_space(directory, part_bytes):
             f"{needed / 1e6:.1f} MB, {free / 1e6:.1f} MB are free)")
 
 
-def _owned_items(state, shard, owns, samples=True):
+def _owned_items(state, shard, owns, samples=True, extra=None):
     """This rank's (key, host value) pairs: global entries and per-sample columns it owns
     (none with ``samples=False``: a checkpoint of the global state only)."""
     global_items, sample_items = [], []
-    global_entries, sample_entries = field_owners(state)
+    global_entries, sample_entries = _checkpointed(state, extra)
     for name, owner in global_entries:
         for suffix, index, item in _entries(getattr(owner, name)):
             if owns(name, index, False):
@@ -280,10 +292,10 @@ def _owned_items(state, shard, owns, samples=True):
     return global_items, sample_items
 
 
-def _field_shapes(state):
+def _field_shapes(state, extra=None):
     """Which fields are lists and how long (the manifest's record of the state's structure)."""
     out = {}
-    for kind, entries in zip(("global", "samples"), field_owners(state)):
+    for kind, entries in zip(("global", "samples"), _checkpointed(state, extra)):
         for name, owner in entries:
             value = getattr(owner, name)
             out[name] = {"kind": kind, "list": isinstance(value, list),
@@ -296,7 +308,7 @@ def _kind(config):
     return getattr(config, "checkpoint_state", "full")
 
 
-def save(run_dir, iteration, state, shard, config, grid, keep=2, owns=None, batches_done=0):
+def save(run_dir, iteration, state, shard, config, grid, keep=2, owns=None, batches_done=0, extra=None):
     """Write a checkpoint of ``state`` after ``iteration`` (collective: every rank writes its part).
 
     ``owns(field, index, per_sample)`` says whether this rank's value of an entry is the one to
@@ -304,7 +316,8 @@ def save(run_dir, iteration, state, shard, config, grid, keep=2, owns=None, batc
     a field that is not a list). By default every rank owns its columns of every per-sample entry and the
     root owns the global state, which every rank holds identically. ``batches_done`` > 0 marks a
     checkpoint taken inside an epoch of a mini-batch solver. ``config.checkpoint_state`` "global"
-    leaves the per-sample entries out (a resumed run rebuilds them; see ``load``). Raises
+    leaves the per-sample entries out (a resumed run rebuilds them; see ``load``). ``extra``: a
+    dataclass of more global entries saved beside the state (the run's model selection). Raises
     :class:`CheckpointError` on every rank if any rank cannot write (the partial checkpoint is
     removed, the previous kept).
     """
@@ -322,7 +335,7 @@ def save(run_dir, iteration, state, shard, config, grid, keep=2, owns=None, batc
     problem = grid.bcast_decision(problem)
     if problem:
         raise CheckpointError(problem)
-    global_items, sample_items = _owned_items(state, shard, owns, samples=_kind(config) == "full")
+    global_items, sample_items = _owned_items(state, shard, owns, samples=_kind(config) == "full", extra=extra)
     sizes = grid.gather_to_root(_part_bytes(global_items, sample_items))
     problem = grid.bcast_decision(_check_space(directory, sizes) if grid.is_root else None)
     if problem:  # before anyone writes: a full disk never reaches HDF5 in the common case
@@ -342,7 +355,8 @@ def save(run_dir, iteration, state, shard, config, grid, keep=2, owns=None, batc
         if failed:
             problem = failed[0]
         else:
-            problem = _commit(run_dir, directory, records, iteration, batches_done, state, shard, config, grid, keep)
+            problem = _commit(run_dir, directory, records, iteration, batches_done, _field_shapes(state, extra),
+                              shard, config, grid, keep)
         if problem:
             _discard(directory)  # the manifest may be in place when only ``latest`` failed
     problem = grid.bcast_decision(problem)
@@ -351,12 +365,12 @@ def save(run_dir, iteration, state, shard, config, grid, keep=2, owns=None, batc
     return directory
 
 
-def _commit(run_dir, directory, records, iteration, batches_done, state, shard, config, grid, keep):
+def _commit(run_dir, directory, records, iteration, batches_done, fields, shard, config, grid, keep):
     """Root: write the manifest (the commit), move ``latest``, prune; a message on failure."""
     manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "iteration": iteration,
                 "batches_done": batches_done, "solver": config.solver, "config": config.as_dict(),
                 "data": fingerprint(shard), "ranks": grid.size, "admm_mpi_version": __version__,
-                "state": _kind(config), "fields": _field_shapes(state), "parts": records}
+                "state": _kind(config), "fields": fields, "parts": records}
     try:
         _write_json_atomically(os.path.join(directory, "manifest.json"), manifest)
         pointer = os.path.join(run_dir, "checkpoints", "latest")
@@ -543,14 +557,15 @@ class _Parts:
         return np.ascontiguousarray(np.concatenate(pieces, axis=-1))
 
 
-def load(manifest, state, shard, grid, needs=None, samples=True):
+def load(manifest, state, shard, grid, needs=None, samples=True, extra=None):
     """Fill ``state`` (freshly initialised) from the checkpoint; returns ``(iteration, batches_done)``.
 
     Every rank reads the global entries it needs and its own columns of the per-sample entries,
     so the checkpoint continues on any number of ranks and any layout. ``needs(field, index)``
     picks the entries this rank keeps (a layer group: its layers and their boundaries); the
     others stay as they are. ``samples=False`` (or a checkpoint without per-sample state) keeps
-    the freshly initialised per-sample entries.
+    the freshly initialised per-sample entries. ``extra``: the dataclass given to :func:`save`,
+    filled too (a checkpoint written without it leaves it as it is).
     """
     needs = needs or (lambda name, index: True)
     start, stop = shard.start, shard.start + shard.X.shape[1]
@@ -562,7 +577,7 @@ def load(manifest, state, shard, grid, needs=None, samples=True):
 
     parts = _Parts(manifest)
     try:
-        global_entries, sample_entries = field_owners(state)
+        global_entries, sample_entries = _checkpointed(state, extra)
         for name, owner in global_entries:
             if name not in fields:
                 continue

@@ -14,6 +14,7 @@ import sys
 import time
 import types
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -226,23 +227,41 @@ def _copy_model(state):
     return types.SimpleNamespace(weights=copy[0], biases=copy[1])
 
 
-class _Selection:
+@dataclass
+class Selection:
     """Best validation accuracy so far, its iteration and metrics row, a copy of its weights (when
-    kept), and the evaluations since it last improved (for early stopping)."""
+    kept), and the evaluations since it last improved (for early stopping).
 
-    def __init__(self, keep_copy):
-        self.keep_copy, self.stale = keep_copy, 0
-        self.accuracy = self.iteration = self.row = self.model = None
+    Checkpointed beside the solver's state (global entries): a resumed run keeps the best iterate
+    and the early-stopping count of the run it continues, so it selects and stops as that run
+    would have without the interruption.
+    """
+    sample_fields: ClassVar[tuple] = ()
+    best_accuracy: float = None
+    best_iteration: int = None
+    best_row: dict = None
+    best_weights: list = None
+    best_biases: list = None
+    evaluations_since_best: int = 0
 
-    def update(self, iteration, accuracy, state):
+    def update(self, iteration, accuracy, model, keep_copy):
         """Record an evaluation; a strictly better accuracy becomes the best (the first one wins ties)."""
         if accuracy is None:
             return
-        if self.accuracy is None or accuracy > self.accuracy:
-            self.accuracy, self.iteration, self.stale = accuracy, iteration, 0
-            self.model = _copy_model(state) if self.keep_copy else None
+        if self.best_accuracy is None or accuracy > self.best_accuracy:
+            self.best_accuracy, self.best_iteration, self.evaluations_since_best = float(accuracy), int(iteration), 0
+            if keep_copy:
+                copy = _copy_model(model)
+                self.best_weights, self.best_biases = copy.weights, copy.biases
         else:
-            self.stale += 1
+            self.evaluations_since_best += 1
+
+    @property
+    def model(self):
+        """The best iterate's weights and biases, or None (not kept, or nothing evaluated yet)."""
+        if self.best_weights is None:
+            return None
+        return types.SimpleNamespace(weights=self.best_weights, biases=self.best_biases)
 
 
 def _evaluate_iteration(config, solver, spec, state, shard, grid, Y_val, iteration, decision, selection):
@@ -258,8 +277,8 @@ def _evaluate_iteration(config, solver, spec, state, shard, grid, Y_val, iterati
         return dict.fromkeys(SCORES), decision
     model = solver.evaluated(state)
     scores = evaluate_model(solver, spec, model, shard, grid, ("train", "validation"), Y_val)
-    selection.update(iteration, scores["validation_accuracy"], model)
-    if decision is None and config.early_stopping and selection.stale >= config.patience:
+    selection.update(iteration, scores["validation_accuracy"], model, keep_copy=config.keep == "best")
+    if decision is None and config.early_stopping and selection.evaluations_since_best >= config.patience:
         decision = "early_stopped"
     final = decision is not None or iteration == config.iters
     if config.eval_test == "every" or (config.eval_test == "end" and config.keep == "last" and final):
@@ -267,11 +286,12 @@ def _evaluate_iteration(config, solver, spec, state, shard, grid, Y_val, iterati
     return scores, decision
 
 
-def resume(config, grid, solver, state, shard):
+def resume(config, grid, solver, state, shard, selection=None):
     """Continue from a checkpoint if asked (collective): ``(first iteration, checkpoint path)``.
 
     The checkpoint is found by scanning (newest intact one first), checked against this run's
-    configuration and data, and read back re-sharded onto this run's ranks.
+    configuration and data, and read back re-sharded onto this run's ranks, with the model
+    ``selection`` saved beside the state.
     """
     if not config.resume:
         return 1, None
@@ -279,7 +299,7 @@ def resume(config, grid, solver, state, shard):
     if manifest is None:  # --resume auto on a run without checkpoints: a fresh start
         return 1, None
     grid.agree(checkpoint.check_compatible(manifest, config, shard) if grid.is_root else None)
-    iteration, batches_done = checkpoint.load(manifest, state, shard, grid, needs=solver.needs)
+    iteration, batches_done = checkpoint.load(manifest, state, shard, grid, needs=solver.needs, extra=selection)
     if manifest.get("state", "full") == "global" and state.sample_fields:
         # weights and schedules only: the per-sample state restarts from the forward pass of the
         # loaded weights (multipliers at 0), as the mini-batch mode starts every batch
@@ -366,8 +386,8 @@ class _Run:
         if shard.n_val_total:
             Y_val = spec.loss_fn.targets(shard.y_val, shard.n_classes, dtype)
             self.Y_val = from_host(namespace(shard.X), Y_val, like=shard.X)
-        self.selection = _Selection(keep_copy=config.keep == "best")
-        self.first, self.resumed_from = resume(config, grid, self.solver, self.state, shard)
+        self.selection = Selection()
+        self.first, self.resumed_from = resume(config, grid, self.solver, self.state, shard, self.selection)
         self.seconds, self.step_seconds, self.objectives = [], [], []
         self.bytes_per_iteration, self.evaluation_bytes = [], []
         self.row, self.decision, self.saved, self.inside = None, None, None, None
@@ -417,8 +437,8 @@ class _Run:
         self.seconds.append(time.perf_counter() - t0)
         row = {"iteration": iteration, "objective": metrics.pop("objective"), "residual": metrics.pop("residual"),
                **scores, "seconds": self.seconds[-1], "step_seconds": self.step_seconds[-1], **metrics}
-        if self.selection.iteration == iteration:
-            self.selection.row = row
+        if self.selection.best_iteration == iteration:
+            self.selection.best_row = row
         self.objectives.append(row["objective"])
         return row
 
@@ -426,7 +446,7 @@ class _Run:
         if not self.out:
             return None
         return checkpoint.save(self.config.out, iteration, self.state, self.shard, self.config, self.grid,
-                               owns=self.solver.owns, batches_done=batches_done)
+                               owns=self.solver.owns, batches_done=batches_done, extra=self.selection)
 
     def loop(self):
         """Iterate until the budget, convergence, early stopping or a stop request."""
@@ -450,18 +470,19 @@ class _Run:
             sink.close()
 
     def kept(self):
-        """The iterate that becomes the model (``--keep``), its metrics row and test accuracy."""
-        row = self.row or {}  # a run stopped inside its first epoch has no metrics row
-        model, row = ((self.selection.model, self.selection.row)
-                      if self.config.keep == "best" and self.selection.model is not None
-                      else (self.solver.evaluated(self.state), row))
+        """The iterate that becomes the model, which one it is ("best" or "last": ``--keep best``
+        keeps the last iterate until a first evaluation), its metrics row and test accuracy."""
+        if self.config.keep == "best" and self.selection.model is not None:
+            model, row, which = self.selection.model, self.selection.best_row, "best"
+        else:  # a run stopped inside its first epoch has no metrics row
+            model, row, which = self.solver.evaluated(self.state), self.row or {}, "last"
         test_accuracy = row.get("test_accuracy")
         if self.config.eval_test == "end" and test_accuracy is None:  # the kept iterate, once
             test_accuracy = evaluate_model(self.solver, self.spec, model, self.shard, self.grid,
                                            ("test",))["test_accuracy"]
-        return model, row, test_accuracy
+        return model, row, which, test_accuracy
 
-    def summary(self, kept_row, test_accuracy):
+    def summary(self, kept_row, kept, test_accuracy):
         """The run's summary (JSON-ready; lists gathered on the root)."""
         config, grid, shard, decision = self.config, self.grid, self.shard, self.decision
         per_rank_bytes = grid.gather_to_root(_median(self.bytes_per_iteration) or 0)
@@ -474,8 +495,8 @@ class _Run:
             "first_iteration": self.first, "resumed_from": self.resumed_from,
             "stopped": {None: "iterations", "converged": "converged", "preempted": "preempted",
                         "early_stopped": "early_stopping"}[decision],
-            "kept": config.keep, "kept_iteration": kept_row.get("iteration"),
-            "best_validation_iteration": self.selection.iteration,
+            "kept": kept, "kept_iteration": kept_row.get("iteration"),
+            "best_validation_iteration": self.selection.best_iteration,
             "train_accuracy": kept_row.get("train_accuracy"),
             "validation_accuracy": kept_row.get("validation_accuracy"),
             "validation_loss": kept_row.get("validation_loss"), "test_accuracy": test_accuracy,
@@ -502,9 +523,9 @@ class _Run:
 def _train(config, grid, out, shard, stop):
     run = _Run(config, grid, out, shard, stop)
     run.loop()
-    model, kept_row, test_accuracy = run.kept()
+    model, kept_row, kept, test_accuracy = run.kept()
     weights, biases = run.solver.full_model(model)
-    summary = run.summary(kept_row, test_accuracy)
+    summary = run.summary(kept_row, kept, test_accuracy)
     if out:
         write_outputs(config, grid, run.spec, weights, biases, summary)
     if run.solver.grid is not grid:

@@ -276,8 +276,32 @@ def test_sigterm_inside_a_minibatch_epoch_checkpoints_between_batches_and_resume
     assert rows == [1, 2, 3]
 
 
-def _pausing_script(tmp_path, run, marker, args):
-    """Train; rank 0 pauses after the 82nd batch (the 7th of epoch 2, 75 batches an epoch) and
+def test_a_run_resumed_then_stopped_inside_its_first_epoch_keeps_the_best_iterate(tmp_path):
+    """The model selection is checkpointed: a resumed run stopped again before it evaluated
+    anything still saves the best iterate of the run it continues, not an unevaluated one."""
+    run, marker = tmp_path / "run", tmp_path / "paused"
+    args = ["--solver", "minibatch_am", "--batch-size", "20", "--hidden", "256,256", "--validation-fraction", "0.2",
+            "--keep", "best"]
+    _train(2, run, *args, "--iters", 1, "--checkpoint-every", 1)
+    best = _weights(run)
+    assert _summary(run)["kept_iteration"] == 1
+    script = _pausing_script(tmp_path, run, marker, [*args, "--iters", 3, "--resume", "auto"], pause_after=7)
+    proc = subprocess.Popen([mpiexec(), "-n", "2", sys.executable, str(script)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env())
+    deadline = time.time() + 120
+    while not marker.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert marker.exists(), proc.communicate(timeout=60)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "inside iteration 2" in err, err
+    summary = _summary(run)
+    assert (summary["kept"], summary["kept_iteration"], summary["best_validation_iteration"]) == ("best", 1, 1)
+    assert all(np.array_equal(a, b) for a, b in zip(_weights(run), best))
+
+
+def _pausing_script(tmp_path, run, marker, args, pause_after=82):
+    """Train; rank 0 pauses after the 82nd batch (``pause_after``; the 7th of epoch 2, 75 batches an epoch) and
     says so by creating ``marker``: a signal sent then lands inside epoch 2 however fast the
     machine is (a fixed sleep once let epoch 2 finish first)."""
     path = tmp_path / "pause.py"
@@ -291,7 +315,7 @@ def _pausing_script(tmp_path, run, marker, args):
             def pausing(local, n_batch):
                 result = batch(local, n_batch)
                 count["n"] += 1
-                if count["n"] == 82 and grid.rank == 0:
+                if count["n"] == {pause_after} and grid.rank == 0:
                     open(r"{marker}", "w").close()
                     time.sleep(5)
                 return result

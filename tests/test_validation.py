@@ -154,6 +154,30 @@ def test_early_stopping_stops_after_patience_evaluations_without_improvement(tmp
     assert summary["validation_accuracy"] == best
 
 
+@pytest.mark.parametrize("solver", [["--solver", "taylor"], ["--solver", "pdadmm", "--layout", "layer"]])
+def test_a_resumed_run_keeps_the_best_iterate_and_stops_as_the_uninterrupted_run(tmp_path, solver):
+    """The selection is checkpointed: a run stopped after its best iterate and resumed keeps that
+    iterate (not the best since the resume), stops at the same evaluation, and saves the same model."""
+    _noisy(tmp_path / "noisy.h5")
+    flags = [*solver, "--validation-fraction", 0.3, "--keep", "best", "--early-stopping", "--patience", 4]
+    whole, _ = _train(tmp_path, "whole", *flags, "--iters", 40)
+    summary = _summary(whole)
+    best, stop = summary["kept_iteration"], summary["iterations"]
+    assert summary["stopped"] == "early_stopping" and stop == best + 4
+    paused = best + 2  # after the best iterate, before the stop: the selection must survive the resume
+    split, _ = _train(tmp_path, "split", *flags, "--iters", paused, "--checkpoint-every", paused)
+    assert _summary(split)["kept_iteration"] == best
+    _train(tmp_path, "split", *flags, "--iters", 40, "--resume", "auto")
+    resumed = _summary(split)
+    assert resumed["first_iteration"] == paused + 1
+    for key in ("iterations", "stopped", "kept", "kept_iteration", "best_validation_iteration",
+                "train_accuracy", "validation_accuracy", "test_accuracy"):
+        assert resumed[key] == summary[key], key
+    curve = [(r["iteration"], r["validation_accuracy"], r["objective"]) for r in _rows(whole)]
+    assert [(r["iteration"], r["validation_accuracy"], r["objective"]) for r in _rows(split)] == curve
+    assert _same_weights(whole / "model.h5", split / "model.h5")
+
+
 def test_eval_every_and_eval_test_change_no_weight(tmp_path):
     _noisy(tmp_path / "noisy.h5")
     for solver in (["--solver", "taylor"], ["--solver", "pdadmm", "--layout", "layer"]):
