@@ -128,13 +128,16 @@ def make_parser():
     cv.add_argument("--test", help="a separate test file (same format)")
     cv.add_argument("--test-fraction", type=float, default=0.0,
                     help="hold out this fraction of every class as the test split")
+    cv.add_argument("--validation-fraction", type=float, default=0.0,
+                    help="write this fraction of every class's training rows as the validation split (X_val, "
+                         "y_val): the rows train --validation-fraction F --seed S would hold out")
     cv.add_argument("--standardize", action="store_true",
                     help="rescale features to zero mean, unit variance (training rows' statistics)")
     cv.add_argument("--scale", type=float, default=1.0, help="divide features by this (e.g. 255 for pixels)")
     cv.add_argument("--chunk-rows", type=int, default=10000, help="rows per chunk (default: 10000)")
     cv.add_argument("--label-column", type=int, default=0, help="csv: column of the label (default: 0)")
     cv.add_argument("--delimiter", help="csv: field separator (default: whitespace)")
-    cv.add_argument("--seed", type=int, default=0, help="seed of the test split (default: 0)")
+    cv.add_argument("--seed", type=int, default=0, help="seed of the test and validation splits (default: 0)")
     cv.add_argument("--name", help="data set name stored in the file")
     ag = data_sub.add_parser("augment", help="graph-augmented features [A^K X, ..., AX, X] (pdADMM-G)")
     ag.add_argument("input", help="admm-mpi HDF5 data set (graph nodes: training rows, then test rows)")
@@ -334,7 +337,8 @@ def _cmd_data(args, grid):
     if (args.format or convert.detect_format(args.input.split(",")[0])) == "csv":
         options = {"label_column": args.label_column, "delimiter": args.delimiter}
     summary = convert.convert(args.input, args.out, fmt=args.format, test_inputs=args.test,
-                              test_fraction=args.test_fraction, standardize=args.standardize,
+                              test_fraction=args.test_fraction, validation_fraction=args.validation_fraction,
+                              standardize=args.standardize,
                               chunk=args.chunk_rows, seed=args.seed, name=args.name, scale=args.scale,
                               **options)
     print(json.dumps(summary, indent=2))

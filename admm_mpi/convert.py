@@ -5,9 +5,16 @@ in chunks: the writer appends each block to resizable HDF5 datasets. Optional st
 
 - a stratified test split (``test_fraction``): labels are read first (they are small), the test
   rows are drawn per class with a seeded generator, then the rows stream to ``X`` or ``X_test``;
+- a stratified validation split of the training rows (``validation_fraction``), written as
+  ``X_val``/``y_val``: the rows ``train --validation-fraction F --seed S`` would hold out of the
+  file converted without it (``data.validation_rows`` on the training rows' labels);
 - standardisation (``standardize``): feature means and standard deviations of the *training*
-  rows are accumulated while writing, then the written datasets are rescaled in place, chunk by
-  chunk (and stored as attributes so the same transform can be applied to new data).
+  rows (neither test nor validation rows) are accumulated while writing, then the written
+  datasets are rescaled in place, chunk by chunk (and stored as attributes so the same transform
+  can be applied to new data).
+
+Every class keeps at least one training row: a class's test rows are at most all but one of
+its rows, and its validation rows at most all but one of the rest.
 """
 
 import gzip
@@ -18,10 +25,13 @@ import zipfile
 import h5py
 import numpy as np
 
+from admm_mpi.data import validation_rows
 from admm_mpi.files import hdf5_open_problem, reserve_space, write_problem
 from admm_mpi.errors import InputError
 
 FORMATS = ("npz", "csv", "libsvm", "idx", "hdf5")
+TRAIN, TEST, VALIDATION = 0, 1, 2  # where a row goes
+SPLIT_KEYS = {TRAIN: ("X", "y"), TEST: ("X_test", "y_test"), VALIDATION: ("X_val", "y_val")}
 
 
 def detect_format(path):
@@ -252,8 +262,9 @@ def convert(inputs, out, **settings):
     return {"out": out, **summary}
 
 
-def _label_pass(inputs, fmt, chunk, test_inputs, test_fraction, seed, options):
-    """Pass 1 over the labels (small): ``(labels, test labels or None, classes, is_test, width)``."""
+def _label_pass(inputs, fmt, chunk, test_inputs, test_fraction, validation_fraction, seed, options):
+    """Pass 1 over the labels (small): ``(labels, test labels or None, classes, split, width)``,
+    ``split`` saying where each row goes (TRAIN, TEST or VALIDATION)."""
     labels, width = [], 0
     for X, y in reader(inputs, fmt, chunk, **options):
         labels.append(np.asarray(y))
@@ -265,18 +276,30 @@ def _label_pass(inputs, fmt, chunk, test_inputs, test_fraction, seed, options):
     if test_inputs:
         test_labels = np.concatenate([np.asarray(y) for _, y in reader(test_inputs, fmt, chunk, **options)])
     classes = np.unique(y_all if test_labels is None else np.concatenate([y_all, test_labels]))
-    is_test = np.zeros(y_all.size, dtype=bool)
+    split = np.full(y_all.size, TRAIN, dtype=np.int8)
     if test_fraction:
         if test_inputs:
             raise InputError("give either a test file or a test fraction, not both")
-        if not 0 < test_fraction < 1:
-            raise InputError(f"test fraction must lie in (0, 1), got {test_fraction}")
+        _check_fraction("test", test_fraction)
         rng = np.random.default_rng(seed)
-        for c in classes:  # stratified: the same fraction of every class
+        for c in classes:  # stratified: the same fraction of every class, all but one row at most
             members = np.flatnonzero(y_all == c)
-            k = int(round(test_fraction * members.size))
-            is_test[rng.choice(members, size=k, replace=False)] = True
-    return y_all, test_labels, classes, is_test, width
+            k = min(int(round(test_fraction * members.size)), members.size - 1)
+            split[rng.choice(members, size=k, replace=False)] = TEST
+    if validation_fraction:
+        _check_fraction("validation", validation_fraction)
+        training = np.flatnonzero(split == TRAIN)
+        held = validation_rows(y_all[training], validation_fraction, seed)
+        if held.size == 0:
+            raise InputError(f"validation fraction {validation_fraction} holds out no row of {training.size} "
+                             "training rows (every class keeps at least one training row)")
+        split[training[held]] = VALIDATION
+    return y_all, test_labels, classes, split, width
+
+
+def _check_fraction(name, fraction):
+    if not 0 < fraction < 1:  # (NaN fails too)
+        raise InputError(f"{name} fraction must lie in (0, 1), got {fraction}")
 
 
 def _appender(f, classes, chunk, dtype):
@@ -297,23 +320,24 @@ def _appender(f, classes, chunk, dtype):
     return append
 
 
-def _write_rows(f, inputs, fmt, chunk, options, is_test, append, scale):
-    """Pass 2: the rows, split into train and test; returns the training rows' sums, squares, count."""
+def _write_rows(f, inputs, fmt, chunk, options, split, append, scale):
+    """Pass 2: the rows, each to its split; returns the training rows' sums, squares, count."""
     sums = sq = None
     n_train = offset = 0
     for X, y in reader(inputs, fmt, chunk, **options):
-        X = np.asarray(X, dtype=np.float64) / scale
+        X, y = np.asarray(X, dtype=np.float64) / scale, np.asarray(y)
         if not np.all(np.isfinite(X)):
             raise InputError(f"{inputs} contains NaN or Inf near row {offset}")
-        mask = is_test[offset:offset + X.shape[0]]
-        train_X = X[~mask]
+        where = split[offset:offset + X.shape[0]]
+        for code, (key_x, key_y) in SPLIT_KEYS.items():
+            rows = where == code
+            if rows.any():
+                append(key_x, key_y, X[rows], y[rows])
+        train_X = X[where == TRAIN]
         if train_X.shape[0]:
-            append("X", "y", train_X, np.asarray(y)[~mask])
             sums = train_X.sum(0) if sums is None else sums + train_X.sum(0)
             sq = (train_X ** 2).sum(0) if sq is None else sq + (train_X ** 2).sum(0)
             n_train += train_X.shape[0]
-        if mask.any():
-            append("X_test", "y_test", X[mask], np.asarray(y)[mask])
         offset += X.shape[0]
     return sums, sq, n_train
 
@@ -323,7 +347,7 @@ def _standardize(f, sums, sq, n_train, chunk):
     mean = sums / n_train
     std = np.sqrt(np.maximum(sq / n_train - mean ** 2, 0))
     std[std == 0] = 1.0  # constant features stay constant (at 0)
-    for key in ("X", "X_test"):
+    for key in ("X", "X_test", "X_val"):
         if key in f:
             d = f[key]
             for s in range(0, d.shape[0], chunk):
@@ -332,16 +356,16 @@ def _standardize(f, sums, sq, n_train, chunk):
     f.attrs["standardize_std"] = std
 
 
-def _convert(inputs, tmp, *, fmt=None, test_inputs=None, test_fraction=0.0, standardize=False,
-             chunk=10000, seed=0, name=None, dtype=np.float32, scale=1.0, **options):
+def _convert(inputs, tmp, *, fmt=None, test_inputs=None, test_fraction=0.0, validation_fraction=0.0,
+             standardize=False, chunk=10000, seed=0, name=None, dtype=np.float32, scale=1.0, **options):
     """The conversion of :func:`convert`, written to ``tmp``."""
-    y_all, test_labels, classes, is_test, width = _label_pass(inputs, fmt, chunk, test_inputs, test_fraction,
-                                                              seed, options)
+    y_all, test_labels, classes, split, width = _label_pass(inputs, fmt, chunk, test_inputs, test_fraction,
+                                                            validation_fraction, seed, options)
     n_rows = y_all.size + (0 if test_labels is None else test_labels.size)
     reserve_space(tmp, n_rows * (width * np.dtype(dtype).itemsize + 8))  # a full disk fails here, cleanly
     with h5py.File(tmp, "w") as f:
         append = _appender(f, classes, chunk, dtype)
-        sums, sq, n_train = _write_rows(f, inputs, fmt, chunk, options, is_test, append, scale)
+        sums, sq, n_train = _write_rows(f, inputs, fmt, chunk, options, split, append, scale)
         if test_inputs:
             for X, y in reader(test_inputs, fmt, chunk, **options):
                 append("X_test", "y_test", np.asarray(X, dtype=np.float64) / scale, y)
@@ -352,6 +376,8 @@ def _convert(inputs, tmp, *, fmt=None, test_inputs=None, test_fraction=0.0, stan
             preprocessing += f"; divided by {scale}"
         if test_fraction:
             preprocessing += f"; stratified test split {test_fraction} (seed {seed})"
+        if validation_fraction:
+            preprocessing += f"; stratified validation split {validation_fraction} of the training rows (seed {seed})"
         if standardize:
             _standardize(f, sums, sq, n_train, chunk)
             preprocessing += "; standardised with the training rows' mean and std"
@@ -360,6 +386,7 @@ def _convert(inputs, tmp, *, fmt=None, test_inputs=None, test_fraction=0.0, stan
         f.attrs["classes"] = [str(c) for c in classes]
         f.attrs["preprocessing"] = preprocessing
         summary = {"n_train": int(f["X"].shape[0]), "n_test": int(f["X_test"].shape[0]) if "X_test" in f else 0,
+                   "n_validation": int(f["X_val"].shape[0]) if "X_val" in f else 0,
                    "n_features": int(f["X"].shape[1]), "n_classes": len(classes)}
     return summary
 
@@ -374,7 +401,8 @@ def info(path):
         if "X" not in f or "y" not in f:
             raise InputError(f"{path}: no datasets X and y (found {sorted(f.keys())})")
         result = {"path": path, "name": str(f.attrs.get("name", "")), "preprocessing": str(f.attrs.get("preprocessing", ""))}
-        for key_x, key_y, split in (("X", "y", "train"), ("X_test", "y_test", "test")):
+        for split, code in (("train", TRAIN), ("validation", VALIDATION), ("test", TEST)):
+            key_x, key_y = SPLIT_KEYS[code]
             if key_x in f:
                 y = f[key_y][...]
                 counts = np.bincount(y.astype(np.int64)) if y.size else np.zeros(0, int)

@@ -88,6 +88,65 @@ def test_stratified_split_and_standardisation(tmp_path, arrays):
     assert all(any(np.allclose(r, x) for x in X) for r in raw_test)
 
 
+def test_validation_split_is_the_rows_train_would_hold_out(tmp_path, arrays):
+    """``--validation-fraction F --seed S`` writes as X_val the training rows that
+    ``train --validation-fraction F --seed S`` holds out of the file converted without it."""
+    from admm_mpi.data import load_shard
+    from admm_mpi.grid import Grid
+
+    X, y = arrays
+    np.savez(tmp_path / "d.npz", X=X, y=y)
+    common = {"test_fraction": 0.2, "seed": 3, "dtype": np.float64}
+    convert(str(tmp_path / "d.npz"), str(tmp_path / "plain.h5"), **common)
+    summary = convert(str(tmp_path / "d.npz"), str(tmp_path / "val.h5"), validation_fraction=0.25, **common)
+    plain, _ = _read(tmp_path / "plain.h5")
+    split, attrs = _read(tmp_path / "val.h5")
+    np.testing.assert_array_equal(split["X_test"], plain["X_test"])  # the test split does not move
+    shard = load_shard(str(tmp_path / "plain.h5"), Grid(), np.float64, validation_fraction=0.25, seed=3)
+    np.testing.assert_array_equal(split["X_val"], shard.X_val.T)
+    np.testing.assert_array_equal(split["y_val"], shard.y_val)
+    np.testing.assert_array_equal(split["X"], shard.X.T)
+    assert summary["n_validation"] == split["X_val"].shape[0] > 0 and "validation split 0.25" in attrs["preprocessing"]
+    assert info(str(tmp_path / "val.h5"))["validation"]["samples"] == summary["n_validation"]
+
+
+def test_standardisation_uses_the_training_rows_only(tmp_path, arrays):
+    X, y = arrays
+    np.savez(tmp_path / "d.npz", X=X, y=y)
+    convert(str(tmp_path / "d.npz"), str(tmp_path / "d.h5"), test_fraction=0.2, validation_fraction=0.3,
+            standardize=True, dtype=np.float64)
+    data, attrs = _read(tmp_path / "d.h5")
+    np.testing.assert_allclose(data["X"].mean(0), 0, atol=1e-12)
+    np.testing.assert_allclose(data["X"].std(0), 1, atol=1e-12)
+    raw = data["X_val"] * attrs["standardize_std"] + attrs["standardize_mean"]  # the same transform
+    assert all(any(np.allclose(r, x) for x in X) for r in raw)
+
+
+@pytest.mark.parametrize("fractions", [{"test_fraction": 0.99}, {"test_fraction": 0.6},
+                                       {"test_fraction": 0.6, "validation_fraction": 0.9}])
+def test_every_class_keeps_a_training_row(tmp_path, fractions):
+    y = np.array([0] * 4 + [1] * 1 + [2] * 10)
+    np.savez(tmp_path / "d.npz", X=np.arange(2.0 * y.size).reshape(-1, 2), y=y)
+    convert(str(tmp_path / "d.npz"), str(tmp_path / "d.h5"), **fractions)
+    data, _ = _read(tmp_path / "d.h5")
+    assert np.all(np.bincount(data["y"], minlength=3) >= 1)
+    held = np.concatenate([data[k] for k in ("y_test", "y_val") if k in data])
+    assert data["y"].size + held.size == y.size
+
+
+@pytest.mark.parametrize("fractions, message", [
+    ({"validation_fraction": 1.0}, "validation fraction must lie in"),
+    ({"validation_fraction": float("nan")}, "validation fraction must lie in"),
+    ({"test_fraction": -0.1}, "test fraction must lie in"),
+    ({"validation_fraction": 0.01}, "holds out no row")])
+def test_bad_split_fractions_are_refused(tmp_path, arrays, fractions, message):
+    X, y = arrays
+    np.savez(tmp_path / "d.npz", X=X, y=y)
+    with pytest.raises(InputError, match=message):
+        convert(str(tmp_path / "d.npz"), str(tmp_path / "d.h5"), **fractions)
+    assert not (tmp_path / "d.h5").exists()
+
+
 def _write_idx(path, array):
     codes = {np.dtype(np.uint8): 0x08}
     with gzip.open(path, "wb") as f:
@@ -163,9 +222,10 @@ def test_unwritable_output_is_refused_before_reading(tmp_path):
 def test_cli_convert_then_train(tmp_path, arrays):
     X, y = arrays
     np.savez(tmp_path / "d.npz", X=X, y=y)
-    proc = run_admm(1, "data", "convert", tmp_path / "d.npz", "--out", tmp_path / "d.h5", "--test-fraction", "0.2")
+    proc = run_admm(1, "data", "convert", tmp_path / "d.npz", "--out", tmp_path / "d.h5", "--test-fraction", "0.2",
+                    "--validation-fraction", "0.2")
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["n_test"] == 11
+    assert (json.loads(proc.stdout)["n_test"], json.loads(proc.stdout)["n_validation"]) == (11, 9)
     proc = run_admm(2, "train", "--data", tmp_path / "d.h5", "--hidden", "8", "--iters", "3", "--no-progress",
                     "--out", tmp_path / "run")
     assert proc.returncode == 0, proc.stderr
