@@ -194,7 +194,12 @@ def _cmd_train(args, grid):
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    summary = train(config, grid, stop=stop).summary
+    # overflow in the iterates is reported once, as "training diverged" (the loop checks every
+    # iteration's metrics), not as a stream of numpy warnings from wherever it first appeared
+    import numpy as np
+
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        summary = train(config, grid, stop=stop).summary
     if summary.get("preempted"):
         signum = summary["stopped_by_signal"]
         if grid.is_root:

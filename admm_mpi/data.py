@@ -82,6 +82,9 @@ def _check_layout(f, path):
                 return f"{path}: {kx} {Xt.shape} and {ky} {yt.shape} do not match"
             if Xt.shape[1] != X.shape[1]:
                 return f"{path}: {kx} has {Xt.shape[1]} features but X has {X.shape[1]}"
+            if split == "val" and Xt.shape[0] == 0:
+                return (f"{path}: X_val and y_val hold no rows; fill them, or remove both (then "
+                        "--validation-fraction holds rows of X out)")
     for key in ("X", "X_test", "X_val"):
         if key in f and f[key].dtype.kind not in "fiu":
             return f"{path}: {key} has non-numeric dtype {f[key].dtype}"
@@ -247,8 +250,9 @@ def _read_split(f, part, n_train, held, d, dtype, read_test, read_val_file):
 
 
 def _infer_classes(labels, grid, path, n_samples):
-    """The number of classes from the largest training or validation label over all ranks."""
-    local_max = max(int(labels[k].max(initial=0)) for k in ("y", "y_val") if k in labels)
+    """The number of classes from the largest training label over all ranks (a validation or test
+    label beyond it is then an error: no training row teaches that class)."""
+    local_max = int(labels["y"].max(initial=0))
     n_classes = int(grid.allmax(np.array([local_max], dtype=np.int64))[0]) + 1
     if n_classes > n_samples:  # the same bound as on the attribute: targets would be that wide
         grid.agree(f"{path}: labels go up to {n_classes - 1}, more classes than the file's {n_samples} "
@@ -270,7 +274,7 @@ def _validation_rows(path, grid, n, fraction, seed, optional):
 
 
 def load_shard(path, grid, dtype=np.float64, part=None, *, validation_fraction=0.0, seed=0, read_test=True,
-               validation_optional=False):
+               validation_optional=False, fraction_given=False):
     """Read this rank's slab of the training, validation and test rows of the HDF5 file at ``path``.
 
     ``part`` is the grid whose ranks split the rows (default ``grid``; on a layer × data grid,
@@ -280,6 +284,8 @@ def load_shard(path, grid, dtype=np.float64, part=None, *, validation_fraction=0
     ``read_test=False`` leaves the test split unread (empty; ``n_test_total`` still counts it).
     ``validation_optional``: a fraction that holds out no row (a tiny data set) leaves the run
     without validation rows instead of being an error (for the default fraction).
+    ``fraction_given``: ``validation_fraction`` was set explicitly; with a file that has its own
+    split it is then an error, unless it is 0, which trains without validation rows.
 
     Raises :class:`InputError` on every rank if any rank finds a problem: missing or unreadable
     file, wrong dataset names or shapes, fewer samples than ranks, NaN/Inf, bad labels.
@@ -288,6 +294,11 @@ def load_shard(path, grid, dtype=np.float64, part=None, *, validation_fraction=0
     meta, problem = _read_meta(path)
     grid.agree(problem)
     n, d, n_test, n_val_file, n_classes, name = meta
+    if n_val_file and fraction_given:  # --validation-fraction given, yet the file has its own split
+        grid.agree(None if validation_fraction == 0 else
+                   f"{path} has its own validation split (X_val, y_val), used instead of holding rows out; "
+                   f"drop validation_fraction {validation_fraction} (or give 0 to train without validation rows)")
+        n_val_file = 0  # 0 given: no validation split at all
     held = None
     if not n_val_file and validation_fraction > 0:
         held = _validation_rows(path, grid, n, validation_fraction, seed, validation_optional)

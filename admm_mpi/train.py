@@ -128,7 +128,8 @@ def build(config, grid, shard=None):
         shard = to_device(load_shard(config.data, grid, dtype, part=procs.data,
                                      validation_fraction=config.validation_fraction, seed=config.seed,
                                      read_test=config.eval_test != "never",
-                                     validation_optional="validation_fraction" not in config.given),
+                                     validation_optional="validation_fraction" not in config.given,
+                                     fraction_given="validation_fraction" in config.given),
                            config.device, grid)
     if not shard.n_val_total:
         config = without_validation(config)

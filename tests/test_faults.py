@@ -127,6 +127,21 @@ def test_nan_in_the_iterates_stops_with_the_iteration_and_keeps_the_last_good_ch
             assert all(np.all(np.isfinite(f[f"samples/z/{i}"][...])) for i in range(2))
 
 
+@pytest.mark.parametrize("solver", ["dladmm", "pdadmm", "taylor"])
+def test_features_that_overflow_float32_end_in_one_line_not_a_traceback(tmp_path, solver):
+    # dlADMM's step-size search once divided by a zero bound (its power iteration had overflowed)
+    X, y = blobs(120, 5, 3, seed=1)
+    write_dataset(str(tmp_path / "huge.h5"), (X * 1e12).astype(np.float32), y, name="huge", n_classes=3)
+    proc = run_admm(2, "train", "--data", tmp_path / "huge.h5", "--solver", solver, "--iters", 3, "--no-progress",
+                    "--out", tmp_path / "run", timeout=120)
+    assert proc.returncode in (0, 3), proc.stderr
+    assert "Traceback" not in proc.stderr and "RuntimeWarning" not in proc.stderr, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("admm-mpi:")]
+    assert len(proc.stderr.splitlines()) == len(lines), proc.stderr  # nothing but admm-mpi's own lines
+    if proc.returncode == 3:
+        assert "training diverged at iteration" in proc.stderr
+
+
 # ---- the table ---------------------------------------------------------------------------------
 # File makers: FILES[name](directory) writes one input a case names as {name} and returns its path.
 def _blobs_file(directory, name, edit=None, test=True, **attrs):

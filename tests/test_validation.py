@@ -98,10 +98,34 @@ def test_a_files_own_validation_split_is_used_instead_of_holding_out(tmp_path):
     assert (shard.n_total, shard.n_val_total, shard.validation_source) == (80, 20, "file")
     np.testing.assert_array_equal(shard.X_val, Xv.T)
     np.testing.assert_array_equal(shard.X, X.T)
-    summary = train(TrainConfig.from_settings(data=str(path), hidden=(8,), iters=3, progress=False,
-                                              validation_fraction=0.3, keep="best"), Grid.serial(), out=False).summary
+    summary = train(TrainConfig.from_settings(data=str(path), hidden=(8,), iters=3, progress=False, keep="best"),
+                    Grid.serial(), out=False).summary
     assert (summary["n_train"], summary["n_validation"], summary["validation_source"]) == (80, 20, "file")
     assert summary["validation_accuracy"] is not None
+    # a fraction given explicitly cannot be honoured beside the file's split: an error; 0 trains without one
+    with pytest.raises(InputError, match="has its own validation split"):
+        train(TrainConfig.from_settings(data=str(path), hidden=(8,), iters=3, progress=False,
+                                        validation_fraction=0.3), Grid.serial(), out=False)
+    summary = train(TrainConfig.from_settings(data=str(path), hidden=(8,), iters=3, progress=False,
+                                              validation_fraction=0), Grid.serial(), out=False).summary
+    assert (summary["n_train"], summary["n_validation"], summary["validation_source"]) == (80, 0, None)
+
+
+def test_a_validation_label_no_training_row_has_is_refused(tmp_path):
+    X, y = blobs(80, 5, 2, seed=1)
+    Xv, _ = blobs(6, 5, 2, seed=2)
+    path = tmp_path / "val.h5"
+    write_dataset(str(path), X, y, name="v", X_val=Xv, y_val=np.array([0, 1, 2, 0, 1, 0]))
+    with pytest.raises(InputError, match="y_val has label 2 outside 0..1"):
+        load_shard(str(path), Grid.serial())
+
+
+def test_an_empty_file_validation_split_is_refused(tmp_path):
+    X, y = blobs(80, 5, 2, seed=1)
+    path = tmp_path / "val.h5"
+    write_dataset(str(path), X, y, name="v", X_val=np.empty((0, 5)), y_val=np.empty(0, np.int64))
+    with pytest.raises(InputError, match="X_val and y_val hold no rows"):
+        load_shard(str(path), Grid.serial(), validation_fraction=0.1)
 
 
 # -- selection and stopping ----------------------------------------------------------------------------

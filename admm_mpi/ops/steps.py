@@ -14,6 +14,8 @@ For the quadratic blocks (W, b, and unconstrained a) ``φ`` along the step is a 
 curvature ``gᵀHg`` are known — and on a data-parallel grid these are two reduced scalars.
 """
 
+import math
+
 import numpy as np
 
 from admm_mpi.backend import namespace, sum_all
@@ -34,6 +36,8 @@ def power_iteration(apply, like, iters=30):
     for _ in range(iters):
         w = apply(v)
         norm = sum_all(w * w) ** 0.5
+        if not math.isfinite(norm):  # the operator overflows: no finite step size exists
+            return math.inf
         if norm == 0.0:
             return 0.0
         lam, v = sum_all(v * w), w / norm
