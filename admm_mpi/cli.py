@@ -194,12 +194,7 @@ def _cmd_train(args, grid):
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    # overflow in the iterates is reported once, as "training diverged" (the loop checks every
-    # iteration's metrics), not as a stream of numpy warnings from wherever it first appeared
-    import numpy as np
-
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        summary = train(config, grid, stop=stop).summary
+    summary = train(config, grid, stop=stop).summary
     if summary.get("preempted"):
         signum = summary["stopped_by_signal"]
         if grid.is_root:
@@ -245,7 +240,7 @@ def _cmd_predict(args, grid):
     spec, weights, biases = load_model(args.model)
     if args.output:  # before any work: an unwritable path must not cost the predictions
         _check_writable(args.output, grid)
-    shard = load_shard(args.data, grid, weights[0].dtype)
+    shard = load_shard(args.data, grid, weights[0].dtype, read_validation=False)
     if shard.n_features != spec.widths[0]:
         raise InputError(f"model expects {spec.widths[0]} features, {args.data} has {shard.n_features}")
     if args.split == "test" and shard.n_test_total == 0:

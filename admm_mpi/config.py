@@ -348,8 +348,7 @@ FIELD_HELP = {
     "checkpoint_state": "what a checkpoint holds: full (every variable: bit-exact resume) | global (weights and "
                         "schedules; a resumed full-batch solver rebuilds its per-sample state from a forward pass)",
     "validation_fraction": "fraction of each class's training rows held out for validation, drawn from the seed "
-                           "(0: none; a file's X_val, y_val are used instead when present, and a fraction "
-                           "given beside them is an error, 0 aside)",
+                           "(0: none; a file's X_val, y_val are used instead when present)",
     "early_stopping": "stop when validation accuracy has not improved for `patience` evaluations (without "
                       "validation rows: off, unless set explicitly, which is then an error)",
     "patience": "evaluations without a better validation accuracy before early stopping",

@@ -82,9 +82,6 @@ def _check_layout(f, path):
                 return f"{path}: {kx} {Xt.shape} and {ky} {yt.shape} do not match"
             if Xt.shape[1] != X.shape[1]:
                 return f"{path}: {kx} has {Xt.shape[1]} features but X has {X.shape[1]}"
-            if split == "val" and Xt.shape[0] == 0:
-                return (f"{path}: X_val and y_val hold no rows; fill them, or remove both (then "
-                        "--validation-fraction holds rows of X out)")
     for key in ("X", "X_test", "X_val"):
         if key in f and f[key].dtype.kind not in "fiu":
             return f"{path}: {key} has non-numeric dtype {f[key].dtype}"
@@ -195,10 +192,10 @@ def _read_meta(path):
                 return None, problem
             n, d = f["X"].shape
             n_test = f["X_test"].shape[0] if "X_test" in f else 0
-            n_val = f["X_val"].shape[0] if "X_val" in f else 0
+            n_val = f["X_val"].shape[0] if "X_val" in f else None  # (0: present but empty)
             n_classes = f.attrs.get("n_classes")
             if n_classes is not None:
-                problem = _n_classes_problem(n_classes, path, n + n_test + n_val)
+                problem = _n_classes_problem(n_classes, path, n + n_test + (n_val or 0))
                 if problem:
                     return None, problem
             name = f.attrs.get("name", os.path.basename(path))
@@ -260,6 +257,17 @@ def _infer_classes(labels, grid, path, n_samples):
     return n_classes
 
 
+def _validation_split(path, grid, n, n_val_file, fraction, seed, optional):
+    """``(rows of the file's X_val (0: none), global rows of X held out (None: none))``: the file's
+    own split when it has one (``n_val_file`` rows; None: no X_val), else ``fraction`` of X."""
+    grid.agree(None if n_val_file != 0 else
+               f"{path}: X_val and y_val hold no rows; fill them, or remove both (then --validation-fraction "
+               "holds rows of X out)")
+    if n_val_file or fraction <= 0:
+        return n_val_file or 0, None
+    return 0, _validation_rows(path, grid, n, fraction, seed, optional)
+
+
 def _validation_rows(path, grid, n, fraction, seed, optional):
     """The global rows of ``X`` held out for validation (None if none and ``optional``); agreed on every rank."""
     held, problem = _held_out_rows(path, fraction, seed)
@@ -274,7 +282,7 @@ def _validation_rows(path, grid, n, fraction, seed, optional):
 
 
 def load_shard(path, grid, dtype=np.float64, part=None, *, validation_fraction=0.0, seed=0, read_test=True,
-               validation_optional=False, fraction_given=False):
+               validation_optional=False, read_validation=True):
     """Read this rank's slab of the training, validation and test rows of the HDF5 file at ``path``.
 
     ``part`` is the grid whose ranks split the rows (default ``grid``; on a layer × data grid,
@@ -284,8 +292,8 @@ def load_shard(path, grid, dtype=np.float64, part=None, *, validation_fraction=0
     ``read_test=False`` leaves the test split unread (empty; ``n_test_total`` still counts it).
     ``validation_optional``: a fraction that holds out no row (a tiny data set) leaves the run
     without validation rows instead of being an error (for the default fraction).
-    ``fraction_given``: ``validation_fraction`` was set explicitly; with a file that has its own
-    split it is then an error, unless it is 0, which trains without validation rows.
+    ``read_validation=False``: no validation split at all, the file's ``X_val``, ``y_val`` neither
+    read nor checked (evaluation and prediction use the training and test rows only).
 
     Raises :class:`InputError` on every rank if any rank finds a problem: missing or unreadable
     file, wrong dataset names or shapes, fewer samples than ranks, NaN/Inf, bad labels.
@@ -294,14 +302,8 @@ def load_shard(path, grid, dtype=np.float64, part=None, *, validation_fraction=0
     meta, problem = _read_meta(path)
     grid.agree(problem)
     n, d, n_test, n_val_file, n_classes, name = meta
-    if n_val_file and fraction_given:  # --validation-fraction given, yet the file has its own split
-        grid.agree(None if validation_fraction == 0 else
-                   f"{path} has its own validation split (X_val, y_val), used instead of holding rows out; "
-                   f"drop validation_fraction {validation_fraction} (or give 0 to train without validation rows)")
-        n_val_file = 0  # 0 given: no validation split at all
-    held = None
-    if not n_val_file and validation_fraction > 0:
-        held = _validation_rows(path, grid, n, validation_fraction, seed, validation_optional)
+    n_val_file, held = _validation_split(path, grid, n, n_val_file if read_validation else None,
+                                         validation_fraction if read_validation else 0.0, seed, validation_optional)
     n_train = n - (0 if held is None else held.size)
     part = part or grid
     if n_train < part.size:
@@ -324,7 +326,7 @@ def load_shard(path, grid, dtype=np.float64, part=None, *, validation_fraction=0
             labels[key], problem = _labels(arrays[key], key)
             grid.agree(problem)
 
-    if n_classes is None:  # not recorded: the largest training or validation label over all ranks decides
+    if n_classes is None:  # not recorded: the largest training label over all ranks decides
         n_classes = _infer_classes(labels, grid, path, n + n_test + n_val_file)
     for split in ("", "_val", "_test"):
         if "y" + split in labels:

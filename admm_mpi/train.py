@@ -128,9 +128,12 @@ def build(config, grid, shard=None):
         shard = to_device(load_shard(config.data, grid, dtype, part=procs.data,
                                      validation_fraction=config.validation_fraction, seed=config.seed,
                                      read_test=config.eval_test != "never",
-                                     validation_optional="validation_fraction" not in config.given,
-                                     fraction_given="validation_fraction" in config.given),
+                                     validation_optional="validation_fraction" not in config.given),
                            config.device, grid)
+        if shard.validation_source == "file" and "validation_fraction" in config.given and grid.is_root:
+            print(f"admm-mpi: warning: {config.data} has its own validation split (X_val, y_val), which is "
+                  f"used: validation_fraction {config.validation_fraction} holds nothing out", file=sys.stderr,
+                  flush=True)
     if not shard.n_val_total:
         config = without_validation(config)
     warn_if_not_standardised(shard, procs.data, grid.is_root)
@@ -251,9 +254,8 @@ class Selection:
             return
         if self.best_accuracy is None or accuracy > self.best_accuracy:
             self.best_accuracy, self.best_iteration, self.evaluations_since_best = float(accuracy), int(iteration), 0
-            if keep_copy:
-                copy = _copy_model(model)
-                self.best_weights, self.best_biases = copy.weights, copy.biases
+            copy = _copy_model(model) if keep_copy else types.SimpleNamespace(weights=None, biases=None)
+            self.best_weights, self.best_biases = copy.weights, copy.biases  # never another iterate's
         else:
             self.evaluations_since_best += 1
 
@@ -389,6 +391,13 @@ class _Run:
             self.Y_val = from_host(namespace(shard.X), Y_val, like=shard.X)
         self.selection = Selection()
         self.first, self.resumed_from = resume(config, grid, self.solver, self.state, shard, self.selection)
+        if config.keep == "best" and self.selection.best_iteration is not None and self.selection.model is None:
+            # resumed with --keep best from a run with --keep last: its best iterate's weights are gone
+            if grid.is_root:
+                print(f"admm-mpi: warning: the checkpoint kept no copy of its best iterate (iteration "
+                      f"{self.selection.best_iteration}; it ran with --keep last), so the search for the best "
+                      f"iterate starts again at iteration {self.first}", file=sys.stderr, flush=True)
+            self.selection = Selection()
         self.seconds, self.step_seconds, self.objectives = [], [], []
         self.bytes_per_iteration, self.evaluation_bytes = [], []
         self.row, self.decision, self.saved, self.inside = None, None, None, None
@@ -422,13 +431,18 @@ class _Run:
     def iteration_step(self, iteration):
         """One iteration; returns its metrics row, or None when a stop request ended it early."""
         t0, sent0 = time.perf_counter(), self.grid.bytes_sent
-        if self.solver.step(self.state, self.Y, iteration) == INTERRUPTED:  # between two batches
+        # overflow in the iterates is reported once, as "training diverged" by decide() (the
+        # metrics are checked every iteration), not as numpy warnings from wherever it began
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            interrupted = self.solver.step(self.state, self.Y, iteration) == INTERRUPTED
+            if not interrupted:
+                self.step_seconds.append(time.perf_counter() - t0)
+                sent1 = self.grid.bytes_sent
+                metrics = self.summed_metrics()
+        if interrupted:  # between two batches
             self.saved = self.checkpoint(iteration - 1, self.state.batches_done)
             self.inside, self.decision, self.iteration = iteration, "preempted", iteration - 1
             return None
-        self.step_seconds.append(time.perf_counter() - t0)
-        sent1 = self.grid.bytes_sent
-        metrics = self.summed_metrics()
         decision = self.decide(metrics)
         scores, self.decision = _evaluate_iteration(self.config, self.solver, self.spec, self.state, self.shard,
                                                     self.grid, self.Y_val, iteration, decision, self.selection)
@@ -567,7 +581,7 @@ def evaluate(model_path, data_path, grid):
     from admm_mpi.model import load_model
 
     spec, weights, biases = load_model(model_path)
-    shard = load_shard(data_path, grid, weights[0].dtype)
+    shard = load_shard(data_path, grid, weights[0].dtype, read_validation=False)
     if shard.n_features != spec.widths[0]:
         raise InputError(f"model expects {spec.widths[0]} features, {data_path} has {shard.n_features}")
     counts = grid.allsum(np.array([

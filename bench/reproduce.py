@@ -83,8 +83,15 @@ def markdown(merged):
             f"| {recorded['test_accuracy']:.4f} / {rerun['test_accuracy']:.4f} "
             f"| {recorded['kept_epoch']} / {rerun['kept_epoch']} | {changed or 'none'} "
             f"| {'yes' if r['reproduced'] else '**no**'} ({r['tolerance']}) "
-            f"| {r['run_commit'][:7]}{' (read back)' if r['read_back'] else ''} | `{r['train_command']}` |")
+            f"| {_short_commit(r['run_commit'])}{' (read back)' if r['read_back'] else ''} | `{r['train_command']}` |")
     return "\n".join(lines) + "\n"
+
+
+def _short_commit(commit):
+    """The first 7 hex digits, keeping a ``+uncommitted`` mark; "unknown" when none was recorded."""
+    if not commit:
+        return "unknown"
+    return commit.split("+")[0][:7] + ("+uncommitted" if commit.endswith("+uncommitted") else "")
 
 
 def write_results(path, merged):

@@ -89,7 +89,7 @@ def test_every_rank_count_holds_out_the_same_rows(comm, shared_tmp):
     grid.close()
 
 
-def test_a_files_own_validation_split_is_used_instead_of_holding_out(tmp_path):
+def test_a_files_own_validation_split_is_used_instead_of_holding_out(tmp_path, capsys):
     X, y = blobs(80, 5, 3, seed=1)
     Xv, yv = blobs(20, 5, 3, seed=2)
     path = tmp_path / "val.h5"
@@ -102,13 +102,11 @@ def test_a_files_own_validation_split_is_used_instead_of_holding_out(tmp_path):
                     Grid.serial(), out=False).summary
     assert (summary["n_train"], summary["n_validation"], summary["validation_source"]) == (80, 20, "file")
     assert summary["validation_accuracy"] is not None
-    # a fraction given explicitly cannot be honoured beside the file's split: an error; 0 trains without one
-    with pytest.raises(InputError, match="has its own validation split"):
-        train(TrainConfig.from_settings(data=str(path), hidden=(8,), iters=3, progress=False,
-                                        validation_fraction=0.3), Grid.serial(), out=False)
+    # a fraction given explicitly holds nothing out beside the file's split, and the run says so
     summary = train(TrainConfig.from_settings(data=str(path), hidden=(8,), iters=3, progress=False,
-                                              validation_fraction=0), Grid.serial(), out=False).summary
-    assert (summary["n_train"], summary["n_validation"], summary["validation_source"]) == (80, 0, None)
+                                              validation_fraction=0.3), Grid.serial(), out=False).summary
+    assert (summary["n_train"], summary["n_validation"], summary["validation_source"]) == (80, 20, "file")
+    assert "has its own validation split (X_val, y_val), which is used" in capsys.readouterr().err
 
 
 def test_a_validation_label_no_training_row_has_is_refused(tmp_path):
@@ -118,6 +116,7 @@ def test_a_validation_label_no_training_row_has_is_refused(tmp_path):
     write_dataset(str(path), X, y, name="v", X_val=Xv, y_val=np.array([0, 1, 2, 0, 1, 0]))
     with pytest.raises(InputError, match="y_val has label 2 outside 0..1"):
         load_shard(str(path), Grid.serial())
+    assert load_shard(str(path), Grid.serial(), read_validation=False).n_classes == 2  # evaluate, predict
 
 
 def test_an_empty_file_validation_split_is_refused(tmp_path):
@@ -126,6 +125,34 @@ def test_an_empty_file_validation_split_is_refused(tmp_path):
     write_dataset(str(path), X, y, name="v", X_val=np.empty((0, 5)), y_val=np.empty(0, np.int64))
     with pytest.raises(InputError, match="X_val and y_val hold no rows"):
         load_shard(str(path), Grid.serial(), validation_fraction=0.1)
+    assert load_shard(str(path), Grid.serial(), read_validation=False).n_val_total == 0  # evaluate, predict
+
+
+def test_a_new_best_never_pairs_its_row_with_another_iterates_weights():
+    """With keep last (no copy) a new best drops the copy of an earlier best, which a resumed
+    --keep best run would otherwise save under the new best's iteration."""
+    from types import SimpleNamespace
+
+    from admm_mpi.train import Selection
+
+    selection = Selection()
+    selection.update(3, 0.5, SimpleNamespace(weights=[np.ones(2)], biases=[np.zeros(1)]), keep_copy=True)
+    assert selection.best_iteration == 3 and selection.model is not None
+    selection.update(4, 0.4, SimpleNamespace(weights=[2 * np.ones(2)], biases=[np.zeros(1)]), keep_copy=False)
+    assert selection.best_iteration == 3 and selection.model.weights[0][0] == 1.0  # not better: kept
+    selection.update(5, 0.6, SimpleNamespace(weights=[3 * np.ones(2)], biases=[np.zeros(1)]), keep_copy=False)
+    assert (selection.best_iteration, selection.model, selection.evaluations_since_best) == (5, None, 0)
+
+
+def test_resuming_with_keep_best_from_a_keep_last_run_restarts_the_search_and_says_so(tmp_path):
+    _noisy(tmp_path / "noisy.h5")
+    flags = ["--solver", "taylor", "--validation-fraction", 0.3, "--no-early-stopping"]
+    _train(tmp_path, "run", *flags, "--keep", "last", "--iters", 4, "--checkpoint-every", 4)
+    out, proc = _train(tmp_path, "run", *flags, "--keep", "best", "--iters", 8, "--resume", "auto")
+    assert "the search for the best iterate starts again at iteration 5" in proc.stderr
+    summary, rows = _summary(out), _rows(out)
+    later = [r["validation_accuracy"] for r in rows if r["iteration"] >= 5]
+    assert summary["kept"] == "best" and summary["kept_iteration"] == 5 + int(np.argmax(later))
 
 
 # -- selection and stopping ----------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import math
 import numpy as np
 
 from admm_mpi.backend import namespace, sum_all
+from admm_mpi.errors import TrainingError
 
 MAX_TRIALS = 60
 
@@ -74,8 +75,16 @@ def parabola_trial(phi_x, grad_sq, curvature, make_candidate=lambda tau: None):
 
 
 def start_tau(tau_prev, lipschitz):
-    """Where a search starts: half the last accepted step, or the Lipschitz bound the first time."""
-    return 0.5 * tau_prev if tau_prev is not None else lipschitz()
+    """Where a search starts: half the last accepted step, or the Lipschitz bound the first time.
+
+    A bound that overflows (inputs far too large for the working dtype) leaves no step to take:
+    TrainingError, the same on every rank (the bound is), instead of a layer frozen in place.
+    """
+    tau = 0.5 * tau_prev if tau_prev is not None else lipschitz()
+    if not math.isfinite(tau):
+        raise TrainingError("training diverged: a weight step's curvature bound overflowed (features far "
+                            "from standardised: admm-mpi data convert --standardize, or --dtype float64)")
+    return tau
 
 
 # ---- layer weights from reduced statistics -------------------------------------------------
