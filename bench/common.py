@@ -89,6 +89,13 @@ def machine():
     return info
 
 
+def machine_line(m):
+    """A results file's ``machine`` record as one line of prose."""
+    return (f"{m.get('cpu', '?')} ({m.get('cpus', '?')} cpus), Python {m.get('python', '?')}, numpy "
+            f"{m.get('numpy', '?')}, {', '.join(m.get('blas', [])) or 'BLAS ?'}, mpi4py {m.get('mpi4py', '?')}, "
+            f"MPICH {m.get('mpich', '?')}")
+
+
 def git_commit():
     """The checkout's commit, with ``+uncommitted`` when tracked files outside bench/results differ."""
     def git(*args):

@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, RESULTS, git_commit, mpiexec, portable, run_record  # noqa: E402
+from common import REPO, RESULTS, git_commit, machine_line, mpiexec, portable, run_record  # noqa: E402
 
 # settings that say where and how loudly a run goes, or whether it reads test, not what it computes
 NOT_RECIPE = ("data", "out", "progress", "eval_test", "resume", "checkpoint_every")
@@ -72,6 +72,8 @@ def markdown(merged):
              "reran the recipe from its committed config alone (`train command`) and compared the accuracies of "
              "the kept iterate with the selection's pick (read back: a finished run of the same command was read "
              "instead of training again).", "",
+             "Machines: " + "; ".join(sorted({machine_line(r.get("machine", {})) for r in merged["runs"].values()}))
+             + ". Each rerun's argv, commit and machine are in reproduce.json.", "",
              "| selection | validation: recorded / rerun | test: recorded / rerun | kept epoch: recorded / rerun "
              "| settings changed | reproduced (tolerance) | run commit | train command |",
              "|---|---|---|---|---|---|---|---|"]

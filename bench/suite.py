@@ -58,7 +58,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, machine, mpiexec  # noqa: E402
+from common import RESULTS, machine, machine_line, mpiexec  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = REPO / "bench" / ".data" / "suite"
@@ -467,8 +467,10 @@ def merge(path, fresh):
     for name, entry in fresh.items():
         methods = {**old["sets"].get(name, {}).get("methods", {}), **entry.pop("methods", {})}
         old["sets"][name] = {**entry, "methods": methods}
+    commit = git_commit()
     old.update(benchmark="public suite: admm-mpi defaults chosen by validation", machine=machine(),
-               argv_of_last_update=sys.argv[1:], git_commit_of_last_update=git_commit(),
+               command="python bench/suite.py " + " ".join(sys.argv[1:]), commit=commit,  # the last update's
+               argv_of_last_update=sys.argv[1:], git_commit_of_last_update=commit,
                validation_fraction=VALIDATION_FRACTION, seed=SEED, hidden=list(HIDDEN),
                candidates={k: [v if isinstance(v, str) else f"{v[0]} <rule of n>" for v in flags]
                            for k, flags in CANDIDATES.items()},
@@ -509,8 +511,9 @@ def markdown(result):
                      key=lambda m: (m.startswith("admm:"), m))
     summaries = {m: summarise(result, m) for m in methods}
     lines = ["# Public suite: admm-mpi defaults chosen by validation", "",
-             f"Written by `python bench/suite.py {' '.join(result['argv_of_last_update'])}` (merged over runs; "
-             f"each record in suite.json keeps its own argv and git commit). Every admm-mpi run: `mpiexec -n 2 "
+             f"Written by `python bench/suite.py {' '.join(result['argv_of_last_update'])}` at commit "
+             f"{str(result.get('git_commit_of_last_update'))[:7]} on {machine_line(result.get('machine', {}))} "
+             "(merged over runs; each record keeps its own argv and git commit). Every admm-mpi run: `mpiexec -n 2 "
              f"admm-mpi train --data SET.h5 {' '.join(result['common_flags'])} <candidate's flags>`, one BLAS thread "
              "per rank; baselines with two threads. Hidden widths "
              f"{'-'.join(map(str, result['hidden']))} everywhere. Validation: {result['validation_fraction']} of each "
