@@ -254,8 +254,11 @@ class Selection:
             return
         if self.best_accuracy is None or accuracy > self.best_accuracy:
             self.best_accuracy, self.best_iteration, self.evaluations_since_best = float(accuracy), int(iteration), 0
-            copy = _copy_model(model) if keep_copy else types.SimpleNamespace(weights=None, biases=None)
-            self.best_weights, self.best_biases = copy.weights, copy.biases  # never another iterate's
+            if keep_copy:
+                copy = _copy_model(model)
+                self.best_weights, self.best_biases = copy.weights, copy.biases
+            else:  # never another iterate's weights under this row
+                self.best_weights = self.best_biases = None
         else:
             self.evaluations_since_best += 1
 
