@@ -420,15 +420,67 @@ def _copy(x):
 
 def _cuda_aware():
     """Whether device buffers may go to MPI directly (ADMM_MPI_CUDA_AWARE=1, or MPI says so)."""
+    return cuda_aware()[0]
+
+
+def cuda_aware():
+    """``(whether device buffers go to MPI directly, why)``: ADMM_MPI_CUDA_AWARE when set (``0`` or
+    empty: no), else the MPI library's own answer (:func:`mpi_cuda_support`); unknown means no,
+    the buffers are staged through the host."""
     flag = os.environ.get("ADMM_MPI_CUDA_AWARE")
     if flag is not None:
-        return flag not in ("", "0")
-    try:
-        from mpi4py import MPI
+        return flag not in ("", "0"), f"ADMM_MPI_CUDA_AWARE={flag}"
+    answer, source = mpi_cuda_support()
+    return bool(answer), source
 
-        return bool(MPI.Query_cuda_support())
-    except Exception:  # older mpi4py or MPI without the query
-        return False
+
+_CUDA_SUPPORT = None  # the library's answer, asked once (the grid asks before every device buffer)
+
+
+def mpi_cuda_support():
+    """``(True, False or None, source)``: whether the running MPI library accepts CUDA device buffers.
+
+    mpi4py (4.1) has no binding for the libraries' ``MPIX_Query_cuda_support`` (MPICH >= 4,
+    Open MPI; the answer covers how the library was built and run, e.g. MPICH's
+    ``MPIR_CVAR_ENABLE_GPU``, Open MPI's ``--mca opal_cuda_support``), so it is called in the
+    loaded libmpi through ctypes; ``MPI.Query_cuda_support`` is used should mpi4py gain it.
+    None when MPI is not running here or the library has no such query.
+    """
+    global _CUDA_SUPPORT
+    if _CUDA_SUPPORT is not None:
+        return _CUDA_SUPPORT
+    MPI = sys.modules.get("mpi4py.MPI")  # only the MPI already in use: asking must not start one
+    if MPI is None or not MPI.Is_initialized() or MPI.Is_finalized():
+        return None, "MPI is not running"
+    query = getattr(MPI, "Query_cuda_support", None)
+    if query is not None:
+        _CUDA_SUPPORT = bool(query()), "MPI.Query_cuda_support"
+        return _CUDA_SUPPORT
+    import ctypes
+
+    function = None
+    for path in _loaded_libmpi():
+        try:
+            function = getattr(ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_LAZY), "MPIX_Query_cuda_support")
+            break
+        except (OSError, AttributeError):  # not loadable here, or a library without the query
+            continue
+    if function is None:
+        _CUDA_SUPPORT = None, "the MPI library has no MPIX_Query_cuda_support"
+        return _CUDA_SUPPORT
+    function.restype, function.argtypes = ctypes.c_int, []
+    _CUDA_SUPPORT = bool(function()), "MPIX_Query_cuda_support"
+    return _CUDA_SUPPORT
+
+
+def _loaded_libmpi():
+    """Paths of the libmpi* shared libraries this process has loaded (Linux; none elsewhere)."""
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {line.split()[-1] for line in f if "/libmpi" in line}
+    except OSError:
+        return []
+    return sorted(p for p in paths if os.path.basename(p).startswith("libmpi") and ".so" in p)
 
 
 class ProcessGrid:
