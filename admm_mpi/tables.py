@@ -150,7 +150,7 @@ def _sniff_delimiter(path, lines):
     """The field separator: tab for .tsv, else ``csv.Sniffer`` over the first lines."""
     name = path.lower().removesuffix(".gz")
     if name.endswith(".tsv"):
-        return "\t", "tab (.tsv)"
+        return "\t", "'\\t' (from the .tsv name)"
     sample = "".join(line for line in lines[:50] if line.strip())
     candidates = ",;\t|" if name.endswith(".csv") else ",;\t| "
     try:
@@ -657,6 +657,17 @@ class _TextScan:
         return self.hashes is not None and self.count >= 2
 
 
+def _mask_part(train_rows, start, n):
+    """The training-row mask of kept rows ``start .. start+n`` (False past its end: the length is
+    checked after the pass, when the number of kept rows is known)."""
+    if train_rows is None:
+        return np.ones(n, bool)
+    part = np.zeros(n, bool)
+    given = train_rows[start:start + n]
+    part[:given.size] = given
+    return part
+
+
 def _scan(table, spec, chunk, train_rows, as_text, filters, names):
     """One pass over the kept rows: the training rows' statistics of ``names``, the label texts.
 
@@ -669,10 +680,7 @@ def _scan(table, spec, chunk, train_rows, as_text, filters, names):
     provisional, training = [], []
     start = 0
     for frame, rows in _kept_chunks(table, spec.label, filters, spec.missing_markers, chunk, names, counts):
-        train = np.ones(len(frame), bool) if train_rows is None else train_rows[start:start + len(frame)]
-        if train_rows is not None and train.size != len(frame):
-            raise InputError(f"the training-row mask has {train_rows.size} entries but {table.name} has more "
-                             "kept rows")
+        train = _mask_part(train_rows, start, len(frame))
         start += len(frame)
         if spec.label is not None:
             provisional.append(labels.codes(_texts(frame[spec.label], spec.missing_markers)))
@@ -718,7 +726,7 @@ def _medians(table, spec, chunk, train_rows, filters, scans):
         names = [n for n, group in searches.items() if any(s.value is None for s in group)]
         start = 0
         for frame, _ in _kept_chunks(table, spec.label, filters, spec.missing_markers, chunk, names, RowCounts()):
-            train = np.ones(len(frame), bool) if train_rows is None else train_rows[start:start + len(frame)]
+            train = _mask_part(train_rows, start, len(frame))
             start += len(frame)
             for name in names:
                 values, _ = _numbers(frame[name][train], spec.missing_markers)
