@@ -1,0 +1,509 @@
+"""The benchmark pages of the documentation, written from ``bench/results`` at build time.
+
+Every results file (``NAME.json``, or ``NAME.json.gz``) gets a section on the page of its family:
+what it measured, the command, the commit and machine it ran on, its tables and its plots
+(``NAME.png``, ``NAME_*.png``). Where the benchmark script wrote a report beside it (``NAME.md``)
+the report is shown; otherwise the file's flat fields and lists of records become tables. The
+headline figures (``headlines``) are read from the files here and nowhere else: the README's
+results table is checked against them (``tests/test_docs.py``).
+"""
+
+import gzip
+import json
+import re
+import statistics
+from pathlib import Path
+
+FOLDER = "benchmarks"  # docs/benchmarks (generated, ignored by git)
+
+# the public-suite candidate that is the package's default run (bench/results/suite.md says how
+# it was chosen)
+SUITE_DEFAULT_CANDIDATE = "admm:batch-n20"
+
+FAMILIES = [
+    # (page, title, what the page is about, stems of its results files)
+    ("accuracy", "Accuracy on MNIST and Fashion-MNIST",
+     "Every recipe in `configs/` chosen on validation rows held out of the training images, then scored "
+     "once on the official test images; PyTorch Adam on the same MLP, selected the same way; reruns of "
+     "each recipe from its committed configuration; and the earlier, test-selected runs (labelled).",
+     lambda s: s == "accuracy" or s.startswith("selection_") or s == "reproduce"),
+    ("suite", "Public suite of tabular and image data sets",
+     "The package defaults and their candidates on 20 public data sets nobody tuned on, against "
+     "scikit-learn's `MLPClassifier`, logistic regression and PyTorch Adam, every method with the same "
+     "validation rows; the defaults are the candidate with the best mean validation accuracy.",
+     lambda s: s.startswith("suite")),
+    ("time_to_accuracy", "Time to accuracy against PyTorch",
+     "Training seconds until the test accuracy first reaches a target: each solver's recipe against "
+     "PyTorch SGD with momentum, Adam and L-BFGS on the same MLP.",
+     lambda s: s.startswith("time_to_accuracy")),
+    ("digits", "Digits",
+     "The bundled digits data set (1 500 training and 297 test images): the default run over seeds, "
+     "every solver, Taylor ADMM's ridge sweep and layer-parallel pdADMM.",
+     lambda s: s == "digits"),
+    ("speed", "Speed and scaling",
+     "Seconds per iteration, GEMM efficiency, data- and layer-parallel scaling at 1 and 2 ranks, and "
+     "comparisons of the code against earlier commits.",
+     lambda s: s in ("scaling", "gemm_efficiency", "dladmm_iteration", "compare_commits", "spread_solve",
+                     "factor_precision", "profile") or s.startswith(("speed_", "layer_parallel"))),
+    ("checkpoint", "Checkpoints",
+     "What a checkpoint costs (memory and seconds) and what a warm restart from a light checkpoint "
+     "costs in accuracy.",
+     lambda s: s.startswith("checkpoint")),
+    ("communication", "Collectives and the cost model",
+     "MPI collectives measured over message sizes and rank counts, the fitted cost model, and its "
+     "projections to larger problems and clusters.",
+     lambda s: s.startswith(("collectives", "cost_model"))),
+]
+OTHER = ("other", "Other results", "Results files of no family above.", lambda s: True)
+
+
+# ---------------------------------------------------------------------------------------------
+# reading
+
+
+def stem_of(path):
+    name = Path(path).name
+    for suffix in (".json.gz", ".json"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(path).stem
+
+
+def results_files(results):
+    """``{stem: path}`` of every results file in ``results`` (``NAME.json`` or ``NAME.json.gz``)."""
+    found = {}
+    for path in sorted(Path(results).glob("*.json*")):
+        if path.name.endswith((".json", ".json.gz")):
+            found.setdefault(stem_of(path), path)
+    return found
+
+
+def load(path):
+    path = Path(path)
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        return json.load(f)
+
+
+def family_of(stem):
+    for family in FAMILIES:
+        if family[3](stem):
+            return family
+    return OTHER
+
+
+# ---------------------------------------------------------------------------------------------
+# Markdown helpers
+
+SPECIAL = re.compile(r"([\\`*_\[\]<>|{}#~$])")
+
+
+def esc(text):
+    return SPECIAL.sub(r"\\\1", " ".join(str(text).split()))
+
+
+def code(text):
+    text = " ".join(str(text).split())
+    fence = "`" * (max((len(m) for m in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def fmt(value):
+    """A cell: numbers as they are recorded (floats to 4 significant decimals), text escaped."""
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.3e}"
+    if isinstance(value, (list, tuple)) and all(isinstance(v, (int, float, str)) for v in value) and len(value) <= 8:
+        return esc(", ".join(fmt(v) if isinstance(v, float) else str(v) for v in value))
+    text = str(value)
+    return esc(text if len(text) <= 200 else text[:197] + "...")
+
+
+def table(header, rows):
+    lines = ["| " + " | ".join(esc(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(rows_cell for rows_cell in row) + " |" for row in rows]
+    return lines
+
+
+def short(commit):
+    return str(commit)[:7] if commit else "—"
+
+
+def machine_line(machine):
+    if not isinstance(machine, dict):
+        return fmt(machine)
+    parts = []
+    if machine.get("cpu"):
+        parts.append(f"{machine['cpu']} ({machine.get('cpus', '?')} cpus)")
+    for key in ("python", "numpy", "mpi4py", "mpich"):
+        if machine.get(key):
+            parts.append(f"{key} {machine[key]}")
+    if machine.get("blas"):
+        blas = machine["blas"]
+        parts.append(", ".join(blas) if isinstance(blas, list) else str(blas))
+    return esc(", ".join(parts)) if parts else fmt(machine)
+
+
+def shift_headings(text, by):
+    """``text`` (Markdown) with every heading ``by`` levels deeper (at most level 6)."""
+    out, fenced = [], False
+    for line in text.splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        if not fenced and re.match(r"#{1,6} ", line):
+            hashes = len(line) - len(line.lstrip("#"))
+            line = "#" * min(6, hashes + by) + line[hashes:]
+        out.append(line)
+    return "\n".join(out)
+
+
+def flatten(value, prefix="", depth=0):
+    """``[(key path, scalar)]`` of a nested dict (lists of scalars count as scalars)."""
+    if isinstance(value, dict) and depth < 3:
+        items = []
+        for key, sub in value.items():
+            items += flatten(sub, f"{prefix} / {key}" if prefix else str(key), depth + 1)
+        return items
+    if isinstance(value, (dict, list)) and not (isinstance(value, list) and all(
+            isinstance(v, (int, float, str, bool)) or v is None for v in value) and len(value) <= 8):
+        return []
+    return [(prefix, value)]
+
+
+def records_table(records, max_rows=40, max_columns=10):
+    """A table of a list of flat records (their scalar fields), or [] when it is not one."""
+    if not records or not all(isinstance(r, dict) for r in records):
+        return []
+    columns = []
+    for record in records:
+        for key, value in record.items():
+            if key not in columns and (value is None or isinstance(value, (int, float, str, bool))):
+                if not (isinstance(value, str) and len(value) > 120):
+                    columns.append(key)
+    columns = columns[:max_columns]
+    if not columns:
+        return []
+    rows = [[fmt(r.get(c)) for c in columns] for r in records[:max_rows]]
+    lines = table(columns, rows)
+    if len(records) > max_rows:
+        lines += ["", f"({len(records) - max_rows} more rows in the file.)"]
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# headline figures
+
+
+def _median_rounds(problem, target):
+    """Medians over the repeated rounds of ``problem``: {method: seconds to ``target``}."""
+    rounds = (problem.get("repeats") or {}).get("rounds") or []
+    times = {}
+    for one in rounds:
+        for method, record in one.items():
+            seconds = record.get(str(target)) if isinstance(record, dict) else None
+            if seconds is not None:
+                times.setdefault(method, []).append(seconds)
+    return {method: statistics.median(v) for method, v in times.items() if len(v) == len(rounds)}
+
+
+def _optimiser_name(method):
+    """``PyTorch sgd_momentum lr 0.1`` as ``PyTorch SGD with momentum (lr 0.1)``."""
+    names = {"sgd_momentum": "SGD with momentum", "adam": "Adam", "lbfgs": "L-BFGS"}
+    match = re.fullmatch(r"PyTorch (\S+) lr (\S+)", method)
+    if not match:
+        return method
+    return f"PyTorch {names.get(match[1], match[1])} (lr {match[2]})"
+
+
+def time_ratio(data, problem_name, target):
+    """(ADMM median, best PyTorch median, ratio, ADMM method, PyTorch method) or None."""
+    for problem in data.get("problems", []):
+        if problem.get("problem") != problem_name:
+            continue
+        medians = _median_rounds(problem, target)
+        admm = {m: s for m, s in medians.items() if m.startswith("ADMM")}
+        torch = {m: s for m, s in medians.items() if m.startswith("PyTorch")}
+        if admm and torch:
+            a = min(admm, key=admm.get)
+            t = min(torch, key=torch.get)
+            return admm[a], torch[t], admm[a] / torch[t], a, t
+    return None
+
+
+def suite_means(data, method, against):
+    """Mean test accuracy of ``method`` and of ``against`` over the sets where both ran."""
+    pairs = []
+    for record in data.get("sets", {}).values():
+        methods = record.get("methods", {})
+        if method in methods and against in methods:
+            pairs.append((methods[method]["test_accuracy"], methods[against]["test_accuracy"]))
+    if not pairs:
+        return None
+    return (sum(p[0] for p in pairs) / len(pairs), sum(p[1] for p in pairs) / len(pairs), len(pairs))
+
+
+def headlines(results):
+    """The headline results: ``[{"result", "admm", "baseline", "page", "file"}]``, every figure read
+    from a results file (rows whose file is missing are left out)."""
+    files = results_files(results)
+    rows = []
+
+    def get(stem):
+        return load(files[stem]) if stem in files else None
+
+    for name, label in (("mnist", "MNIST"), ("fashion_mnist", "Fashion-MNIST")):
+        admm, adam = get(f"selection_{name}"), get(f"selection_{name}-adam")
+        if admm and adam:
+            widths = "-".join(str(w) for w in adam["adam"]["widths"])
+            rows.append({
+                "result": f"{label} test accuracy, MLP {widths}, settings chosen on validation",
+                "admm": f"{admm['pick_test_accuracy']:.4f}",
+                "baseline": f"PyTorch Adam, same MLP and selection: {adam['adam']['pick_test_accuracy']:.4f}",
+                "page": "accuracy", "file": files[f"selection_{name}"].name})
+    suite = get("suite")
+    if suite:
+        mlp = suite_means(suite, SUITE_DEFAULT_CANDIDATE, "sklearn_mlp")
+        adam = suite_means(suite, SUITE_DEFAULT_CANDIDATE, "adam")
+        if mlp and adam and mlp[2] == adam[2]:
+            rows.append({
+                "result": f"Mean test accuracy over {mlp[2]} public data sets, package defaults",
+                "admm": f"{mlp[0]:.4f}",
+                "baseline": f"scikit-learn MLPClassifier {mlp[1]:.4f}, PyTorch Adam {adam[1]:.4f}",
+                "page": "suite", "file": files["suite"].name})
+    tta = get("time_to_accuracy")
+    if tta:
+        for problem, target, label in (("mnist", 0.98, "MNIST"), ("digits", 0.97, "digits")):
+            found = time_ratio(tta, problem, target)
+            if found:
+                a, t, ratio, _, torch_method = found
+                rows.append({
+                    "result": f"Seconds to {target:.0%} test accuracy on {label}, 2 cores",
+                    "admm": f"{a:.3g} s ({ratio:.2f}× PyTorch)",
+                    "baseline": f"{_optimiser_name(torch_method)}: {t:.3g} s",
+                    "page": "time_to_accuracy", "file": files["time_to_accuracy"].name})
+    speed = get("speed_minibatch_am")
+    if speed:
+        ratio = speed.get("ratios", {}).get("this: 1 rank / 2 ranks, step_seconds")
+        if ratio:
+            rows.append({"result": "Speed-up of a `minibatch_am` MNIST epoch from 1 to 2 ranks",
+                         "admm": f"{ratio:.2f}×", "baseline": "ideal 2×",
+                         "page": "speed", "file": files["speed_minibatch_am"].name})
+    scaling = get("scaling")
+    if scaling and scaling.get("speedup_2_ranks"):
+        rows.append({"result": f"Speed-up of a Taylor ADMM iteration ({scaling.get('shape')}, "
+                               f"{scaling.get('samples')} samples) from 1 to 2 ranks",
+                     "admm": f"{scaling['speedup_2_ranks']:.2f}×", "baseline": "ideal 2×",
+                     "page": "speed", "file": files["scaling"].name})
+    return rows
+
+
+def headline_table(results, page_link, file_link):
+    """The headline table in Markdown; ``page_link(page)`` and ``file_link(name)`` make the links."""
+    lines = ["| result | admm-mpi | baseline | details |", "|---|---|---|---|"]
+    for row in headlines(results):
+        lines.append(f"| {row['result']} | **{row['admm']}** | {row['baseline']} | "
+                     f"[page]({page_link(row['page'])}), [{row['file']}]({file_link(row['file'])}) |")
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# the selection table (from selection_*.json)
+
+
+def selection_rows(files):
+    rows = []
+    for stem, path in files.items():
+        if not stem.startswith("selection_"):
+            continue
+        data = load(path)
+        name = stem[len("selection_"):]
+        dataset, _, method = name.partition("-")
+        if "adam" in data:
+            adam = data["adam"]
+            candidates = " / ".join(f"lr {r.get('lr')}: {fmt(r.get('validation_accuracy'))}"
+                                    for r in adam.get("runs", []) if "validation_accuracy" in r)
+            rows.append([esc(dataset), f"PyTorch {esc(adam.get('torch', ''))} Adam",
+                         esc("-".join(str(w) for w in adam.get("widths", [])[1:-1])), candidates or "—",
+                         f"lr {adam.get('pick_lr')}", f"{adam['pick_validation_accuracy']:.4f}",
+                         f"**{adam['pick_test_accuracy']:.4f}**", code(path.name), short(data.get("commit"))])
+            continue
+        candidates = data.get("candidates", [])
+        pick = next((c for c in candidates if c.get("tag") == data.get("pick")), {})
+        hidden = (pick.get("settings") or {}).get("hidden") or []
+        solver = (pick.get("settings") or {}).get("solver") or method or "minibatch_am"
+        listed = " / ".join(f"{esc(c.get('tag'))}: {c['validation_accuracy']:.4f} ({c.get('kept_epoch')})"
+                            for c in candidates if c.get("validation_accuracy") is not None)
+        rows.append([esc(dataset), f"{code(solver)} ({code(data.get('config', ''))})",
+                     esc("-".join(str(h) for h in hidden)), listed or "—", esc(data.get("pick")),
+                     f"{data['pick_validation_accuracy']:.4f}", f"**{data['pick_test_accuracy']:.4f}**",
+                     code(path.name), short(data.get("commit"))])
+    rows.sort(key=lambda r: (r[0] != "mnist", r[0], -float(r[6].strip("*"))))
+    header = ["data set", "method (recipe)", "hidden widths", "candidates: validation accuracy (kept epoch)",
+              "pick", "validation accuracy", "test accuracy, read once", "results file", "commit"]
+    return table(header, rows) if rows else []
+
+
+def time_to_accuracy_tables(data):
+    lines = []
+    for problem in data.get("problems", []):
+        name = problem.get("problem")
+        widths = "-".join(str(w) for w in problem.get("widths", []))
+        lines += [f"### {esc(name)} ({esc(widths)})", "",
+                  f"Command: {code(problem.get('command', ''))} at commit {short(problem.get('commit'))}.", ""]
+        summary = problem.get("summary") or []
+        if summary:
+            solvers = list(summary[0].get("admm_seconds", {}))
+            optimisers = list(summary[0].get("torch", {}))
+            header = ["target"] + [f"ADMM {s}" for s in solvers] + [f"PyTorch {o}" for o in optimisers] + [
+                "ADMM best / PyTorch best"]
+            rows = []
+            for s in summary:
+                cells = [fmt(s.get("target"))]
+                cells += [f"{v:.3g} s" if v is not None else "never" for v in s.get("admm_seconds", {}).values()]
+                for o in optimisers:
+                    t = s.get("torch", {}).get(o, {})
+                    seconds = t.get("test_seconds")
+                    cells.append(f"{seconds:.3g} s (lr {t.get('lr')})" if seconds is not None else
+                                 f"never (lr {t.get('lr')})")
+                ratio = s.get("ratio_admm_over_torch")
+                cells.append(f"{ratio:.2f}×" if ratio is not None else "—")
+                rows.append(cells)
+            lines += ["One run each:", "", *table(header, rows), ""]
+        for target in problem.get("targets", []):
+            medians = _median_rounds(problem, target)
+            if medians:
+                rounds = len(problem["repeats"]["rounds"])
+                found = time_ratio(data, name, target)
+                rows = [[esc(m), f"{s:.3g} s"] for m, s in sorted(medians.items(), key=lambda kv: kv[1])]
+                lines += [f"Medians of {rounds} interleaved rounds to {target}"
+                          + (f": ADMM / PyTorch **{found[2]:.2f}×**" if found else "") + ":", "",
+                          *table(["method", "seconds"], rows), ""]
+    return lines
+
+
+def suite_candidates_table(data):
+    methods = []
+    for record in data.get("sets", {}).values():
+        for method in record.get("methods", {}):
+            if method not in methods:
+                methods.append(method)
+    rows = []
+    for method in methods:
+        val, test, n = [], [], 0
+        for record in data["sets"].values():
+            r = record.get("methods", {}).get(method)
+            if r and r.get("test_accuracy") is not None:
+                n += 1
+                test.append(r["test_accuracy"])
+                if r.get("validation_accuracy") is not None:
+                    val.append(r["validation_accuracy"])
+        mlp = suite_means(data, method, "sklearn_mlp")
+        rows.append((statistics.mean(val) if val else float("nan"), [
+            code(method) + (" (the defaults)" if method == SUITE_DEFAULT_CANDIDATE else ""), str(n),
+            f"{statistics.mean(val):.4f}" if val else "—", f"{statistics.mean(test):.4f}" if test else "—",
+            f"{mlp[1]:.4f}" if mlp else "—"]))
+    rows.sort(key=lambda r: -r[0] if r[0] == r[0] else 1)
+    return table(["method", "sets", "mean validation accuracy", "mean test accuracy",
+                  "MLP mean test accuracy, same sets"], [r[1] for r in rows])
+
+
+# ---------------------------------------------------------------------------------------------
+# pages
+
+
+def file_section(stem, path, results, doc_dir):
+    data = load(path)
+    rel = Path("../..") / "bench" / "results"  # from docs/benchmarks/ to bench/results
+    lines = [f"## `{path.name}`", ""]
+    facts = []
+    if isinstance(data, dict):
+        if data.get("benchmark"):
+            facts.append(f"- what: {esc(data['benchmark'])}")
+        command = data.get("command") or data.get("command_of_last_update")
+        if command:
+            facts.append(f"- command: {code(command)}")
+        commit = data.get("commit") or data.get("git_commit_of_last_update") or data.get("recorded_in_commit")
+        if commit:
+            facts.append(f"- commit: {code(short(commit))}")
+        if data.get("machine"):
+            facts.append(f"- machine: {machine_line(data['machine'])}")
+        if data.get("provenance_note"):
+            facts.append(f"- provenance: {esc(data['provenance_note'])}")
+    lines += facts + ([""] if facts else [])
+    report = Path(results) / f"{stem}.md"
+    if stem == "time_to_accuracy" and isinstance(data, dict):
+        lines += time_to_accuracy_tables(data)
+    elif stem == "suite" and isinstance(data, dict):
+        lines += ["Candidates, by mean validation accuracy over the sets each ran on:", "",
+                  *suite_candidates_table(data), ""]
+    if report.exists():
+        lines += [f"Report written by the benchmark script ({code(report.name)}):", "",
+                  shift_headings(report.read_text(encoding="utf-8"), 2), ""]
+    elif stem not in ("time_to_accuracy", "suite") and isinstance(data, dict):
+        scalars = [(k, v) for k, v in data.items() if k not in ("benchmark", "command", "commit", "machine",
+                                                                 "provenance_note", "argv")]
+        flat = []
+        for key, value in scalars:
+            flat += flatten(value, key)
+        if flat:
+            rows = [[code(k), fmt(v)] for k, v in flat[:60]]
+            lines += table(["field", "value"], rows) + [""]
+        for key, value in data.items():
+            if isinstance(value, list):
+                records = records_table(value)
+                if records:
+                    lines += [f"`{key}`:", "", *records, ""]
+    for png in sorted(Path(results).glob(f"{stem}*.png")):
+        if png.stem == stem or png.stem.startswith(stem + "_"):
+            lines += [f"![{png.stem}]({(rel / png.name).as_posix()})", ""]
+    return lines
+
+
+def pages(results, out_dir):
+    """``{path: text}`` of every benchmark page under ``out_dir``."""
+    results, out_dir = Path(results), Path(out_dir)
+    files = results_files(results)
+    by_family = {}
+    for stem, path in files.items():
+        by_family.setdefault(family_of(stem), []).append((stem, path))
+    texts = {}
+    order = [f for f in FAMILIES + [OTHER] if f in by_family]
+    for family in order:
+        slug, title, about, _ = family
+        lines = [f"# {title}", "", "```{note}", "This page is generated from the results files in "
+                 "`bench/results` when the documentation is built; do not edit it.", "```", "", about, ""]
+        if slug == "accuracy":
+            selection = selection_rows(files)
+            if selection:
+                lines += ["## Recipes chosen on validation", "", *selection, ""]
+        for stem, path in by_family[family]:
+            lines += file_section(stem, path, results, out_dir)
+        texts[out_dir / f"{slug}.md"] = "\n".join(lines).rstrip() + "\n"
+    index = ["# Benchmarks", "",
+             "```{note}", "These pages are generated from the results files in `bench/results` when the "
+             "documentation is built; do not edit them.", "```", "",
+             "Every figure here comes from a results file that a script in `bench/` wrote: "
+             "`admm-mpi bench NAME` (or `python bench/NAME.py`) runs it again and rewrites the file. Each "
+             "file records its command, the commit it ran at and the machine. The machine is a shared "
+             "virtual machine with 2 cores: seconds say which runs take minutes and which take hours, and "
+             "ratios measured in one run (interleaved) compare fairly; absolute seconds of different runs "
+             "do not.", "", "## Headline results", "",
+             *headline_table(results, lambda page: f"{page}.md",
+                             lambda name: f"{family_of(stem_of(name))[0]}.md"),
+             "", "## Every results file", ""]
+    rows = []
+    for stem, path in files.items():
+        data = load(path)
+        what = data.get("benchmark", "") if isinstance(data, dict) else ""
+        commit = (data.get("commit") or data.get("git_commit_of_last_update") or data.get("recorded_in_commit")
+                  if isinstance(data, dict) else None)
+        slug = family_of(stem)[0]
+        rows.append([f"[{esc(path.name)}]({slug}.md)", esc(what), code(short(commit))])
+    index += table(["file", "what it measured", "commit"], rows)
+    index += ["", "```{toctree}", ":maxdepth: 1", "", *[f[0] for f in order], "/history", "```", ""]
+    texts[out_dir / "index.md"] = "\n".join(index)
+    return texts
