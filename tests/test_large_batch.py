@@ -1,0 +1,117 @@
+"""bench/large_batch.py: the quick mode end to end (digits, two batches, 4 epochs), and its pieces."""
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import REPO, bench_module, child_env
+
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+
+
+def _module():
+    return bench_module("large_batch")
+
+
+def test_epochs_to_target_kept_epoch_and_the_pick():
+    lb = _module()
+    curve = [{"epoch": e, "validation_accuracy": v} for e, v in ((1, 0.5), (2, 0.91), (3, 0.95), (4, 0.93))]
+    assert lb.epochs_to_target(curve, 0.9) == 2 and lb.kept_epoch(curve, 0.9) == 2
+    assert lb.epochs_to_target(curve, 0.99) is None and lb.kept_epoch(curve, 0.99) == 3  # the best validation epoch
+    fast = {"epochs_to_target": 2, "validation_curve": curve}
+    slow = {"epochs_to_target": 3, "validation_curve": curve}
+    never = {"epochs_to_target": None, "validation_curve": [{"epoch": 1, "validation_accuracy": 0.99}]}
+    assert lb.better(fast, slow) and not lb.better(slow, fast) and lb.better(slow, never) and lb.better(never, None)
+    tie = {"epochs_to_target": 2, "validation_curve": [{"epoch": 1, "validation_accuracy": 0.1},
+                                                       {"epoch": 2, "validation_accuracy": 0.92}]}
+    assert lb.better(tie, fast)  # same epoch: the higher validation accuracy there
+
+
+def test_ring_allreduce_bytes_and_the_cost_model():
+    lb = _module()
+    widths = [784, 8000, 1000, 10]
+    params = 785 * 8000 + 8001 * 1000 + 1001 * 10
+    assert lb.n_params(widths) == params
+    cell = lb.sgd_bytes_per_epoch(widths, 50000, 8192, 64)
+    assert cell["steps_per_epoch"] == 7 and cell["per_rank"] == pytest.approx(2 * 63 / 64 * 4 * params * 7)
+    assert cell["all_ranks"] == pytest.approx(64 * cell["per_rank"])
+    assert lb.sgd_bytes_per_epoch(widths, 50000, 2048, 1)["per_rank"] == 0  # one rank sends nothing
+    seconds = lb.modelled_seconds(widths, 50000, 8192)  # bench/cost_model.py's own functions
+    cost_model = bench_module("cost_model")
+    params_, coll, _ = lb.cost_model_inputs()
+    assert seconds["ranks"] == 64
+    assert seconds["sgd"] == cost_model.sgd_epoch(params_, coll, tuple(widths), 50000, 64, global_batch=8192) > 0
+    assert seconds["admm_spread_solve"] == cost_model.admm_epoch(params_, coll, tuple(widths), 50000, 8192, 64,
+                                                                 spread=True)[0] > 0
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("large_batch")
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "large_batch.py"), "--quick", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300, env=child_env(), cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, json.loads((out / "large_batch.json").read_text())
+
+
+@pytest.mark.timeout(320)
+def test_quick_run_records_every_cell(quick_run):
+    out, result = quick_run
+    for key in ("argv", "commit", "machine", "cost_model", "validation", "sgd_bytes_model"):
+        assert result[key], key
+    assert "--quick" in result["argv"] and str(REPO) not in (out / "large_batch.json").read_text()
+    entry = result["datasets"]["digits"]
+    assert entry["target"] == 0.9 and set(entry["batches"]) == {"128", "512"}
+    for batch, methods in entry["batches"].items():
+        assert set(methods) == ({"admm", "sgd_momentum", "adam"} if HAS_TORCH else {"admm"})
+        admm = methods["admm"]
+        assert admm["batch"] == int(batch) and admm["ranks"] == 2 and admm["n_validation"] == 250
+        assert "--batch-size " + batch in admm["command"] and "mpiexec -n 2 admm-mpi train" in admm["command"]
+        assert admm["bytes_per_epoch"]["all_ranks"] > 0
+        curve = admm["validation_curve"]
+        assert [p["epoch"] for p in curve] == list(range(1, len(curve) + 1)) and len(curve) <= 4
+        assert admm["epochs_to_target"] == _module().epochs_to_target(curve, 0.9)
+        assert admm["test_accuracy_at_kept"] > 0.3  # ten classes; 4 epochs of a 32-unit network
+        for method, cell in methods.items():
+            modelled = cell["modelled"]
+            assert modelled["ranks"] == int(batch) // 128 and modelled["seconds_per_epoch"] > 0
+            if cell["epochs_to_target"] is None:
+                assert modelled["seconds_to_target"] is None
+            else:
+                assert modelled["seconds_to_target"] == pytest.approx(cell["epochs_to_target"]
+                                                                      * modelled["seconds_per_epoch"])
+            if method == "admm":
+                continue
+            assert cell["lr_grid"] == sorted(r["base_lr"] for r in cell["runs"]) and len(cell["lr_grid"]) >= 3
+            assert cell["lr_pick"] in cell["lr_grid"]
+            assert cell["lr_pick_scaled"] == pytest.approx(cell["lr_pick"] * int(batch) / 256)
+            assert cell["pick_interior"] == (cell["lr_grid"][0] < cell["lr_pick"] < cell["lr_grid"][-1])
+            assert cell["pick_interior"] or len(cell["lr_grid"]) == 4  # widening stops at --max-lrs (4 here)
+            steps = math.ceil(1250 / int(batch))
+            assert cell["bytes_per_epoch"]["modelled_2_ranks"]["steps_per_epoch"] == steps
+            assert 0 <= cell["test_accuracy_at_kept"] <= 1 and cell["n_test"] == 297
+    assert set(r["batch"] for r in entry["crossover"]["rows"]) == {128, 512}
+    table = (out / "large_batch.md").read_text()
+    assert "| 128 (1) | admm |" in table and "Modelled time to accuracy on the cluster" in table
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="PyTorch is not installed")
+def test_quick_run_sgd_learns_at_the_small_batch(quick_run):
+    _, result = quick_run
+    sgd = result["datasets"]["digits"]["batches"]["128"]["sgd_momentum"]
+    assert sgd["test_accuracy_at_kept"] > 0.5 and sgd["validation_accuracy_at_kept"] > 0.5  # chance: 0.1
+    for run in sgd["runs"]:
+        assert run["lr"] == pytest.approx(run["base_lr"] * 128 / 256)
+        if run["epochs_to_target"] is None and sgd["epochs_to_target"] is not None and run["stopped"].startswith("pruned"):
+            assert run["epochs_run"] == sgd["epochs_to_target"]  # stopped once it could no longer be the pick
+
+
+def test_admm_mpi_bench_runs_it():
+    proc = subprocess.run([sys.executable, "-m", "admm_mpi", "bench", "large_batch", "--help"], capture_output=True,
+                          text=True, timeout=120, env=child_env(), cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert "--quick" in proc.stdout and "--cap" in proc.stdout
