@@ -222,7 +222,7 @@ def torch_from_log(log, dataset, data, optimiser, batch, cap, target, note):
 
     _, hidden, patience, _ = recipe(dataset)
     epoch_line = re.compile(rf"^  {optimiser} base lr (\S+) \(lr (\S+)\) batch {batch} epoch (\d+): validation (\S+)")
-    done_line = re.compile(rf"^{dataset} {optimiser} batch {batch} base lr (\S+): .* \((.*)\)$")
+    done_line = re.compile(rf"^{dataset} {optimiser} batch {batch} base lr (\S+): \S+ epochs to \S+ \((.*)\)$")
     runs, finished = {}, {}
     for line in Path(log).read_text().splitlines():
         if m := epoch_line.match(line):
@@ -445,7 +445,7 @@ def modelled_seconds(widths, n, batch):
             "sgd": cost_model.sgd_epoch(params, coll, tuple(widths), n, P, global_batch=batch)}
 
 
-def assemble(cells_dir, out_dir, quick=False):
+def assemble(cells_dir, out_dir, quick=False, notes=()):
     cells = [json.loads(p.read_text()) for p in sorted(Path(cells_dir).glob("*.json"))]
     result = {"benchmark": "large batches: epochs and bytes to a validation target",
               "validation": f"the rows `admm-mpi train --validation-fraction {VALIDATION_FRACTION} --seed 0` holds out "
@@ -456,7 +456,7 @@ def assemble(cells_dir, out_dir, quick=False):
                            "the best validation epoch; the test split read once, at the kept epoch",
               "sgd_bytes_model": "data-parallel SGD: a ring allreduce of the float32 gradient per step, "
                                  "2 (P-1)/P x 4 bytes x n_params per rank, ceil(n / B) steps per epoch",
-              "datasets": {}}
+              "notes": list(notes), "datasets": {}}
     _, _, saved = cost_model_inputs()
     result["cost_model"] = {"file": "bench/results/cost_model.json", "commit": saved.get("commit"),
                             "network": saved["network"], "ranks_per_node": saved["ranks_per_node"],
@@ -497,36 +497,61 @@ def assemble(cells_dir, out_dir, quick=False):
     return result
 
 
+def epochs_lower_bound(cell):
+    """Epochs a cell that never reached its target would need at least: more than it ran (ADMM), or than the
+    shortest of its rates' runs that did not diverge (PyTorch; all diverged: the cap)."""
+    if cell["epochs_to_target"] is not None:
+        return None
+    if cell["method"] == "admm":
+        return cell["epochs_run"]
+    alive = [r["epochs_run"] for r in cell["runs"] if not r["stopped"].startswith("diverged")]
+    return min(alive) if alive else cell["cap"]
+
+
 def crossover(entry):
-    """Per batch: modelled seconds to the target of ADMM and of the faster PyTorch optimiser, who is faster."""
+    """Per batch: modelled seconds to the target of ADMM and of the faster PyTorch optimiser, who is faster.
+
+    A side that never reached the target needs more than ``epochs_lower_bound`` epochs: it is slower only
+    when the other side's time is below that bound's seconds; otherwise the order is undetermined."""
     rows = []
     for batch in sorted(entry["batches"], key=int):
         methods = entry["batches"][batch]
-        admm = (methods.get("admm") or {}).get("modelled") or {}
-        torch_times = {m: c["modelled"]["seconds_to_target"] for m, c in methods.items()
-                       if m != "admm" and c.get("modelled")}
-        reached = {m: t for m, t in torch_times.items() if t is not None}
-        best_torch = min(reached.items(), key=lambda kv: kv[1]) if reached else None
-        a = admm.get("seconds_to_target")
-        if "admm" not in methods or not torch_times:
+        times, bounds = {}, {}
+        for m, c in methods.items():
+            if not c.get("modelled"):
+                continue
+            times[m] = c["modelled"]["seconds_to_target"]
+            if times[m] is None:
+                bounds[m] = epochs_lower_bound(c) * c["modelled"]["seconds_per_epoch"]
+        torch_reached = {m: t for m, t in times.items() if m != "admm" and t is not None}
+        best_torch = min(torch_reached.items(), key=lambda kv: kv[1]) if torch_reached else None
+        a = times.get("admm")
+        torch_bound = min((b for m, b in bounds.items() if m != "admm"), default=None)
+        if "admm" not in times or len(times) < 2:
             faster = "not compared (a side was not run)"
         elif a is None and best_torch is None:
-            faster = "neither reached the target within the cap"
+            faster = "neither reached the target"
         elif a is None:
-            faster = best_torch[0]
+            faster = best_torch[0] if best_torch[1] < bounds["admm"] else \
+                f"undetermined ({best_torch[0]} {best_torch[1]:.3g} s; ADMM did not reach it, > {bounds['admm']:.3g} s)"
         elif best_torch is None:
-            faster = "admm"
+            faster = "admm" if a < torch_bound else \
+                f"undetermined (ADMM {a:.3g} s; PyTorch did not reach it, > {torch_bound:.3g} s)"
         else:
             faster = "admm" if a < best_torch[1] else best_torch[0]
         rows.append({"batch": int(batch), "ranks": int(batch) // SGD_BATCH_PER_RANK, "admm_seconds_to_target": a,
+                     "admm_seconds_lower_bound": bounds.get("admm"), "torch_seconds_lower_bound": torch_bound,
                      "best_torch": best_torch and {"method": best_torch[0], "seconds_to_target": best_torch[1]},
                      "faster": faster})
     wins = [r["batch"] for r in rows if r["faster"] == "admm"]
-    return {"rows": rows, "admm_faster_at_batches": wins,
-            "statement": (f"ADMM's modelled time to the target is below the best PyTorch optimiser's at global batch "
-                          f"{', '.join(map(str, wins))}" if wins else
-                          "ADMM's modelled time to the target is below neither PyTorch optimiser's at any global batch "
-                          "measured: no crossover")}
+    losses = [r["batch"] for r in rows if r["faster"] in ("sgd_momentum", "adam")]
+    statement = (f"ADMM's modelled time to the target is below the PyTorch optimisers' at global batch "
+                 f"{', '.join(map(str, wins))}" if wins else
+                 "ADMM's modelled time to the target is below the PyTorch optimisers' at no global batch measured")
+    if losses:
+        statement += f"; above the faster optimiser's at {', '.join(map(str, losses))}"
+    return {"rows": rows, "admm_faster_at_batches": wins, "torch_faster_at_batches": losses,
+            "statement": statement}
 
 
 def fmt_bytes(b):
@@ -550,6 +575,8 @@ def markdown(result):
              f"of `{result['cost_model']['file']}` (commit {str(result['cost_model']['commit'])[:7]}): "
              f"{result['cost_model']['ranks_per_node']} ranks per node, {result['cost_model']['network']['source']}. "
              f"Adam is {result['cost_model']['adam']}.", ""]
+    if result.get("notes"):
+        lines += ["## Scope: what ran and what was cut", "", *[f"- {n}" for n in result["notes"]], ""]
     for dataset, entry in result["datasets"].items():
         lines += [f"## {dataset}: validation accuracy {entry['target']}", ""]
         if entry.get("skipped"):
@@ -570,7 +597,9 @@ def markdown(result):
                     lines.append(f"| {batch} ({int(batch) // 128}) | {method} | not run | | | | | | |")
                     continue
                 e = cell["epochs_to_target"]
-                reached = f"**{e}**" if e is not None else f"never in {cell['epochs_run']} (cap {cell['cap']})"
+                reached = f"**{e}**" if e is not None else f"not in {cell['epochs_run']} (cap {cell['cap']})"
+                if cell.get("partial") or cell.get("from_run_directory"):
+                    reached += " †"
                 kept = (f"{cell['kept_epoch']}: {cell['validation_accuracy_at_kept']:.4f} / "
                         f"{cell['test_accuracy_at_kept']:.4f}" if cell.get("test_accuracy_at_kept") is not None else "—")
                 if method == "admm":
@@ -579,19 +608,29 @@ def markdown(result):
                     runs = ", ".join(f"{r['base_lr']:g}" + ("" if r["epochs_to_target"] is None else
                                                            f" ({r['epochs_to_target']})") for r in cell["runs"])
                     grid = (f"{runs} → **{cell['lr_pick']:g}** ({cell['lr_pick_scaled']:g})"
-                            + ("" if cell["pick_interior"] else " (edge: widening capped)"))
+                            + ("" if cell["pick_interior"] else " (grid interrupted: not interior)"
+                               if cell.get("partial") else " (edge: widening capped)"))
                     two = fmt_bytes(cell["bytes_per_epoch"]["modelled_2_ranks"]["all_ranks"])
                     cluster = fmt_bytes(cell["bytes_per_epoch"]["modelled_cluster"]["all_ranks"])
                 m = cell.get("modelled") or {}
                 lines.append(f"| {batch} ({int(batch) // 128}) | {method} | {reached} | {kept} | {grid} | {two} | "
                              f"{cluster} | {fmt_s(m.get('seconds_per_epoch'))} | {fmt_s(m.get('seconds_to_target'))} |")
+        notes = [f"- {dataset}, B = {c['batch']}, {c['method']}: {c.get('partial') or c.get('stopped')}"
+                 for methods in entry["batches"].values() for c in methods.values()
+                 if c.get("partial") or c.get("from_run_directory")]
         lines += ["", "In the grid column each base lr is followed by its epochs to the target where it reached it. "
-                  "A rate stopped after another reached the target in e epochs is `pruned` in the JSON.", "",
-                  "Modelled time to accuracy on the cluster: " + entry["crossover"]["statement"] + ".", ""]
+                  "A rate stopped after another reached the target in e epochs is `pruned` in the JSON.", ""]
+        if notes:
+            lines += ["† Cells cut short (their curves are what ran; a PyTorch cell cut short has no pick scored on "
+                      "test):", "", *notes, ""]
+        lines += ["Modelled time to accuracy on the cluster: " + entry["crossover"]["statement"] + ".", ""]
         for r in entry["crossover"]["rows"]:
             best = r["best_torch"]
-            lines.append(f"- B = {r['batch']} (P = {r['ranks']}): ADMM {fmt_s(r['admm_seconds_to_target'])}, best "
-                         f"PyTorch {fmt_s(best and best['seconds_to_target'])}"
+            admm_text = fmt_s(r["admm_seconds_to_target"]) if r["admm_seconds_lower_bound"] is None else \
+                f"not reached (> {fmt_s(r['admm_seconds_lower_bound'])})"
+            torch_text = fmt_s(best["seconds_to_target"]) if best else \
+                "not reached" + (f" (> {fmt_s(r['torch_seconds_lower_bound'])})" if r["torch_seconds_lower_bound"] else "")
+            lines.append(f"- B = {r['batch']} (P = {r['ranks']}): ADMM {admm_text}, best PyTorch {torch_text}"
                          f"{' (' + best['method'] + ')' if best else ''}; faster: {r['faster']}.")
         lines.append("")
     return "\n".join(lines) + "\n"
@@ -628,6 +667,8 @@ def main(argv=None):
                                                          "earlier run directory of the same command (with --why)")
     parser.add_argument("--salvage", metavar="LOG", help="make the --methods cell of --datasets/--batches from the "
                                                         "progress lines of an interrupted run's LOG (with --why)")
+    parser.add_argument("--note", action="append", default=[], help="a line of the results' scope section "
+                                                                      "(what ran, what was cut; repeatable)")
     parser.add_argument("--why", default="", help="why --admm-run or --salvage was needed (recorded)")
     parser.add_argument("--quick", action="store_true", help="seconds: digits, two tiny batches, 4 epochs, 32 units")
     parser.add_argument("--cache", default=str(REPO / "bench" / ".data"), help="converted data sets (not committed)")
@@ -682,7 +723,7 @@ def main(argv=None):
                     print(f"{dataset} {method} batch {batch}: {cell['epochs_to_target']} epochs to {target}, kept "
                           f"epoch {cell['kept_epoch']}, test {cell['test_accuracy_at_kept']}", flush=True)
                     save_cell(args.cells, cell)
-    result = assemble(args.cells, args.out, quick=args.quick)
+    result = assemble(args.cells, args.out, quick=args.quick, notes=args.note)
     print("wrote", Path(args.out) / "large_batch.json", Path(args.out) / "large_batch.md")
     return result
 
