@@ -2,17 +2,45 @@
 
 Layout of the package (one job per module):
 
-- ``backend``   array namespace of the inputs (array API: numpy, cupy), host <-> device
-- ``partition`` pure block-layout arithmetic, no MPI
-- ``grid``      the process grids (data-parallel; layer groups x data shards): the only module
-                that talks to MPI
-- ``data``      HDF5 datasets, each rank reading only its own slab of rows
-- ``model``     network spec, forward pass, prediction, model files
-- ``ops``       activations, losses and their proximal steps, weight solves
-- ``solvers``   the ADMM algorithms as pure maths on local arrays
-- ``graph``     graph-augmented inputs for pdADMM-G
-- ``train``     the training loop: schedule, stopping, metrics, outputs
-- ``cli``       the ``admm-mpi`` command
+Entry points
+
+- ``cli``         the ``admm-mpi`` command (``python -m admm_mpi`` runs it: ``__main__``)
+- ``estimator``   scikit-learn estimators ``ADMMClassifier`` and ``ADMMRegressor``
+
+Training
+
+- ``train``       the training loop: setup, iteration, decision, evaluation, checkpoint policy
+- ``config``      ``TrainConfig``: every setting, its defaults and help, TOML/environment/CLI precedence
+- ``model``       network spec, forward pass, prediction, model files
+- ``solvers``     the ADMM algorithms as pure maths on local arrays, the ``Solver`` contract, the registry
+- ``ops``         activations, losses and their proximal steps, weight solves, backtracking, quantisation
+- ``stopping``    stop requests (signals on any rank) combined over the ranks
+- ``checkpoint``  sharded checkpoints: per-rank parts, manifest commit, verification, re-sharded load
+- ``rundir``      the run directory: created, checked and locked by the root for the job's life
+
+Data
+
+- ``data``        HDF5 datasets, each rank reading only its own slab of rows; the validation split
+- ``convert``     NPZ, CSV, LIBSVM, IDX and HDF5 to the admm-mpi HDF5 format, in chunks
+- ``tables``      users' tables (CSV, TSV, Parquet, DataFrames) encoded as float features
+- ``graph``       graph-augmented inputs for pdADMM-G
+- ``files``       one-line read/write errors, room checked before HDF5 writes
+
+Parallel machinery
+
+- ``grid``        the process grids (data-parallel; layer groups x data shards): the only module
+                  that talks to MPI
+- ``partition``   pure block-layout arithmetic, no MPI
+- ``backend``     array namespace of the inputs (array API: numpy, cupy), host <-> device
+- ``devices``     which GPU each rank takes, and what ``admm-mpi info`` says about it
+
+Other
+
+- ``errors``      exceptions that reach the user as one clear message
+- ``plot``        figures from ``metrics.jsonl``
+- ``datasets``    the bundled digits data set
+
+Documentation: ``docs/`` (build with ``sphinx-build -W -b html docs docs/_build/html``).
 """
 
 __version__ = "0.1.0"
