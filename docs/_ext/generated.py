@@ -20,7 +20,7 @@ exist yet, so that pages other people are still writing join the site once they 
 import argparse
 import contextlib
 import dataclasses
-import inspect
+import io
 import os
 import re
 import sys
@@ -100,20 +100,50 @@ def walk(parser, path=("admm-mpi",), help=None):
         yield from walk(sub, path + (name,), sub_help)
 
 
+def _parser_for(argv):
+    """The parser object that answers ``admm-mpi ARGV`` (ARGV ends in ``--help``), however the
+    command builds it: ``admm_mpi.cli.main`` runs serially and the help action hands its parser
+    over instead of printing."""
+    from admm_mpi import cli
+
+    captured = {}
+    original = argparse._HelpAction.__call__
+
+    def grab(self, parser, namespace, values, option_string=None):
+        captured["parser"] = parser
+        parser.exit()
+
+    old_env = os.environ.get("ADMM_MPI_NO_MPI")
+    os.environ["ADMM_MPI_NO_MPI"] = "1"
+    argparse._HelpAction.__call__ = grab
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            cli.main(list(argv))
+    finally:
+        argparse._HelpAction.__call__ = original
+        if old_env is None:
+            os.environ.pop("ADMM_MPI_NO_MPI", None)
+        else:
+            os.environ["ADMM_MPI_NO_MPI"] = old_env
+    return captured.get("parser")
+
+
+def _options(parser):
+    return {s for action in parser._actions for s in action.option_strings}
+
+
 def _solver_parsers():
-    """Per-solver ``train`` parsers, when ``make_parser`` takes a solver (``--solver X --help``
-    then lists X's settings only): ``[(solver, parser), ...]``; else ``[]``."""
-    from admm_mpi.cli import make_parser
+    """``[(solver, parser)]`` of ``admm-mpi train --solver X --help`` for every solver when that
+    help differs from ``admm-mpi train --help`` (each solver's own settings); else ``[]``."""
     from admm_mpi.solvers import SOLVERS
 
-    if "solver" not in inspect.signature(make_parser).parameters:
+    plain = _parser_for(["train", "--help"])
+    found = [(solver, _parser_for(["train", "--solver", solver, "--help"])) for solver in SOLVERS]
+    if plain is None or any(parser is None for _, parser in found):
         return []
-    found = []
-    for solver in SOLVERS:
-        top = make_parser(solver=solver)
-        train = dict((name, sub) for name, sub, _ in subcommands(top)).get("train")
-        if train is not None:
-            found.append((solver, train))
+    if all(_options(parser) == _options(plain) and parser.format_help() == plain.format_help()
+           for _, parser in found):
+        return []
     return found
 
 
