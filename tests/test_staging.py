@@ -22,18 +22,23 @@ import pytest
 
 from tests.helpers import REPO, blobs, child_env, mpiexec
 
-xp = pytest.importorskip("array_api_strict")
+try:
+    import array_api_strict as xp
+except ImportError:  # tests/test_gpu.py uses this module's helpers without it
+    xp = None
+pytestmark = pytest.mark.skipif(xp is None, reason="array-api-strict is not installed (pip install -e '.[test]')")
 
 COLLECTIVES = ("allsum", "allsum_in_place", "bcast_from_root", "bcast_from_root non-contiguous", "allgather_rows",
                "allgather_rows ranges", "sum_to_root", "allmax", "boundary exchange", "boundary exchange 8 bits")
 
 
-def _launch(ranks, mode, timeout=180, **env):
-    cmd = [mpiexec(), "-n", str(ranks), sys.executable, "-m", "tests.test_staging", mode]
+def launch(ranks, *args, module="tests.test_staging", timeout=180, **env):
+    """``mpiexec -n ranks python -m module ARGS`` for real (a hang fails by timeout)."""
+    cmd = [mpiexec(), "-n", str(ranks), sys.executable, "-m", module, *map(str, args)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=child_env(**env), cwd=REPO)
 
 
-def _checked(proc, ranks):
+def checked(proc, ranks):
     """The checks every rank reported as passed (``checked NAME`` lines), by name."""
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     lines = [line.split(" ", 2) for line in proc.stdout.splitlines() if line.startswith("rank ")]
@@ -47,14 +52,14 @@ def _checked(proc, ranks):
 # 3 ranks in 2 pseudo-nodes: the node-aware sums (within the node, then over the leaders) stage too
 @pytest.mark.parametrize("ranks, env", [(2, {}), (3, {"ADMM_MPI_PSEUDO_NODES": "2"})], ids=["2-ranks", "3-ranks-2-nodes"])
 def test_collectives_on_array_api_strict_equal_numpy_bit_for_bit(ranks, env):
-    proc = _launch(ranks, "collectives", **env)
+    proc = launch(ranks, "collectives", **env)
     for dtype in ("float64", "float32"):
-        assert {f"{name} {dtype}" for name in COLLECTIVES} <= _checked(proc, ranks), proc.stdout
+        assert {f"{name} {dtype}" for name in COLLECTIVES} <= checked(proc, ranks), proc.stdout
 
 
 def test_training_steps_on_array_api_strict_at_2_ranks_equal_numpy():
-    proc = _launch(2, "train", timeout=300)
-    assert {f"train {case}" for case in TRAIN_CASES} <= _checked(proc, 2), proc.stdout
+    proc = launch(2, "train", timeout=300)
+    assert {f"train {case}" for case in TRAIN_CASES} <= checked(proc, 2), proc.stdout
 
 
 # ---- the ranks' side ---------------------------------------------------------------------------------
@@ -196,8 +201,32 @@ def _shard(grid, convert):
                  n_total=90, n_test_total=20, n_features=7, n_classes=3, name="in-memory", start=start)
 
 
-def _train(grid, checks):
+def model_problems(result, reference, library, bound=1e-10):
+    """Why the trained ``result`` (arrays of ``library``) is not ``reference`` (numpy) within ``bound``."""
     from admm_mpi.backend import to_host
+
+    problems = []
+    # the layer layout assembles the model on the root only, (None, None) elsewhere
+    if (result.model[0] is None) != (reference.model[0] is None):
+        problems.append("one run has a model on this rank, the other not")
+    models = zip(*result.model, *reference.model) if result.model[0] and reference.model[0] else ()
+    for layer, (W, b, W_ref, b_ref) in enumerate(models):
+        if {type(W).__module__.split(".")[0], type(b).__module__.split(".")[0]} != {library}:
+            problems.append(f"layer {layer} came back as {type(W).__module__}, not {library}")
+            continue
+        # [W | b] of a layer as one: some biases are zero up to rounding (1e-15), so alone their
+        # relative error says nothing
+        Wb = np.concatenate([to_host(W), to_host(b)[:, None]], axis=1)
+        Wb_ref = np.concatenate([W_ref, b_ref[:, None]], axis=1)
+        rel = np.linalg.norm(Wb - Wb_ref) / np.linalg.norm(Wb_ref)
+        if not rel <= bound:
+            problems.append(f"layer {layer}: [W | b] differs from numpy's by {rel:.2e} (relative)")
+    if not result.summary["objective"] == pytest.approx(reference.summary["objective"], rel=bound):
+        problems.append(f"objective {result.summary['objective']!r} != numpy's {reference.summary['objective']!r}")
+    return problems
+
+
+def _train(grid, checks):
     from admm_mpi.config import TrainConfig
     from admm_mpi.train import process_grid, train
 
@@ -207,34 +236,17 @@ def _train(grid, checks):
         part = process_grid(config, grid).data  # the ranks that split the samples (one: the layer layout)
         reference = train(config, grid, out=False, shard=_shard(part, lambda a: a))
         strict = train(config, grid, out=False, shard=_shard(part, lambda a: _strict(a, TRAIN_DEVICE)))
-        problems = []
-        # the layer layout assembles the model on the root only, (None, None) elsewhere
-        if (strict.model[0] is None) != (reference.model[0] is None):
-            problems.append("one run has a model on this rank, the other not")
-        models = zip(*strict.model, *reference.model) if strict.model[0] and reference.model[0] else ()
-        for layer, (W, b, W_ref, b_ref) in enumerate(models):
-            if {type(W).__module__.split(".")[0], type(b).__module__.split(".")[0]} != {"array_api_strict"}:
-                problems.append(f"layer {layer} came back as {type(W).__module__}")
-                continue
-            # [W | b] of a layer as one: some biases are zero up to rounding (1e-15), so alone their
-            # relative error says nothing
-            Wb = np.concatenate([to_host(W), to_host(b)[:, None]], axis=1)
-            Wb_ref = np.concatenate([W_ref, b_ref[:, None]], axis=1)
-            rel = np.linalg.norm(Wb - Wb_ref) / np.linalg.norm(Wb_ref)
-            if not rel < 1e-10:
-                problems.append(f"layer {layer}: [W | b] differs from numpy's by {rel:.2e} (relative)")
-        if strict.summary["objective"] != pytest.approx(reference.summary["objective"], rel=1e-10):
-            problems.append(f"objective {strict.summary['objective']!r} != numpy's {reference.summary['objective']!r}")
-        checks.record(f"train {case}", "; ".join(problems))
+        checks.record(f"train {case}", "; ".join(model_problems(strict, reference, "array_api_strict")))
 
 
-def _main(mode):
+def run_checks(check, *args):
+    """(on every rank) ``check(grid, checks, *args)``; the root prints every rank's verdicts. Exit status."""
     from admm_mpi.grid import Grid
 
     grid = Grid()
     checks = Checks(grid.rank)
     try:
-        {"collectives": _collectives, "train": _train}[mode](grid, checks)
+        check(grid, checks, *args)
     except Exception:  # a rank that fails inside a collective would leave the others waiting: end the job
         traceback.print_exc()
         grid.abort(1)
@@ -249,4 +261,4 @@ def _main(mode):
 
 
 if __name__ == "__main__":
-    sys.exit(_main(sys.argv[1]))
+    sys.exit(run_checks({"collectives": _collectives, "train": _train}[sys.argv[1]]))
