@@ -903,6 +903,10 @@ class Encoding:
         fields = {k: v for k, v in data.items() if k not in ("format", "version")}
         fields["columns"] = tuple(ColumnEncoding(**{**c, "categories": tuple(c["categories"])})
                                   for c in fields["columns"])
+        unknown = sorted({c.kind for c in fields["columns"]} - set(KINDS))
+        if unknown or fields.get("missing") not in MISSING_POLICIES:
+            raise InputError(f"table encoding with unknown column kinds {unknown} or missing policy "
+                             f"{fields.get('missing')!r}")
         for key in ("classes", "missing_markers", "standardize_mean", "standardize_std"):
             if fields.get(key) is not None:
                 fields[key] = tuple(fields[key])
