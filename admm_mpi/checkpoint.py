@@ -7,8 +7,16 @@ One directory per checkpoint, ``RUN/checkpoints/ckpt-<iteration>[-<batch>]/``:
   data layout the root owns all of them, on a layer grid each layer group its own layers);
   ``/samples/<field>[/<index>]`` holds this rank's columns ``[start, stop)`` of the per-sample
   entries (codes, multipliers). Nothing per-sample passes through the root.
-- ``manifest.json``, written last by the root: iteration, configuration, data fingerprint, and
-  for every part its size, CRC-32, column range and the entries it holds.
+- ``manifest.json``, written last by the root: iteration, configuration, run identity, data
+  fingerprint (a hash of the whole content), and for every part its size, CRC-32, column range
+  and the entries it holds.
+- ``owner.json``, written by the root right after it creates the directory: the run identity.
+
+Ownership: a run touches only checkpoint directories that carry its own run identity. Pruning,
+a retried save and cleanup never remove a directory of another run, or one admm-mpi did not
+write (no ``owner.json``); an empty directory is the only other thing removed. Files are
+created and read without following symbolic links (``files.create_file``, ``files.hdf5_file``),
+and a manifest names its parts as ``part-NNNNN.h5`` inside its own directory, nothing else.
 
 Commit protocol: every rank writes and fsyncs its part and computes its CRC; the root gathers
 the part records (or any rank's failure), writes ``manifest.json.tmp``, fsyncs and renames it.
@@ -28,20 +36,27 @@ import json
 import os
 import re
 import shutil
+import stat
 import warnings
 import zlib
 
-import h5py
 import numpy as np
 
 from admm_mpi import __version__
 from admm_mpi.backend import from_host, namespace, to_host
+from admm_mpi.data import fingerprint_difference
 from admm_mpi.errors import TrainingError
+from admm_mpi.files import NOFOLLOW, create_file, hdf5_file, indirect_storage, open_nofollow
 from admm_mpi.solvers.base import BATCH_STATE
 
 FORMAT = "admm-mpi checkpoint"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (2, 3)  # 2: before run identities and content fingerprints (still resumable)
+OWNER_FILE = "owner.json"
 _NAME = re.compile(r"^ckpt-(\d{6,})(?:-(\d+))?$")
+_PART = re.compile(r"^part-\d{5,}\.h5$")
+LEGACY = "format 2"  # the owner of a format-2 checkpoint directory (written before run identities)
+EMPTY = "empty"     # an empty checkpoint-named directory: owned by nobody, removable by anyone
 
 
 class CheckpointError(TrainingError):
@@ -96,25 +111,16 @@ def _jsonable(value):
 
 # ---- fingerprint and compatibility ------------------------------------------------------------
 
-def fingerprint(shard):
-    """What must match for a checkpoint to continue on this data (computed on the root).
-
-    Shapes, classes and a hash of the first rows' values: the file may move (another path on
-    another cluster) but must hold the same samples.
-    """
+def _legacy_same_data(saved, shard):
+    """Format 2 recorded shapes and a hash of the first rows' first 16 features (on the root)."""
     first = to_host(shard.X[:, :16])
     head = [hashlib.sha1(np.ascontiguousarray(first[:, j], dtype=np.float64).tobytes()).hexdigest()[:16]
-            for j in range(first.shape[1])]  # the root holds rows 0, 1, ... on any grid
-    return {"n_total": shard.n_total, "n_features": shard.n_features, "n_classes": shard.n_classes,
-            "n_test_total": shard.n_test_total, "first_rows": head}
-
-
-def _same_data(saved, current):
-    """Equal shapes and classes, and the first rows both runs' roots hold are equal."""
-    common = min(len(saved["first_rows"]), len(current["first_rows"]))
-    return ({k: v for k, v in saved.items() if k != "first_rows"}
-            == {k: v for k, v in current.items() if k != "first_rows"}
-            and common > 0 and saved["first_rows"][:common] == current["first_rows"][:common])
+            for j in range(first.shape[1])]
+    shapes = {"n_total": shard.n_total, "n_features": shard.n_features, "n_classes": shard.n_classes,
+              "n_test_total": shard.n_test_total}
+    common = min(len(saved.get("first_rows", [])), len(head))
+    return (all(saved.get(k) == v for k, v in shapes.items()) and common > 0
+            and saved["first_rows"][:common] == head[:common])
 
 
 # settings that may change between the run that wrote a checkpoint and the one that resumes it
@@ -124,20 +130,34 @@ RESUMABLE_CHANGES = {"iters", "out", "progress", "tol", "resume", "checkpoint_ev
                      "patience"}
 
 
-def check_compatible(manifest, config, shard):
-    """Message if the checkpoint described by ``manifest`` cannot continue this run, else None."""
-    path = manifest["path"]
-    saved, current = manifest["config"], config.as_dict()
+def config_difference(saved, current):
+    """The settings that differ between two ``TrainConfig.as_dict()`` and may not change on a
+    resume, in words, or None."""
     differ = sorted(k for k in set(saved) | set(current)
                     if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k))
+    if not differ:
+        return None
+    return (f"{', '.join(differ)} differ: "
+            + ", ".join(f"{k}={saved.get(k)!r} there, {current.get(k)!r} here" for k in differ[:3]))
+
+
+def check_compatible(manifest, config, shard, data):
+    """Message if the checkpoint described by ``manifest`` cannot continue this run, else None.
+
+    ``data`` is this run's :func:`admm_mpi.data.data_fingerprint`: the whole content of the
+    training and validation rows must be the one the checkpoint was trained on.
+    """
+    path = manifest["path"]
+    differ = config_difference(manifest["config"], config.as_dict())
     if differ:
-        return (f"checkpoint {path} was written with another configuration ({', '.join(differ)} differ: "
-                + ", ".join(f"{k}={saved.get(k)!r} there, {current.get(k)!r} here" for k in differ[:3]) + ")")
-    here = fingerprint(shard)
-    if not _same_data(manifest["data"], here):
-        brief = {k: v for k, v in manifest["data"].items() if k != "first_rows"}
-        return (f"checkpoint {path} belongs to another data set ({brief} there, "
-                f"{ {k: v for k, v in here.items() if k != 'first_rows'} } here, or other sample values)")
+        return f"checkpoint {path} was written with another configuration ({differ})"
+    if manifest["format_version"] == 2:
+        if not _legacy_same_data(manifest["data"], shard):
+            return f"checkpoint {path} belongs to another data set (its shapes or first rows differ)"
+        return None
+    differ = fingerprint_difference(manifest["data"], data)
+    if differ:
+        return f"checkpoint {path} was trained on other data: {differ} differ from this run's"
     return None
 
 
@@ -145,7 +165,7 @@ def check_compatible(manifest, config, shard):
 
 def _crc32(path, chunk=1 << 24):
     crc = 0
-    with open(path, "rb") as f:
+    with open_nofollow(path, "rb") as f:
         while True:
             block = f.read(chunk)
             if not block:
@@ -155,7 +175,7 @@ def _crc32(path, chunk=1 << 24):
 
 def _fsync_path(path):
     """fsync a file, or a directory (so a rename inside it is durable)."""
-    fd = os.open(path, os.O_RDONLY)
+    fd = os.open(path, os.O_RDONLY | NOFOLLOW)
     try:
         os.fsync(fd)
     finally:
@@ -165,7 +185,7 @@ def _fsync_path(path):
 def _write_json_atomically(path, obj):
     tmp = path + ".tmp"
     try:
-        with open(tmp, "w") as f:
+        with create_file(tmp) as f:
             json.dump(obj, f, indent=1)
             f.write("\n")
             f.flush()
@@ -178,8 +198,10 @@ def _write_json_atomically(path, obj):
 
 
 def _remove(path):
+    """Remove a file name (a link is removed, never followed); nothing if it is not there."""
     try:
-        os.remove(path)
+        if not stat.S_ISDIR(os.lstat(path).st_mode):
+            os.unlink(path)
     except OSError:
         pass
 
@@ -205,16 +227,33 @@ def _position(name):
     return None if match is None else (int(match.group(1)), int(match.group(2) or 0))
 
 
-def list_checkpoints(run_dir):
-    """Every checkpoint directory of ``run_dir`` (complete or not), newest first."""
+def _is_real_directory(path):
+    """A directory that is not a symbolic link."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def checkpoint_entries(run_dir):
+    """Every name under ``run_dir/checkpoints`` that looks like a checkpoint (``ckpt-*``: a
+    directory, a link, a file of the single-file format 1, anything), newest position first."""
     directory = os.path.join(run_dir, "checkpoints")
+    if not _is_real_directory(directory):
+        return []
     try:
         names = os.listdir(directory)
     except OSError:
         return []
-    found = [(_position(n), os.path.join(directory, n)) for n in names
-             if _position(n) is not None and os.path.isdir(os.path.join(directory, n))]
-    return [path for _, path in sorted(found, reverse=True)]
+    found = [(_position(n) or (-1, -1), n) for n in names if n.startswith("ckpt-")]
+    return [os.path.join(directory, n) for _, n in sorted(found, reverse=True)]
+
+
+def list_checkpoints(run_dir):
+    """Every checkpoint directory of ``run_dir`` (complete or not; real directories, never
+    links), newest first."""
+    return [p for p in checkpoint_entries(run_dir)
+            if _position(os.path.basename(p)) is not None and _is_real_directory(p)]
 
 
 def legacy_checkpoints(run_dir):
@@ -223,8 +262,48 @@ def legacy_checkpoints(run_dir):
 
 
 def has_checkpoints(run_dir):
-    """Whether ``run_dir`` holds any checkpoint at all (whatever ``latest`` says)."""
-    return bool(list_checkpoints(run_dir) or legacy_checkpoints(run_dir))
+    """Whether ``run_dir`` holds anything named like a checkpoint (whatever ``latest`` says)."""
+    return bool(checkpoint_entries(run_dir))
+
+
+def owner(path):
+    """Who wrote the checkpoint directory ``path``: its run identity (``owner.json``), ``LEGACY``
+    for a format-2 directory with its manifest, ``EMPTY`` for an empty directory, or None: not a
+    directory admm-mpi wrote (a link, a file, someone else's directory)."""
+    if not _is_real_directory(path):
+        return None
+    try:
+        with open_nofollow(os.path.join(path, OWNER_FILE)) as f:
+            record = json.load(f)
+        if isinstance(record, dict) and record.get("format") == FORMAT and isinstance(record.get("run_id"), str):
+            return record["run_id"]
+        return None
+    except (OSError, ValueError):
+        pass
+    manifest = read_manifest(path)
+    if isinstance(manifest, dict) and manifest["format_version"] == 2:
+        return LEGACY
+    try:
+        return EMPTY if not os.listdir(path) else None
+    except OSError:
+        return None
+
+
+def foreign_checkpoints(run_dir, run_id):
+    """The names under ``run_dir/checkpoints`` that look like checkpoints and are not run
+    ``run_id``'s, nor empty directories, nor format-2 checkpoints (written before run identities:
+    never pruned, so never at risk)."""
+    return [p for p in checkpoint_entries(run_dir) if owner(p) not in (run_id, EMPTY, LEGACY)]
+
+
+def ownership_problem(run_dir, run_id, what):
+    """One line refusing ``run_dir`` when it holds checkpoints of another run, else None."""
+    foreign = foreign_checkpoints(run_dir, run_id)
+    if not foreign:
+        return None
+    names = ", ".join(os.path.basename(p) for p in foreign[:3]) + (" ..." if len(foreign) > 3 else "")
+    return (f"{run_dir} holds checkpoints that are not {what}'s ({names}); admm-mpi never prunes or "
+            "overwrites them: choose another --out, or move them away")
 
 
 # ---- save -----------------------------------------------------------------------------------
@@ -233,7 +312,7 @@ def _write_part(path, rank, columns, global_items, sample_items):
     """This rank's part file; returns its record for the manifest (size, CRC, entries)."""
     data_keys = []
     try:
-        with h5py.File(path, "w") as f:
+        with hdf5_file(path, "w") as f:
             f.attrs.update(rank=rank, start=columns[0], stop=columns[1])
             g = f.create_group("global")
             for key, value in global_items:
@@ -308,7 +387,8 @@ def _kind(config):
     return getattr(config, "checkpoint_state", "full")
 
 
-def save(run_dir, iteration, state, shard, config, grid, keep=2, owns=None, batches_done=0, extra=None):
+def save(run_dir, iteration, state, shard, config, grid, keep=2, owns=None, batches_done=0, extra=None,
+         run_id="", data=None):
     """Write a checkpoint of ``state`` after ``iteration`` (collective: every rank writes its part).
 
     ``owns(field, index, per_sample)`` says whether this rank's value of an entry is the one to
@@ -317,21 +397,16 @@ def save(run_dir, iteration, state, shard, config, grid, keep=2, owns=None, batc
     root owns the global state, which every rank holds identically. ``batches_done`` > 0 marks a
     checkpoint taken inside an epoch of a mini-batch solver. ``config.checkpoint_state`` "global"
     leaves the per-sample entries out (a resumed run rebuilds them; see ``load``). ``extra``: a
-    dataclass of more global entries saved beside the state (the run's model selection). Raises
-    :class:`CheckpointError` on every rank if any rank cannot write (the partial checkpoint is
-    removed, the previous kept).
+    dataclass of more global entries saved beside the state (the run's model selection).
+    ``run_id`` is the run's identity (``owner.json`` and the manifest); ``data`` its data
+    fingerprint (:func:`admm_mpi.data.data_fingerprint`). Raises :class:`CheckpointError` on every
+    rank if any rank cannot write (the partial checkpoint is removed, the previous kept).
     """
     if owns is None:
         def owns(name, index, per_sample):
             return per_sample or grid.is_root
     directory = os.path.join(run_dir, "checkpoints", checkpoint_name(iteration, batches_done))
-    problem = None
-    if grid.is_root:
-        try:
-            _discard(directory)  # a torn or rejected attempt at this same position
-            os.makedirs(directory)
-        except OSError as exc:
-            problem = f"cannot create checkpoint directory {directory}: {_reason(exc)}"
+    problem = _create_directory(directory, run_id) if grid.is_root else None
     problem = grid.bcast_decision(problem)
     if problem:
         raise CheckpointError(problem)
@@ -356,7 +431,7 @@ def save(run_dir, iteration, state, shard, config, grid, keep=2, owns=None, batc
             problem = failed[0]
         else:
             problem = _commit(run_dir, directory, records, iteration, batches_done, _field_shapes(state, extra),
-                              shard, config, grid, keep)
+                              config, grid, keep, run_id, data)
         if problem:
             _discard(directory)  # the manifest may be in place when only ``latest`` failed
     problem = grid.bcast_decision(problem)
@@ -365,37 +440,78 @@ def save(run_dir, iteration, state, shard, config, grid, keep=2, owns=None, batc
     return directory
 
 
-def _commit(run_dir, directory, records, iteration, batches_done, fields, shard, config, grid, keep):
+def _create_directory(directory, run_id):
+    """Root: a new checkpoint directory marked as run ``run_id``'s; a message if it cannot be.
+
+    A directory already at this position is replaced only if it is this run's own (a torn or
+    rejected attempt at the same position) or empty; another run's is left as it is.
+    """
+    if os.path.lexists(directory):
+        found = owner(directory)
+        if found not in (run_id, EMPTY):
+            return (f"cannot write checkpoint {directory}: a checkpoint of that name exists and is not this "
+                    "run's (left as it is)")
+        _discard(directory)
+    try:
+        parent = os.path.dirname(directory)
+        if not os.path.lexists(parent):
+            os.mkdir(parent)
+        if not _is_real_directory(parent):
+            return f"cannot write checkpoint {directory}: {parent} is not a directory (a symbolic link?)"
+        os.mkdir(directory)
+        with create_file(os.path.join(directory, OWNER_FILE)) as f:
+            json.dump({"format": FORMAT, "run_id": run_id}, f)
+            f.write("\n")
+    except OSError as exc:
+        return f"cannot create checkpoint directory {directory}: {_reason(exc)}"
+    return None
+
+
+def _commit(run_dir, directory, records, iteration, batches_done, fields, config, grid, keep, run_id, data):
     """Root: write the manifest (the commit), move ``latest``, prune; a message on failure."""
     manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "iteration": iteration,
                 "batches_done": batches_done, "solver": config.solver, "config": config.as_dict(),
-                "data": fingerprint(shard), "ranks": grid.size, "admm_mpi_version": __version__,
+                "run_id": run_id, "data": data, "ranks": grid.size, "admm_mpi_version": __version__,
                 "state": _kind(config), "fields": fields, "parts": records}
+    pointer = os.path.join(run_dir, "checkpoints", "latest")
     try:
         _write_json_atomically(os.path.join(directory, "manifest.json"), manifest)
-        pointer = os.path.join(run_dir, "checkpoints", "latest")
-        with open(pointer + ".tmp", "w") as f:
+        with create_file(pointer + ".tmp") as f:
             f.write(os.path.basename(directory) + "\n")
         os.replace(pointer + ".tmp", pointer)
     except OSError as exc:
-        _remove(os.path.join(run_dir, "checkpoints", "latest.tmp"))
+        _remove(pointer + ".tmp")
         return f"cannot write the checkpoint manifest in {directory}: {_reason(exc)}"
-    _prune(run_dir, directory, keep)
+    _prune(run_dir, directory, keep, run_id)
     return None
 
 
 def _discard(path):
-    """Remove a checkpoint directory, its manifest first: a job killed while removing it leaves
-    a torn directory (skipped and later pruned), never a manifest whose parts are gone."""
+    """Remove a checkpoint directory (the caller checked it is this run's), its manifest first: a
+    job killed while removing it leaves a torn directory (skipped and later pruned), never a
+    manifest whose parts are gone. A link is never followed (``shutil.rmtree`` refuses one and
+    removes the links inside a directory, not their targets)."""
+    if not _is_real_directory(path):
+        return
     _remove(os.path.join(path, "manifest.json"))
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _prune(run_dir, newest, keep):
-    """Keep the ``keep`` newest complete checkpoints; drop older ones and torn leftovers."""
+def _prune(run_dir, newest, keep, run_id):
+    """Keep run ``run_id``'s ``keep`` newest complete checkpoints; drop its older ones and its
+    torn leftovers, and empty checkpoint directories. Nothing else is touched."""
     complete = 0
     for path in list_checkpoints(run_dir):
-        if path == newest or os.path.exists(os.path.join(path, "manifest.json")):
+        found = owner(path)
+        if found == EMPTY:
+            try:
+                os.rmdir(path)  # removes an empty directory only: nothing is lost
+            except OSError:
+                pass
+            continue
+        if found != run_id or found == LEGACY:
+            continue
+        if path == newest or os.path.lexists(os.path.join(path, "manifest.json")):
             complete += 1
             if complete <= keep:
                 continue
@@ -405,10 +521,15 @@ def _prune(run_dir, newest, keep):
 # ---- find and verify --------------------------------------------------------------------------
 
 def read_manifest(directory):
-    """The manifest of a checkpoint directory (with its ``path``), or a message why not."""
+    """The manifest of a checkpoint directory (with its ``path``), or a message why not.
+
+    A manifest that is valid JSON but lacks a key, or holds one of the wrong type, is as damaged
+    as a torn one (the caller falls back to the previous checkpoint): every key the loader uses
+    is checked here, and every part must be a ``part-NNNNN.h5`` of this directory.
+    """
     path = os.path.join(directory, "manifest.json")
     try:
-        with open(path) as f:
+        with open_nofollow(path) as f:
             manifest = json.load(f)
     except FileNotFoundError:
         return f"checkpoint {directory} is incomplete (no manifest: the job stopped while writing it)"
@@ -416,11 +537,57 @@ def read_manifest(directory):
         return f"checkpoint {directory} has an unreadable manifest ({_reason(exc)})"
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         return f"checkpoint {directory} has no admm-mpi manifest"
-    if manifest.get("format_version") != FORMAT_VERSION:
+    if manifest.get("format_version") not in READABLE_VERSIONS:
         return (f"checkpoint {directory} has format {manifest.get('format_version')}, "
-                f"this admm-mpi reads {FORMAT_VERSION}")
+                f"this admm-mpi reads {', '.join(map(str, READABLE_VERSIONS))}")
+    problem = _manifest_problem(manifest, os.path.basename(os.path.normpath(directory)))
+    if problem:
+        return f"checkpoint {directory} has a damaged manifest ({problem})"
+    manifest.setdefault("batches_done", 0)
+    manifest.setdefault("state", "full")
+    manifest.setdefault("run_id", LEGACY)
     manifest["path"] = directory
     return manifest
+
+
+def _is_int(value, low=0):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _is_names(value):
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _manifest_problem(manifest, name):
+    """What is wrong with a manifest's keys and types, or None (``name``: its directory's name)."""
+    checks = [
+        ("iteration", _is_int(manifest.get("iteration"))),
+        ("batches_done", _is_int(manifest.get("batches_done", 0))),
+        ("config", isinstance(manifest.get("config"), dict)),
+        ("data", isinstance(manifest.get("data"), dict)),
+        ("state", manifest.get("state", "full") in ("full", "global")),
+        ("fields", isinstance(manifest.get("fields"), dict) and all(
+            isinstance(v, dict) and v.get("kind") in ("global", "samples") and isinstance(v.get("list"), bool)
+            and (not v["list"] or _is_int(v.get("length"))) for v in manifest["fields"].values())),
+        ("parts", isinstance(manifest.get("parts"), list) and manifest["parts"] and all(
+            isinstance(p, dict) and isinstance(p.get("file"), str) and _PART.match(p["file"])
+            and _is_int(p.get("bytes")) and isinstance(p.get("crc32"), str)
+            and isinstance(p.get("columns"), list) and len(p["columns"]) == 2
+            and all(_is_int(c) for c in p["columns"]) and p["columns"][0] <= p["columns"][1]
+            and _is_names(p.get("global")) and _is_names(p.get("samples")) and _is_names(p.get("data"))
+            for p in manifest["parts"])),
+    ]
+    if manifest.get("format_version") != 2:
+        checks.append(("run_id", isinstance(manifest.get("run_id"), str) and manifest["run_id"] != ""))
+    bad = [key for key, ok in checks if not ok]
+    if bad:
+        return f"missing or malformed {', '.join(bad)}"
+    if len({p["file"] for p in manifest["parts"]}) != len(manifest["parts"]):
+        return "a part is listed twice"
+    position = _position(name)
+    if position is not None and position != (manifest["iteration"], manifest["batches_done"]):
+        return f"it records iteration {manifest['iteration']}, batch {manifest['batches_done']}, not its directory's"
+    return None
 
 
 def _verify_parts(manifest, grid):
@@ -431,7 +598,7 @@ def _verify_parts(manifest, grid):
             continue
         path = os.path.join(manifest["path"], part["file"])
         try:
-            if os.path.getsize(path) != part["bytes"] or _crc32(path) != part["crc32"]:
+            if os.lstat(path).st_size != part["bytes"] or _crc32(path) != part["crc32"]:
                 problem = f"{path} fails its checksum"
         except OSError as exc:
             problem = f"cannot read {path} ({_reason(exc)})"
@@ -464,23 +631,40 @@ def _legacy_message(path):
             "version that wrote it, or start afresh in another --out")
 
 
+def source_run_directory(resume, run_dir):
+    """The run directory that a ``--resume`` value continues: ``run_dir`` itself for ``auto``,
+    the directory holding ``checkpoints/`` for a checkpoint (or its manifest), else the value."""
+    target = run_dir if resume == "auto" else resume
+    if os.path.basename(target) == "manifest.json":
+        target = os.path.dirname(target)
+    if _position(os.path.basename(os.path.normpath(target))) is not None:
+        return os.path.dirname(os.path.dirname(os.path.normpath(target))) or "."
+    return target
+
+
 def resolve_resume(resume, run_dir, grid):
-    """Collective: the manifest to resume from, or None (``auto`` on a run without checkpoints).
+    """Collective: ``(manifest, run id)`` to resume from; ``(None, run id or None)`` when ``auto``
+    finds nothing to continue (a fresh start, under the identity of the run whose first checkpoint
+    was torn, if any).
 
     ``resume`` is ``auto`` (this run's own), a run directory, or a checkpoint directory (or its
-    manifest). Raises InputError on every rank when nothing usable is found.
+    manifest). ``run_dir`` (the output directory) must hold no checkpoint of another run: its
+    pruning would delete them. Raises InputError on every rank when nothing usable is found.
     """
     problem, candidates = None, []
     if grid.is_root:
         target = run_dir if resume == "auto" else resume
         if os.path.basename(target) == "manifest.json":
             target = os.path.dirname(target)
-        if resume != "auto" and not os.path.exists(target):
+        if resume != "auto" and not os.path.lexists(target):
             problem = f"checkpoint {resume} does not exist"
-        elif _position(os.path.basename(os.path.normpath(target))) and os.path.isdir(target):
-            candidates = [target]
-        elif os.path.isfile(target):
-            problem = _legacy_message(target) if target.endswith(".h5") else f"{target} is not a checkpoint"
+        elif _position(os.path.basename(os.path.normpath(target))) is not None:
+            candidates = [target] if _is_real_directory(target) else []
+            if not candidates:
+                problem = (_legacy_message(target) if target.endswith(".h5") and os.path.isfile(target)
+                           else f"{target} is not a checkpoint directory")
+        elif os.path.isfile(target) or os.path.islink(target):
+            problem = f"{target} is not a checkpoint"
         else:
             candidates = list_checkpoints(target)
             if not candidates and legacy_checkpoints(target):
@@ -490,20 +674,28 @@ def resolve_resume(resume, run_dir, grid):
     grid.agree(problem)
     candidates = grid.bcast_decision(candidates)
     if not candidates:
-        return None
+        grid.agree(ownership_problem(run_dir, None, "this run") if grid.is_root else None)
+        return None, None
     manifest = find_valid(candidates, grid)
-    never_committed = grid.bcast_decision(
-        grid.is_root and not any(os.path.exists(os.path.join(c, "manifest.json")) for c in candidates))
-    if manifest is None and resume == "auto" and never_committed:
+    if manifest is None and resume == "auto":
         # killed while writing its first checkpoint: nothing was saved, so start afresh (as a
-        # requeued job must; the torn directories are pruned by the first save)
-        if grid.is_root:
-            warnings.warn(f"no checkpoint of {run_dir} was complete; starting afresh", RuntimeWarning, stacklevel=2)
-        return None
+        # requeued job must), as the run whose torn directories these are (its first save prunes
+        # them); directories admm-mpi did not write are another matter
+        run_ids = {owner(c) for c in candidates} - {EMPTY} if grid.is_root else None
+        fresh = grid.bcast_decision(grid.is_root and len(run_ids) <= 1 and None not in run_ids and LEGACY not in run_ids
+                                    and not any(os.path.lexists(os.path.join(c, "manifest.json")) for c in candidates))
+        if fresh:
+            run_id = grid.bcast_decision(next(iter(run_ids), None) if grid.is_root else None)
+            grid.agree(ownership_problem(run_dir, run_id, "this run") if grid.is_root else None)
+            if grid.is_root:
+                warnings.warn(f"no checkpoint of {run_dir} was complete; starting afresh", RuntimeWarning,
+                              stacklevel=2)
+            return None, run_id
     grid.agree(None if manifest is not None else
                f"no intact checkpoint in {resume if resume != 'auto' else run_dir} "
                f"(tried {len(candidates)}; see the warnings above)")
-    return manifest
+    grid.agree(ownership_problem(run_dir, manifest["run_id"], "the resumed run") if grid.is_root else None)
+    return manifest, manifest["run_id"]
 
 
 # ---- load -----------------------------------------------------------------------------------
@@ -515,10 +707,14 @@ class _Parts:
         self.manifest, self.files = manifest, {}
 
     def open(self, part):
-        name = part["file"]
+        name = part["file"]  # part-NNNNN.h5 (read_manifest): a file of this directory, opened without links
         if name not in self.files:
-            self.files[name] = h5py.File(os.path.join(self.manifest["path"], name), "r")
-        return self.files[name]
+            path = os.path.join(self.manifest["path"], name)
+            self.files[name] = handle = hdf5_file(path, "r")
+            indirect = indirect_storage(handle.file, path)
+            if indirect:
+                raise KeyError(indirect)
+        return self.files[name].file
 
     def close(self):
         for f in self.files.values():
@@ -587,7 +783,7 @@ def load(manifest, state, shard, grid, needs=None, samples=True, extra=None):
             def read(key):
                 return shard.X if parts.is_data(key) else on_device(parts.columns(key, start, stop))
             setattr(owner, name, _read_field(name, fields[name], getattr(owner, name), needs, read))
-    except (OSError, KeyError) as exc:
+    except (OSError, KeyError, ValueError, TypeError) as exc:
         problem = f"cannot read checkpoint {manifest['path']}: {_reason(exc)}"
     else:
         problem = None

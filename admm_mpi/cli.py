@@ -195,6 +195,11 @@ def _cmd_train(args, grid):
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     summary = train(config, grid, stop=stop).summary
+    if summary.get("finished_earlier"):
+        if grid.is_root:
+            print(f"admm-mpi: the run in {config.out} has already finished, nothing to do (its outputs are "
+                  f"unchanged): {summary['line']}", flush=True)
+        return
     if summary.get("preempted"):
         signum = summary["stopped_by_signal"]
         if grid.is_root:
@@ -209,16 +214,9 @@ def _cmd_train(args, grid):
 
 def _train_line(summary, config):
     """The one line ``train`` prints: why it stopped, which iterate it kept, its accuracies."""
-    stopped = {"early_stopping": f" (early stopping: no better validation accuracy in {config.patience} "
-                                 "evaluations)", "converged": f" (converged: residual below --tol {config.tol})"}
-    kept = (f"kept iteration {summary['kept_iteration']} (best validation accuracy)"
-            if summary["kept"] == "best" else "")
-    figures = [f"{name} accuracy {summary[key]:.4f}" for name, key in (
-        ("train", "train_accuracy"), ("validation", "validation_accuracy"), ("test", "test_accuracy"))
-        if summary[key] is not None]
-    return (f"admm-mpi: {summary['iterations']} iterations on {summary['ranks']} rank(s)"
-            f"{stopped.get(summary['stopped'], '')}: " + ", ".join(([kept] if kept else []) + figures)
-            + f", {summary['seconds_per_iteration']:.3g} s/iteration; outputs in {config.out}")
+    from admm_mpi.train import summary_line
+
+    return f"admm-mpi: {summary_line(summary, config)}"
 
 
 def _cmd_evaluate(args, grid):
@@ -290,6 +288,9 @@ def _write_text(path, text):
 
 
 def _cmd_info(args, grid):
+    from admm_mpi.devices import gpu_report_lines
+
+    gpu_lines = gpu_report_lines(grid)  # collective: every rank reports its own GPU side
     if not grid.is_root:
         return
     import h5py
@@ -312,6 +313,7 @@ def _cmd_info(args, grid):
         pass
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         lines.append(f"{var}={os.environ.get(var, '(unset)')}")
+    lines.extend(gpu_lines)
     print("\n".join(lines))
 
 

@@ -58,6 +58,92 @@ class Shard:
     y_val: np.ndarray = None
     n_val_total: int = 0
     validation_source: str = None  # "file" (X_val, y_val), "held_out" (rows of X), None
+    val_start: int = 0       # index of this rank's first validation column among all validation columns
+
+
+# ---- a fingerprint of the whole content, the same at any number of ranks -----------------------
+# Each sample (a column) is hashed on its own, with its position, and the sample hashes are
+# summed modulo 2**64: a sum does not depend on how the columns are split over ranks, so every
+# rank hashes its own columns and the sums are added. A sample's hash is a weighted sum of its
+# 32-bit words with odd weights (so changing any one word always changes it), plus its position,
+# through the splitmix64 finaliser (so sums of different samples do not cancel by design). Two
+# independent lanes give 128 bits. It detects changed, moved or missing data, not an adversary.
+_MASK = (1 << 64) - 1
+_LANES = ((0x9E3779B97F4A7C15, 0x5851F42D4C957F2D), (0xD1B54A32D192ED03, 0x2545F4914F6CDD1D))
+_HASH_COLUMNS = 4096
+_WEIGHTS = {}
+
+
+def _word_weights(lane, n_words):
+    key = (lane, n_words)
+    if key not in _WEIGHTS:
+        rng = np.random.default_rng([0x66707269, lane])
+        _WEIGHTS[key] = rng.integers(0, 1 << 63, size=n_words, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+    return _WEIGHTS[key]
+
+
+def _splitmix(h):
+    h = h ^ (h >> np.uint64(30))
+    h = h * np.uint64(0xBF58476D1CE4E5B9)
+    h = h ^ (h >> np.uint64(27))
+    h = h * np.uint64(0x94D049BB133111EB)
+    return h ^ (h >> np.uint64(31))
+
+
+def content_hash(columns, first):
+    """``[lane0, lane1]``: the sums (mod 2**64) of the hashes of the samples in ``columns``
+    (features x samples, or one label per sample), the first at position ``first``.
+
+    Any backend's arrays (read to the host a block at a time); the sums of two shards' results
+    (mod 2**64) are the result on the two shards' columns together.
+    """
+    if columns is None:
+        return [0, 0]
+    from admm_mpi.backend import to_host
+
+    n = columns.shape[-1]
+    totals = [0, 0]
+    for s in range(0, n, _HASH_COLUMNS):
+        block = to_host(columns[..., s:min(s + _HASH_COLUMNS, n)])  # some array libraries refuse slices past the end
+        rows = np.ascontiguousarray(block.reshape(-1, block.shape[-1]).T)  # one sample per row
+        words = rows.view(np.uint8).reshape(rows.shape[0], -1)
+        words = np.pad(words, ((0, 0), (0, -words.shape[1] % 4))).view(np.uint32).astype(np.uint64)
+        positions = np.arange(first + s, first + s + rows.shape[0], dtype=np.uint64)
+        with np.errstate(over="ignore"):
+            for lane, (offset, step) in enumerate(_LANES):
+                h = (words * _word_weights(lane, words.shape[1])).sum(axis=1, dtype=np.uint64)
+                h = _splitmix(h + np.uint64(offset) + positions * np.uint64(step))
+                totals[lane] = (totals[lane] + int(h.sum(dtype=np.uint64))) & _MASK
+    return totals
+
+
+def data_fingerprint(shard, data_grid):
+    """Collective over ``data_grid`` (the ranks that split the rows): the shapes and a content
+    hash of the training features and labels (or targets) and of the validation split, the same
+    on every rank of the grid and at any number of ranks."""
+    labels = shard.Y if shard.Y is not None else shard.y
+    local = [content_hash(shard.X, shard.start), content_hash(labels, shard.start),
+             content_hash(shard.X_val, shard.val_start), content_hash(shard.y_val, shard.val_start)]
+    summed = [[0, 0] for _ in local]
+    for part in data_grid.gather_to_all(local):
+        for total, lanes in zip(summed, part):
+            total[0], total[1] = (total[0] + lanes[0]) & _MASK, (total[1] + lanes[1]) & _MASK
+    hashes = [f"{a:016x}{b:016x}" for a, b in summed]
+    return {"n_total": shard.n_total, "n_features": shard.n_features, "n_classes": shard.n_classes,
+            "n_test_total": shard.n_test_total, "n_val_total": shard.n_val_total,
+            "X": hashes[0], "y": hashes[1], "X_val": hashes[2], "y_val": hashes[3]}
+
+
+FINGERPRINT_PARTS = {"n_total": "the number of training rows", "n_features": "the number of features",
+                     "n_classes": "the number of classes", "n_test_total": "the number of test rows",
+                     "n_val_total": "the number of validation rows", "X": "the training features",
+                     "y": "the training labels", "X_val": "the validation features", "y_val": "the validation labels"}
+
+
+def fingerprint_difference(saved, current):
+    """What differs between two :func:`data_fingerprint` records, in words, or None."""
+    differ = [what for key, what in FINGERPRINT_PARTS.items() if saved.get(key) != current.get(key)]
+    return ", ".join(differ) if differ else None
 
 
 def _check_layout(f, path):
@@ -339,7 +425,8 @@ def load_shard(path, grid, dtype=np.float64, part=None, *, validation_fraction=0
                  n_test_total=n_test, n_features=d, n_classes=n_classes, name=name, start=start,
                  X_val=np.ascontiguousarray(arrays["X_val"].T) if has_val else None,
                  y_val=labels["y_val"] if has_val else None, n_val_total=n_val_file or n_held,
-                 validation_source="file" if n_val_file else "held_out" if held is not None else None)
+                 validation_source="file" if n_val_file else "held_out" if held is not None else None,
+                 val_start=part.block_range(n_val_file or n_held)[0])
 
 
 def write_dataset(path, X, y, X_test=None, y_test=None, *, name="", n_classes=None, preprocessing="", classes=None,

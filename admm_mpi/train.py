@@ -13,6 +13,8 @@ import statistics
 import sys
 import time
 import types
+import uuid
+import warnings
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -22,8 +24,9 @@ from admm_mpi import __version__
 from admm_mpi import checkpoint
 from admm_mpi.backend import DTYPES, device_namespace, from_host, is_numpy, namespace, to_host
 from admm_mpi.config import without_validation
-from admm_mpi.data import load_shard, resolve_path
+from admm_mpi.data import data_fingerprint, fingerprint_difference, load_shard, resolve_path
 from admm_mpi.errors import InputError, TrainingError
+from admm_mpi.files import create_file, open_nofollow
 from admm_mpi.model import ModelSpec, predict, save_model
 from admm_mpi.solvers import make_solver
 from admm_mpi.solvers.batches import INTERRUPTED
@@ -50,7 +53,9 @@ def to_device(shard, device, grid):
     if device == "cpu":
         return shard
     xp = device_namespace(device)
-    xp.cuda.Device(grid.local_rank() % xp.cuda.runtime.getDeviceCount()).use()
+    from admm_mpi.devices import device_for
+
+    xp.cuda.Device(device_for(grid.local_rank(), xp.cuda.runtime.getDeviceCount())).use()
     shard.X, shard.X_test = xp.asarray(shard.X), xp.asarray(shard.X_test)
     if shard.X_val is not None:
         shard.X_val = xp.asarray(shard.X_val)
@@ -62,12 +67,12 @@ def to_device(shard, device, grid):
 def _write_json(path, obj):
     tmp = f"{path}.tmp"
     try:
-        with open(tmp, "w") as f:
+        with create_file(tmp) as f:
             json.dump(obj, f, indent=2)
             f.write("\n")
         os.replace(tmp, path)
     except OSError:
-        if os.path.isfile(tmp):
+        if os.path.isfile(tmp) and not os.path.islink(tmp):
             os.remove(tmp)
         raise
 
@@ -292,19 +297,105 @@ def _evaluate_iteration(config, solver, spec, state, shard, grid, Y_val, iterati
     return scores, decision
 
 
-def resume(config, grid, solver, state, shard, selection=None):
-    """Continue from a checkpoint if asked (collective): ``(first iteration, checkpoint path)``.
+@dataclass
+class ResumePoint:
+    """Where a run starts: its first iteration, the checkpoint it continues (None: afresh), its run
+    identity (None: a new one), and the record of a run that already finished here (then nothing
+    is to be done)."""
+    first: int = 1
+    checkpoint: str = None
+    run_id: str = None
+    finished: dict = None
 
-    The checkpoint is found by scanning (newest intact one first), checked against this run's
-    configuration and data, and read back re-sharded onto this run's ranks, with the model
-    ``selection`` saved beside the state.
+
+FINISHED_FORMAT = "admm-mpi finished run"
+
+
+def _finished_record(path):
+    """The ``finished.json`` at ``path`` (a dict), None if there is none, or a message if damaged."""
+    try:
+        with open_nofollow(path) as f:
+            record = json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        return f"{path} is unreadable ({exc})"
+    fields = {"run_id": str, "stopped": str, "line": str, "config": dict, "data": dict}
+    if not isinstance(record, dict) or record.get("format") != FINISHED_FORMAT or any(
+            not isinstance(record.get(k), kind) for k, kind in fields.items()):
+        return f"{path} is damaged (not a finished-run record)"
+    return record
+
+
+def finished_here(config, grid, data):
+    """Collective: the record of the run that finished in ``config.out``, when ``--resume`` would
+    continue that very run (``auto``, the run directory, or one of its checkpoints); else None.
+
+    Finished means stopped early, converged or diverged, or ran its ``--iters``: the same command
+    again (a Slurm requeue) changes nothing. Only a larger ``--iters`` than the run had continues
+    a run that ran its budget.
+
+    Its configuration and data must be this run's, as a checkpoint's must: a resumed command that
+    differs is refused, never answered with another run's outcome.
+    """
+    record = None
+    if grid.is_root:
+        source = checkpoint.source_run_directory(config.resume, config.out)
+        try:
+            in_place = os.path.samefile(source, config.out)
+        except OSError:
+            in_place = False
+        if in_place:
+            record = _finished_record(os.path.join(config.out, "finished.json"))
+            if isinstance(record, str):
+                warnings.warn(f"{record}; ignored: resuming from the checkpoints", RuntimeWarning, stacklevel=2)
+                record = None
+    record = grid.bcast_decision(record)
+    if record is None or (record["stopped"] == "iterations" and config.iters > record["config"].get("iters", 0)):
+        return None  # not finished, or ran its budget and is asked for more iterations: continue it
+    problem = None
+    if grid.is_root:
+        differ = checkpoint.config_difference(record["config"], config.as_dict())
+        data_differ = fingerprint_difference(record["data"], data)
+        if differ:
+            problem = f"{config.out} holds a finished run with another configuration ({differ}); choose another --out"
+        elif data_differ:
+            problem = f"{config.out} holds a finished run trained on other data ({data_differ} differ); choose another --out"
+    grid.agree(problem)
+    return record
+
+
+def write_finished(config, grid, run_id, data, stopped, line):
+    """Root: record in ``finished.json`` that the run in ``config.out`` ended (never on a stop by a
+    signal), so a resumed command reports it instead of training on."""
+    if not grid.is_root:
+        return
+    record = {"format": FINISHED_FORMAT, "run_id": run_id, "stopped": stopped, "line": line,
+              "config": config.as_dict(), "data": data}
+    try:
+        _write_json(os.path.join(config.out, "finished.json"), record)
+    except OSError as exc:
+        print(f"admm-mpi: warning: cannot write {os.path.join(config.out, 'finished.json')} ({exc.strerror or exc}); "
+              "a resumed command will not know this run finished", file=sys.stderr, flush=True)
+
+
+def resume(config, grid, solver, state, shard, selection=None, data=None):
+    """Continue from a checkpoint if asked (collective); returns a :class:`ResumePoint`.
+
+    A run that already finished in ``config.out`` is reported, not continued. Otherwise the
+    checkpoint is found by scanning (newest intact one first), checked against this run's
+    configuration and data (``data``: this run's data fingerprint), and read back re-sharded onto
+    this run's ranks, with the model ``selection`` saved beside the state.
     """
     if not config.resume:
-        return 1, None
-    manifest = checkpoint.resolve_resume(config.resume, config.out, grid)
+        return ResumePoint()
+    finished = finished_here(config, grid, data)
+    if finished is not None:
+        return ResumePoint(finished=finished, run_id=finished["run_id"])
+    manifest, run_id = checkpoint.resolve_resume(config.resume, config.out, grid)
     if manifest is None:  # --resume auto on a run without checkpoints: a fresh start
-        return 1, None
-    grid.agree(checkpoint.check_compatible(manifest, config, shard) if grid.is_root else None)
+        return ResumePoint(run_id=run_id)
+    grid.agree(checkpoint.check_compatible(manifest, config, shard, data) if grid.is_root else None)
     iteration, batches_done = checkpoint.load(manifest, state, shard, grid, needs=solver.needs, extra=selection)
     if manifest.get("state", "full") == "global" and state.sample_fields:
         # weights and schedules only: the per-sample state restarts from the forward pass of the
@@ -313,7 +404,8 @@ def resume(config, grid, solver, state, shard, selection=None):
     first = iteration + 1  # a checkpoint inside an epoch continues that epoch after its batches
     grid.agree(None if first <= config.iters else
                f"checkpoint {manifest['path']} is already at iteration {iteration}; ask for more --iters")
-    return first, manifest["path"]
+    run_id = None if manifest["run_id"] == checkpoint.LEGACY else manifest["run_id"]
+    return ResumePoint(first, manifest["path"], run_id)
 
 
 @dataclass
@@ -344,22 +436,50 @@ def train(config, grid, *, out=True, shard=None, stop=None):
             run_dir.close()
 
 
+def earlier_rows(path, run_id, first):
+    """The rows of the metrics file ``path`` that run ``run_id`` wrote before iteration ``first``
+    (None: rows of a run before run identities are taken as its own). A torn or unreadable line
+    (a job killed while writing it) is dropped with a warning; another run's rows are dropped."""
+    rows, torn = [], 0
+    try:
+        with open_nofollow(path) as f:
+            for line in f:
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    torn += 1
+                    continue
+                if (isinstance(row, dict) and isinstance(row.get("iteration"), int) and row["iteration"] < first
+                        and row.get("run_id", run_id) == run_id):
+                    rows.append(row)
+    except FileNotFoundError:
+        return []
+    except (OSError, UnicodeDecodeError) as exc:
+        warnings.warn(f"cannot read {path} ({exc}); the rows before iteration {first} are lost", RuntimeWarning,
+                      stacklevel=2)
+        return []
+    if torn:
+        warnings.warn(f"{path}: {torn} torn line(s) dropped (a job stopped while writing them)", RuntimeWarning,
+                      stacklevel=2)
+    return rows
+
+
 class MetricsSink:
     """``metrics.jsonl`` (root only, when writing outputs) and the progress bar.
 
-    A resumed run keeps the rows before its first iteration, so the file never repeats one.
+    A resumed run keeps its own rows before its first iteration, read from the run directory
+    it continues, so the file never repeats one nor holds another run's.
     """
 
-    def __init__(self, config, grid, out, first):
+    def __init__(self, config, grid, out, first, source=None, run_id=None):
         self.file = None
         if out and grid.is_root:
             path = os.path.join(config.out, "metrics.jsonl")
-            kept = []
-            if first > 1 and os.path.exists(path):  # keep the rows up to the checkpoint
-                with open(path) as f:
-                    kept = [line for line in f if line.strip() and json.loads(line)["iteration"] < first]
-            self.file = open(path, "w")
-            self.file.writelines(kept)
+            kept = earlier_rows(os.path.join(source, "metrics.jsonl"), run_id, first) if first > 1 and source else []
+            self.file = create_file(path)
+            self.file.writelines(json.dumps(row) + "\n" for row in kept)
         self.progress = _Progress(out and grid.is_root and config.progress, config.iters)
 
     def write(self, row):
@@ -393,7 +513,15 @@ class _Run:
             Y_val = spec.loss_fn.targets(shard.y_val, shard.n_classes, dtype)
             self.Y_val = from_host(namespace(shard.X), Y_val, like=shard.X)
         self.selection = Selection()
-        self.first, self.resumed_from = resume(config, grid, self.solver, self.state, shard, self.selection)
+        # what checkpoints record and a resume checks: the whole content of the rows this run trains on
+        self.data = data_fingerprint(shard, self.solver.grid.data) if out else None
+        point = resume(config, grid, self.solver, self.state, shard, self.selection, self.data)
+        self.first, self.resumed_from, self.finished = point.first, point.checkpoint, point.finished
+        self.run_id = grid.bcast_decision(point.run_id or (uuid.uuid4().hex if grid.is_root else None))
+        if out and point.finished is None and grid.is_root and config.resume:
+            from admm_mpi.rundir import RunDirectory
+
+            RunDirectory(config.out).mark_unfinished()  # this directory now holds a run that has not ended
         if config.keep == "best" and self.selection.best_iteration is not None and self.selection.model is None:
             # resumed with --keep best from a run with --keep last: its best iterate's weights are gone
             if grid.is_root:
@@ -454,7 +582,8 @@ class _Run:
         self.evaluation_bytes.append(self.grid.bytes_sent - sent1)
         self.seconds.append(time.perf_counter() - t0)
         row = {"iteration": iteration, "objective": metrics.pop("objective"), "residual": metrics.pop("residual"),
-               **scores, "seconds": self.seconds[-1], "step_seconds": self.step_seconds[-1], **metrics}
+               **scores, "seconds": self.seconds[-1], "step_seconds": self.step_seconds[-1], **metrics,
+               "run_id": self.run_id}
         if self.selection.best_iteration == iteration:
             self.selection.best_row = row
         self.objectives.append(row["objective"])
@@ -464,11 +593,13 @@ class _Run:
         if not self.out:
             return None
         return checkpoint.save(self.config.out, iteration, self.state, self.shard, self.config, self.grid,
-                               owns=self.solver.owns, batches_done=batches_done, extra=self.selection)
+                               owns=self.solver.owns, batches_done=batches_done, extra=self.selection,
+                               run_id=self.run_id, data=self.data)
 
     def loop(self):
         """Iterate until the budget, convergence, early stopping or a stop request."""
-        sink = MetricsSink(self.config, self.grid, self.out, self.first)
+        source = os.path.dirname(os.path.dirname(self.resumed_from)) if self.resumed_from else None
+        sink = MetricsSink(self.config, self.grid, self.out, self.first, source, self.run_id)
         try:
             for iteration in range(self.first, self.config.iters + 1):
                 row = self.iteration_step(iteration)
@@ -477,8 +608,10 @@ class _Run:
                 self.row, self.iteration = row, iteration
                 sink.write(row)
                 if self.decision == "diverged":
-                    raise TrainingError(f"training diverged at iteration {iteration}: the objective is not "
-                                        "finite (try a larger ridge or smaller beta/gamma)")
+                    message = f"training diverged at iteration {iteration}: the objective is not finite"
+                    if self.out:
+                        write_finished(self.config, self.grid, self.run_id, self.data, "diverged", message)
+                    raise TrainingError(f"{message} (try a larger ridge or smaller beta/gamma)")
                 every = self.config.checkpoint_every
                 if self.decision == "preempted" or (every and iteration % every == 0):
                     self.saved = self.checkpoint(iteration)
@@ -508,6 +641,7 @@ class _Run:
         peak_memory = grid.gather_to_root(peak_memory_bytes())
         on_root = grid.is_root
         return {
+            "run_id": self.run_id,
             "solver": config.solver, "layout": config.layout, "layer_groups": self.solver.grid.groups,
             "data_shards": self.solver.grid.shards, "ranks": grid.size, "iterations": self.iteration,
             "first_iteration": self.first, "resumed_from": self.resumed_from,
@@ -540,15 +674,35 @@ class _Run:
 
 def _train(config, grid, out, shard, stop):
     run = _Run(config, grid, out, shard, stop)
+    if run.finished is not None:  # nothing to do: its outputs stay as they are
+        if run.solver.grid is not grid:
+            run.solver.grid.close()
+        return TrainResult({"finished_earlier": True, **run.finished}, run.state, None, run.spec, [])
     run.loop()
     model, kept_row, kept, test_accuracy = run.kept()
     weights, biases = run.solver.full_model(model)
     summary = run.summary(kept_row, kept, test_accuracy)
     if out:
         write_outputs(config, grid, run.spec, weights, biases, summary)
+        if not summary["preempted"]:
+            write_finished(run.config, grid, run.run_id, run.data, summary["stopped"], summary_line(summary, run.config))
     if run.solver.grid is not grid:
         run.solver.grid.close()  # a layer grid's split communicator
     return TrainResult(summary, run.state, (weights, biases), run.spec, run.objectives)
+
+
+def summary_line(summary, config):
+    """The one line that tells how a run ended: why it stopped, which iterate it kept, its accuracies."""
+    stopped = {"early_stopping": f" (early stopping: no better validation accuracy in {config.patience} "
+                                 "evaluations)", "converged": f" (converged: residual below --tol {config.tol})"}
+    kept = (f"kept iteration {summary['kept_iteration']} (best validation accuracy)"
+            if summary["kept"] == "best" else "")
+    figures = [f"{name} accuracy {summary[key]:.4f}" for name, key in (
+        ("train", "train_accuracy"), ("validation", "validation_accuracy"), ("test", "test_accuracy"))
+        if summary[key] is not None]
+    return (f"{summary['iterations']} iterations on {summary['ranks']} rank(s)"
+            f"{stopped.get(summary['stopped'], '')}: " + ", ".join(([kept] if kept else []) + figures)
+            + f", {summary['seconds_per_iteration']:.3g} s/iteration; outputs in {config.out}")
 
 
 def _median(values):

@@ -114,7 +114,7 @@ def test_a_checkpoint_of_another_config_or_data_is_refused_and_kept(tmp_path):
     write_dataset(str(tmp_path / "other.h5"), X, y, name="other", n_classes=10)
     other = run_admm(2, "train", *COMMON, "--iters", 8, "--data", tmp_path / "other.h5", "--resume", run,
                      "--out", tmp_path / "o2")
-    assert other.returncode == 2 and "another data set" in other.stderr
+    assert other.returncode == 2 and "trained on other data" in other.stderr
     assert (part.read_bytes(), part.stat().st_mtime_ns) == before
     missing = run_admm(2, "train", *COMMON, "--iters", 8, "--resume", tmp_path / "nothing", "--out", run)
     assert missing.returncode == 2 and "does not exist" in missing.stderr
