@@ -139,6 +139,9 @@ def make_parser():
     cv.add_argument("--delimiter", help="csv: field separator (default: whitespace)")
     cv.add_argument("--seed", type=int, default=0, help="seed of the test and validation splits (default: 0)")
     cv.add_argument("--name", help="data set name stored in the file")
+    cv.add_argument("--allow-virtual", dest="allow_virtual", action="store_true",
+                    help="hdf5: accept virtual datasets once every source file is found (their values are copied "
+                         "into the output); external raw storage is always refused")
     ag = data_sub.add_parser("augment", help="graph-augmented features [A^K X, ..., AX, X] (pdADMM-G)")
     ag.add_argument("input", help="admm-mpi HDF5 data set (graph nodes: training rows, then test rows)")
     ag.add_argument("--adjacency", required=True, help="scipy.sparse .npz (or .npz with one dense array)")
@@ -256,7 +259,7 @@ def _cmd_predict(args, grid):
 
 def _check_writable(path, grid):
     """Rank 0 creates and removes ``path``'s temporary file; every rank raises if that failed."""
-    from admm_mpi.files import write_problem
+    from admm_mpi.files import create_file, write_problem
 
     problem = None
     if grid.is_root:
@@ -264,25 +267,37 @@ def _check_writable(path, grid):
             problem = f"cannot write {path}: it is a directory"
         else:
             try:
-                with open(f"{path}.tmp", "w"):
-                    pass
+                create_file(f"{path}.tmp").close()
                 os.remove(f"{path}.tmp")
             except OSError as exc:
                 problem = write_problem(path, exc)
     grid.agree(problem)
 
 
+def _probe_writable(path):
+    """Root only (commands that run on rank 0 alone): InputError naming why ``path`` cannot be written."""
+    from admm_mpi.files import create_file, write_problem
+
+    if os.path.isdir(path):
+        raise InputError(f"cannot write {path}: it is a directory")
+    try:
+        create_file(f"{path}.tmp").close()
+        os.remove(f"{path}.tmp")
+    except OSError as exc:
+        raise InputError(write_problem(path, exc)) from None
+
+
 def _write_text(path, text):
     """Write ``text`` to ``path`` through a temporary file; on failure remove it and say why."""
-    from admm_mpi.files import write_problem
+    from admm_mpi.files import create_file, write_problem
 
     tmp = f"{path}.tmp"
     try:
-        with open(tmp, "w") as f:
+        with create_file(tmp) as f:
             f.write(text)
         os.replace(tmp, path)
     except OSError as exc:
-        if os.path.isfile(tmp):  # ours, partly written (not whatever else has that name)
+        if os.path.isfile(tmp) and not os.path.islink(tmp):  # ours, partly written
             os.remove(tmp)
         raise InputError(write_problem(path, exc)) from None
 
@@ -329,15 +344,21 @@ def _cmd_data(args, grid):
     if args.data_command == "augment":
         from admm_mpi.graph import augment
 
+        _probe_writable(args.out)
         print(json.dumps(augment(args.input, args.adjacency, args.out, args.hops), indent=2))
         return
     if args.chunk_rows < 1:
         raise InputError(f"--chunk-rows must be at least 1, got {args.chunk_rows}")
-    if not args.scale > 0:
-        raise InputError(f"--scale must be positive, got {args.scale}")
+    if not (args.scale > 0 and args.scale != float("inf")):
+        raise InputError(f"--scale must be a finite positive number, got {args.scale}")
     options = {}
-    if (args.format or convert.detect_format(args.input.split(",")[0])) == "csv":
+    fmt = args.format or convert.detect_format(args.input.split(",")[0])
+    if fmt == "csv":
         options = {"label_column": args.label_column, "delimiter": args.delimiter}
+    elif fmt == "hdf5":
+        options = {"allow_virtual": args.allow_virtual}
+    elif args.allow_virtual:
+        raise InputError("--allow-virtual applies to HDF5 input only")
     summary = convert.convert(args.input, args.out, fmt=args.format, test_inputs=args.test,
                               test_fraction=args.test_fraction, validation_fraction=args.validation_fraction,
                               standardize=args.standardize,
@@ -356,6 +377,7 @@ def _cmd_plot(args, grid):
     labels = args.labels.split(",") if args.labels else None
     if labels and len(labels) != len(args.runs):
         raise InputError(f"--labels names {len(labels)} runs but {len(args.runs)} were given")
+    _probe_writable(out)
     print(plot_runs(args.runs, out, labels))
 
 
@@ -409,6 +431,22 @@ def main(argv=None):
         return EXIT_TRAINING_ERROR
     except SystemExit as exc:  # --help / --version
         return exc.code if isinstance(exc.code, int) else 0
+    except BrokenPipeError:
+        # the reader of our output went away (`admm-mpi data info F | head -1`): stop quietly, as
+        # Unix tools do, with the status of a SIGPIPE; Python must not complain at exit either
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except OSError:
+            pass
+        return 141
+    except MemoryError:
+        # a network or data set too large for this node: one line, and the whole job ends (other
+        # ranks may be waiting in a collective)
+        print(f"admm-mpi: error: out of memory on rank {grid.rank} (try narrower --hidden, more ranks, "
+              "or --dtype float32)", file=sys.stderr, flush=True)
+        if grid.size > 1:
+            grid.abort(EXIT_TRAINING_ERROR)
+        return EXIT_TRAINING_ERROR
     except BaseException as exc:
         # Only this rank failed: print why, then end the whole job instead of leaving the
         # other ranks waiting in a collective forever.

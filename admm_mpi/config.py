@@ -189,7 +189,7 @@ def _parse_hidden(value, text_ok=True):
     if isinstance(value, (list, tuple)):
         items, text_ok = list(value), False  # TOML list items must be numbers, not text
     elif isinstance(value, str):
-        items, text_ok = [s for s in value.replace(" ", "").split(",") if s], True
+        items, text_ok = value.replace(" ", "").split(","), True  # an empty item ("16,,16") is an error
     else:
         items = None
     widths = None if items is None else [_whole_number(item, text_ok) for item in items]
@@ -240,7 +240,14 @@ def read_toml(path):
         raise InputError(f"config file {path} does not exist") from None
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise InputError(f"cannot read config file {path}: {exc}") from None
-    doc = doc.get("train", doc)
+    if "train" in doc:  # a [train] table: every setting lives in it, nothing beside it
+        if not isinstance(doc["train"], dict):
+            raise InputError(f"config file {path}: 'train' must be a table ([train]), got {doc['train']!r}")
+        outside = sorted(set(doc) - {"train"})
+        if outside:
+            raise InputError(f"config file {path}: keys {outside} lie outside the [train] table, where they "
+                             "would be ignored; move them into it")
+        doc = doc["train"]
     known = setting_types()
     unknown = sorted(set(doc) - set(known))
     if unknown:

@@ -26,7 +26,7 @@ import h5py
 import numpy as np
 
 from admm_mpi.data import validation_rows
-from admm_mpi.files import hdf5_open_problem, reserve_space, write_problem
+from admm_mpi.files import create_file, hdf5_file, hdf5_open_problem, indirect_storage, reserve_space, write_problem
 from admm_mpi.errors import InputError
 
 FORMATS = ("npz", "csv", "libsvm", "idx", "hdf5")
@@ -59,6 +59,8 @@ def read_npz(path, chunk, x_key="X", y_key="y"):
         if x_key not in f or y_key not in f:
             raise InputError(f"{path}: needs arrays {x_key!r} and {y_key!r}, found {sorted(f.files)}")
         X, y = f[x_key], f[y_key]
+    if X.ndim == 0 or y.ndim == 0 or X.shape[0] != y.shape[0]:
+        raise InputError(f"{path}: {x_key} {X.shape} and {y_key} {y.shape} do not have one row per label")
     X = X.reshape(X.shape[0], -1)
     for s in range(0, X.shape[0], chunk):
         yield X[s:s + chunk], y[s:s + chunk]
@@ -189,7 +191,30 @@ def read_idx(images, labels, chunk):
             yield np.frombuffer(x_bytes, dtype=dtype).reshape(rows, width), np.frombuffer(y_bytes, dtype=ydtype)
 
 
-def read_hdf5(path, chunk, x_key="X", y_key="y"):
+def virtual_sources_problem(f, path):
+    """With ``--allow-virtual``: one line naming a virtual dataset's source file that is missing
+    or unreadable (HDF5 would read zeros in its place), or a dataset with external raw storage
+    (always refused: it reads any file's bytes), else None."""
+    for name in _datasets(f):
+        dset = f[name]
+        if dset.external:
+            return indirect_storage(f, path)
+        if dset.is_virtual:
+            for source in dset.virtual_sources():
+                file = source.file_name
+                where = path if file == "." else os.path.join(os.path.dirname(path), file) if not os.path.isabs(file) else file
+                if not (os.path.isfile(where) and os.access(where, os.R_OK)):
+                    return f"{path}: dataset {name!r} is virtual and its source {file} is missing or unreadable"
+    return None
+
+
+def _datasets(f):
+    names = []
+    f.visititems(lambda name, item: names.append(name) if isinstance(item, h5py.Dataset) else None)
+    return names
+
+
+def read_hdf5(path, chunk, x_key="X", y_key="y", allow_virtual=False):
     try:
         f = h5py.File(path, "r")
     except OSError as exc:
@@ -197,6 +222,9 @@ def read_hdf5(path, chunk, x_key="X", y_key="y"):
     with f:
         if x_key not in f or y_key not in f:
             raise InputError(f"{path}: needs datasets {x_key!r} and {y_key!r}, found {sorted(f.keys())}")
+        problem = virtual_sources_problem(f, path) if allow_virtual else indirect_storage(f, path)
+        if problem:
+            raise InputError(problem)
         X, y = f[x_key], f[y_key]
         for s in range(0, X.shape[0], chunk):
             yield X[s:s + chunk].reshape(min(chunk, X.shape[0] - s), -1), y[s:s + chunk]
@@ -220,10 +248,40 @@ def reader(path, fmt, chunk, **options):
     return _guarded(readers[fmt](path, chunk, **options), path)
 
 
+def chunk_problem(X, y, path, first):
+    """Why a reader's chunk (rows ``first``...) cannot be converted, or None: features must be a
+    2-D array of real numbers, labels one finite value per row (never silently a class of NaN,
+    nor the real part of a complex number)."""
+    X, y = np.asarray(X), np.asarray(y)
+    if X.ndim != 2:
+        return f"{path}: features must be 2-D (rows x columns), got shape {X.shape}"
+    if X.dtype.kind not in "biuf":
+        what = "complex" if X.dtype.kind == "c" else f"non-numeric ({X.dtype})"
+        return f"{path}: features are {what}; admm-mpi trains on real numbers only"
+    if y.ndim != 1:
+        hint = " (one-hot labels: pass the class index of each row, e.g. y.argmax(1))" if y.ndim == 2 else ""
+        return f"{path}: labels must be one value per row (1-D), got shape {y.shape}{hint}"
+    if y.shape[0] != X.shape[0]:
+        return f"{path}: {X.shape[0]} rows of features but {y.shape[0]} labels"
+    if y.dtype.kind == "c" or (y.dtype.kind not in "biufUS"):
+        return f"{path}: labels have unsupported type {y.dtype}"
+    if y.dtype.kind == "f" and not np.all(np.isfinite(y)):
+        row = first + int(np.flatnonzero(~np.isfinite(y))[0])
+        return f"{path}: label at row {row} is {y[row - first]} (labels must be finite)"
+    return None
+
+
 def _guarded(chunks, path):
-    """A reader's chunks; a failure to read or parse the input becomes one line naming it."""
+    """A reader's chunks, each checked (:func:`chunk_problem`); a failure to read or parse the
+    input becomes one line naming it."""
+    first = 0
     try:
-        yield from chunks
+        for X, y in chunks:
+            problem = chunk_problem(X, y, path, first)
+            if problem:
+                raise InputError(problem)
+            first += len(y)
+            yield X, y
     except InputError:
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # gzip, zip, text decoding, npz
@@ -241,10 +299,13 @@ def convert(inputs, out, **settings):
     removed, so no partial output is left. ``out`` is checked for writing before any work.
     """
     tmp = f"{out}.tmp"
+    scale = settings.get("scale", 1.0)
+    if not (np.isfinite(scale) and scale > 0):
+        raise InputError(f"--scale must be a finite positive number, got {scale}")
     problem = f"cannot write {out}: it is a directory" if os.path.isdir(out) else None
     try:
         if problem is None:
-            open(tmp, "w").close()
+            create_file(tmp).close()
             os.remove(tmp)
     except OSError as exc:
         problem = write_problem(out, exc)
@@ -254,7 +315,7 @@ def convert(inputs, out, **settings):
         summary = _convert(inputs, tmp, **settings)
         os.replace(tmp, out)
     except BaseException as exc:
-        if os.path.isfile(tmp):  # ours, partly written (not whatever else has that name)
+        if os.path.isfile(tmp) and not os.path.islink(tmp):  # ours, partly written
             os.remove(tmp)
         if isinstance(exc, OSError):  # the readers turn their own failures into InputError
             raise InputError(write_problem(out, exc)) from None
@@ -363,7 +424,7 @@ def _convert(inputs, tmp, *, fmt=None, test_inputs=None, test_fraction=0.0, vali
                                                             validation_fraction, seed, options)
     n_rows = y_all.size + (0 if test_labels is None else test_labels.size)
     reserve_space(tmp, n_rows * (width * np.dtype(dtype).itemsize + 8))  # a full disk fails here, cleanly
-    with h5py.File(tmp, "w") as f:
+    with hdf5_file(tmp, "w") as f:
         append = _appender(f, classes, chunk, dtype)
         sums, sq, n_train = _write_rows(f, inputs, fmt, chunk, options, split, append, scale)
         if test_inputs:

@@ -25,7 +25,7 @@ from importlib import resources
 import h5py
 import numpy as np
 
-from admm_mpi.files import hdf5_open_problem, hdf5_reason
+from admm_mpi.files import hdf5_file, hdf5_open_problem, hdf5_reason, indirect_storage
 
 BUNDLED = {"digits": "digits.h5"}
 VALIDATION_STREAM = 0x76616C  # seeds the validation draw apart from the weights' and batches' streams
@@ -273,7 +273,7 @@ def _read_meta(path):
     """``((n, d, n_test, n_val, n_classes, name), problem)`` from the file's layout."""
     try:
         with h5py.File(path, "r") as f:
-            problem = _check_layout(f, path)
+            problem = indirect_storage(f, path) or _check_layout(f, path)
             if problem is not None:
                 return None, problem
             n, d = f["X"].shape
@@ -433,7 +433,7 @@ def write_dataset(path, X, y, X_test=None, y_test=None, *, name="", n_classes=No
                   X_val=None, y_val=None):
     """Write arrays (rows = samples) in the admm-mpi HDF5 format, atomically."""
     tmp = f"{path}.tmp"
-    with h5py.File(tmp, "w") as f:
+    with hdf5_file(tmp, "w") as f:
         f.create_dataset("X", data=X)
         f.create_dataset("y", data=y)
         for key, X_split, y_split in (("test", X_test, y_test), ("val", X_val, y_val)):

@@ -77,7 +77,11 @@ class _ADMMBase(BaseEstimator):
 
     def _config(self, loss):
         hidden = self.hidden_layer_sizes
-        hidden = (int(hidden),) if np.isscalar(hidden) else tuple(int(h) for h in hidden)
+        hidden = [hidden] if np.isscalar(hidden) else list(hidden)
+        if not hidden or not all(isinstance(h, Integral) and not isinstance(h, (bool, np.bool_)) and h >= 1
+                                 for h in hidden):
+            raise ValueError(f"hidden_layer_sizes must be positive integers, got {self.hidden_layer_sizes!r}")
+        hidden = tuple(int(h) for h in hidden)
         # the solver's own Params; a setting it does not have is an InputError (a ValueError)
         params = make_params(self.solver, dict(self.solver_params or {}))
         if isinstance(self.random_state, Integral):  # the same seed as `admm-mpi train --seed`

@@ -60,6 +60,10 @@ def augment(data, adjacency, out, hops=2):
             X, y = f["X"][...], f["y"][...]
             X_test = f["X_test"][...] if "X_test" in f else np.empty((0, X.shape[1]), X.dtype)
             y_test = f["y_test"][...] if "y_test" in f else np.empty(0, y.dtype)
+            if "X_val" in f:  # validation rows are not graph nodes: they cannot be augmented
+                raise InputError(f"{path} has a validation split (X_val, y_val), whose rows are not nodes of the "
+                                 "graph (nodes: training rows, then test rows); convert it without "
+                                 "--validation-fraction, then use train --validation-fraction")
             attrs = dict(f.attrs)
     except FileNotFoundError:
         raise InputError(f"data file {path} does not exist") from None

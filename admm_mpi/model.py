@@ -10,7 +10,7 @@ import numpy as np
 
 from admm_mpi import __version__
 from admm_mpi.errors import InputError
-from admm_mpi.files import hdf5_open_problem, reserve_space, write_problem
+from admm_mpi.files import hdf5_file, hdf5_open_problem, indirect_storage, reserve_space, write_problem
 from admm_mpi.ops.activations import ACTIVATIONS, get_activation
 from admm_mpi.ops.losses import LOSSES, get_loss
 
@@ -75,7 +75,7 @@ def save_model(path, spec, weights, biases, extra=None):
     tmp = f"{path}.tmp"
     try:
         reserve_space(tmp, sum(a.nbytes for a in (*weights, *biases)))
-        with h5py.File(tmp, "w") as f:
+        with hdf5_file(tmp, "w") as f:
             f.attrs["format"] = "admm-mpi model"
             f.attrs["format_version"] = MODEL_FORMAT_VERSION
             f.attrs["admm_mpi_version"] = __version__
@@ -91,7 +91,7 @@ def save_model(path, spec, weights, biases, extra=None):
                 group["b"] = b
         os.replace(tmp, path)
     except OSError as exc:
-        if os.path.isfile(tmp):  # ours, partly written (not whatever else has that name)
+        if os.path.isfile(tmp) and not os.path.islink(tmp):  # ours, partly written
             os.remove(tmp)
         raise InputError(write_problem(path, exc)) from None
 
@@ -170,6 +170,9 @@ def load_model(path):
         with h5py.File(path, "r") as f:
             if f.attrs.get("format") != "admm-mpi model":
                 raise InputError(f"{path} is not an admm-mpi model file")
+            indirect = indirect_storage(f, path)
+            if indirect:
+                raise InputError(indirect)
             version = _whole(f.attrs.get("format_version"))
             stored = f.attrs.get("sha256")
             spec = _read_spec(f)

@@ -239,6 +239,49 @@ def _directory(directory):
     return path
 
 
+def _npz(d, name, X, y):
+    path = d / f"{name}.npz"
+    np.savez(path, X=X, y=y)
+    return path
+
+
+def _npz_array(d, name, a):
+    path = d / f"{name}.npz"
+    np.savez(path, a)
+    return path
+
+
+def _virtual_file(d, keep_source):
+    """A data file whose X is a virtual dataset over another file (removed unless ``keep_source``)."""
+    source, path = d / "source.h5", d / ("virtual_ok.h5" if keep_source else "virtual.h5")
+    with h5py.File(source, "w") as f:
+        f["X"] = np.random.default_rng(0).random((40, 4))
+    layout = h5py.VirtualLayout(shape=(40, 4), dtype="f8")
+    layout[:] = h5py.VirtualSource(str(source), "X", shape=(40, 4))
+    with h5py.File(path, "w") as f:
+        f.create_virtual_dataset("X", layout, fillvalue=0)
+        f["y"] = np.arange(40) % 2
+    if not keep_source:
+        source.unlink()
+    return path
+
+
+def _external_file(d):
+    """A data file whose X keeps its values in an outside file's raw bytes."""
+    raw, path = d / "outside.bin", d / "external.h5"
+    np.random.default_rng(0).random((40, 4)).tofile(raw)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("X", shape=(40, 4), dtype="f8", external=[(str(raw), 0, 40 * 4 * 8)])
+        f["y"] = np.arange(40) % 2
+    return path
+
+
+def _with_validation(path):
+    with h5py.File(path, "r+") as f:
+        f["X_val"], f["y_val"] = f["X"][:4], f["y"][:4]
+    return path
+
+
 FILES = {
     **{kind: (lambda d, kind=kind: _bad_file(d, kind)) for kind in ("corrupt", "names", "width", "inf")},
     "bad_toml": _text("bad.toml", "iterations = 3\n"),
@@ -270,6 +313,20 @@ FILES = {
     "csv": _text("small.csv", "1,2,3\n0,1,2\n"),
     "ragged_csv": _text("ragged.csv", "1,2,3\n0,1,2\n1,2,3,4\n"),
     "big_csv": _text("big.csv", "".join(f"{i % 3}," + ",".join(["0.5"] * 99) + "\n" for i in range(2000))),
+    "toml_train_scalar": _text("scalar.toml", "train = 5\n"),
+    "toml_outside_train": _text("outside.toml", "iters = 3\n[train]\nhidden = [8]\n"),
+    "npz_lengths": lambda d: _npz(d, "lengths", np.random.rand(10, 3), np.arange(9) % 2),
+    "npz_onehot": lambda d: _npz(d, "onehot", np.random.rand(10, 3), np.eye(2)[np.arange(10) % 2]),
+    "npz_column": lambda d: _npz(d, "column", np.random.rand(10, 3), (np.arange(10) % 2)[:, None]),
+    "npz_strings": lambda d: _npz(d, "strings", np.array([["a", "b"]] * 10), np.arange(10) % 2),
+    "npz_complex": lambda d: _npz(d, "complex", np.random.rand(10, 3) + 1j, np.arange(10) % 2),
+    "npz_nan_label": lambda d: _npz(d, "nan_label", np.random.rand(10, 3), np.r_[np.arange(9) % 2, np.nan]),
+    "npz_inf_label": lambda d: _npz(d, "inf_label", np.random.rand(10, 3), np.r_[np.inf, np.arange(9) % 2]),
+    "virtual": lambda d: _virtual_file(d, keep_source=False),
+    "virtual_ok": lambda d: _virtual_file(d, keep_source=True),
+    "external": _external_file,
+    "validation_h5": lambda d: _with_validation(_blobs_file(d, "with_val")),
+    "adjacency": lambda d: _npz_array(d, "adjacency", np.eye(48)),
 }
 
 
@@ -389,6 +446,38 @@ CASES = [
     Case("convert-disk-full", _convert("{big_csv}", "--delimiter", ","), "cannot write {tmp}/out.h5: File too large",
          ranks=0, file_size_limit=100_000, absent=NO_H5),
     Case("data-info-garbage", ("data", "info", "{garbage}"), "not an HDF5 file", ranks=1),
+    # issue 37: no silent conversion, no traceback for a user error
+    Case("config-toml-train-not-a-table", ("train", "--config", "{toml_train_scalar}", "--out", "{tmp}/out"),
+         "'train' must be a table", absent=NO_OUT),
+    Case("config-toml-key-outside-train", ("train", "--config", "{toml_outside_train}", "--out", "{tmp}/out"),
+         "keys ['iters'] lie outside the [train] table", absent=NO_OUT),
+    Case("train-hidden-empty-item", ("train", "--hidden", "16,,16", "--out", "{tmp}/out"),
+         "hidden must be comma-separated positive integers, got '16,,16'", absent=NO_OUT),
+    Case("convert-npz-lengths", _convert("{npz_lengths}"), "do not have one row per label", ranks=1, absent=NO_H5),
+    Case("convert-npz-onehot-labels", _convert("{npz_onehot}"), "one-hot labels", ranks=1, absent=NO_H5),
+    Case("convert-npz-column-labels", _convert("{npz_column}"), "labels must be one value per row", ranks=1,
+         absent=NO_H5),
+    Case("convert-npz-string-features", _convert("{npz_strings}"), "features are non-numeric", ranks=1,
+         absent=NO_H5),
+    Case("convert-npz-complex-features", _convert("{npz_complex}"), "features are complex", ranks=1, absent=NO_H5),
+    Case("convert-nan-label", _convert("{npz_nan_label}"), "label at row 9 is nan", ranks=1, absent=NO_H5),
+    Case("convert-inf-label", _convert("{npz_inf_label}"), "label at row 0 is inf", ranks=1, absent=NO_H5),
+    Case("convert-scale-inf", _convert("{csv}", "--delimiter", ",", "--scale", "inf"),
+         "--scale must be a finite positive number", ranks=1, absent=NO_H5),
+    Case("convert-virtual-refused", _convert("{virtual_ok}"), "is virtual", ranks=1, absent=NO_H5),
+    Case("convert-virtual-missing-source", _convert("{virtual}", "--allow-virtual"),
+         "its source", ranks=1, absent=NO_H5),
+    Case("convert-external-refused", _convert("{external}", "--allow-virtual"), "external files", ranks=1,
+         absent=NO_H5),
+    Case("train-data-virtual", ("train", "--data", "{virtual}", "--out", "{tmp}/out"), "is virtual"),
+    Case("train-data-external", ("train", "--data", "{external}", "--out", "{tmp}/out"), "external files"),
+    Case("augment-drops-no-validation", ("data", "augment", "{validation_h5}", "--adjacency", "{adjacency}",
+                                         "--out", "{tmp}/aug.h5"), "has a validation split", ranks=1,
+         absent=("{tmp}/aug.h5",)),
+    Case("augment-out-unwritable", ("data", "augment", "{notest}", "--adjacency", "{adjacency}",
+                                    "--out", "{tmp}/no/aug.h5"), "cannot write {tmp}/no/aug.h5", ranks=1),
+    Case("plot-out-unwritable", ("plot", "{run}", "--out", "{tmp}/no/m.png"), "cannot write {tmp}/no/m.png",
+         ranks=1),
     # a full disk while model.h5 is written: one line, the partial .tmp removed
     Case("train-disk-full-model", ("train", "--iters", "2", "--no-progress", "--out", "{tmp}/full"),
          "cannot write {tmp}/full/model.h5: File too large", exit_code=3, ranks=0, file_size_limit=300_000,
