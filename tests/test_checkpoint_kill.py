@@ -228,6 +228,7 @@ def test_pruning_killed_midway_never_leaves_a_manifest_without_its_parts(tmp_pat
         directory.mkdir(parents=True)
         (directory / "part-00000.h5").write_bytes(b"part")
         (directory / "manifest.json").write_text("{}")
+        (directory / checkpoint.OWNER_FILE).write_text(json.dumps({"format": checkpoint.FORMAT, "run_id": "r1"}))
 
     def killed_while_removing(path, ignore_errors=False):
         for part in Path(path).glob("part-*"):   # the parts go first, then the process dies
@@ -236,7 +237,7 @@ def test_pruning_killed_midway_never_leaves_a_manifest_without_its_parts(tmp_pat
 
     monkeypatch.setattr(checkpoint.shutil, "rmtree", killed_while_removing)
     with pytest.raises(KeyboardInterrupt):
-        checkpoint._prune(str(run), str(run / "checkpoints" / "ckpt-000003"), keep=2)
+        checkpoint._prune(str(run), str(run / "checkpoints" / "ckpt-000003"), keep=2, run_id="r1")
     for directory in (run / "checkpoints").iterdir():
         if (directory / "manifest.json").exists():
             assert list(directory.glob("part-*")), f"{directory.name} has a manifest but no parts"
