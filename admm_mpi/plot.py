@@ -64,6 +64,14 @@ def plot_runs(run_dirs, out, labels=None):
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    from admm_mpi.files import create_file, write_problem
+
+    try:  # a new file, renamed into place: never written through a link (files.create_file)
+        with create_file(f"{out}.tmp", "wb") as f:
+            fig.savefig(f, dpi=100, format="png")
+        os.replace(f"{out}.tmp", out)
+    except OSError as exc:
+        raise InputError(write_problem(out, exc)) from None
+    finally:
+        plt.close(fig)
     return out
