@@ -166,3 +166,45 @@ def test_the_estimator_refuses_a_fractional_width():
 
     with pytest.raises(ValueError, match="positive integers"):
         ADMMClassifier(hidden_layer_sizes=(2.5,)).fit(np.random.rand(20, 3), np.arange(20) % 2)
+
+
+def _subcommands():
+    """Every command path of the parser (``train``, ``data convert``, ...)."""
+    from admm_mpi.cli import make_parser
+
+    def walk(parser, prefix):
+        subs = [a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction"]
+        if not subs:
+            return [prefix]
+        return [path for name, sub in subs[0].choices.items() for path in walk(sub, prefix + [name])]
+
+    return walk(make_parser(), [])
+
+
+BAD_VALUES = ["--no-such-flag", "/nonexistent/dir/file.h5"]
+
+
+@pytest.mark.parametrize("command", [" ".join(c) for c in _subcommands()])
+def test_every_subcommand_answers_bad_input_in_one_line(tmp_path, command):
+    """Each subcommand, given an unknown flag and then a missing file where it takes one: a
+    non-zero exit and one ``admm-mpi: error:`` line, never a traceback."""
+    import subprocess
+    import sys
+
+    from tests.helpers import child_env
+
+    env = child_env(ADMM_MPI_NO_MPI=1)
+    runs = [[*command.split(), "--no-such-flag"]]
+    takes_path = {"train": ["--data"], "evaluate": ["--model"], "predict": ["--model"], "plot": [],
+                  "data convert": [], "data info": [], "data augment": []}
+    if command in takes_path:
+        extra = {"data convert": ["--out", str(tmp_path / "o.h5")], "data augment": ["--adjacency", BAD_VALUES[1],
+                                                                                     "--out", str(tmp_path / "o.h5")],
+                 "train": ["--out", str(tmp_path / "run")]}.get(command, [])
+        runs.append([*command.split(), *takes_path[command], BAD_VALUES[1], *extra])
+    for args in runs:
+        proc = subprocess.run([sys.executable, "-m", "admm_mpi", *args], capture_output=True, text=True, timeout=120,
+                              env=env, cwd=tmp_path)
+        assert proc.returncode != 0, (args, proc.stdout)
+        assert "Traceback" not in proc.stderr, (args, proc.stderr)
+        assert sum(line.startswith("admm-mpi: error:") for line in proc.stderr.splitlines()) == 1, (args, proc.stderr)
