@@ -154,8 +154,7 @@ def make_parser():
     pl.add_argument("--out", help="output PNG (default: RUN/metrics.png of the first run)")
     pl.add_argument("--labels", help="comma-separated legend labels (default: directory names)")
     bn = sub.add_parser("bench", help="run a benchmark of the source checkout's bench/ (JSON + PNG in bench/results)")
-    bn.add_argument("name", help="gemm_efficiency | scaling | cost_model | time_to_accuracy | layer_parallel | "
-                                 "dladmm_iteration")
+    bn.add_argument("name", help=" | ".join(_benchmarks()) or "a script of the source checkout's bench/")
     bn.add_argument("options", nargs=argparse.REMAINDER, help="options passed to the benchmark (see its --help)")
     cf = sub.add_parser("config", help="print the configuration file format")
     cf.add_argument("--defaults", action="store_true", required=True,
@@ -381,17 +380,28 @@ def _cmd_plot(args, grid):
     print(plot_runs(args.runs, out, labels))
 
 
+def _bench_directory():
+    from pathlib import Path
+
+    return Path(__file__).resolve().parents[1] / "bench"
+
+
+def _benchmarks():
+    """Every benchmark script of the source checkout's bench/ (none in an installed wheel)."""
+    bench = _bench_directory()
+    return sorted(p.stem for p in bench.glob("*.py") if p.stem != "common") if bench.exists() else []
+
+
 def _cmd_bench(args, grid):
     """Benchmarks launch their own mpiexec jobs: run them from one process only."""
     if grid.size > 1:
         raise InputError("run `admm-mpi bench` without mpiexec: the benchmarks start their own MPI jobs")
     import subprocess
-    from pathlib import Path
 
-    bench = Path(__file__).resolve().parents[1] / "bench"
+    bench = _bench_directory()
     script = bench / f"{args.name}.py"
-    if not script.exists():
-        known = sorted(p.stem for p in bench.glob("*.py") if p.stem != "common") if bench.exists() else []
+    if args.name == "common" or not script.exists():
+        known = _benchmarks()
         raise InputError(f"no benchmark {args.name!r}" + (f"; choose from {known}" if known else
                          " (the bench/ scripts live in the source checkout: pip install -e .)"))
     completed = subprocess.run([sys.executable, str(script), *args.options])

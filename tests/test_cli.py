@@ -192,3 +192,16 @@ def test_unset_thread_count_limits_every_blas_library_of_every_rank(tmp_path):
     for report in reports:
         threads = json.loads(report)
         assert len(threads) >= 2 and all(t == share for t in threads), threads
+
+
+def test_bench_help_lists_every_benchmark_script():
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO, child_env
+
+    proc = subprocess.run([sys.executable, "-m", "admm_mpi", "bench", "--help"], capture_output=True, text=True,
+                          timeout=60, env=child_env(ADMM_MPI_NO_MPI=1, COLUMNS=1000))
+    scripts = {p.stem for p in (REPO / "bench").glob("*.py")} - {"common"}
+    listed = proc.stdout.split("name", 1)[1]
+    assert proc.returncode == 0 and scripts and all(name in listed for name in scripts), proc.stdout
