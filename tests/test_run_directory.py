@@ -208,3 +208,24 @@ def test_every_subcommand_answers_bad_input_in_one_line(tmp_path, command):
         assert proc.returncode != 0, (args, proc.stdout)
         assert "Traceback" not in proc.stderr, (args, proc.stderr)
         assert sum(line.startswith("admm-mpi: error:") for line in proc.stderr.splitlines()) == 1, (args, proc.stderr)
+
+
+def test_a_width_too_large_for_memory_is_one_line(tmp_path):
+    proc = run_admm(2, "train", "--hidden", "100000000", "--iters", "1", "--no-progress", "--out", tmp_path / "run")
+    assert proc.returncode == 3 and "Traceback" not in proc.stderr, proc.stderr
+    assert "out of memory" in proc.stderr
+
+
+def test_data_info_into_a_closed_pipe_ends_quietly():
+    import subprocess
+    import sys
+
+    from tests.helpers import child_env
+
+    from admm_mpi.data import resolve_path
+
+    reader_gone = subprocess.Popen([sys.executable, "-m", "admm_mpi", "data", "info", resolve_path("digits")],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env(ADMM_MPI_NO_MPI=1))
+    reader_gone.stdout.close()  # before the command prints: its write meets a closed pipe
+    stderr = reader_gone.stderr.read().decode()
+    assert reader_gone.wait(timeout=60) == 141 and "Traceback" not in stderr, stderr
