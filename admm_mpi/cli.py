@@ -33,83 +33,100 @@ class _Parser(argparse.ArgumentParser):
             super()._print_message(message, file)
 
 
-def _add_train_arguments(p):
-    from admm_mpi.config import TrainConfig, layer_parallel_solvers
+# run settings with a flag of their own shape; every other run setting is ``--name-with-dashes VALUE``
+_SWITCHES = {"progress": [("--no-progress", False, "no progress bar")],
+             "early_stopping": [("--early-stopping", True, None), ("--no-early-stopping", False, "run all iterations")]}
+_GROUPS = (("run", ("data", "solver", "layout", "layer_groups", "hidden", "activation", "loss", "iters", "dtype",
+                    "device", "seed", "out", "tol", "progress")),
+           ("checkpoints", ("checkpoint_every", "resume", "checkpoint_state")),
+           ("validation, model selection and evaluation",
+            ("validation_fraction", "early_stopping", "patience", "keep", "eval_test", "eval_every")))
+
+
+def _help_solver(argv):
+    """The solver whose settings ``train --help`` shows: ``--solver`` on the command line, else
+    the config file's or the environment's, else the default (an unknown name: the default)."""
+    from admm_mpi.config import read_toml
+    from admm_mpi.solvers import DEFAULT_SOLVER, SOLVERS
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--solver")
+    pre.add_argument("--config")
+    known, _ = pre.parse_known_args(argv)
+    name = known.solver or os.environ.get("ADMM_MPI_SOLVER")
+    if not name and known.config:
+        try:
+            name = read_toml(known.config).get("solver")
+        except InputError:
+            name = None  # train reports the bad file itself
+    return name if name in SOLVERS else DEFAULT_SOLVER
+
+
+def _add_train_arguments(p, solver):
+    """``train``'s flags, generated from the run settings (:class:`~admm_mpi.config.TrainConfig`)
+    and the solvers' ``Params``: each help text is the setting's own, with ``solver``'s default."""
+    from admm_mpi.config import TrainConfig, run_defaults, run_help
+
+    defaults = run_defaults(solver)
+    metadata = TrainConfig.__dataclass_fields__
+    p.add_argument("--config", metavar="FILE.toml", help="TOML file with any of the settings below")
+    for title, names in _GROUPS:
+        group = p if title == "run" else p.add_argument_group(title)
+        for name in names:
+            text = run_help(name).replace("%", "%%")
+            for flag, const, switch_help in _SWITCHES.get(name, []):
+                shown = switch_help or f"{text} (default: {'on' if defaults[name] else 'off'})"
+                group.add_argument(flag, dest=name, action="store_const", const=const, help=shown)
+            if name not in _SWITCHES:
+                group.add_argument(f"--{name.replace('_', '-')}", dest=name, metavar=metadata[name].metadata["metavar"],
+                                   help=f"{text} (default: {_shown(defaults[name])})")
+        if title == "run":
+            _add_solver_arguments(p, solver)
+
+
+def _shown(value):
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return repr(value) if value == "" else str(value)
+
+
+def _add_solver_arguments(p, solver):
+    """One flag per setting of every registered solver; ``solver``'s own are listed, with its
+    meaning and default, the others accepted but hidden (the configuration then refuses them in
+    one line: that solver has no such setting). Values are text, converted with the chosen
+    solver's types."""
+    from dataclasses import fields
+
+    from admm_mpi.config import solver_run_defaults
     from admm_mpi.solvers import SOLVERS
 
-    p.add_argument("--config", metavar="FILE.toml", help="TOML file with any of the settings below")
-    p.add_argument("--data", help="HDF5 data set (default: the bundled 'digits')")
-    p.add_argument("--solver", help=f"ADMM solver: {' | '.join(SOLVERS)} (default: {TrainConfig.solver})")
-    p.add_argument("--layout", help=f"data | layer | hybrid (layer and hybrid: {', '.join(layer_parallel_solvers())}; "
-                                    "default: data)")
-    p.add_argument("--layer-groups", dest="layer_groups", type=int,
-                   help="hybrid layout: layer groups G of the G x P/G process grid")
-    p.add_argument("--hidden", help="hidden layer widths (default: 512,512)")
-    p.add_argument("--activation", help="relu | leaky_relu | hard_tanh | sigmoid | tanh (default: the solver's)")
-    p.add_argument("--loss", help="least_squares | cross_entropy | ova_hinge | binary_hinge "
-                                 "(default: the solver's)")
-    p.add_argument("--iters", type=int, help="iterations, epochs for the mini-batch solvers; an upper bound with "
-                                             "early stopping (default: 60)")
-    p.add_argument("--dtype", help="float32 | float64 (default: float32)")
-    p.add_argument("--device", help="cpu | gpu (default: cpu; gpu needs cupy)")
-    p.add_argument("--seed", type=int, help="seed of the initial weights (default: 0)")
-    p.add_argument("--out", help="output directory (default: runs/latest)")
-    p.add_argument("--tol", type=float, help="stop when ||z_L - W_L a_{L-1} - b_L|| <= tol*sqrt(N) (default: 0, off)")
-    _add_solver_arguments(p.add_argument_group("solver settings (default: the chosen solver's own)"))
-    p.add_argument("--checkpoint-every", dest="checkpoint_every", type=int,
-                   help="write a checkpoint every K iterations (default: 0, only on SIGTERM)")
-    p.add_argument("--resume", help="continue from a checkpoint: auto | RUN_DIR | FILE")
-    p.add_argument("--checkpoint-state", dest="checkpoint_state", metavar="full|global",
-                   help="what a checkpoint holds: full (default; bit-exact resume) or global (weights and "
-                        "schedules only; a full-batch solver resumes from forward-pass codes, multipliers at 0)")
-    p.add_argument("--no-progress", dest="progress", action="store_const", const=False,
-                   help="no progress bar")
-    _add_validation_arguments(p.add_argument_group("validation, model selection and evaluation"))
+    cls = SOLVERS[solver]
+    others = sorted(set(SOLVERS) - {solver})
+    overrides = ", ".join(f"{name} {_shown(value)}" for name, value in solver_run_defaults(solver).items())
+    group = p.add_argument_group(
+        f"settings of solver {solver} (loss {cls.default_loss}, activation {cls.default_activation}"
+        + (f"; its run defaults: {overrides}" if overrides else "") + ")",
+        f"Other solvers' settings: admm-mpi train --solver NAME --help ({', '.join(others)}).")
+    own = set()
+    for f in fields(cls.Params):
+        own.add(f.name)
+        group.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, metavar=f.metadata.get("metavar"),
+                           help=f"{f.metadata.get('help', '')} (default: {_shown(f.default)})".replace("%", "%%"))
+    for other in others:
+        for f in fields(SOLVERS[other].Params):
+            if f.name not in own:
+                own.add(f.name)
+                group.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, help=argparse.SUPPRESS)
 
 
-def _add_solver_arguments(group):
-    """One flag per solver setting (from the registered solvers' ``Params``); its help gives each
-    solver's meaning and default. The value is text, converted with the chosen solver's type."""
-    from admm_mpi.config import solver_settings
-
-    for name, (metavar, meanings) in solver_settings().items():
-        parts = []
-        for meaning, users in meanings.items():
-            if len({repr(default) for _, default in users}) == 1:
-                defaults = repr(users[0][1])
-            else:
-                defaults = ", ".join(f"{solver} {default!r}" for solver, default in users)
-            parts.append(f"{', '.join(solver for solver, _ in users)}: {meaning} (default {defaults})")
-        group.add_argument(f"--{name.replace('_', '-')}", dest=name, metavar=metavar,
-                           help="; ".join(parts).replace("%", "%%"))
-
-
-def _add_validation_arguments(v):
-    v.add_argument("--validation-fraction", dest="validation_fraction", type=float, metavar="F",
-                   help="hold out this fraction of each class's training rows for validation, drawn from --seed "
-                        "(default: 0.1; 0: none; a data file's X_val, y_val are used instead when present)")
-    v.add_argument("--early-stopping", dest="early_stopping", action="store_const", const=True,
-                   help="stop when validation accuracy has not improved for --patience evaluations (default: on; "
-                        "without validation rows off, unless given, which is then an error)")
-    v.add_argument("--no-early-stopping", dest="early_stopping", action="store_const", const=False,
-                   help="run all --iters iterations")
-    v.add_argument("--patience", type=int, metavar="K",
-                   help="evaluations without a better validation accuracy before --early-stopping stops (default: 10)")
-    v.add_argument("--keep", metavar="best|last",
-                   help="iterate written to model.h5 and summarised: last, or best validation accuracy (default: "
-                        "best; without validation rows last, unless given, which is then an error)")
-    v.add_argument("--eval-test", dest="eval_test", metavar="never|end|every",
-                   help="test split: never read, evaluated once on the kept model at the end, or at every "
-                        "evaluation (default: end)")
-    v.add_argument("--eval-every", dest="eval_every", type=int, metavar="K",
-                   help="evaluate train and validation accuracy every K iterations and at the last (default: 1)")
-
-
-def make_parser():
+def make_parser(argv=None):
+    """The ``admm-mpi`` parser; ``train --help`` shows the settings of the solver that ``argv``
+    chooses (``--solver``, the config file, ``ADMM_MPI_SOLVER``; else the default solver)."""
     parser = _Parser(prog="admm-mpi", description="Train neural networks by ADMM over MPI ranks.")
     parser.add_argument("--version", action="version", version=f"admm-mpi {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    _add_train_arguments(sub.add_parser("train", help="train a network"))
+    _add_train_arguments(sub.add_parser("train", help="train a network"),
+                         _help_solver(sys.argv[1:] if argv is None else argv))
     ev = sub.add_parser("evaluate", help="accuracy of a saved model on a data set")
     ev.add_argument("--model", required=True, help="model.h5 written by train")
     ev.add_argument("--data", default="digits", help="HDF5 data set (default: digits)")
@@ -427,7 +444,7 @@ def main(argv=None):
     grid.warn_if_launcher_disagrees()
     _Parser.quiet = not grid.is_root
     try:
-        args = make_parser().parse_args(argv)
+        args = make_parser(argv).parse_args(argv)
         _limit_blas_threads(grid)
         COMMANDS[args.command](args, grid)
     except InputError as exc:

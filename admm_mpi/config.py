@@ -28,6 +28,12 @@ EVAL_TEST = ("never", "end", "every")
 CHECKPOINT_STATE = ("full", "global")
 
 
+def run_setting(default, help, metavar=None):
+    """A field of :class:`TrainConfig`: its default and its help text, written once here and shown
+    by ``admm-mpi train --help``, ``admm-mpi config --defaults`` and the configuration reference."""
+    return field(default=default, metadata={"help": help, "metavar": metavar})
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that defines a training run (saved with its outputs).
@@ -35,34 +41,52 @@ class TrainConfig:
     The run settings are fields; the chosen solver's settings are one more field, ``params``: an
     instance of the solver's ``Params`` dataclass (``TaylorADMM.Params``), its defaults when not
     given. Files, the environment and the command line name every setting flat (``beta = 0.5``);
-    :meth:`from_settings` builds a configuration the same way.
+    :meth:`from_settings` builds a configuration the same way, with the chosen solver's own
+    defaults for the run settings that it sets differently (``Solver.run_defaults``).
     """
 
-    data: str = "digits"
-    solver: str = DEFAULT_SOLVER
-    layout: str = "data"
-    layer_groups: int = 0         # hybrid layout: layer groups (each with size/layer_groups data shards)
-    hidden: tuple = (512, 512)
-    activation: str = ""          # "" = the solver's default
-    loss: str = ""                # "" = the solver's default
-    iters: int = 60               # epochs for the mini-batch solvers; an upper bound with early stopping
-    dtype: str = "float32"       # float32 | float64 (the small factorisations are float64 either way)
-    device: str = "cpu"           # cpu | gpu (cupy arrays; one GPU per rank)
-    seed: int = 0
-    out: str = "runs/latest"
-    tol: float = 0.0
-    progress: bool = True
-    checkpoint_every: int = 0     # iterations between checkpoints (0: none, except on SIGTERM)
-    resume: str = ""              # "auto" (the run's own latest checkpoint), a run directory or a file
-    checkpoint_state: str = "full"  # full | global (weights and schedules only; per-sample state rebuilt)
-    # validation, selection and evaluation
-    # (the defaults: the candidate chosen on the public suite by validation accuracy, bench/results/suite.md)
-    validation_fraction: float = 0.1  # rows of each class held out of X for validation (0: none)
-    early_stopping: bool = True   # stop when validation accuracy stops improving
-    patience: int = 10            # evaluations without improvement before early stopping
-    keep: str = "best"            # the iterate that becomes model.h5: last | best (validation accuracy)
-    eval_test: str = "end"        # never | end (the kept model, once) | every (each evaluation)
-    eval_every: int = 1           # iterations between evaluations (and the last iteration)
+    data: str = run_setting("digits", "HDF5 data set, or 'digits' for the bundled one", "FILE")
+    solver: str = run_setting(DEFAULT_SOLVER, "", "NAME")           # help from the registry: run_help
+    layout: str = run_setting("data", "", "data|layer|hybrid")      # help from the registry: run_help
+    layer_groups: int = run_setting(0, "hybrid layout: number of layer groups G (the ranks form a G x P/G grid)", "G")
+    hidden: tuple = run_setting((512, 512), "hidden layer widths, comma-separated", "W1,W2,...")
+    activation: str = run_setting("", "relu | leaky_relu | hard_tanh | sigmoid | tanh; empty: the solver's default",
+                                  "NAME")
+    loss: str = run_setting("", "least_squares | cross_entropy | ova_hinge | binary_hinge; empty: the solver's "
+                                "default", "NAME")
+    iters: int = run_setting(60, "iterations (epochs for the mini-batch solvers); an upper bound with early stopping",
+                             "N")
+    dtype: str = run_setting("float32", "float32 | float64 (the small factorisations are float64 either way)",
+                             "float32|float64")
+    device: str = run_setting("cpu", "cpu | gpu (cupy arrays, one GPU per rank; MPI buffers are staged through "
+                                     "the host unless the MPI is CUDA-aware)", "cpu|gpu")
+    seed: int = run_setting(0, "seed of the initial weights, the validation split and the batch order", "S")
+    out: str = run_setting("runs/latest", "output directory", "DIR")
+    tol: float = run_setting(0.0, "stop when ||z_L - W_L a_{L-1} - b_L|| <= tol * sqrt(N); 0 runs all iterations",
+                             "T")
+    progress: bool = run_setting(True, "progress bar on rank 0")
+    # checkpoints
+    checkpoint_every: int = run_setting(0, "write a checkpoint every this many iterations (0: only on SIGTERM)", "K")
+    resume: str = run_setting("", "continue from a checkpoint: auto (this run's own, if any), a run directory "
+                                  "or a file", "auto|RUN_DIR|FILE")
+    checkpoint_state: str = run_setting("full", "what a checkpoint holds: full (every variable: bit-exact resume) | "
+                                                "global (weights and schedules; a resumed full-batch solver "
+                                                "rebuilds its per-sample state from a forward pass)", "full|global")
+    # validation, selection and evaluation (per-solver defaults: Solver.run_defaults)
+    validation_fraction: float = run_setting(
+        0.1, "fraction of each class's training rows held out for validation, drawn from the seed (0: none; a "
+             "file's X_val, y_val are used instead when present)", "F")
+    early_stopping: bool = run_setting(
+        True, "stop when validation accuracy has not improved for `patience` evaluations (without validation "
+              "rows: off, unless set explicitly, which is then an error)")
+    patience: int = run_setting(10, "evaluations without a better validation accuracy before early stopping", "K")
+    keep: str = run_setting("best", "the iterate written to model.h5 and summarised: last | best (best validation "
+                                    "accuracy; without validation rows: last, unless set explicitly, which is then "
+                                    "an error)", "best|last")
+    eval_test: str = run_setting("end", "test split evaluated: never | end (the kept model, once) | every (at each "
+                                        "evaluation)", "never|end|every")
+    eval_every: int = run_setting(1, "evaluate train and validation accuracy every this many iterations (and at "
+                                     "the last)", "K")
     params: SolverParams = None   # the chosen solver's settings (None: its defaults)
     # the run settings given by a file, the environment or the command line (the rest are defaults):
     # a default that needs validation rows gives way when there are none, a setting asked for does not
@@ -78,7 +102,8 @@ class TrainConfig:
         (``solver=NAME, iters=5, beta=0.5``), without the environment; not validated."""
         run = {name: value for name, value in settings.items() if name in RUN_TYPES}
         solver = run.get("solver", cls.solver)
-        return cls(**run, params=make_params(solver, {k: v for k, v in settings.items() if k not in run}),
+        return cls(**{**solver_run_defaults(solver), **run},
+                   params=make_params(solver, {k: v for k, v in settings.items() if k not in run}),
                    given=frozenset(run))
 
     def solver_class(self):
@@ -104,6 +129,22 @@ class TrainConfig:
 
 
 RUN_TYPES = {f.name: type(f.default) for f in fields(TrainConfig) if f.name not in ("params", "given")}
+
+
+def solver_run_defaults(solver):
+    """The run settings that ``solver`` defaults differently from :class:`TrainConfig` (its
+    ``run_defaults``: for example patience in its own iterations), or {} for an unknown solver."""
+    overrides = dict(getattr(SOLVERS.get(solver), "run_defaults", {}))
+    unknown = sorted(set(overrides) - set(RUN_TYPES))
+    if unknown:
+        raise TypeError(f"{solver}: run_defaults names {unknown}, which are not run settings")
+    return overrides
+
+
+def run_defaults(solver):
+    """Every run setting's default for ``solver``: TrainConfig's, with the solver's own over them."""
+    defaults = {f.name: f.default for f in fields(TrainConfig) if f.name in RUN_TYPES}
+    return {**defaults, **solver_run_defaults(solver)}
 VALIDATION_SETTINGS = {"early_stopping": ("--early-stopping", True, "--no-early-stopping"),
                        "keep": ("--keep best", "best", "--keep last")}
 
@@ -223,11 +264,13 @@ def _coerce(name, value, kind, text_ok=True):
                 result = float(value)
             except ValueError:
                 result = None
+    elif hasattr(kind, "coerce"):  # a setting type of its own (BatchSize)
+        result = kind.coerce(value, text_ok)
     elif isinstance(value, kind):
         result = value
     if result is None:
         where = "" if text_ok else " (a TOML value needs that type, e.g. no quotes around numbers)"
-        raise InputError(f"{name} must be of type {kind.__name__}, got {value!r}{where}")
+        raise InputError(f"{name} must be {getattr(kind, 'describe', f'of type {kind.__name__}')}, got {value!r}{where}")
     return result
 
 
@@ -283,7 +326,8 @@ def resolve(file=None, cli=None, environ=None):
     given = {name: entry for name, entry in merged.items() if name not in RUN_TYPES}
     types = _check_settings_of(solver, given)
     params = {name: _coerce(name, value, types[name], text_ok) for name, (value, text_ok) in given.items()}
-    config = TrainConfig(**run, params=make_params(solver, params), given=frozenset(run))
+    config = TrainConfig(**{**solver_run_defaults(solver), **run}, params=make_params(solver, params),
+                         given=frozenset(run))
     validate(config)
     return config
 
@@ -337,35 +381,6 @@ def layer_parallel_solvers():
     return sorted(name for name, cls in SOLVERS.items() if cls.layer_parallel)
 
 
-FIELD_HELP = {
-    "data": "HDF5 data set, or 'digits' for the bundled one",
-    "layer_groups": "hybrid layout: number of layer groups G (the ranks form a G x P/G grid)",
-    "hidden": "hidden layer widths",
-    "activation": "relu | leaky_relu | hard_tanh | sigmoid | tanh; empty: the solver's default",
-    "loss": "least_squares | cross_entropy | ova_hinge | binary_hinge; empty: the solver's default",
-    "iters": "iterations (epochs for the mini-batch solvers); an upper bound with early stopping",
-    "dtype": "float32 | float64",
-    "device": "cpu | gpu (cupy; arrays stay on the GPU, MPI buffers are staged unless the MPI is CUDA-aware)",
-    "seed": "seed of the initial weights",
-    "out": "output directory",
-    "tol": "stop when ||z_L - W_L a_{L-1} - b_L|| <= tol * sqrt(N); 0 runs all iterations",
-    "progress": "progress bar on rank 0",
-    "checkpoint_every": "write a checkpoint every this many iterations (0: only on SIGTERM)",
-    "resume": "continue from a checkpoint: auto (this run's own, if any), a run directory or a file",
-    "checkpoint_state": "what a checkpoint holds: full (every variable: bit-exact resume) | global (weights and "
-                        "schedules; a resumed full-batch solver rebuilds its per-sample state from a forward pass)",
-    "validation_fraction": "fraction of each class's training rows held out for validation, drawn from the seed "
-                           "(0: none; a file's X_val, y_val are used instead when present)",
-    "early_stopping": "stop when validation accuracy has not improved for `patience` evaluations (without "
-                      "validation rows: off, unless set explicitly, which is then an error)",
-    "patience": "evaluations without a better validation accuracy before early stopping",
-    "keep": "the iterate written to model.h5 and summarised: last | best (best validation accuracy; without "
-            "validation rows: last, unless set explicitly, which is then an error)",
-    "eval_test": "test split evaluated: never | end (the kept model, once) | every (at each evaluation)",
-    "eval_every": "evaluate train and validation accuracy every this many iterations (and at the last)",
-}
-
-
 def run_help(name):
     """The help text of run setting ``name`` (the solver choices come from the registry)."""
     if name == "solver":
@@ -373,7 +388,7 @@ def run_help(name):
     if name == "layout":
         return (f"parallel layout: data | layer (one layer group per rank) | hybrid (layer groups x data "
                 f"shards); layer and hybrid need a layer-parallel solver: {', '.join(layer_parallel_solvers())}")
-    return FIELD_HELP.get(name, "")
+    return TrainConfig.__dataclass_fields__[name].metadata.get("help", "") if name in RUN_TYPES else ""
 
 
 def solver_settings():
@@ -401,13 +416,16 @@ def defaults_toml():
     lines = ["# admm-mpi training configuration (admm-mpi train --config FILE.toml).",
              "# Precedence: these values < ADMM_MPI_<NAME> environment variables < command-line flags.", "",
              "[train]"]
-    defaults = TrainConfig()
+    defaults = run_defaults(DEFAULT_SOLVER)
     for name in RUN_TYPES:
         lines.append(f"# {run_help(name)}")
-        lines.append(f"{name} = {_toml_value(getattr(defaults, name))}")
-    lines += ["", "# Solver settings: give only those of the chosen solver. Defaults per solver:"]
+        lines.append(f"{name} = {_toml_value(defaults[name])}")
+    lines += ["", "# Solver settings: give only those of the chosen solver. Defaults per solver (and the run",
+              "# settings a solver defaults differently from the values above):"]
     for name, cls in SOLVERS.items():
         lines.append(f"# {name} (loss {cls.default_loss}, activation {cls.default_activation}):")
+        for setting, value in solver_run_defaults(name).items():
+            lines.append(f"#   {setting} = {_toml_value(value)}  # run setting: this solver's default")
         for f in fields(cls.Params):
             lines.append(f"#   {f.name} = {_toml_value(f.default)}  # {f.metadata.get('help', '')}")
     return "\n".join(lines) + "\n"

@@ -532,8 +532,37 @@ class ProcessGrid:
     def bytes_sent(self):
         return self.world.bytes_sent
 
-    def __getattr__(self, name):  # agree, allsum, bcast_decision, gather_to_root, ...
-        return getattr(self.world, name)
+    # the world's collectives, each named: the loop's decisions, metrics and outputs involve every
+    # rank (the solvers' reductions over samples go to ``data``; nothing else is forwarded)
+    def agree(self, message):
+        return self.world.agree(message)
+
+    def bcast_decision(self, value):
+        return self.world.bcast_decision(value)
+
+    def allsum(self, local):
+        return self.world.allsum(local)
+
+    def allmax(self, local):
+        return self.world.allmax(local)
+
+    def gather_to_root(self, value):
+        return self.world.gather_to_root(value)
+
+    def gather_to_all(self, value):
+        return self.world.gather_to_all(value)
+
+    def barrier(self):
+        return self.world.barrier()
+
+    def abort(self, code=1):
+        return self.world.abort(code)
+
+    def local_size(self):
+        return self.world.local_size()
+
+    def local_rank(self):
+        return self.world.local_rank()
 
     def layers(self, n_layers, costs=None):
         """This group's layers ``[first, stop)`` of ``n_layers``: contiguous blocks, balanced by

@@ -1,6 +1,6 @@
 """The README's digits figures, re-derived: quick start, solver table, ridge sweep, pdADMM runs.
 
-    OMP_NUM_THREADS=1 python bench/digits.py [--only quick_start|solvers|ridge|pdadmm ...]
+    OMP_NUM_THREADS=1 python bench/digits.py [--only quick_start|defaults|solvers|ridge|pdadmm ...]
 
 Every row is one training run on the bundled digits (1 500 training, 297 test images) through the
 real command line, run from the repository root exactly as recorded in the row:
@@ -31,6 +31,7 @@ OUT_ROOT = Path("runs") / "bench-digits"
 # settings it was recorded with, before the defaults held out validation rows)
 WIDE = ["--hidden", "1000,1000", "--iters", "60", *ALL_ROWS]
 DEEP = ["--solver", "pdadmm", "--layout", "layer", "--hidden", "500,500,500,500", *ALL_ROWS]  # 64-500x4-10
+DEFAULTS_SOLVERS = ("taylor", "dladmm", "pdadmm", "mdlam", "sigmoid_admm", "minibatch_am")
 RIDGES = ("1e-6", "1e-5", "5e-5", "1e-4", "1e-3")
 
 
@@ -41,6 +42,14 @@ def planned_runs():
         for seed in seeds:
             runs.append(("quick_start", f"default-{dtype}-seed{seed}", f"default run, {dtype}, seed {seed}", 2,
                          ["--dtype", dtype, "--seed", str(seed)]))
+    # every solver under the package defaults (its own validation and selection defaults), beside
+    # its recipe (every training row, the last of 60 iterations): tests/test_solver_defaults.py
+    # checks that the first stays within a point of the second
+    for solver in DEFAULTS_SOLVERS:
+        runs.append(("defaults", f"{solver}-recipe", f"{solver}: every row, last iterate", 2,
+                     ["--solver", solver, *WIDE, "--dtype", "float64"]))
+        runs.append(("defaults", f"{solver}-defaults", f"{solver}: package defaults", 2,
+                     ["--solver", solver, "--hidden", "1000,1000", "--dtype", "float64"]))
     for solver in ("dladmm", "mdlam", "sigmoid_admm", "minibatch_am"):
         for dtype in ("float64", "float32"):
             runs.append(("solvers", f"{solver}-{dtype}", f"{solver}, {dtype}", 2,
@@ -140,6 +149,10 @@ def markdown(result):
         "quick_start": ("Quick start: the default run (64-512-512-10, 60 iterations, 2 ranks)",
                         ["run", "test accuracy", "s/iteration"],
                         lambda r: [r["label"], f"{r['test_accuracy']:.4f}", f"{r['seconds_per_iteration']:.3f}"]),
+        "defaults": ("Every solver under its defaults: 64-1000-1000-10, float64, 2 ranks",
+                     ["run", "test accuracy", "iterations", "s/iteration"],
+                     lambda r: [r["label"], f"{r['test_accuracy']:.4f}", str(r["iterations"]),
+                                f"{r['seconds_per_iteration']:.3f}"]),
         "solvers": ("Solver table: 64-1000-1000-10, 2 ranks",
                     ["run", "test accuracy", "at it. 10", "at it. 20", "s/iteration"],
                     lambda r: [r["label"], f"{r['test_accuracy']:.4f}", _at(r, 10), _at(r, 20),
@@ -160,11 +173,11 @@ def markdown(result):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", action="append", choices=["quick_start", "solvers", "ridge", "pdadmm"],
+    parser.add_argument("--only", action="append", choices=["quick_start", "defaults", "solvers", "ridge", "pdadmm"],
                         help="run only this table (repeatable); the other rows are kept from the last run")
     parser.add_argument("--row", action="append", help="run only the row of this name (repeatable)")
     args = parser.parse_args(argv)
-    path = run(set(args.only or ["quick_start", "solvers", "ridge", "pdadmm"]), set(args.row or ()))
+    path = run(set(args.only or ["quick_start", "defaults", "solvers", "ridge", "pdadmm"]), set(args.row or ()))
     print("wrote", path, RESULTS / "digits.md")
 
 

@@ -30,7 +30,7 @@ def _problem(seed=0, widths=(6, 9, 7, 3), n=50):
 def _pair(name, n, batch_size, sweeps, widths=(6, 9, 7, 3)):
     params, loss, activation = SOLVERS[name]
     spec = ModelSpec(widths=widths, activation=activation, loss=loss, n_classes=widths[-1])
-    full = make_solver(name, spec, Grid.serial(), n, {**params, "batch_size": 0, "batch_sweeps": 1})
+    full = make_solver(name, spec, Grid.serial(), n, {**params, "batch_size": "full", "batch_sweeps": 1})
     batched = make_solver(name, spec, Grid.serial(), n, {**params, "batch_size": batch_size, "batch_sweeps": sweeps})
     return full, batched
 
@@ -136,8 +136,8 @@ def test_solvers_without_a_mini_batch_mode_refuse_batch_settings(solver):
         validate(TrainConfig.from_settings(solver=solver, batch_size=100))
 
 
-@pytest.mark.parametrize("cli, message", [({"solver": "dladmm", "batch_size": -1}, "batch_size must be at least"),
-                                          ({"solver": "minibatch_am", "batch_size": -1}, "batch_size must be at least 0"),
+@pytest.mark.parametrize("cli, message", [({"solver": "dladmm", "batch_size": -1}, "batch_size must be a positive integer"),
+                                          ({"solver": "minibatch_am", "batch_size": 0}, "batch_size must be a positive"),
                                           ({"solver": "mdlam", "batch_sweeps": 0}, "batch_sweeps must be at least 1")])
 def test_bad_batch_settings_name_the_setting(cli, message):
     from admm_mpi.config import validate

@@ -32,7 +32,7 @@ def test_default_run_on_bundled_digits_under_two_ranks(tmp_path):
                                                    "test_accuracy", "seconds_per_iteration")})
     assert summary["ranks"] == 2 and summary["solver"] == "minibatch_am" and summary["layout"] == "data"
     config = summary["config"]
-    assert (config["iters"], config["tol"], config["batch_size"]) == (60, 0, 0)
+    assert (config["iters"], config["tol"], config["batch_size"]) == (60, 0, "auto")
     assert (config["validation_fraction"], config["early_stopping"], config["patience"], config["keep"]) == \
         (0.1, True, 10, "best")
     # 1500 digits rows: 150 held out for validation, 1350 train in batches of 100 (1350 // 20 clipped)
@@ -117,7 +117,7 @@ def _bad_data(tmp_path, kind):
         (2, ["--iters", "0"], "iters must be at least 1"),
         (2, ["--beta", "-1"], "beta must be positive"),
         (2, ["--out", "{file}/sub"], "not writable"),
-        (2, ["--iters", "many"], "invalid int value"),
+        (2, ["--iters", "many"], "iters must be of type int, got 'many'"),
     ],
 )
 def test_bad_input_one_message_nonzero_exit_no_hang(tmp_path, ranks, args, message):

@@ -120,10 +120,14 @@ def test_bad_text_from_the_environment_is_refused(env, message):
     ("mdlam", "eps", "0", "eps must be positive"),
     ("taylor", "warm_start", "-1", "warm_start must be finite and non-negative, got -1"),
     ("dladmm", "nu", "0", None),                                # nu = 0: tied to rho
-    ("minibatch_am", "batch_size", "-1", "batch_size must be at least 0, got -1"),
-    ("minibatch_am", "batch_size", "0", None),                  # 0: scaled with the training rows
+    ("minibatch_am", "batch_size", "-1", "batch_size must be a positive integer, 'full' .* or 'auto' .*, got '-1'"),
+    ("minibatch_am", "batch_size", "0", "batch_size must be a positive integer"),  # no number means "full" or "auto"
+    ("minibatch_am", "batch_size", "auto", None),               # scaled with the training rows
+    ("minibatch_am", "batch_size", "full", None),               # one batch of every training row
     ("minibatch_am", "step_decay", "-0.5", "step_decay must be finite and non-negative, got -0.5"),
-    ("sigmoid_admm", "batch_size", "0", None),                  # 0: full batch
+    ("sigmoid_admm", "batch_size", "0", "batch_size must be a positive integer"),
+    ("sigmoid_admm", "batch_size", "full", None),
+    ("sigmoid_admm", "batch_size", "auto", None),
     ("sigmoid_admm", "batch_sweeps", "0", "batch_sweeps must be at least 1, got 0"),
 ])
 def test_each_solver_checks_its_own_settings(solver, setting, value, message):
@@ -170,7 +174,7 @@ def test_as_dict_is_flat_run_settings_plus_the_solvers_resolved_settings():
     run = [f.name for f in fields(TrainConfig) if f.name not in ("params", "given")]
     solver_settings = [f.name for f in fields(SOLVERS["sigmoid_admm"].Params)]
     assert sorted(d) == sorted(run + solver_settings) and "params" not in d
-    assert (d["rho"], d["mu"], d["batch_size"], d["iters"]) == (0.25, 1e-4, 0, 3)
+    assert (d["rho"], d["mu"], d["batch_size"], d["iters"]) == (0.25, 1e-4, "full", 3)
     assert (d["activation"], d["loss"], d["hidden"]) == ("sigmoid", "least_squares", [512, 512])
 
 
@@ -185,7 +189,11 @@ def test_every_solver_declares_typed_documented_frozen_settings():
         hints = typing.get_type_hints(cls.Params)
         for f in dataclasses.fields(cls.Params):
             assert f.metadata["help"], (name, f.name)
-            assert isinstance(f.default, hints[f.name]), (name, f.name)
+            kind = hints[f.name]
+            if hasattr(kind, "coerce"):  # a setting type of its own: the default is one of its values
+                assert kind.coerce(f.default, text_ok=False) == f.default, (name, f.name)
+            else:
+                assert isinstance(f.default, kind), (name, f.name)
         cls.Params().validate()  # the defaults are valid
         with pytest.raises(dataclasses.FrozenInstanceError):
             cls.Params().__setattr__(dataclasses.fields(cls.Params)[0].name, 1)
@@ -206,3 +214,23 @@ def test_config_cli_and_train_name_no_solver():
         named = [node.value for node in ast.walk(tree) if isinstance(node, ast.Constant)
                  and isinstance(node.value, str) and pattern.search(node.value)]
         assert named == [], (module, named)
+
+
+@pytest.mark.parametrize("source, value, expected", [
+    ("cli", "500", 500), ("cli", " AUTO ", "auto"), ("toml", 500, 500), ("toml", "full", "full"),
+    ("toml", 500.0, 500), ("toml", "500", None), ("toml", True, None), ("cli", "1.5", None), ("cli", "", None),
+])
+def test_batch_size_is_a_number_of_columns_or_a_named_size(tmp_path, source, value, expected):
+    """One meaning per value: a positive number of columns, "full" or "auto"; a TOML number must
+    be a number (quoted digits are text, refused as for every numeric setting)."""
+    if source == "cli":
+        settings = {"cli": {"solver": "dladmm", "batch_size": value}}
+    else:
+        path = tmp_path / "c.toml"
+        path.write_text(f'solver = "dladmm"\nbatch_size = {value!r}\n'.replace("'", '"').replace("True", "true"))
+        settings = {"file": str(path)}
+    if expected is None:
+        with pytest.raises(InputError, match="batch_size must be a positive integer, 'full' .* or 'auto'"):
+            resolve(environ={}, **settings)
+    else:
+        assert resolve(environ={}, **settings).params.batch_size == expected

@@ -26,13 +26,14 @@ def test_scaled_batch_size_is_a_twentieth_of_the_rows_clipped_to_100_2000(n_trai
     assert scaled_batch_size(n_train) == batch
 
 
-def test_minibatch_am_batch_size_0_is_the_rule_and_an_explicit_one_wins():
+def test_minibatch_am_batch_size_auto_is_the_rule_and_an_explicit_one_wins():
     from admm_mpi.solvers.minibatch_am import MiniBatchAM
 
     params = TrainConfig().params
-    assert (TrainConfig().solver, type(params)) == ("minibatch_am", MiniBatchAM.Params) and params.batch_size == 0
+    assert (TrainConfig().solver, type(params)) == ("minibatch_am", MiniBatchAM.Params) and params.batch_size == "auto"
     settings = dict(beta=0.1, gamma=1.0, rho=1e-2, ridge=1e-4, average=1.0)
-    assert MiniBatchAM(None, Grid.serial(), 5432, batch_size=0, **settings).batch_size == 271
+    assert MiniBatchAM(None, Grid.serial(), 5432, batch_size="auto", **settings).batch_size == 271
+    assert MiniBatchAM(None, Grid.serial(), 5432, batch_size="full", **settings).batch_size == 5432
     assert MiniBatchAM(None, Grid.serial(), 5432, batch_size=64, **settings).batch_size == 64
 
 
@@ -57,7 +58,7 @@ def test_scaled_batches_distributed_equal_serial(comm, shared_tmp):
     serial = train(config, Grid.serial(), out=False)
     assert (distributed.summary["n_train"], distributed.summary["n_validation"]) == (2253, 250)
     assert distributed.summary["batch_size"] == serial.summary["batch_size"] == 112
-    assert distributed.summary["config"]["batch_size"] == 0  # the setting: the rule
+    assert distributed.summary["config"]["batch_size"] == "auto"  # the setting: the rule
     for key in ("iterations", "kept_iteration", "validation_accuracy", "train_accuracy"):
         assert distributed.summary[key] == serial.summary[key], key
     for W, b, W_ref, b_ref in zip(*distributed.model, *serial.model):
@@ -74,12 +75,12 @@ def test_config_defaults_and_help_show_the_new_defaults():
                  "patience = 10", 'keep = "best"'):
         assert f"\n{line}\n" in defaults.stdout, line
     minibatch_am = defaults.stdout.split("# minibatch_am")[1]
-    assert "#   batch_size = 0  # " in minibatch_am and "n_train // 20 clipped to [100, 2000]" in minibatch_am
+    assert '#   batch_size = "auto"  # ' in minibatch_am and "n_train // 20 clipped to [100, 2000]" in minibatch_am
     helped = run_admm(1, "train", "--help")
     assert helped.returncode == 0, helped.stderr
     text = " ".join(helped.stdout.split())  # argparse wraps lines
-    for fragment in ("(default: minibatch_am)", "--no-early-stopping", "(default: 0.1;", "(default: on;",
-                     "(default: best;", "n_train // 20 clipped to [100, 2000]", "(default: 60)"):
+    for fragment in ("(default: minibatch_am)", "--no-early-stopping", "(default: 0.1)", "(default: on)",
+                     "(default: best)", "n_train // 20 clipped to [100, 2000]", "(default: 60)", "(default: auto)"):
         assert fragment in text, fragment
 
 

@@ -131,12 +131,13 @@ def test_a_solver_registered_outside_the_package_trains_with_its_own_flag_on_two
 
 
 def test_help_lists_the_new_flag_and_its_rule_and_owner_are_enforced(script, tmp_path):
-    helped = _run(script, 1, "train", "--help")
+    helped = _run(script, 1, "train", "--solver", "ridge_features", "--help")
     assert helped.returncode == 0, helped.stderr
-    assert "--damping" in helped.stdout
-    assert "ridge_features: ridge penalty per sample on the output weights (default 0.001)" in \
+    assert "--damping DAMPING ridge penalty per sample on the output weights (default: 0.001)" in \
         " ".join(helped.stdout.split())
-    plain = run_admm(1, "train", "--help")  # the package alone does not know the flag
+    other = _run(script, 1, "train", "--help")  # the default solver's help shows only its own settings
+    assert other.returncode == 0 and "--damping" not in other.stdout
+    plain = run_admm(1, "train", "--solver", "ridge_features", "--help")  # the package alone does not know it
     assert plain.returncode == 0 and "--damping" not in plain.stdout
 
     bad = _run(script, 1, "train", "--solver", "ridge_features", "--damping", "-1", "--out", tmp_path / "o")

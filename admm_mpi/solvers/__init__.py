@@ -1,7 +1,7 @@
 """ADMM solvers: pure maths on this rank's columns, talking to other ranks only via the grid."""
 
 from admm_mpi.solvers.base import SOLVERS, Solver, SolverParams, register, setting
-from admm_mpi.solvers.batches import MiniBatchMode, MiniBatchParams
+from admm_mpi.solvers.batches import FULL_BATCH, BatchSize, MiniBatchMode, MiniBatchParams
 from admm_mpi.solvers.dladmm import DLADMM
 from admm_mpi.solvers.mdlam import MDLAM
 from admm_mpi.solvers.minibatch_am import MiniBatchAM
@@ -26,11 +26,13 @@ def get_solver(name):
 
 def make_solver(name, spec, grid, n_total, params):
     """The solver ``name`` with ``params`` (its settings by name); in its mini-batch mode when its
-    ``Params`` have that mode (:class:`MiniBatchParams`) and ``batch_size > 0``."""
+    ``Params`` have that mode (:class:`MiniBatchParams`) and ``batch_size`` is not ``"full"``."""
     cls = get_solver(name)
     if not issubclass(cls.Params, MiniBatchParams):  # no mini-batch mode, or its own (minibatch_am)
         return cls(spec, grid, n_total, **params)
     params = dict(params)
     batch_size, sweeps = params.pop("batch_size"), params.pop("batch_sweeps")
     solver = cls(spec, grid, n_total, **params)
-    return MiniBatchMode(solver, batch_size, sweeps) if batch_size > 0 else solver
+    if batch_size == FULL_BATCH:
+        return solver
+    return MiniBatchMode(solver, BatchSize.columns(batch_size, n_total), sweeps)

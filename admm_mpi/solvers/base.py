@@ -17,6 +17,8 @@ Hooks, in the order the loop uses them:
   global fields count as this state's and whose per-sample fields are not checkpointed);
 - ``step(state, Y, iteration)``: one iteration (for the mini-batch solvers one epoch); returns
   ``INTERRUPTED`` when a stop request ended it between two mini-batches, else None;
+- ``fresh_codes(state, X)``: the per-sample variables of the columns ``X`` from a forward pass
+  (mini-batch mode, and resuming from a ``global`` checkpoint);
 - ``local_metrics(state, Y)``: this rank's sums (``objective``, ``residual_sq``), summed over ranks;
 - ``end_of_iteration(state, metrics)``: schedules from the global metrics;
 - ``evaluated(state)``: the network that is scored, selected and saved (``.weights``, ``.biases``);
@@ -40,6 +42,13 @@ from admm_mpi.model import forward
 BATCH_STATE = "batch_state"
 
 SOLVERS = {}
+
+# The run defaults of the full-batch solvers (their ``run_defaults``): run every iteration and keep
+# the last iterate, validation still reported. Chosen per solver on rows that no run saw
+# (bench/solver_defaults.py): their iterations are cheap and noisy on a small validation split,
+# where the best-scoring iterate is often a lucky one and early stopping ends a run that is still
+# improving.
+FULL_BATCH_RUN_DEFAULTS = {"early_stopping": False, "keep": "last"}
 
 
 def setting(default, help, metavar=None):
@@ -95,6 +104,9 @@ class Solver:
     default_loss: ClassVar[str] = "cross_entropy"
     default_activation: ClassVar[str] = "relu"
     layer_parallel: ClassVar[bool] = False  # True: runs on a layer-groups x data-shards grid
+    # run settings (TrainConfig fields) this solver defaults differently, e.g. patience in its own
+    # iterations; a value given by the user still wins
+    run_defaults: ClassVar[dict] = {}
 
     stop_request = None  # the loop's StopRequest; mini-batch solvers check it between batches
     batch_size = None    # global columns per mini-batch, as run (None: full batch)
@@ -107,6 +119,12 @@ class Solver:
 
     def local_metrics(self, state, Y):
         raise NotImplementedError
+
+    def fresh_codes(self, state, X):
+        """Set ``state``'s per-sample variables for the columns ``X`` from a forward pass of its
+        weights (multipliers zero). The mini-batch mode calls it for every batch, and a resume from
+        a ``global`` checkpoint for the whole shard; a solver with per-sample state implements it."""
+        raise NotImplementedError(f"solver {self.name!r} keeps no per-sample state to rebuild")
 
     def end_of_iteration(self, state, metrics):
         """Schedules that depend on the global metrics: none by default."""

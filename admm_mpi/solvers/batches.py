@@ -2,7 +2,7 @@
 
 Full-batch dlADMM, pdADMM, mDLAM and sigmoid-ADMM make one weight update (a few gradient steps)
 per pass over the data and underfit MNIST in any affordable number of iterations (README, Accuracy).
-Their mini-batch mode (``batch_size > 0``) runs the *same* solver iteration on one mini-batch of
+Their mini-batch mode (``batch_size`` a number of columns or ``"auto"``) runs the *same* solver iteration on one mini-batch of
 columns at a time, as the online alternating-minimisation papers do:
 
 1. the batch's per-sample variables are rebuilt from the forward pass of the current weights
@@ -31,21 +31,19 @@ from typing import ClassVar
 import numpy as np
 
 from admm_mpi.backend import from_host, namespace, sum_all
+from admm_mpi.errors import InputError
 from admm_mpi.solvers.base import BATCH_STATE, Solver, SolverParams, check_at_least, setting
 
 
-# the default batch size of the mini-batch solvers that scale it with the data (minibatch_am's
-# ``batch_size = 0``): a twentieth of the training rows, at least 100 and at most 2000 columns (chosen
-# on the public suite by validation accuracy, bench/results/suite.md)
+# the "auto" batch size: a twentieth of the training rows, at least 100 and at most 2000 columns
+# (chosen on the public suite by validation accuracy, candidate ``batch-n20`` of bench/results/suite.md)
 SCALED_BATCH_DIVISOR, SCALED_BATCH_MIN, SCALED_BATCH_MAX = 20, 100, 2000
+FULL_BATCH = "full"    # one batch of every training row: the full-batch solver
+SCALED_BATCH = "auto"  # scaled to the training rows: scaled_batch_size
 
 
 def scaled_batch_size(n_train):
-    """``n_train // 20`` clipped to [100, 2000]: the default batch size for ``n_train`` training rows.
-
-    Chosen on the public suite by mean validation accuracy (bench/results/suite.md, candidate
-    ``batch-n20``: 0.9192, against 0.9152 for ``n_train // 10`` clipped to [200, 2000] and 0.9190
-    for ``n_train // 40``).
+    """``n_train // 20`` clipped to [100, 2000]: the ``"auto"`` batch size for ``n_train`` rows.
 
     ``n_train`` is the global number of training rows (all ranks, after the validation rows are
     held out), so every rank count draws the same batches.
@@ -53,20 +51,61 @@ def scaled_batch_size(n_train):
     return min(max(n_train // SCALED_BATCH_DIVISOR, SCALED_BATCH_MIN), SCALED_BATCH_MAX)
 
 
+class BatchSize:
+    """The type of the ``batch_size`` setting: a positive number of columns per global batch, or
+    a named size, ``"full"`` (every training row in one batch) or ``"auto"`` (scaled to the data:
+    :func:`scaled_batch_size`)."""
+
+    NAMES = (FULL_BATCH, SCALED_BATCH)
+    describe = "a positive integer, 'full' (every training row) or 'auto' (scaled to the training rows)"
+
+    @classmethod
+    def coerce(cls, value, text_ok=True):
+        """``value`` as a batch size (an int, or one of ``NAMES``), or None if it is none.
+        Text is parsed only where settings arrive as text (``text_ok``); a name is text anywhere."""
+        if isinstance(value, str):
+            text = value.strip().lower()
+            if text in cls.NAMES:
+                return text
+            if not text_ok:
+                return None
+            try:
+                value = int(text)
+            except ValueError:
+                return None
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else None
+
+    @staticmethod
+    def columns(value, n_train):
+        """Global columns per batch for ``n_train`` training rows."""
+        if value == FULL_BATCH:
+            return n_train
+        return scaled_batch_size(n_train) if value == SCALED_BATCH else value
+
+
+def check_batch_size(params):
+    if BatchSize.coerce(params.batch_size, text_ok=False) != params.batch_size:
+        raise InputError(f"batch_size must be {BatchSize.describe}, got {params.batch_size!r}")
+
+
 def batch_size_setting(default, help):
     """The ``batch_size`` setting: global columns per mini-batch (one iteration = one epoch)."""
-    return setting(default, f"columns per global mini-batch, one iteration = one epoch{help}")
+    return setting(default, f"columns per global mini-batch, one iteration = one epoch: N, full (every training "
+                            f"row in one batch) or auto (n_train // 20 clipped to [100, 2000], n_train the training "
+                            f"rows after the validation split){help}", "N|full|auto")
 
 
 @dataclass(frozen=True)
 class MiniBatchParams(SolverParams):
     """The settings of the mini-batch mode, shared by the full-batch solvers that have it."""
 
-    batch_size: int = batch_size_setting(0, " (0: full batch)")
-    batch_sweeps: int = setting(1, "with batch_size: solver iterations per mini-batch")
+    batch_size: BatchSize = batch_size_setting(FULL_BATCH, "")
+    batch_sweeps: int = setting(1, "with a mini-batch size: solver iterations per mini-batch")
 
     def validate(self):
-        check_at_least(self, 0, "batch_size")
+        check_batch_size(self)
         check_at_least(self, 1, "batch_sweeps")
 
 

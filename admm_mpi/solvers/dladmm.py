@@ -34,7 +34,8 @@ import numpy as np
 from admm_mpi.backend import namespace, sum_all
 
 from admm_mpi.solvers.common import activation_step, forward_states, init_weights, weight_step
-from admm_mpi.solvers.base import Solver, check_at_least, check_non_negative, check_positive, setting
+from admm_mpi.solvers.base import (FULL_BATCH_RUN_DEFAULTS, Solver, check_at_least, check_non_negative,
+                                  check_positive, setting)
 from admm_mpi.solvers.batches import MiniBatchParams
 
 
@@ -78,6 +79,7 @@ class DLADMM(Solver):
     center = True
     default_loss = "cross_entropy"
     default_activation = "relu"
+    run_defaults = FULL_BATCH_RUN_DEFAULTS
 
     def __init__(self, spec, grid, n_total, *, nu, rho, rho_max, rho_growth, rho_patience, mu, w_steps):
         self.spec, self.grid, self.n_total = spec, grid, n_total

@@ -25,7 +25,8 @@ from admm_mpi.backend import namespace, sum_all
 from admm_mpi.ops.steps import (backtracking, exact_bias, power_iteration, split_stats, start_tau,
                                 weight_gradient_rows)
 from admm_mpi.solvers.common import forward_states, init_weights, step_by_rows
-from admm_mpi.solvers.base import Solver, check_at_least, check_non_negative, check_positive, setting
+from admm_mpi.solvers.base import (FULL_BATCH_RUN_DEFAULTS, Solver, check_at_least, check_non_negative,
+                                  check_positive, setting)
 from admm_mpi.solvers.batches import MiniBatchParams
 
 
@@ -95,6 +96,7 @@ class MDLAM(Solver):
     Params = MDLAMParams
     default_loss = "cross_entropy"
     default_activation = "relu"
+    run_defaults = FULL_BATCH_RUN_DEFAULTS
 
     def __init__(self, spec, grid, n_total, *, rho, mu, eps, eps_min, w_steps):
         self.spec, self.grid, self.n_total = spec, grid, n_total

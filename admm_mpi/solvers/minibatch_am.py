@@ -40,7 +40,8 @@ from typing import ClassVar
 
 from admm_mpi.backend import namespace, sum_all
 from admm_mpi.ops.linalg import activation_solver, transpose_reduce_weights
-from admm_mpi.solvers.batches import batch_size_setting, epoch_batches, run_epoch, scaled_batch_size, take_columns
+from admm_mpi.solvers.batches import (SCALED_BATCH, BatchSize, batch_size_setting, check_batch_size, epoch_batches,
+                                      run_epoch, take_columns)
 from admm_mpi.solvers.common import forward_states, init_weights
 from admm_mpi.solvers.base import Solver, SolverParams, check_at_least, check_non_negative, check_positive, setting
 
@@ -69,13 +70,12 @@ class MiniBatchAMParams(SolverParams):
     ridge: float = setting(1e-4, "weight decay per batch sample")
     average: float = setting(0.5, "horizon in epochs of the running average of the weights that is "
                                   "evaluated and saved (0: the last iterate)")
-    batch_size: int = batch_size_setting(0, " (0: n_train // 20 clipped to [100, 2000], n_train the training "
-                                            "rows left after the validation split)")
+    batch_size: BatchSize = batch_size_setting(SCALED_BATCH, "")
 
     def validate(self):
         check_positive(self, "beta", "gamma", "rho")
         check_non_negative(self, "ridge", "average", "step_decay")
-        check_at_least(self, 0, "batch_size")
+        check_batch_size(self)
 
 
 class MiniBatchAM(Solver):
@@ -96,9 +96,10 @@ class MiniBatchAM(Solver):
         Horizon in epochs of the running average of the iterates that is evaluated and saved:
         the mean of every batch's weights so far, then an exponential moving average over the last
         ``average`` epochs' batches; 0 keeps the last iterate.
-    batch_size : int
-        Columns per global mini-batch (the last batch of an epoch may be smaller); 0 scales it with
-        the global training rows ``n_total``: :func:`~admm_mpi.solvers.batches.scaled_batch_size`.
+    batch_size : int or str
+        Columns per global mini-batch (the last batch of an epoch may be smaller); ``"full"``: every
+        training row in one batch; ``"auto"`` scales it with the global training rows ``n_total``:
+        :func:`~admm_mpi.solvers.batches.scaled_batch_size`.
     """
 
     name = "minibatch_am"
@@ -110,7 +111,7 @@ class MiniBatchAM(Solver):
         self.spec, self.grid, self.n_total = spec, grid, n_total
         self.beta, self.gamma, self.rho, self.ridge, self.average = beta, gamma, rho, ridge, average
         self.step_decay = step_decay
-        self.batch_size = batch_size or scaled_batch_size(n_total)  # global rows: same batches at any rank count
+        self.batch_size = BatchSize.columns(batch_size, n_total)  # global rows: same batches at any rank count
         self.start, self.stop = grid.block_range(n_total)
 
     def init_state(self, X, Y, rng):

@@ -39,7 +39,8 @@ from admm_mpi.errors import InputError
 from admm_mpi.grid import ProcessGrid
 from admm_mpi.ops.activations import proximal_z_update
 from admm_mpi.solvers.common import activation_step, init_weights, weight_step
-from admm_mpi.solvers.base import Solver, check_at_least, check_non_negative, check_positive, setting
+from admm_mpi.solvers.base import (FULL_BATCH_RUN_DEFAULTS, Solver, check_at_least, check_non_negative,
+                                  check_positive, setting)
 from admm_mpi.solvers.batches import MiniBatchParams
 
 TAG_P, TAG_Q, TAG_FORWARD = 11, 12, 13
@@ -91,6 +92,7 @@ class PDADMM(Solver):
     Params = PDADMMParams
     default_loss = "cross_entropy"
     default_activation = "relu"
+    run_defaults = FULL_BATCH_RUN_DEFAULTS
 
     def __init__(self, spec, grid, n_total, *, nu, rho, mu, w_steps, quantize):
         if not isinstance(grid, ProcessGrid):

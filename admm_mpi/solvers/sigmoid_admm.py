@@ -37,7 +37,7 @@ from admm_mpi.backend import namespace, sum_all
 from admm_mpi.ops.linalg import transpose_reduce_weights, with_ones_row
 from admm_mpi.ops.steps import backtracking, power_iteration, start_tau
 from admm_mpi.solvers.common import forward_states, init_weights
-from admm_mpi.solvers.base import Solver, check_non_negative, check_positive, setting
+from admm_mpi.solvers.base import FULL_BATCH_RUN_DEFAULTS, Solver, check_non_negative, check_positive, setting
 from admm_mpi.solvers.batches import MiniBatchParams
 
 
@@ -74,6 +74,7 @@ class SigmoidADMM(Solver):
     Params = SigmoidADMMParams
     default_loss = "least_squares"
     default_activation = "sigmoid"
+    run_defaults = FULL_BATCH_RUN_DEFAULTS
 
     def __init__(self, spec, grid, n_total, *, beta, mu, omega, rho):
         self.spec, self.grid, self.n_total = spec, grid, n_total

@@ -21,7 +21,8 @@ from admm_mpi.backend import namespace, sum_all
 from admm_mpi.ops.blocks import blas_threads, for_each_block
 from admm_mpi.ops.linalg import activation_solver, transpose_reduce_weights
 from admm_mpi.solvers.common import forward_states, init_weights
-from admm_mpi.solvers.base import Solver, SolverParams, check_non_negative, check_positive, setting
+from admm_mpi.solvers.base import (FULL_BATCH_RUN_DEFAULTS, Solver, SolverParams, check_non_negative,
+                                  check_positive, setting)
 
 
 @dataclass
@@ -70,6 +71,7 @@ class TaylorADMM(Solver):
     Params = TaylorParams
     default_loss = "least_squares"
     default_activation = "relu"
+    run_defaults = FULL_BATCH_RUN_DEFAULTS
 
     def __init__(self, spec, grid, n_total, *, beta, gamma, ridge, warm_start):
         self.spec, self.grid, self.n_total = spec, grid, n_total
