@@ -105,7 +105,7 @@ def read_csv(path, chunk, label_column=0, delimiter=None, skip_header=0):
             except ValueError as exc:
                 raise InputError(f"{path}: not numeric delimited text ({exc})") from None
             if not -block.shape[1] <= label_column < block.shape[1]:
-                raise InputError(f"{path}: --label-column {label_column} is out of range for rows of "
+                raise InputError(f"{path}: --label {label_column} is out of range for rows of "
                                  f"{block.shape[1]} columns (0..{block.shape[1] - 1}, or negative from the end)")
             y = block[:, label_column]
             yield np.delete(block, label_column % block.shape[1], axis=1), y

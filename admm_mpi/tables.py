@@ -1235,10 +1235,10 @@ def open_raw_table(path, encoding, header=None, delimiter=None):
     table = open_table(path, header=header, delimiter=delimiter)
     inputs = [c.name for c in encoding.columns]
     if positional and not header and len(table.columns) == len(inputs) < len(names):
-        mapping = dict(zip(inputs, table.columns))
+        mapping, read_file = dict(zip(inputs, table.columns)), table.read
 
         def read(chunk, columns):
-            for frame in table.read(chunk, [mapping[c] for c in columns]):
+            for frame in read_file(chunk, [mapping[c] for c in columns]):
                 yield frame.set_axis(list(columns), axis=1)
 
         note = f"no label column: the {len(inputs)} columns are the encoding's input columns, in order"
