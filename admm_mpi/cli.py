@@ -518,6 +518,10 @@ def _cmd_data(args, grid):
                               standardize=args.standardize, chunk=args.chunk_rows, seed=args.seed, name=args.name,
                               scale=args.scale, label=args.label, delimiter=args.delimiter, header=args.header,
                               table=_table_settings(args), **options)
+    if "table" in summary:  # every encoding decision, readable (the JSON below has them too)
+        from admm_mpi.tables import report_lines
+
+        print("\n".join(f"admm-mpi: {line}" for line in report_lines(summary["table"])), file=sys.stderr)
     print(json.dumps(summary, indent=2, ensure_ascii=False))
 
 

@@ -1023,6 +1023,30 @@ def _numbers_as_text_note(name, scan):
     return None
 
 
+def report_lines(report):
+    """A data report (:meth:`DataReport.as_dict`, plus ``class_counts`` per split if given) as
+    lines of text: the reading, the rows, the label, one line per column, the notes."""
+    rows, label = report["rows"], report["label"]
+    lines = [f"{report['source']}: " + "; ".join(report["reading"][:-1]),
+             f"rows: {rows['read']} read, {rows['kept']} kept ({rows['dropped_missing_label']} dropped without a "
+             f"label, {rows['dropped_missing_cells']} with a missing cell), {rows['training']} training rows"]
+    if label.get("column") is not None:
+        lines.append(f"label: column {label['column']!r} ({label['kind']}), classes {label['classes']}")
+    lines.append(f"missing cells: {report['missing_policy']}")
+    width = max(len(str(c["name"])) for c in report["columns"])
+    for c in report["columns"]:
+        what = {"numeric": lambda: f"fill {c['fill']:.6g}" if c.get("fill") is not None else "",
+                "one-hot": lambda: f"{c['n_categories']} categories {c['categories']}",
+                "ordinal": lambda: f"levels {c['categories']}"}.get(c["encoding"], lambda: c.get("note", ""))()
+        flag = " (identifier-like, kept as asked)" if c["identifier"] and c["encoding"] != "dropped" else ""
+        lines.append(f"  {str(c['name']):<{width}}  {c['type']:<6}  {c['encoding']:<8}  missing {c['missing']:<6} "
+                     f"{what}{flag}".rstrip())
+    lines.append(f"{report['n_features']} features")
+    for split, counts in report.get("class_counts", {}).items():
+        lines.append(f"class balance, {split}: " + ", ".join(f"{n} {k}" for n, k in counts.items()))
+    return lines + [f"note: {note}" for note in report["notes"]]
+
+
 # ---- fit ---------------------------------------------------------------------------------------------
 def fit_encoding(table, spec=TableSpec(), *, chunk=10000, train_rows=None, classes=None):
     """``(Encoding, DataReport)`` learned from the training rows of ``table`` (a :class:`Table` or

@@ -302,3 +302,18 @@ def test_keel_crx_raw_file_converts_with_its_text_columns_one_hot(tmp_path):
     assert [n for n, kind in kinds.items() if kind == ("text", "one-hot")] == ["0", "3", "4", "5", "6", "8", "9",
                                                                                 "11", "12"]
     assert summary["n_train"] + summary["n_test"] == 653
+
+
+def test_convert_prints_every_decision_as_text_too(tmp_path, table_files):
+    _, csv_path, _ = table_files
+    proc = _ok(run_admm(1, "data", "convert", csv_path, "--label", "churn", "--ordinal", "plan=basic<plus<pro",
+                        "--test-fraction", "0.25", "--out", tmp_path / "t.h5"))
+    lines = proc.stderr.splitlines()
+    assert "admm-mpi: label: column 'churn' (texts), classes ['No', 'Yes']" in lines
+    assert any(line.split()[1:5] == ["city", "text", "one-hot", "missing"] and "3 categories" in line
+               for line in lines)
+    assert any(line.split()[1:4] == ["plan", "text", "ordinal"] and "['basic', 'plus', 'pro']" in line
+               for line in lines)
+    assert any(line.split()[1:4] == ["id", "text", "dropped"] and "identifier-like" in line for line in lines)
+    no, yes = np.bincount(_arrays(tmp_path / "t.h5")[0]["y_test"], minlength=2)
+    assert f"admm-mpi: class balance, test: No {no}, Yes {yes}" in lines and no + yes == 60
