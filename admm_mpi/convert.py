@@ -471,9 +471,6 @@ def _standardize(f, sums, sq, n_train, chunk):
     return mean, std
 
 
-TABLE_SETTINGS = ("categorical", "ordinal", "drop", "keep", "missing", "fill_value", "max_categories")
-
-
 def _is_index(label):
     try:
         int(str(label))
