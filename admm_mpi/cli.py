@@ -129,19 +129,24 @@ def make_parser(argv=None):
                          _help_solver(sys.argv[1:] if argv is None else argv))
     ev = sub.add_parser("evaluate", help="accuracy of a saved model on a data set")
     ev.add_argument("--model", required=True, help="model.h5 written by train")
-    ev.add_argument("--data", default="digits", help="HDF5 data set (default: digits)")
+    ev.add_argument("--data", default="digits", help="HDF5 data set, or a raw table (CSV, TSV, Parquet) with the label "
+                                                     "column, encoded as the model's training table (default: digits)")
     pr = sub.add_parser("predict", help="predicted labels of a saved model")
     pr.add_argument("--model", required=True, help="model.h5 written by train")
-    pr.add_argument("--data", default="digits", help="HDF5 data set (default: digits)")
-    pr.add_argument("--split", default="test", help="train | test (default: test)")
-    pr.add_argument("--output", help="file for the labels, one per line (default: standard output)")
+    pr.add_argument("--data", default="digits", help="HDF5 data set, or a raw table (CSV, TSV, Parquet) encoded as the "
+                                                     "model's training table (default: digits)")
+    pr.add_argument("--split", default="test", help="HDF5 data: train | test (default: test)")
+    pr.add_argument("--output", help="file for the labels, one per line, under a header line for a model trained on a "
+                                     "table (default: standard output)")
     sub.add_parser("info", help="versions, MPI library, BLAS and thread settings")
     data = sub.add_parser("data", help="convert data sets to the admm-mpi HDF5 format, inspect them")
     data_sub = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
-    cv = data_sub.add_parser("convert", help="NPZ, CSV, LIBSVM, IDX or HDF5 to admm-mpi HDF5, streamed in chunks")
+    cv = data_sub.add_parser("convert", help="tables (CSV, TSV, Parquet), NPZ, LIBSVM, IDX or HDF5 to admm-mpi HDF5, "
+                                             "streamed in chunks")
     cv.add_argument("input", help="input file; for IDX give IMAGES,LABELS")
     cv.add_argument("--out", required=True, help="output HDF5 file")
-    cv.add_argument("--format", help="npz | csv | libsvm | idx | hdf5 (default: from the file name)")
+    cv.add_argument("--format", help=f"{' | '.join(_input_formats())} (default: from the file name; delimited "
+                                     "text with a header row, text or empty cells is read as a table)")
     cv.add_argument("--test", help="a separate test file (same format)")
     cv.add_argument("--test-fraction", type=float, default=0.0,
                     help="hold out this fraction of every class as the test split")
@@ -152,13 +157,37 @@ def make_parser(argv=None):
                     help="rescale features to zero mean, unit variance (training rows' statistics)")
     cv.add_argument("--scale", type=float, default=1.0, help="divide features by this (e.g. 255 for pixels)")
     cv.add_argument("--chunk-rows", type=int, default=10000, help="rows per chunk (default: 10000)")
-    cv.add_argument("--label-column", type=int, default=0, help="csv: column of the label (default: 0)")
-    cv.add_argument("--delimiter", help="csv: field separator (default: whitespace)")
+    cv.add_argument("--label", "--label-column", dest="label", metavar="NAME|INDEX",
+                    help="text and tables: the label column, by name or index (negative from the end; default: 0)")
+    cv.add_argument("--delimiter", help="text and tables: field separator (default: whitespace for numeric text, "
+                                        "sniffed for tables)")
     cv.add_argument("--seed", type=int, default=0, help="seed of the test and validation splits (default: 0)")
     cv.add_argument("--name", help="data set name stored in the file")
     cv.add_argument("--allow-virtual", dest="allow_virtual", action="store_true",
                     help="hdf5: accept virtual datasets once every source file is found (their values are copied "
                          "into the output); external raw storage is always refused")
+    tb = cv.add_argument_group("tables (CSV/TSV with a header row or text columns, Parquet; any of these reads "
+                               "delimited text as a table; COLS: comma-separated names or indices)")
+    header = tb.add_mutually_exclusive_group()
+    header.add_argument("--header", dest="header", action="store_const", const=True,
+                        help="the first row names the columns (default: detected)")
+    header.add_argument("--no-header", dest="header", action="store_const", const=False,
+                        help="the first row is data; columns are named 0, 1, ...")
+    tb.add_argument("--categorical", metavar="COLS", help="one-hot encode these columns even if numeric (text columns "
+                                                           "are one-hot by default)")
+    tb.add_argument("--ordinal", metavar="COLS", help="code these text columns 0..k-1 instead of one-hot: NAME (levels "
+                                                       "in sorted order) or NAME=LOW<MID<HIGH")
+    tb.add_argument("--drop", metavar="COLS", help="ignore these columns")
+    tb.add_argument("--keep", metavar="COLS", help="encode these identifier-like columns (a different value in every "
+                                                    "row; dropped by default)")
+    tb.add_argument("--missing", metavar="mean|median|constant|drop",
+                    help="missing numeric cells take the training rows' mean or median, or --fill-value; drop: drop "
+                         "every row with a missing cell (default: mean; text: a category of its own; a missing "
+                         "label is an error unless drop)")
+    tb.add_argument("--fill-value", dest="fill_value", type=float, metavar="X",
+                    help="--missing constant: the value of a missing numeric cell (default: 0)")
+    tb.add_argument("--max-categories", dest="max_categories", type=int, metavar="K",
+                    help="more distinct texts in a column is an error (default: 1000)")
     ag = data_sub.add_parser("augment", help="graph-augmented features [A^K X, ..., AX, X] (pdADMM-G)")
     ag.add_argument("input", help="admm-mpi HDF5 data set (graph nodes: training rows, then test rows)")
     ag.add_argument("--adjacency", required=True, help="scipy.sparse .npz (or .npz with one dense array)")
@@ -241,9 +270,127 @@ def _train_line(summary, config):
 def _cmd_evaluate(args, grid):
     from admm_mpi.train import evaluate
 
-    result = evaluate(args.model, args.data, grid)
+    if _raw_table(args.data):
+        result = _on_root(grid, lambda: _evaluate_table(args.model, args.data))
+    else:
+        result = evaluate(args.model, args.data, grid)
     if grid.is_root:
-        print(json.dumps(result, indent=2))
+        print(json.dumps(result, indent=2, ensure_ascii=False))
+
+
+def _raw_table(path):
+    """Whether ``--data`` of predict or evaluate names a raw table (CSV, TSV, Parquet), not HDF5."""
+    from admm_mpi.convert import FORMATS
+
+    name = os.path.basename(os.fspath(path)).lower().removesuffix(".gz")
+    return name.endswith(FORMATS["csv"].suffixes + FORMATS["table"].suffixes)
+
+
+def _on_root(grid, work):
+    """``work()`` on the root only (a raw table is read serially); its InputError reaches every rank."""
+    result = problem = None
+    if grid.is_root:
+        try:
+            result = work()
+        except InputError as exc:
+            problem = str(exc)
+    grid.agree(problem)
+    return result
+
+
+def _model_encoding(path, data):
+    """``(Encoding, storage dtype)`` of a model trained on a converted table, or None; for a raw
+    table ``data`` one is required."""
+    import h5py
+
+    from admm_mpi.data import ENCODING_GROUP
+
+    with h5py.File(path, "r") as f:  # load_model has checked the file
+        stored = ENCODING_GROUP in f
+    if not stored:
+        if data is not None:
+            raise InputError(f"{path} holds no table encoding (its training data was not converted from a table), "
+                             f"so the raw rows of {data} cannot be encoded as its training rows were; convert them "
+                             "to HDF5 as the training data was")
+        return None
+    from admm_mpi.convert import tables_module
+
+    return tables_module().read_encoding(path)
+
+
+def _table_run(model_path, data, labels):
+    """The model's predictions on a raw table: ``(table, encoding, [(Encoded, predicted)], TransformReport)``."""
+    from admm_mpi.model import load_model, table_predictions
+    from admm_mpi.tables import TransformReport
+
+    spec, weights, biases = load_model(model_path)
+    encoding, storage_dtype = _model_encoding(model_path, data)
+    table, chunks = table_predictions(data, spec, weights, biases, encoding, storage_dtype, labels=labels)
+    results = list(chunks)
+    report = TransformReport()
+    for encoded, _ in results:
+        report.add(encoded.report)
+    return table, encoding, results, report
+
+
+def _table_notes(report):
+    """What encoding the raw rows did, beyond the expected: for a report line."""
+    notes = []
+    if report.ignored_columns:
+        notes.append(f"ignored columns {report.ignored_columns}")
+    if report.unknown:
+        notes.append(f"categories unseen in training (all-zero code) {report.unknown}")
+    if report.missing:
+        notes.append(f"missing cells filled {report.missing}")
+    if report.missing_cells:
+        notes.append(f"{report.missing_cells} rows with a missing cell not predicted (--missing drop)")
+    return notes
+
+
+def _evaluate_table(model_path, data):
+    from admm_mpi.tables import missing_label_problem
+
+    table, encoding, results, report = _table_run(model_path, data, labels=True)
+    problem = missing_label_problem(table, encoding, report.missing_label)
+    if problem:
+        raise InputError(problem)
+    import numpy as np
+
+    y = np.concatenate([encoded.y for encoded, _ in results]) if results else np.empty(0, np.int64)
+    predicted = np.concatenate([p for _, p in results]) if results else np.empty(0, np.int64)
+    if y.size == 0:
+        raise InputError(f"{data} holds no row to evaluate")
+    counts = np.bincount(y, minlength=len(encoding.classes))
+    return {"model": model_path, "data": data, "accuracy": float(np.mean(predicted == y)), "n_rows": int(y.size),
+            "class_counts": {str(n): int(c) for n, c in zip(encoding.classes, counts)},
+            "encoding": {"rows_read": report.rows_in, "rows_dropped_missing_label": report.missing_label,
+                         "rows_dropped_missing_cells": report.missing_cells, "ignored_columns": report.ignored_columns,
+                         "unknown_categories": report.unknown, "missing_cells_filled": report.missing}}
+
+
+def _predict_table(model_path, data):
+    """Rows of predicted class names for a raw table (one per data row, empty where a row was
+    dropped), and one report line."""
+    table, encoding, results, report = _table_run(model_path, data, labels=False)
+    names = [""] * report.rows_in
+    for encoded, predicted in results:
+        for row, k in zip(encoded.rows, predicted):
+            names[row] = encoding.classes[k]
+    line = f"admm-mpi: predicted {report.rows_out} rows of {data} with the model's table encoding"
+    notes = _table_notes(report)
+    return _label_lines(encoding.label, names), line + ("; " + "; ".join(notes) if notes else "")
+
+
+def _label_lines(label, names):
+    """CSV text: a header line naming the label column, then one class name per line."""
+    import csv
+    import io
+
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow([label])
+    writer.writerows([n] for n in names)
+    return text.getvalue()
 
 
 def _cmd_predict(args, grid):
@@ -252,11 +399,21 @@ def _cmd_predict(args, grid):
     from admm_mpi.data import load_shard
     from admm_mpi.model import load_model, predict
 
+    if args.output:  # before any work: an unwritable path must not cost the predictions
+        _check_writable(args.output, grid)
+    if _raw_table(args.data):
+        text, line = _on_root(grid, lambda: _predict_table(args.model, args.data)) or (None, None)
+        if grid.is_root:
+            print(line, file=sys.stderr)
+            if args.output:
+                _write_text(args.output, text)
+            else:
+                sys.stdout.write(text)
+        return
     if args.split not in ("train", "test"):
         raise InputError(f"--split must be 'train' or 'test', got {args.split!r}")
     spec, weights, biases = load_model(args.model)
-    if args.output:  # before any work: an unwritable path must not cost the predictions
-        _check_writable(args.output, grid)
+    encoding = _model_encoding(args.model, None)
     shard = load_shard(args.data, grid, weights[0].dtype, read_validation=False)
     if shard.n_features != spec.widths[0]:
         raise InputError(f"model expects {spec.widths[0]} features, {args.data} has {shard.n_features}")
@@ -266,7 +423,10 @@ def _cmd_predict(args, grid):
     parts = grid.gather_to_root(predict(spec, weights, biases, X))
     if grid.is_root:
         labels = np.concatenate(parts)
-        text = "".join(f"{int(v)}\n" for v in labels)
+        if encoding is None:
+            text = "".join(f"{int(v)}\n" for v in labels)
+        else:  # trained on a converted table: the class names, as for raw rows
+            text = _label_lines(encoding[0].label, [encoding[0].classes[int(v)] for v in labels])
         if args.output:
             _write_text(args.output, text)
         else:
@@ -355,7 +515,7 @@ def _cmd_data(args, grid):
     from admm_mpi import convert
 
     if args.data_command == "info":
-        print(json.dumps(convert.info(args.path), indent=2))
+        print(json.dumps(convert.info(args.path), indent=2, ensure_ascii=False))
         return
     if args.data_command == "augment":
         from admm_mpi.graph import augment
@@ -367,20 +527,44 @@ def _cmd_data(args, grid):
         raise InputError(f"--chunk-rows must be at least 1, got {args.chunk_rows}")
     if not (args.scale > 0 and args.scale != float("inf")):
         raise InputError(f"--scale must be a finite positive number, got {args.scale}")
-    options = {}
-    fmt = args.format or convert.detect_format(args.input.split(",")[0])
-    if fmt == "csv":
-        options = {"label_column": args.label_column, "delimiter": args.delimiter}
-    elif fmt == "hdf5":
-        options = {"allow_virtual": args.allow_virtual}
-    elif args.allow_virtual:
+    if args.allow_virtual and (args.format or convert.detect_format(args.input)) != "hdf5":
         raise InputError("--allow-virtual applies to HDF5 input only")
+    options = {"allow_virtual": True} if args.allow_virtual else {}
     summary = convert.convert(args.input, args.out, fmt=args.format, test_inputs=args.test,
                               test_fraction=args.test_fraction, validation_fraction=args.validation_fraction,
-                              standardize=args.standardize,
-                              chunk=args.chunk_rows, seed=args.seed, name=args.name, scale=args.scale,
-                              **options)
-    print(json.dumps(summary, indent=2))
+                              standardize=args.standardize, chunk=args.chunk_rows, seed=args.seed, name=args.name,
+                              scale=args.scale, label=args.label, delimiter=args.delimiter, header=args.header,
+                              table=_table_settings(args), **options)
+    if "table" in summary:  # every encoding decision, readable (the JSON below has them too)
+        from admm_mpi.tables import report_lines
+
+        print("\n".join(f"admm-mpi: {line}" for line in report_lines(summary["table"])), file=sys.stderr)
+    print(json.dumps(summary, indent=2, ensure_ascii=False))
+
+
+def _input_formats():
+    from admm_mpi.convert import FORMATS
+
+    return list(FORMATS)
+
+
+def _columns(text):
+    return tuple(c.strip() for c in text.split(",") if c.strip()) if text else ()
+
+
+def _table_settings(args):
+    """The ``TableSpec`` settings given on the command line (None for those not given)."""
+    ordinal = _columns(args.ordinal)
+    if any("=" in item for item in ordinal):  # NAME=LOW<MID<HIGH: levels in the order given
+        ordinal = {name.strip(): [v.strip() for v in levels.split("<")] if sep else None
+                   for name, sep, levels in (item.partition("=") for item in ordinal)}
+        unordered = [n for n, levels in ordinal.items() if levels is None]
+        if unordered:
+            raise InputError(f"--ordinal: give the levels of every column when one has them (NAME=A<B<C): "
+                             f"{unordered} have none")
+    return {"categorical": _columns(args.categorical), "ordinal": ordinal, "drop": _columns(args.drop),
+            "keep": _columns(args.keep), "missing": args.missing, "fill_value": args.fill_value,
+            "max_categories": args.max_categories}
 
 
 def _cmd_plot(args, grid):

@@ -1,4 +1,10 @@
-"""Convert user data (NPZ, CSV, LIBSVM/svmlight, MNIST IDX, HDF5) to the admm-mpi HDF5 format.
+"""Convert user data (NPZ, CSV, tables, LIBSVM/svmlight, MNIST IDX, HDF5) to the admm-mpi HDF5 format.
+
+Each input format is registered once (:func:`register_format`: its name, its file-name suffixes
+and its reader). Tables -- CSV/TSV with a header row, text columns or missing cells, and Parquet
+-- are encoded by :mod:`admm_mpi.tables` (format ``"table"``): the encoding (categories,
+imputation values, scaling) is fitted on the training rows only, after the test and validation
+rows are chosen, and stored in the output file's ``encoding`` group.
 
 Every reader yields ``(X_chunk, y_chunk)`` blocks of rows, so a file larger than memory converts
 in chunks: the writer appends each block to resizable HDF5 datasets. Optional steps:
@@ -18,34 +24,50 @@ its rows, and its validation rows at most all but one of the rest.
 """
 
 import gzip
+import json
 import os
 import struct
 import zipfile
+from dataclasses import dataclass, field
+from typing import Callable
 
 import h5py
 import numpy as np
 
-from admm_mpi.data import validation_rows
+from admm_mpi.data import ENCODING_GROUP, validation_rows
 from admm_mpi.files import create_file, hdf5_file, hdf5_open_problem, indirect_storage, reserve_space, write_problem
 from admm_mpi.errors import InputError
 
-FORMATS = ("npz", "csv", "libsvm", "idx", "hdf5")
 TRAIN, TEST, VALIDATION = 0, 1, 2  # where a row goes
 SPLIT_KEYS = {TRAIN: ("X", "y"), TEST: ("X_test", "y_test"), VALIDATION: ("X_val", "y_val")}
 
 
+@dataclass(frozen=True)
+class Format:
+    """An input format: its name, the file-name endings it is detected by (after ``.gz``), and
+    ``read(*paths, chunk, **options)``, which yields ``(X, y)`` blocks of at most ``chunk`` rows;
+    ``files`` paths are given as one comma-separated argument (IDX: ``IMAGES,LABELS``)."""
+
+    name: str
+    suffixes: tuple
+    read: Callable = field(repr=False)
+    files: int = 1
+
+
+FORMATS = {}
+
+
+def register_format(name, suffixes, read, files=1):
+    """Register an input format once: ``detect_format``, ``reader`` and ``--format`` know it from then on."""
+    FORMATS[name] = Format(name, tuple(suffixes), read, files)
+
+
 def detect_format(path):
-    name = os.path.basename(path).lower().removesuffix(".gz")
-    if name.endswith(".npz"):
-        return "npz"
-    if name.endswith((".csv", ".tsv", ".txt")):
-        return "csv"
-    if name.endswith((".svm", ".libsvm", ".svmlight")):
-        return "libsvm"
-    if "idx" in name or name.endswith("-ubyte"):
-        return "idx"
-    if name.endswith((".h5", ".hdf5")):
-        return "hdf5"
+    """The registered format whose suffix ends the file name (``.gz`` aside)."""
+    name = os.path.basename(path.split(",")[0]).lower().removesuffix(".gz")
+    for fmt in FORMATS.values():
+        if name.endswith(fmt.suffixes):
+            return fmt.name
     raise InputError(f"cannot tell the format of {path}; pass --format {{{','.join(FORMATS)}}}")
 
 
@@ -83,7 +105,7 @@ def read_csv(path, chunk, label_column=0, delimiter=None, skip_header=0):
             except ValueError as exc:
                 raise InputError(f"{path}: not numeric delimited text ({exc})") from None
             if not -block.shape[1] <= label_column < block.shape[1]:
-                raise InputError(f"{path}: --label-column {label_column} is out of range for rows of "
+                raise InputError(f"{path}: --label {label_column} is out of range for rows of "
                                  f"{block.shape[1]} columns (0..{block.shape[1] - 1}, or negative from the end)")
             y = block[:, label_column]
             yield np.delete(block, label_column % block.shape[1], axis=1), y
@@ -176,7 +198,7 @@ def _idx_open(path):
 
 
 def read_idx(images, labels, chunk):
-    """MNIST-style IDX pair (images, labels), gzip or not, streamed."""
+    """MNIST-style IDX pair (images, labels), gzip or not, streamed (``--format idx``: IMAGES,LABELS)."""
     fx, dtype, shape = _idx_open(images)
     fy, ydtype, yshape = _idx_open(labels)
     if shape[0] != yshape[0]:
@@ -230,22 +252,42 @@ def read_hdf5(path, chunk, x_key="X", y_key="y", allow_virtual=False):
             yield X[s:s + chunk].reshape(min(chunk, X.shape[0] - s), -1), y[s:s + chunk]
 
 
+def read_table(path, chunk, encoding, header=None, delimiter=None, report=None):
+    """A table's encoded chunks (:func:`admm_mpi.tables.read_encoded`; pandas, and pyarrow for Parquet)."""
+    return tables_module().read_encoded(path, chunk, encoding, header, delimiter, report)
+
+
+def tables_module():
+    """:mod:`admm_mpi.tables`, or one line saying how to install what it needs."""
+    try:
+        from admm_mpi import tables
+    except ImportError:
+        raise InputError("reading tables needs pandas: pip install 'admm-mpi[tables]'") from None
+    return tables
+
+
+register_format("npz", (".npz",), read_npz)
+register_format("csv", (".csv", ".tsv", ".txt", ".dat"), read_csv)
+register_format("table", (".parquet", ".pq"), read_table)
+register_format("libsvm", (".svm", ".libsvm", ".svmlight"), read_libsvm)
+register_format("idx", ("-ubyte", "-idx", ".idx"), read_idx, files=2)
+register_format("hdf5", (".h5", ".hdf5"), read_hdf5)
+
+
 def reader(path, fmt, chunk, **options):
-    """Chunks of ``path``; for IDX, ``path`` is ``images,labels`` (two files)."""
-    fmt = fmt or detect_format(path.split(",")[0])
-    if fmt == "idx":
-        parts = path.split(",")
-        if len(parts) != 2:
-            raise InputError("IDX input is two files: IMAGES,LABELS (e.g. train-images-idx3-ubyte.gz,"
-                             "train-labels-idx1-ubyte.gz)")
-        return _guarded(read_idx(parts[0], parts[1], chunk), path)
-    readers = {"npz": read_npz, "csv": read_csv, "libsvm": read_libsvm, "hdf5": read_hdf5}
-    if fmt not in readers:
+    """Checked chunks of ``path`` in format ``fmt`` (default: detected); for a format of two
+    files (IDX), ``path`` is ``FIRST,SECOND``."""
+    fmt = fmt or detect_format(path)
+    if fmt not in FORMATS:
         raise InputError(f"unknown format {fmt!r}; choose from {list(FORMATS)}")
-    for part in path.split(","):
+    paths = path.split(",") if FORMATS[fmt].files > 1 else [path]
+    if len(paths) != FORMATS[fmt].files:
+        raise InputError(f"{fmt} input is {FORMATS[fmt].files} files given as one argument FIRST,SECOND (IDX: "
+                         "IMAGES,LABELS, e.g. train-images-idx3-ubyte.gz,train-labels-idx1-ubyte.gz)")
+    for part in paths:
         if not os.path.exists(part):
             raise InputError(f"input file {part} does not exist")
-    return _guarded(readers[fmt](path, chunk, **options), path)
+    return _guarded(FORMATS[fmt].read(*paths, chunk, **options), path)
 
 
 def chunk_problem(X, y, path, first):
@@ -323,9 +365,8 @@ def convert(inputs, out, **settings):
     return {"out": out, **summary}
 
 
-def _label_pass(inputs, fmt, chunk, test_inputs, test_fraction, validation_fraction, seed, options):
-    """Pass 1 over the labels (small): ``(labels, test labels or None, classes, split, width)``,
-    ``split`` saying where each row goes (TRAIN, TEST or VALIDATION)."""
+def _label_pass(inputs, fmt, chunk, test_inputs, options):
+    """Pass 1 over the labels (small): ``(labels, test labels or None, width)``."""
     labels, width = [], 0
     for X, y in reader(inputs, fmt, chunk, **options):
         labels.append(np.asarray(y))
@@ -336,26 +377,35 @@ def _label_pass(inputs, fmt, chunk, test_inputs, test_fraction, validation_fract
     test_labels = None
     if test_inputs:
         test_labels = np.concatenate([np.asarray(y) for _, y in reader(test_inputs, fmt, chunk, **options)])
-    classes = np.unique(y_all if test_labels is None else np.concatenate([y_all, test_labels]))
-    split = np.full(y_all.size, TRAIN, dtype=np.int8)
+    return y_all, test_labels, width
+
+
+def split_rows(y, test_fraction, validation_fraction, seed, test_file=False):
+    """Where each row of labels ``y`` goes: TRAIN, TEST or VALIDATION (int8 per row).
+
+    Test rows: ``round(test_fraction * n_c)`` of each class's ``n_c`` rows (at most ``n_c - 1``),
+    drawn from ``seed`` class by class in sorted order; validation rows: the rows ``train
+    --validation-fraction F --seed S`` holds out of the remaining training rows.
+    """
+    split = np.full(y.size, TRAIN, dtype=np.int8)
     if test_fraction:
-        if test_inputs:
+        if test_file:
             raise InputError("give either a test file or a test fraction, not both")
         _check_fraction("test", test_fraction)
         rng = np.random.default_rng(seed)
-        for c in classes:  # stratified: the same fraction of every class, all but one row at most
-            members = np.flatnonzero(y_all == c)
+        for c in np.unique(y):  # stratified: the same fraction of every class, all but one row at most
+            members = np.flatnonzero(y == c)
             k = min(int(round(test_fraction * members.size)), members.size - 1)
             split[rng.choice(members, size=k, replace=False)] = TEST
     if validation_fraction:
         _check_fraction("validation", validation_fraction)
         training = np.flatnonzero(split == TRAIN)
-        held = validation_rows(y_all[training], validation_fraction, seed)
+        held = validation_rows(y[training], validation_fraction, seed)
         if held.size == 0:
             raise InputError(f"validation fraction {validation_fraction} holds out no row of {training.size} "
                              "training rows (every class keeps at least one training row)")
         split[training[held]] = VALIDATION
-    return y_all, test_labels, classes, split, width
+    return split
 
 
 def _check_fraction(name, fraction):
@@ -388,7 +438,9 @@ def _write_rows(f, inputs, fmt, chunk, options, split, append, scale):
     for X, y in reader(inputs, fmt, chunk, **options):
         X, y = np.asarray(X, dtype=np.float64) / scale, np.asarray(y)
         if not np.all(np.isfinite(X)):
-            raise InputError(f"{inputs} contains NaN or Inf near row {offset}")
+            hint = " (to fill missing cells, read it as a table: --missing mean|median|constant|drop)" \
+                if fmt == "csv" else ""
+            raise InputError(f"{inputs} contains NaN or Inf near row {offset}{hint}")
         where = split[offset:offset + X.shape[0]]
         for code, (key_x, key_y) in SPLIT_KEYS.items():
             rows = where == code
@@ -404,7 +456,8 @@ def _write_rows(f, inputs, fmt, chunk, options, split, append, scale):
 
 
 def _standardize(f, sums, sq, n_train, chunk):
-    """Rescale every split with the training rows' mean and standard deviation, in place."""
+    """Rescale every split with the training rows' mean and standard deviation, in place;
+    returns them."""
     mean = sums / n_train
     std = np.sqrt(np.maximum(sq / n_train - mean ** 2, 0))
     std[std == 0] = 1.0  # constant features stay constant (at 0)
@@ -415,13 +468,91 @@ def _standardize(f, sums, sq, n_train, chunk):
                 d[s:s + chunk] = (d[s:s + chunk] - mean) / std
     f.attrs["standardize_mean"] = mean
     f.attrs["standardize_std"] = std
+    return mean, std
+
+
+def _is_index(label):
+    try:
+        int(str(label))
+        return True
+    except ValueError:
+        return False
+
+
+def _holds_text(path, delimiter, lines=50):
+    """Whether the first ``lines`` non-empty lines of a delimited text file hold a field that is
+    not a number (a header row, a text column, an empty or ``?`` cell): then it is read as a table."""
+    try:
+        with _open_text(path) as f:
+            for _, line in zip(range(lines), (line for line in f if line.strip())):
+                for cell in line.strip().split(delimiter):
+                    float(cell)
+    except ValueError:
+        return True
+    except (OSError, EOFError, UnicodeDecodeError):
+        return False  # the numeric reader names the problem
+    return False
+
+
+def input_format(inputs, fmt, label=None, delimiter=None, table=None, header=None):
+    """The format ``inputs`` is read in: ``fmt``, else detected from the file name. Delimited text
+    is read as a table (:mod:`admm_mpi.tables`) when table settings, ``header`` or a label name
+    are given, or when its first lines hold something other than numbers; numeric text stays
+    with the numeric reader."""
+    fmt = fmt or detect_format(inputs)
+    asked = [k for k, v in (table or {}).items() if v not in (None, ())]
+    if header is not None:
+        asked.append("header")
+    if fmt == "csv" and (asked or (label is not None and not _is_index(label)) or _holds_text(inputs, delimiter)):
+        return "table"
+    if fmt not in ("csv", "table") and (asked or label is not None or delimiter):
+        given = asked + (["label"] if label is not None else []) + (["delimiter"] if delimiter else [])
+        raise InputError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to delimited text and "
+                         f"tables only, not to {fmt} input")
+    return fmt
+
+
+def _table_labels(tables, inputs, test_inputs, spec, header, delimiter, chunk):
+    """The label pass of a table conversion: the tables, and their labels over one class list.
+    A missing label is an error unless ``missing="drop"`` (labels are never filled)."""
+    opened = [tables.open_table(path, header=header, delimiter=delimiter) for path in (inputs, test_inputs) if path]
+    labels = tables.read_labels(opened, spec, chunk)
+    for table, count in zip(opened, labels.counts):
+        problem = tables.missing_label_problem(table, spec, count.missing_label)
+        if problem:
+            raise InputError(problem)
+    return opened, labels
 
 
 def _convert(inputs, tmp, *, fmt=None, test_inputs=None, test_fraction=0.0, validation_fraction=0.0,
-             standardize=False, chunk=10000, seed=0, name=None, dtype=np.float32, scale=1.0, **options):
+             standardize=False, chunk=10000, seed=0, name=None, dtype=np.float32, scale=1.0, label=None,
+             delimiter=None, table=None, header=None, **options):
     """The conversion of :func:`convert`, written to ``tmp``."""
-    y_all, test_labels, classes, split, width = _label_pass(inputs, fmt, chunk, test_inputs, test_fraction,
-                                                            validation_fraction, seed, options)
+    fmt = input_format(inputs, fmt, label, delimiter, table, header)
+    encoding = data_report = None
+    if fmt == "table":
+        if scale != 1.0:
+            raise InputError("--scale applies to numeric input; a table's features are rescaled by --standardize")
+        tables = tables_module()
+        spec = tables.TableSpec(label=0 if label is None else label,
+                                **{k: v for k, v in (table or {}).items() if v is not None})
+        opened, labels = _table_labels(tables, inputs, test_inputs, spec, header, delimiter, chunk)
+        y_all = labels.codes[0]
+        test_labels = labels.codes[1] if test_inputs else None
+        classes, class_names = np.arange(len(labels.classes)), list(labels.classes)
+    else:
+        if fmt == "csv":
+            options.update(label_column=int(label or 0), delimiter=delimiter)
+        y_all, test_labels, width = _label_pass(inputs, fmt, chunk, test_inputs, options)
+        classes = np.unique(y_all if test_labels is None else np.concatenate([y_all, test_labels]))
+        class_names = [str(c) for c in classes]
+    split = split_rows(y_all, test_fraction, validation_fraction, seed, test_file=bool(test_inputs))
+    if fmt == "table":  # categories, imputation, identifiers: from the training rows only
+        encoding, data_report = tables.fit_encoding(opened[0], spec, chunk=chunk, train_rows=split == TRAIN,
+                                                    classes=labels)
+        transformed = tables.TransformReport()
+        options = {"encoding": encoding, "header": header, "delimiter": delimiter, "report": transformed}
+        width = encoding.n_features
     n_rows = y_all.size + (0 if test_labels is None else test_labels.size)
     reserve_space(tmp, n_rows * (width * np.dtype(dtype).itemsize + 8))  # a full disk fails here, cleanly
     with hdf5_file(tmp, "w") as f:
@@ -433,6 +564,9 @@ def _convert(inputs, tmp, *, fmt=None, test_inputs=None, test_fraction=0.0, vali
         if "X_test" in f and f["X_test"].shape[1] != f["X"].shape[1]:
             raise InputError("test rows have a different width than training rows")
         preprocessing = f"converted from {inputs}" + (f" and {test_inputs}" if test_inputs else "")
+        if encoding is not None:
+            preprocessing += (f"; table encoding of {len(encoding.used_columns)} columns into {encoding.n_features} "
+                              "features, fitted on the training rows (see the encoding group)")
         if scale != 1.0:
             preprocessing += f"; divided by {scale}"
         if test_fraction:
@@ -440,20 +574,40 @@ def _convert(inputs, tmp, *, fmt=None, test_inputs=None, test_fraction=0.0, vali
         if validation_fraction:
             preprocessing += f"; stratified validation split {validation_fraction} of the training rows (seed {seed})"
         if standardize:
-            _standardize(f, sums, sq, n_train, chunk)
+            mean, std = _standardize(f, sums, sq, n_train, chunk)
             preprocessing += "; standardised with the training rows' mean and std"
+            if encoding is not None:
+                encoding = encoding.with_standardization(mean, std)
         f.attrs["name"] = name or os.path.basename(inputs.split(",")[0])
         f.attrs["n_classes"] = len(classes)
-        f.attrs["classes"] = [str(c) for c in classes]
+        f.attrs["classes"] = class_names
         f.attrs["preprocessing"] = preprocessing
-        summary = {"n_train": int(f["X"].shape[0]), "n_test": int(f["X_test"].shape[0]) if "X_test" in f else 0,
+        summary = {"format": fmt, "n_train": int(f["X"].shape[0]),
+                   "n_test": int(f["X_test"].shape[0]) if "X_test" in f else 0,
                    "n_validation": int(f["X_val"].shape[0]) if "X_val" in f else 0,
                    "n_features": int(f["X"].shape[1]), "n_classes": len(classes)}
+        if encoding is not None:
+            report = {**data_report.as_dict(), "class_counts": _class_balance(f, class_names),
+                      "converted_rows": transformed.as_dict()}
+            tables.save_encoding(f, encoding, dtype, report)
+            summary["table"] = report
     return summary
 
 
+def _class_balance(f, class_names):
+    """``{split: {class name: rows}}`` of a data file's splits."""
+    balance = {}
+    for split, code in (("train", TRAIN), ("validation", VALIDATION), ("test", TEST)):
+        key_y = SPLIT_KEYS[code][1]
+        if key_y in f:
+            counts = np.bincount(f[key_y][...].astype(np.int64), minlength=len(class_names))
+            balance[split] = {str(n): int(c) for n, c in zip(class_names, counts)}
+    return balance
+
+
 def info(path):
-    """Shapes, classes and class balance of an admm-mpi HDF5 file."""
+    """Shapes, classes and class balance of an admm-mpi HDF5 file, and the data report of a
+    converted table (its encoding decisions)."""
     try:
         f = h5py.File(path, "r")
     except OSError as exc:
@@ -462,6 +616,8 @@ def info(path):
         if "X" not in f or "y" not in f:
             raise InputError(f"{path}: no datasets X and y (found {sorted(f.keys())})")
         result = {"path": path, "name": str(f.attrs.get("name", "")), "preprocessing": str(f.attrs.get("preprocessing", ""))}
+        classes = [str(c) for c in f.attrs.get("classes", [])]
+        balance = _class_balance(f, classes) if classes else {}
         for split, code in (("train", TRAIN), ("validation", VALIDATION), ("test", TEST)):
             key_x, key_y = SPLIT_KEYS[code]
             if key_x in f:
@@ -469,5 +625,13 @@ def info(path):
                 counts = np.bincount(y.astype(np.int64)) if y.size else np.zeros(0, int)
                 result[split] = {"samples": int(f[key_x].shape[0]), "features": int(f[key_x].shape[1]),
                                  "class_counts": [int(c) for c in counts]}
+                if split in balance:
+                    result[split]["class_balance"] = balance[split]
         result["n_classes"] = int(f.attrs.get("n_classes", len(result["train"]["class_counts"])))
+        if classes:
+            result["classes"] = classes
+        report = f.get(f"{ENCODING_GROUP}/report")
+        if isinstance(report, h5py.Dataset):
+            text = report[()]
+            result["table"] = json.loads(text.decode() if isinstance(text, bytes) else text)
     return result

@@ -8,6 +8,7 @@ On-disk format (rows are samples, as users produce them):
 - ``X_val``, ``y_val``           optional validation split, same width (else ``train
                                  --validation-fraction`` holds out training rows)
 - attributes: ``name``, ``n_classes``, ``preprocessing`` (free text), ``classes`` (optional names)
+- group ``encoding``                a converted table's encoding (:mod:`admm_mpi.tables`), optional
 
 In memory samples are columns (``d x n_local``), as in the ADMM papers. Every check runs on every
 rank and the ranks agree on the verdict before anything collective happens (``Grid.agree``).
@@ -28,6 +29,7 @@ import numpy as np
 from admm_mpi.files import hdf5_file, hdf5_open_problem, hdf5_reason, indirect_storage
 
 BUNDLED = {"digits": "digits.h5"}
+ENCODING_GROUP = "encoding"   # a converted table's encoding (admm_mpi.tables), copied into model.h5 by train
 VALIDATION_STREAM = 0x76616C  # seeds the validation draw apart from the weights' and batches' streams
 READ_BYTES = 64 << 20         # largest span of file rows read at once
 

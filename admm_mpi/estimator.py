@@ -15,7 +15,16 @@ the rows: ``n // 20`` clipped to [100, 2000]) and the budget (``max_iter=60`` ep
 validation split, early stopping or best-iterate selection: as in scikit-learn (``MLPClassifier``'s
 ``early_stopping=False``), ``fit`` trains on every row it is given and model selection is the
 caller's (``GridSearchCV``, ``cross_val_score``).
+
+A pandas DataFrame with text, categorical or boolean columns, or missing cells, is encoded as
+``admm-mpi data convert --standardize`` encodes a table (:mod:`admm_mpi.tables`: text one-hot,
+missing numbers filled with the training mean, identifier-like columns dropped, features
+standardised), fitted on ``fit``'s rows and kept
+as ``table_encoding_`` (its decisions in ``table_report_``); ``predict`` then takes a DataFrame
+whose columns are found by name, in any order. Other inputs are used as given.
 """
+
+import sys
 
 import warnings
 from numbers import Integral, Real
@@ -48,6 +57,16 @@ def _check_balanced_rows(grid, n_local, n_total):
     if counts != expected:
         raise ValueError(f"the ranks hold {counts} rows; a distributed fit needs balanced blocks of {expected} "
                          "rows in rank order (the first n % P ranks one row more)")
+
+
+def _mixed_frame(X):
+    """Whether ``X`` is a pandas DataFrame that needs a table encoding: a column that is not of a
+    numeric dtype (text, category, boolean), or a missing cell."""
+    pd = sys.modules.get("pandas")  # not imported: X is no DataFrame
+    if pd is None or not isinstance(X, pd.DataFrame):
+        return False
+    numeric = all(pd.api.types.is_numeric_dtype(t) and not pd.api.types.is_bool_dtype(t) for t in X.dtypes)
+    return not numeric or bool(X.isna().to_numpy().any())
 
 
 class _ADMMBase(BaseEstimator):
@@ -125,9 +144,27 @@ class _ADMMBase(BaseEstimator):
                           ConvergenceWarning, stacklevel=3)
         return self
 
+    def _encoded(self, X, fit=False):
+        """``X``, or its encoding when it is a mixed-type DataFrame (fitted here if ``fit``)."""
+        if fit:
+            self.table_encoding_ = self.table_report_ = None
+            if _mixed_frame(X):
+                if self.comm is not None:
+                    raise ValueError("a mixed-type DataFrame is encoded from the rows fit is given, and each rank "
+                                     "holds other rows: encode it once (admm-mpi data convert) for a distributed fit")
+                from admm_mpi.tables import fit_encoding
+
+                encoding, self.table_report_ = fit_encoding(X)
+                encoded = encoding.transform(X).X  # standardised as by convert --standardize
+                std = encoded.std(axis=0)
+                self.table_encoding_ = encoding.with_standardization(encoded.mean(axis=0), np.where(std > 0, std, 1.0))
+        if getattr(self, "table_encoding_", None) is not None:
+            return self.table_encoding_.transform(X).X
+        return X
+
     def _outputs(self, X):
         check_is_fitted(self)
-        X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+        X = validate_data(self, self._encoded(X), reset=False, dtype=[np.float64, np.float32])
         weights = [W.T for W in self.coefs_]
         return forward(self._spec, weights, self.intercepts_, np.ascontiguousarray(X.T)).T
 
@@ -177,7 +214,7 @@ class ADMMClassifier(ClassifierMixin, _ADMMBase):
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y):
-        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32])
+        X, y = validate_data(self, self._encoded(X, fit=True), y, dtype=[np.float64, np.float32])
         check_classification_targets(y)
         classes = np.unique(y)
         grid = self._grid()
@@ -217,7 +254,8 @@ class ADMMRegressor(RegressorMixin, _ADMMBase):
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y):
-        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], multi_output=True, y_numeric=True)
+        X, y = validate_data(self, self._encoded(X, fit=True), y, dtype=[np.float64, np.float32], multi_output=True,
+                             y_numeric=True)
         self._y_1d = y.ndim == 1
         Y = y.reshape(y.shape[0], -1)
         return self._fit_targets(X, None, Y.shape[1], "least_squares", Y=Y)

@@ -9,6 +9,7 @@ import h5py
 import numpy as np
 
 from admm_mpi import __version__
+from admm_mpi.data import ENCODING_GROUP
 from admm_mpi.errors import InputError
 from admm_mpi.files import hdf5_file, hdf5_open_problem, indirect_storage, reserve_space, write_problem
 from admm_mpi.ops.activations import ACTIVATIONS, get_activation
@@ -67,10 +68,13 @@ def model_checksum(spec, weights, biases):
     return digest.hexdigest()
 
 
-def save_model(path, spec, weights, biases, extra=None):
+def save_model(path, spec, weights, biases, extra=None, data=None):
     """Write ``model.h5`` atomically: ``/layers/<l>/W``, ``/layers/<l>/b``, spec and checksum as attributes.
 
-    A failed write (e.g. a full disk) removes the partial ``.tmp`` and leaves an existing file as it was.
+    ``data``: the HDF5 data file trained on; its table encoding (group ``encoding``, written by
+    ``admm-mpi data convert`` from a table) is copied, so ``predict`` and ``evaluate`` can encode
+    raw rows as the training rows were. A failed write (e.g. a full disk) removes the partial
+    ``.tmp`` and leaves an existing file as it was.
     """
     tmp = f"{path}.tmp"
     try:
@@ -89,6 +93,10 @@ def save_model(path, spec, weights, biases, extra=None):
                 group = f.create_group(f"layers/{layer}")
                 group["W"] = W
                 group["b"] = b
+            if data is not None:
+                with h5py.File(data, "r") as source:
+                    if ENCODING_GROUP in source:
+                        source.copy(source[ENCODING_GROUP], f, ENCODING_GROUP)
         os.replace(tmp, path)
     except OSError as exc:
         if os.path.isfile(tmp) and not os.path.islink(tmp):  # ours, partly written
@@ -192,3 +200,25 @@ def load_model(path):
     if problem:
         raise InputError(f"model file {path} is damaged: {problem}")
     return spec, weights, biases
+
+
+def table_predictions(path, spec, weights, biases, encoding, storage_dtype, *, labels=False, chunk=10000):
+    """``(table, chunks)``: the raw table file at ``path`` (CSV, TSV, Parquet) and, per ``chunk``
+    rows, ``(Encoded, predicted class indices)`` -- rows encoded with the model's stored table
+    encoding (:mod:`admm_mpi.tables`), ``Encoded.rows`` their row numbers in the file.
+    ``labels=True`` maps the label column to class indices too (``Encoded.y``)."""
+    from admm_mpi import tables
+
+    table = tables.open_raw_table(path, encoding)
+
+    def chunks():
+        start = 0
+        for frame in table.frames(chunk):
+            encoded = encoding.transform(frame, labels=labels, storage_dtype=storage_dtype,
+                                         rows=np.arange(start, start + len(frame)))
+            encoded.rows += start
+            start += len(frame)
+            X = np.ascontiguousarray(encoded.X.T, dtype=weights[0].dtype)
+            yield encoded, predict(spec, weights, biases, X) if X.shape[1] else np.empty(0, np.int64)
+
+    return table, chunks()

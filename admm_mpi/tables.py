@@ -10,7 +10,8 @@ and every decision it takes is recorded in a data report:
   column's name and its index agree. Cells equal to one of :data:`MISSING_MARKERS` (pandas'
   defaults plus ``?`` and ``<null>``, the UCI and KEEL conventions) are missing.
 - **Label.** A column by name or index. Rows whose label is missing are dropped and counted
-  (never filled). Labels map to classes ``0..k-1``: numbers in increasing order of value when
+  (never filled); ``admm-mpi data convert`` and ``evaluate`` refuse them unless
+  ``missing="drop"`` (:func:`missing_label_problem`). Labels map to classes ``0..k-1``: numbers in increasing order of value when
   every label is a number (``"1"`` and ``"1.0"`` are one class, named ``"1"``), otherwise texts in
   sorted order; the names are kept.
 - **Columns.** A column whose every present training value is a number is numeric; other
@@ -53,6 +54,7 @@ from fractions import Fraction
 import numpy as np
 import pandas as pd
 
+from admm_mpi.data import ENCODING_GROUP  # noqa: F401  (where data and model files keep the encoding)
 from admm_mpi.errors import InputError
 
 # pandas' default missing-value strings (``read_csv``'s ``na_values`` documentation), plus the
@@ -66,7 +68,6 @@ MISSING_CATEGORY = "(missing)"     # the feature name of a text column's missing
 ORDINAL_UNKNOWN = -1.0             # an ordinal column's code for an unseen or missing level
 MAX_CATEGORIES = 1000              # more distinct texts in a column is refused (drop= it, or raise this)
 MEDIAN_SELECT_VALUES = 1 << 17     # values held at once per median (radix selection below that)
-ENCODING_GROUP = "encoding"        # where data and model files keep the encoding
 ENCODING_FORMAT = "admm-mpi table encoding"
 ENCODING_VERSION = 1
 ALL_ROWS = 1 << 62                 # "chunk" meaning one chunk for the whole table
@@ -1022,6 +1023,30 @@ def _numbers_as_text_note(name, scan):
     return None
 
 
+def report_lines(report):
+    """A data report (:meth:`DataReport.as_dict`, plus ``class_counts`` per split if given) as
+    lines of text: the reading, the rows, the label, one line per column, the notes."""
+    rows, label = report["rows"], report["label"]
+    lines = [f"{report['source']}: " + "; ".join(report["reading"][:-1]),
+             f"rows: {rows['read']} read, {rows['kept']} kept ({rows['dropped_missing_label']} dropped without a "
+             f"label, {rows['dropped_missing_cells']} with a missing cell), {rows['training']} training rows"]
+    if label.get("column") is not None:
+        lines.append(f"label: column {label['column']!r} ({label['kind']}), classes {label['classes']}")
+    lines.append(f"missing cells: {report['missing_policy']}")
+    width = max(len(str(c["name"])) for c in report["columns"])
+    for c in report["columns"]:
+        what = {"numeric": lambda: f"fill {c['fill']:.6g}" if c.get("fill") is not None else "",
+                "one-hot": lambda: f"{c['n_categories']} categories {c['categories']}",
+                "ordinal": lambda: f"levels {c['categories']}"}.get(c["encoding"], lambda: c.get("note", ""))()
+        flag = " (identifier-like, kept as asked)" if c["identifier"] and c["encoding"] != "dropped" else ""
+        lines.append(f"  {str(c['name']):<{width}}  {c['type']:<6}  {c['encoding']:<8}  missing {c['missing']:<6} "
+                     f"{what}{flag}".rstrip())
+    lines.append(f"{report['n_features']} features")
+    for split, counts in report.get("class_counts", {}).items():
+        lines.append(f"class balance, {split}: " + ", ".join(f"{n} {k}" for n, k in counts.items()))
+    return lines + [f"note: {note}" for note in report["notes"]]
+
+
 # ---- fit ---------------------------------------------------------------------------------------------
 def fit_encoding(table, spec=TableSpec(), *, chunk=10000, train_rows=None, classes=None):
     """``(Encoding, DataReport)`` learned from the training rows of ``table`` (a :class:`Table` or
@@ -1178,3 +1203,69 @@ def class_counts(y, classes):
     """``{class name: rows}`` of class indices ``y`` (a split's class balance for the report)."""
     counts = np.bincount(np.asarray(y, np.int64), minlength=len(classes))
     return {str(n): int(c) for n, c in zip(classes, counts)}
+
+
+def missing_label_problem(table, spec, n_missing):
+    """One line refusing ``n_missing`` rows without a label unless ``spec.missing == "drop"``
+    (the command line never drops rows silently, and never fills a label), else None."""
+    if not n_missing or spec.missing == "drop":
+        return None
+    label = _resolve(spec.label, table.columns, "label column")
+    return (f"{table.name}: the label column {label!r} is empty in {n_missing} rows; labels are never filled: "
+            "fill them, or drop those rows (and rows with any missing cell) with --missing drop")
+
+
+# ---- the encoding in HDF5 files --------------------------------------------------------------------
+def save_encoding(f, encoding, storage_dtype, report=None):
+    """Store ``encoding`` in the group ``encoding`` of an open h5py file, with the dtype its
+    features are stored in (a transform rounds to it, see :meth:`Encoding.transform`) and, for a
+    converted data file, the data report (JSON)."""
+    group = f.require_group(ENCODING_GROUP)
+    encoding.save(group)
+    group.attrs["storage_dtype"] = np.dtype(storage_dtype).name
+    if report is not None:
+        if "report" in group:
+            del group["report"]
+        group.create_dataset("report", data=json.dumps(report, allow_nan=False))
+
+
+def read_encoding(path):
+    """``(Encoding, storage dtype)`` kept in an HDF5 data or model file, or None if it has none."""
+    import h5py
+
+    from admm_mpi.files import hdf5_open_problem
+
+    try:
+        with h5py.File(path, "r") as f:
+            if ENCODING_GROUP not in f:
+                return None
+            group = f[ENCODING_GROUP]
+            return Encoding.load(group), np.dtype(str(group.attrs.get("storage_dtype", "float64")))
+    except OSError as exc:
+        raise InputError(hdf5_open_problem(path, exc)) from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"{path}: its table encoding is damaged ({exc})") from None
+
+
+def open_raw_table(path, encoding, header=None, delimiter=None):
+    """A raw table to predict or evaluate on with ``encoding``: columns are taken by name. A
+    table fitted without a header row (columns named 0, 1, ...) is read without one too, and a
+    headerless file one column narrower than that table (no label column) takes the names of
+    the encoding's input columns, in order."""
+    names = [c.name for c in encoding.columns] + ([encoding.label] if encoding.label is not None else [])
+    positional = sorted(names, key=lambda n: (len(n), n)) == [str(i) for i in range(len(names))]
+    if header is None and table_format(os.fspath(path)) == "csv":
+        header = not positional
+    table = open_table(path, header=header, delimiter=delimiter)
+    inputs = [c.name for c in encoding.columns]
+    if positional and not header and len(table.columns) == len(inputs) < len(names):
+        mapping, read_file = dict(zip(inputs, table.columns)), table.read
+
+        def read(chunk, columns):
+            for frame in read_file(chunk, [mapping[c] for c in columns]):
+                yield frame.set_axis(list(columns), axis=1)
+
+        note = f"no label column: the {len(inputs)} columns are the encoding's input columns, in order"
+        table = Table(table.name, tuple(inputs), table.notes + (note,), read)
+    return table
+

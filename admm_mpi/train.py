@@ -715,7 +715,8 @@ def write_outputs(config, grid, spec, weights, biases, summary):
     if grid.is_root:
         try:
             save_model(os.path.join(config.out, "model.h5"), spec, [to_host(w) for w in weights],
-                       [to_host(b) for b in biases], extra={"solver": config.solver, "data": summary["data"]})
+                       [to_host(b) for b in biases], extra={"solver": config.solver, "data": summary["data"]},
+                       data=None if summary["data"] == "in-memory" else summary["data"])
             _write_json(os.path.join(config.out, "summary.json"), summary)
         except (OSError, InputError) as exc:  # save_model names the file and the cause
             problem = str(exc) if isinstance(exc, InputError) else \

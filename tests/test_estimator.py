@@ -86,3 +86,37 @@ def test_each_rank_fits_its_own_rows(comm):
         # absolute scale: a bias near 0 would make a relative error measure rounding alone
         assert np.linalg.norm(b - b_ref) <= 1e-10 * max(np.linalg.norm(b_ref), 1.0)
     np.testing.assert_array_equal(distributed.predict(X_test), serial.predict(X_test))
+
+
+def test_a_mixed_dataframe_is_encoded_as_a_converted_table():
+    """Text one-hot, holes filled, the id dropped, features standardised: fitted on fit's rows,
+    applied by column name at predict time (any order, extra columns ignored)."""
+    pd = pytest.importorskip("pandas")
+    from admm_mpi.tables import fit_encoding
+
+    rng = np.random.default_rng(0)
+    n = 200
+    city = rng.choice(["Oslo", "Bergen", "Tromsø"], n).astype(object)
+    score = rng.normal(0, 1, n)
+    y = np.where(score + (city == "Oslo") * 1.5 > 0.5, "Yes", "No")
+    score[[3, 9]] = np.nan
+    city[5] = None
+    X = pd.DataFrame({"id": [f"u{i}" for i in range(n)], "score": score, "city": city,
+                      "visits": rng.integers(0, 9, n)})
+    clf = ADMMClassifier(hidden_layer_sizes=(16,), max_iter=20, random_state=0).fit(X, y)
+    assert clf.table_encoding_.columns == fit_encoding(X)[0].columns  # the decisions of data convert
+    assert clf.table_encoding_.feature_names == ("score", "city=Bergen", "city=Oslo", "city=Tromsø",
+                                                 "city=(missing)", "visits")
+    encoded = clf.table_encoding_.transform(X).X
+    np.testing.assert_allclose(encoded.mean(axis=0), 0, atol=1e-12)
+    np.testing.assert_allclose(encoded.std(axis=0), 1, atol=1e-12)
+    plain = ADMMClassifier(hidden_layer_sizes=(16,), max_iter=20, random_state=0).fit(encoded, y)
+    for W, W_plain in zip(clf.coefs_, plain.coefs_):
+        np.testing.assert_array_equal(W, W_plain)
+    shuffled = X[X.columns[::-1]].assign(extra=1.0)
+    np.testing.assert_array_equal(clf.predict(shuffled), clf.predict(X))
+    assert set(clf.predict(X)) == {"No", "Yes"} and clf.score(X, y) > 0.8
+    with pytest.raises(ValueError, match="no column 'city'"):
+        clf.predict(X.drop(columns="city"))
+    numeric = ADMMClassifier(hidden_layer_sizes=(4,), max_iter=2).fit(X[["visits"]], y)
+    assert numeric.table_encoding_ is None  # a numeric DataFrame is used as given

@@ -434,7 +434,7 @@ CASES = [
     Case("convert-idx-type-7", _convert("{idx_type_7}", "--format", "idx"), "IDX type code 0x07 is not one of",
          ranks=1, absent=NO_H5),
     Case("convert-label-column", _convert("{csv}", "--delimiter", ",", "--label-column", "7"),
-         "--label-column 7 is out of range for rows of 3 columns", ranks=1, absent=NO_H5),
+         "--label 7 is out of range for rows of 3 columns", ranks=1, absent=NO_H5),
     Case("convert-ragged-rows", _convert("{ragged_csv}", "--delimiter", ",", "--chunk-rows", "1"),
          "rows of different widths", ranks=1, absent=NO_H5),
     Case("convert-out-under-a-file", _convert("{csv}", "--delimiter", ",", out="{csv}/out.h5"),
