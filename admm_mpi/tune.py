@@ -73,19 +73,25 @@ class OptunaEngine:
         from optuna.storages.journal import JournalFileBackend
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        self.optuna = optuna
-        samplers = {"tpe": lambda: optuna.samplers.TPESampler(seed=seed),
-                    "random": lambda: optuna.samplers.RandomSampler(seed=seed)}
+        self.optuna, self.seed = optuna, seed
+        self.sampler = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}[sampler]
         pruners = {"median": lambda: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2),
                    "halving": lambda: optuna.pruners.SuccessiveHalvingPruner(),
                    "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=iters),
                    "none": lambda: optuna.pruners.NopPruner()}
         storage = JournalStorage(JournalFileBackend(os.path.join(out, JOURNAL)))
         self.study = optuna.create_study(study_name="admm-mpi-tune", storage=storage, direction="maximize",
-                                         sampler=samplers[sampler](), pruner=pruners[pruner](), load_if_exists=True)
+                                         sampler=self.sampler(seed=seed), pruner=pruners[pruner](),
+                                         load_if_exists=True)
         self.live = {}  # trial number -> optuna Trial
 
     def ask(self, space):
+        # a sampler seeded by (seed, trial number): the draws depend on the seed and the trials so
+        # far, not on how often the sweep was stopped and resumed (a new sampler starts a new stream)
+        import numpy as np
+
+        number = self.count()
+        self.study.sampler = self.sampler(seed=int(np.random.SeedSequence([self.seed, number]).generate_state(1)[0]))
         trial = self.study.ask()
         self.live[trial.number] = trial
 
