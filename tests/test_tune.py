@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 import pytest
 
-from tests.helpers import child_env, mpiexec, run_admm
+from tests.helpers import REPO, child_env, mpiexec, run_admm
 
 try:
     import optuna  # noqa: F401
@@ -310,3 +310,14 @@ def test_without_optuna_a_random_search_runs_and_resumes_from_its_journal(tmp_pa
     assert {e["number"] for e in events} == {0, 1, 2}  # the fallback's journal, not Optuna's
     best = max(rows, key=lambda r: (float(r["validation_accuracy"]), -int(r["trial"])))
     assert _same_weights(out / "best", out / "trials" / f"{int(best['trial']):04d}")
+
+
+def test_the_guide_s_example_space_is_valid(tmp_path):
+    import re
+
+    from admm_mpi.search_space import load_space
+
+    guide = (REPO / "docs" / "guide" / "tune.md").read_text()
+    example = re.search(r"```toml\n(\[space\].*?)```", guide, re.S).group(1)
+    space = load_space(str(_space(tmp_path, example)), {})
+    assert [d.name for d in space.dimensions if d.when] == ["batch_size", "step_decay", "warm_start"]
