@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import REPO, child_env, mpiexec, run_admm
+from tests.test_launch import _job_state, _wait, slurm  # noqa: F401  (slurm: the private cluster fixture)
 
 try:
     import optuna  # noqa: F401
@@ -321,3 +322,33 @@ def test_the_guide_s_example_space_is_valid(tmp_path):
     example = re.search(r"```toml\n(\[space\].*?)```", guide, re.S).group(1)
     space = load_space(str(_space(tmp_path, example)), {})
     assert [d.name for d in space.dimensions if d.when] == ["batch_size", "step_decay", "warm_start"]
+
+
+# ---- Slurm: launch/tune.sbatch, requeued mid-sweep --------------------------------------------
+def test_tune_sbatch_requeued_mid_sweep_resumes_and_finishes(slurm, tmp_path):
+    """A private one-node Slurm (tests/test_launch.py): the sweep is requeued while trials run;
+    the requeued job resumes the interrupted ones from their checkpoints and finishes the sweep."""
+    if OPTUNA is not None:
+        pytest.skip(OPTUNA)
+    sweep = tmp_path / "sweep"
+    env = dict(slurm, ADMM_TUNE_DIR=str(sweep))
+    args = ["--space", str(_space(tmp_path)), "--trials", "4", "--iters", "40", "--no-early-stopping",
+            "--sampler", "random", "--pruner", "none"]
+    job = subprocess.run(["sbatch", "--parsable", str(REPO / "launch" / "tune.sbatch"), *args], cwd=tmp_path,
+                         capture_output=True, text=True, env=env, check=True).stdout.strip().split(";")[0]
+    log = tmp_path / f"admm-mpi-tune-{job}.out"
+    started = sweep / "trials" / "0001" / "metrics.jsonl"
+    assert _wait(lambda: started.exists() and len(started.read_text().splitlines()) >= 2, 180)
+    subprocess.run(["scontrol", "requeue", job], check=True, env=env)  # as pre-emption does
+    assert _wait(lambda: "restart 1" in log.read_text(), 240, step=2) or \
+        subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=env).returncode == 0 and \
+        _wait(lambda: "restart 1" in log.read_text(), 240, step=2)
+    assert _wait(lambda: _job_state(job, env) in ("COMPLETED", "FAILED", "GONE"), 400, step=2)
+    text = log.read_text()
+    assert _job_state(job, env) in ("COMPLETED", "GONE"), text
+    rows = _trials(sweep)
+    assert [r["state"] for r in rows] == ["complete"] * 4, text
+    summaries = [json.loads((sweep / "trials" / f"{n:04d}" / "summary.json").read_text()) for n in range(4)]
+    assert any(s["resumed_from"] for s in summaries), text  # continued from a checkpoint, not restarted
+    assert all(s["iterations"] == 40 for s in summaries)
+    assert (sweep / "best" / "model.h5").exists()
