@@ -377,6 +377,15 @@ class Grid:
     # thread); waits poll asleep, so a waiting rank does not spin on a shared core.
     REQUEST_TAG, REPLY_TAG = 7101, 7102
 
+    def threads_may_communicate(self):
+        """Whether MPI was started with MPI_THREAD_MULTIPLE (mpi4py asks for it by default), so a
+        thread may send and receive while another one works."""
+        if self._comm is None:
+            return True
+        from mpi4py import MPI
+
+        return MPI.Query_thread() == MPI.THREAD_MULTIPLE
+
     def request(self, server, message, poll=0.001):
         """Send ``message`` to rank ``server`` and return its reply (sent by :meth:`reply`)."""
         if self._comm is None:

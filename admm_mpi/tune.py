@@ -449,12 +449,12 @@ def write_best(out, records, base):
     if not complete:
         return None
     best = max(complete, key=lambda r: (r["value"], -r["number"]))  # the first of equals
+    from admm_mpi.config import resolve
+
     source = trial_directory(out, best["number"])
-    with open(os.path.join(source, "config.toml")) as f:
-        text = f.read()
     # the trial did not read the test split; the rerun does as the sweep's settings say
-    _write_atomic(os.path.join(out, "best.toml"),
-                  text.replace('eval_test = "never"', f'eval_test = "{base.eval_test}"', 1))
+    trial = resolve(file=os.path.join(source, "config.toml"))
+    _write_atomic(os.path.join(out, "best.toml"), config_toml(trial, eval_test=base.eval_test))
     os.makedirs(os.path.join(out, "best"), exist_ok=True)
     for name in ("model.h5", "summary.json"):
         shutil.copyfile(os.path.join(source, name), os.path.join(out, "best", f"{name}.tmp"))
@@ -565,6 +565,9 @@ def cmd_tune(args, world):
     base_cli = {k: v for k, v in vars(args).items() if k not in TUNE_ONLY and v is not None}
     base = resolve(file=args.config, cli=base_cli)
     space = load_space(args.space, base_cli, args.config)  # every rank: a bad space ends the job before training
+    if world.distributed and not world.threads_may_communicate():
+        raise InputError("admm-mpi tune needs an MPI library with MPI_THREAD_MULTIPLE (its coordinator is a "
+                         "thread of rank 0); MPICH and Open MPI built with it have it")
     group, index, n_groups = world.split_groups(args.ranks_per_trial)
     sweep_dir = RunDirectory(args.out).open(world, resuming=args.resume)  # refuses a second sweep on DIR
     try:
