@@ -296,9 +296,10 @@ class Coordinator:
 def progress_line(number, state, outcome, seconds, records, budget):
     done = sum(r["state"] in ("complete", "pruned", "failed") for r in records)
     best = max((r for r in records if r["state"] == "complete"), key=lambda r: r["value"], default=None)
-    what = {"complete": f"validation {outcome['value']:.4f} at epoch {outcome.get('kept_epoch')}",
-            "pruned": f"pruned after epoch {outcome.get('epochs')}",
-            "failed": f"failed ({outcome.get('message', '')})"}[state]
+    if state == "complete":
+        what = f"validation {outcome['value']:.4f} at epoch {outcome['kept_epoch']}"
+    else:
+        what = f"pruned after epoch {outcome['epochs']}" if state == "pruned" else f"failed ({outcome['message']})"
     best_text = f"best {best['value']:.4f} (trial {best['number']})" if best else "no complete trial yet"
     return (f"admm-mpi tune: trial {number} {what}, {seconds:.3g} s on {outcome['ranks']} rank(s); "
             f"{best_text}; {done}/{budget} trials done")
@@ -535,6 +536,17 @@ def _check_sweep(out, resuming, description):
     return None
 
 
+def _data_problem(base):
+    """Root: why the sweep's data cannot serve (unreadable, or no validation rows to compare on), or None."""
+    from admm_mpi.data import _read_meta, resolve_path
+
+    meta, problem = _read_meta(resolve_path(base.data))
+    if problem is None and not meta[3] and base.validation_fraction == 0:
+        problem = ("admm-mpi tune compares trials on validation accuracy: give --validation-fraction F > 0, or "
+                   "X_val and y_val in the data file")
+    return problem
+
+
 def _stop_on_signals():
     """SIGTERM and SIGINT ask every running trial to checkpoint and stop (as ``admm-mpi train``)."""
     from admm_mpi.stopping import StopRequest
@@ -568,6 +580,7 @@ def cmd_tune(args, world):
     if world.distributed and not world.threads_may_communicate():
         raise InputError("admm-mpi tune needs an MPI library with MPI_THREAD_MULTIPLE (its coordinator is a "
                          "thread of rank 0); MPICH and Open MPI built with it have it")
+    world.agree(_data_problem(base) if world.is_root else None)  # once, not in every trial
     group, index, n_groups = world.split_groups(args.ranks_per_trial)
     sweep_dir = RunDirectory(args.out).open(world, resuming=args.resume)  # refuses a second sweep on DIR
     try:

@@ -352,3 +352,46 @@ def test_tune_sbatch_requeued_mid_sweep_resumes_and_finishes(slurm, tmp_path):
     assert any(s["resumed_from"] for s in summaries), text  # continued from a checkpoint, not restarted
     assert all(s["iterations"] == 40 for s in summaries)
     assert (sweep / "best" / "model.h5").exists()
+
+
+FAILING = """
+import sys
+from admm_mpi import train as T
+from admm_mpi.cli import main
+from admm_mpi.errors import TrainingError
+
+original = T._Run.iteration_step
+def iteration_step(self, iteration):
+    if self.config.out.endswith("0001") and iteration == 2:
+        raise TrainingError("training diverged at iteration 2 (injected)")
+    return original(self, iteration)
+T._Run.iteration_step = iteration_step
+sys.exit(main({argv!r}))
+"""
+
+
+@needs_optuna
+def test_a_failed_trial_is_recorded_and_the_sweep_goes_on(tmp_path):
+    out, script = tmp_path / "sweep", tmp_path / "failing.py"
+    script.write_text(FAILING.format(argv=["tune", *map(str, SWEEP), "--space", str(_space(tmp_path)),
+                                           "--trials", "3", "--out", str(out)]))
+    proc = _ok(subprocess.run([mpiexec(), "-n", "2", sys.executable, str(script)], capture_output=True, text=True,
+                              timeout=300, env=child_env()))
+    rows = _trials(out)
+    assert [r["state"] for r in rows].count("failed") == 1 and len(rows) == 3, rows
+    failed = next(r for r in rows if r["state"] == "failed")
+    assert failed["trial"] == "1" and "injected" in failed["message"]
+    assert "trial 1 failed (training diverged at iteration 2 (injected))" in proc.stdout
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--data", "/nonexistent/set.h5"], "data file /nonexistent/set.h5 does not exist"),
+    (["--validation-fraction", "0"], "admm-mpi tune compares trials on validation accuracy"),
+])
+def test_data_that_cannot_serve_a_sweep_is_one_line_before_any_trial(tmp_path, flags, message):
+    out = tmp_path / "sweep"
+    proc = run_admm(2, "tune", *flags, "--space", _space(tmp_path), "--out", out, "--no-progress")
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert not (out / "trials").exists()
