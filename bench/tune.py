@@ -12,9 +12,9 @@ and the same validation rows, 0.1 of each class of the training rows, seed 0):
   median pruner): a budget of at most K default runs' worth of epochs. Run at 2 ranks in groups
   of 1 (two trials at a time) and at 1 rank (one group), for the wall time from 1 to 2 groups.
 - scikit-learn ``HalvingRandomSearchCV(MLPClassifier)`` with the same number K of candidates,
-  scored on the same validation rows (``PredefinedSplit``, no cross-validation; resource: training
-  rows), over widths, ``alpha``, ``learning_rate_init`` and ``batch_size``; the best candidate is
-  then fitted on the training rows alone, with scikit-learn's defaults otherwise (max_iter 200).
+  scored on the same validation rows (``PredefinedSplit``, no cross-validation; resource: epochs,
+  ``max_iter`` up to scikit-learn's default 200), over widths, ``alpha``, ``learning_rate_init``
+  and ``batch_size``; the best candidate is then fitted on the training rows alone (max_iter 200).
   Two BLAS threads in this process, as the two ranks of the sweep get the same two cores.
 
 Both read the test split once, for the candidate selected on validation. Wall seconds are whole
@@ -87,18 +87,21 @@ def run_halving(arrays, candidates, quick, seed=0):
              "batch_size": [64, 128, 256, 512]}
     max_iter = 5 if quick else 200
     folds = PredefinedSplit(np.r_[np.full(len(y), -1), np.zeros(len(yv), int)])  # train rows, then validation
-    search = HalvingRandomSearchCV(MLPClassifier(max_iter=max_iter, random_state=seed), space,
-                                   n_candidates=candidates, cv=folds, refit=False, random_state=seed,
-                                   min_resources="smallest")
+    # the resource is epochs (max_iter), as the sweep's pruner acts on epochs: every candidate is
+    # scored on all the validation rows (a row-count resource would subsample them too)
+    search = HalvingRandomSearchCV(MLPClassifier(random_state=seed), space, n_candidates=candidates, cv=folds,
+                                   resource="max_iter", max_resources=max_iter, min_resources="exhaust",
+                                   refit=False, random_state=seed)
     with threadpool_limits(2), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         t0 = time.perf_counter()
         search.fit(np.vstack([X, Xv]), np.r_[y, yv])
-        model = MLPClassifier(max_iter=max_iter, random_state=seed, **search.best_params_).fit(X, y)
+        best = {k: v for k, v in search.best_params_.items() if k != "max_iter"}  # the resource, not a setting
+        model = MLPClassifier(max_iter=max_iter, random_state=seed, **best).fit(X, y)
         seconds = time.perf_counter() - t0
     return {"validation_accuracy": float(model.score(Xv, yv)), "test_accuracy": float(model.score(Xt, yt)),
             "wall_seconds": seconds, "candidates": candidates,
-            "best": {k: (list(v) if isinstance(v, tuple) else v) for k, v in search.best_params_.items()}}
+            "best": {k: (list(v) if isinstance(v, tuple) else v) for k, v in best.items()}}
 
 
 def coordinator_seconds(histories, epochs, repeats=20):
