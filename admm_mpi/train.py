@@ -700,7 +700,8 @@ def _train(config, grid, out, shard, stop, on_evaluation=None):
 def summary_line(summary, config):
     """The one line that tells how a run ended: why it stopped, which iterate it kept, its accuracies."""
     stopped = {"early_stopping": f" (early stopping: no better validation accuracy in {config.patience} "
-                                 "evaluations)", "converged": f" (converged: residual below --tol {config.tol})"}
+                                 "evaluations)", "converged": f" (converged: residual below --tol {config.tol})",
+               "pruned": " (pruned by its tuner)"}
     kept = (f"kept iteration {summary['kept_iteration']} (best validation accuracy)"
             if summary["kept"] == "best" else "")
     figures = [f"{name} accuracy {summary[key]:.4f}" for name, key in (
