@@ -17,6 +17,9 @@ Training
 - ``stopping``    stop requests (signals on any rank) combined over the ranks
 - ``checkpoint``  sharded checkpoints: per-rank parts, manifest commit, verification, re-sharded load
 - ``rundir``      the run directory: created, checked and locked by the root for the job's life
+- ``tune``        ``admm-mpi tune``: a search over groups of ranks, Optuna driven by a coordinator on rank 0
+- ``search_space`` search spaces in TOML (ranges, choices, conditionals), checked before any training;
+                  ``spaces`` holds the built-in space of each solver
 
 Data
 

@@ -1,4 +1,4 @@
-"""The ``admm-mpi`` command: ``train | evaluate | predict | info``.
+"""The ``admm-mpi`` command: ``train | tune | evaluate | predict | info``.
 
 The same command runs as one process or under ``mpiexec -n P``. Bad input is reported once, by
 rank 0, and every rank exits with status 2. Any other exception on any rank prints its traceback
@@ -125,8 +125,11 @@ def make_parser(argv=None):
     parser = _Parser(prog="admm-mpi", description="Train neural networks by ADMM over MPI ranks.")
     parser.add_argument("--version", action="version", version=f"admm-mpi {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    _add_train_arguments(sub.add_parser("train", help="train a network"),
-                         _help_solver(sys.argv[1:] if argv is None else argv))
+    solver = _help_solver(sys.argv[1:] if argv is None else argv)
+    _add_train_arguments(sub.add_parser("train", help="train a network"), solver)
+    from admm_mpi.tune import add_parser as add_tune_parser
+
+    add_tune_parser(sub, solver)
     ev = sub.add_parser("evaluate", help="accuracy of a saved model on a data set")
     ev.add_argument("--model", required=True, help="model.h5 written by train")
     ev.add_argument("--data", default="digits", help="HDF5 data set, or a raw table (CSV, TSV, Parquet) with the label "
@@ -610,6 +613,12 @@ def _cmd_bench(args, grid):
         raise SystemExit(completed.returncode)
 
 
+def _cmd_tune(args, grid):
+    from admm_mpi.tune import cmd_tune
+
+    cmd_tune(args, grid)
+
+
 def _cmd_config(args, grid):
     if grid.is_root:
         from admm_mpi.config import defaults_toml
@@ -617,7 +626,7 @@ def _cmd_config(args, grid):
         sys.stdout.write(defaults_toml())
 
 
-COMMANDS = {"plot": _cmd_plot, "config": _cmd_config, "bench": _cmd_bench, "train": _cmd_train, "evaluate": _cmd_evaluate, "predict": _cmd_predict, "info": _cmd_info,
+COMMANDS = {"plot": _cmd_plot, "config": _cmd_config, "bench": _cmd_bench, "train": _cmd_train, "tune": _cmd_tune, "evaluate": _cmd_evaluate, "predict": _cmd_predict, "info": _cmd_info,
             "data": _cmd_data}
 
 

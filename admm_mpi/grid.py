@@ -343,6 +343,77 @@ class Grid:
         if self._comm is not None:
             self._comm.Barrier()
 
+    def idle_barrier(self, poll=0.01):
+        """A barrier that waits asleep (non-blocking barrier tested every ``poll`` seconds): for
+        ranks with nothing to do while others still work, so they leave the cores to them."""
+        if self._comm is None:
+            return
+        import time
+
+        request = self._comm.Ibarrier()
+        while not request.Test():
+            time.sleep(poll)
+
+    # ---- sub-communicators: independent groups of ranks (e.g. one tuning trial per group) ---
+    def split_groups(self, size):
+        """``(group grid, group index, number of groups)``: consecutive blocks of ``size`` ranks.
+
+        Rank ``r`` joins group ``r // size`` as its rank ``r % size``. The group's grid is made
+        as ``Grid(comm)`` would make one on a world of ``size`` ranks (a serial grid for one
+        rank), so a job run on it computes what it computes alone on ``size`` ranks. Collective.
+        """
+        if not (isinstance(size, int) and size >= 1 and self.size % size == 0):
+            raise InputError(f"groups of {size} ranks do not divide the {self.size} ranks evenly")
+        index, n_groups = self.rank // size, self.size // size
+        if size == 1:
+            return Grid(serial=True), index, n_groups
+        split = self._comm.Split(color=index, key=self.rank)
+        group = Grid(split, parent=self)
+        split.Free()
+        return group, index, n_groups
+
+    # ---- point-to-point requests to one serving rank (small pickled objects) ----------------
+    # A serving rank answers requests from any rank while its own main work goes on (e.g. in a
+    # thread); waits poll asleep, so a waiting rank does not spin on a shared core.
+    REQUEST_TAG, REPLY_TAG = 7101, 7102
+
+    def threads_may_communicate(self):
+        """Whether MPI was started with MPI_THREAD_MULTIPLE (mpi4py asks for it by default), so a
+        thread may send and receive while another one works."""
+        if self._comm is None:
+            return True
+        from mpi4py import MPI
+
+        return MPI.Query_thread() == MPI.THREAD_MULTIPLE
+
+    def request(self, server, message, poll=0.001):
+        """Send ``message`` to rank ``server`` and return its reply (sent by :meth:`reply`)."""
+        if self._comm is None:
+            raise RuntimeError("requests need a distributed grid")
+        import time
+
+        sent = self._comm.isend(message, dest=server, tag=self.REQUEST_TAG)
+        while True:
+            incoming = self._comm.improbe(source=server, tag=self.REPLY_TAG)
+            if incoming is not None:
+                break
+            time.sleep(poll)
+        answer = incoming.recv()
+        sent.wait()
+        return answer
+
+    def next_request(self):
+        """``(source rank, message)`` of a request waiting for this rank, or None (does not wait)."""
+        from mpi4py import MPI
+
+        status = MPI.Status()
+        incoming = self._comm.improbe(tag=self.REQUEST_TAG, status=status)
+        return None if incoming is None else (status.Get_source(), incoming.recv())
+
+    def reply(self, rank, message):
+        """Answer the request of ``rank``."""
+        self._comm.send(message, dest=rank, tag=self.REPLY_TAG)
+
     def local_size(self):
         """Number of ranks of this grid on this node (for sharing the node's cores)."""
         return self._node()[1]

@@ -420,17 +420,20 @@ class TrainResult:
     objective_history: list  # the objective of every iteration of this run
 
 
-def train(config, grid, *, out=True, shard=None, stop=None):
+def train(config, grid, *, out=True, shard=None, stop=None, on_evaluation=None):
     """Run a training job; returns its :class:`TrainResult` (on every rank).
 
     With ``out=False`` nothing is written (the estimator and the tests that compare weights in
     memory); the final state is then in the result's ``state``. ``shard`` replaces reading
     ``config.data`` (in-memory data, e.g. from the scikit-learn estimator). ``stop`` is the
     :class:`~admm_mpi.stopping.StopRequest` the signal handlers set (None: nothing stops the run).
+    ``on_evaluation(iteration, scores)`` is called on every rank after each evaluation of the
+    validation split (``scores``: the accuracies of :func:`evaluate_model`); when it returns True
+    the run stops there as ``pruned`` (a tuner's pruner). It must return the same on every rank.
     """
     run_dir = open_out_dir(config, grid) if out else None
     try:
-        return _train(config, grid, out, shard, stop or StopRequest())
+        return _train(config, grid, out, shard, stop or StopRequest(), on_evaluation)
     finally:
         if run_dir is not None:
             run_dir.close()
@@ -498,8 +501,8 @@ class _Run:
     """One training job's parts: setup, one iteration, the decision, the checkpoint policy, the
     summary. Every rank runs the same calls; rank 0 decides and every rank follows."""
 
-    def __init__(self, config, grid, out, shard, stop):
-        self.grid, self.out, self.stop = grid, out, stop
+    def __init__(self, config, grid, out, shard, stop, on_evaluation=None):
+        self.grid, self.out, self.stop, self.on_evaluation = grid, out, stop, on_evaluation
         self.config, self.shard, self.spec, self.solver = build(config, grid, shard)
         config = self.config  # without early stopping and keep best when the data has no validation rows
         self.solver.stop_request = stop
@@ -577,6 +580,9 @@ class _Run:
         decision = self.decide(metrics)
         scores, self.decision = _evaluate_iteration(self.config, self.solver, self.spec, self.state, self.shard,
                                                     self.grid, self.Y_val, iteration, decision, self.selection)
+        if self.on_evaluation is not None and scores["validation_accuracy"] is not None:
+            if self.on_evaluation(iteration, scores) and self.decision is None:
+                self.decision = "pruned"
         self.solver.end_of_iteration(self.state, metrics)  # schedules: same global values on every rank
         self.bytes_per_iteration.append(sent1 - sent0)  # the training's traffic; metrics counted apart
         self.evaluation_bytes.append(self.grid.bytes_sent - sent1)
@@ -646,7 +652,7 @@ class _Run:
             "data_shards": self.solver.grid.shards, "ranks": grid.size, "iterations": self.iteration,
             "first_iteration": self.first, "resumed_from": self.resumed_from,
             "stopped": {None: "iterations", "converged": "converged", "preempted": "preempted",
-                        "early_stopped": "early_stopping"}[decision],
+                        "early_stopped": "early_stopping", "pruned": "pruned"}[decision],
             "kept": kept, "kept_iteration": kept_row.get("iteration"),
             "best_validation_iteration": self.selection.best_iteration,
             "train_accuracy": kept_row.get("train_accuracy"),
@@ -672,8 +678,8 @@ class _Run:
         }
 
 
-def _train(config, grid, out, shard, stop):
-    run = _Run(config, grid, out, shard, stop)
+def _train(config, grid, out, shard, stop, on_evaluation=None):
+    run = _Run(config, grid, out, shard, stop, on_evaluation)
     if run.finished is not None:  # nothing to do: its outputs stay as they are
         if run.solver.grid is not grid:
             run.solver.grid.close()
@@ -694,7 +700,8 @@ def _train(config, grid, out, shard, stop):
 def summary_line(summary, config):
     """The one line that tells how a run ended: why it stopped, which iterate it kept, its accuracies."""
     stopped = {"early_stopping": f" (early stopping: no better validation accuracy in {config.patience} "
-                                 "evaluations)", "converged": f" (converged: residual below --tol {config.tol})"}
+                                 "evaluations)", "converged": f" (converged: residual below --tol {config.tol})",
+               "pruned": " (pruned by its tuner)"}
     kept = (f"kept iteration {summary['kept_iteration']} (best validation accuracy)"
             if summary["kept"] == "best" else "")
     figures = [f"{name} accuracy {summary[key]:.4f}" for name, key in (
