@@ -220,16 +220,16 @@ class RandomEngine:
         return [dict(t) for _, t in sorted(self.trials.items())]
 
 
-def make_engine(out, args, iters):
-    """Optuna when installed, else the random search (said once)."""
+def make_engine(out, args, seed, iters):
+    """Optuna when installed, else the random search (said once); ``seed`` seeds the sampler."""
     try:
         import optuna  # noqa: F401
     except ImportError:
         if args.sampler != "random" or args.pruner != "none":
             print("admm-mpi tune: Optuna is not installed (pip install 'admm-mpi[tune]'): random search "
                   "without pruning", file=sys.stderr, flush=True)
-        return RandomEngine(out, args.seed or 0)
-    return OptunaEngine(out, args.sampler, args.pruner, args.seed or 0, iters)
+        return RandomEngine(out, seed)
+    return OptunaEngine(out, args.sampler, args.pruner, seed, iters)
 
 
 # ---- the coordinator (world rank 0, in a thread) ---------------------------------------------
@@ -594,7 +594,7 @@ def cmd_tune(args, world):
         stop = _stop_on_signals()
         server = coordinator = None
         if world.is_root:
-            coordinator = Coordinator(make_engine(args.out, args, base.iters), space, args.out, args.trials,
+            coordinator = Coordinator(make_engine(args.out, args, base.seed, base.iters), space, args.out, args.trials,
                                       args.seconds, stop, args.resume)
             print(f"admm-mpi tune: {args.trials} trials on {n_groups} group(s) of {group.size} rank(s); space: "
                   f"{space.source}; sweep in {args.out}", flush=True)
