@@ -118,6 +118,15 @@ CANDIDATES = {
     "step-decay-0.3": ["--step-decay", "0.3"],
     "step-decay-1": ["--step-decay", "1"],
     "hinge-step-decay-0.3": ["--loss", "ova_hinge", "--step-decay", "0.3"],
+    # the weight step (issue 32): warm-started CG iterations instead of the exact solve (ProxProp),
+    # and the Gram and cross terms smoothed over batches (online AM's memory), and both
+    "cg-1": ["--weight-solver", "cg", "--cg-iters", "1"],
+    "cg-2": ["--weight-solver", "cg", "--cg-iters", "2"],
+    "cg-5": ["--weight-solver", "cg", "--cg-iters", "5"],
+    "memory-0.5": ["--memory", "0.5"],
+    "memory-0.9": ["--memory", "0.9"],
+    "cg-2-memory-0.5": ["--weight-solver", "cg", "--cg-iters", "2", "--memory", "0.5"],
+    "cg-5-memory-0.9": ["--weight-solver", "cg", "--cg-iters", "5", "--memory", "0.9"],
     # the defaults before this suite chose new ones (taylor, 60 iterations, no early stopping)
     "taylor-60": ["--solver", "taylor", "--no-early-stopping"],
     "minibatch_am": MBAM,
