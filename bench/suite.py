@@ -127,6 +127,10 @@ CANDIDATES = {
     "memory-0.9": ["--memory", "0.9"],
     "cg-2-memory-0.5": ["--weight-solver", "cg", "--cg-iters", "2", "--memory", "0.5"],
     "cg-5-memory-0.9": ["--weight-solver", "cg", "--cg-iters", "5", "--memory", "0.9"],
+    # the memory of the targets' displacements from the forward pass, its cross term rebuilt around
+    # the current weights (memory-0.5/0.9 smooth the targets' and lost on MNIST, HIGGS, banana)
+    "memory-displacements-0.5": ["--memory", "0.5", "--memory-form", "displacements"],
+    "memory-displacements-0.9": ["--memory", "0.9", "--memory-form", "displacements"],
     # the network (issue 32, item 2): every other candidate fixes 256-256 (COMMON); the package
     # default is 512-512; one layer of 64 or 256; one layer scaled with the training rows
     "hidden-512-512": ["--hidden", "512,512"],

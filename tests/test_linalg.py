@@ -424,6 +424,35 @@ def test_smoothed_statistics_equal_the_explicit_weighted_sums(memory):
     assert running[-1, 4] == pytest.approx(1 - memory ** 5, rel=1e-14)
 
 
+def test_smoothed_displacements_solve_the_weighted_problem_of_targets_around_the_current_weights():
+    """Batches ``j`` with inputs ``a_j`` and displacements ``d_j``, smoothed with memory ``m``: the step
+    from :func:`cross_terms_around` is the lstsq solution of ``Σ_j w_j / n_j ||[W0 b0] A_j + d_j - [W b] A_j||²
+    + w (ridge ||[W b]||² + q ||[W b] - [W0 b0]||²)``, ``w_j = (1 - m) m^(t-j)``, ``w = Σ_j w_j``."""
+    from admm_mpi.ops.linalg import cross_terms_around, local_normal_equations, smooth_statistics, \
+        weights_from_statistics
+
+    rng = np.random.default_rng(2)
+    memory, ridge, q, k, m = 0.6, 0.05, 0.4, 6, 3
+    anchor = rng.standard_normal((m, k - 1)), rng.standard_normal(m)
+    Wb0 = np.column_stack(anchor)
+    running, blocks, targets = None, [], []
+    sizes = (9, 4, 13)
+    for j, n in enumerate(sizes):
+        a, d = rng.standard_normal((k - 1, n)), rng.standard_normal((m, n))
+        running = smooth_statistics(running, local_normal_equations(a, d), n, memory)
+        w = (1 - memory) * memory ** (len(sizes) - 1 - j)
+        A1 = np.vstack([a, np.ones((1, n))])
+        blocks.append(np.sqrt(w / n) * A1.T)
+        targets.append(np.sqrt(w / n) * (Wb0 @ A1 + d).T)
+    total = 1 - memory ** len(sizes)
+    W, b = weights_from_statistics(Grid.serial(), cross_terms_around(running, anchor), ridge * total, anchor,
+                                   q * total)
+    lhs = np.vstack([*blocks, np.sqrt(ridge * total) * np.eye(k), np.sqrt(q * total) * np.eye(k)])
+    rhs = np.vstack([*targets, np.zeros((k, m)), np.sqrt(q * total) * Wb0.T])
+    expected = np.linalg.lstsq(lhs, rhs, rcond=None)[0].T
+    np.testing.assert_allclose(np.column_stack([W, b]), expected, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.mpi(ranks=[1, 2, 3, 4], timeout=60)
 @pytest.mark.parametrize("n", [101, 23])  # uneven over 2, 3 and 4 ranks
 def test_distributed_cg_and_smoothed_solves_equal_serial(comm, n):

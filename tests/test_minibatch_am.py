@@ -223,6 +223,7 @@ def test_the_loop_scores_selects_and_saves_the_average(tmp_path):
 # ---- the inexact (CG) and memory-smoothed weight steps ----------------------------------------
 
 STEPS = {"exact": {}, "cg": dict(weight_solver="cg", cg_iters=3), "memory": dict(memory=0.7),
+         "memory-displacements": dict(memory=0.7, memory_form="displacements"),
          "cg-memory": dict(weight_solver="cg", cg_iters=2, memory=0.5)}
 
 
@@ -257,7 +258,8 @@ def test_cg_with_enough_iterations_is_the_exact_step_and_few_iterations_are_not(
     assert max(np.abs(r - e).max() for r, e in zip(runs["cg-1"], runs["exact"])) > 1e-3
 
 
-def test_memory_smooths_the_batches_statistics_and_its_first_step_is_the_plain_one(monkeypatch):
+@pytest.mark.parametrize("form", ["targets", "displacements"])
+def test_memory_smooths_the_batches_statistics_and_its_first_step_is_the_plain_one(monkeypatch, form):
     """The solver's running statistics after t batches are ``Σ_j (1 - m) m^(t-j) S_j / n_j`` of the
     batches' summed statistics ``S_j`` (recorded as they are reduced), and the first batch, divided
     by its total weight ``1 - m``, takes the same step as ``memory = 0``."""
@@ -273,7 +275,7 @@ def test_memory_smooths_the_batches_statistics_and_its_first_step_is_the_plain_o
     monkeypatch.setattr(minibatch_am, "summed_normal_equations", recording)
     n, memory = 50, 0.6
     X, Y = _problem(n)
-    solver = _stepping_solver(Grid.serial(), n, None, batch=15, memory=memory)  # 4 batches, the last of 5
+    solver = _stepping_solver(Grid.serial(), n, None, batch=15, memory=memory, memory_form=form)  # 4 batches
     state = solver.init_state(X, Y, np.random.default_rng(0))
     solver.step(state, Y, 1)
     assert state.memory_batches == 4 and len(recorded) == 4 * 2
@@ -282,7 +284,7 @@ def test_memory_smooths_the_batches_statistics_and_its_first_step_is_the_plain_o
         expected = sum((1 - memory) * memory ** (3 - j) * S / n_j for j, (S, n_j) in enumerate(layer))
         np.testing.assert_allclose(state.memory_statistics[l], expected, rtol=1e-12, atol=1e-15)
     first = []
-    for extra in (dict(memory=memory), {}):
+    for extra in (dict(memory=memory, memory_form=form), {}):
         solver = _stepping_solver(Grid.serial(), n, None, batch=n, **extra)  # one batch: one step
         state = solver.init_state(X, Y, np.random.default_rng(0))
         solver.step(state, Y, 1)
@@ -350,6 +352,7 @@ def test_bad_weight_step_settings_are_refused_in_one_line():
     from admm_mpi.solvers.minibatch_am import MiniBatchAMParams
 
     for bad, word in ((dict(weight_solver="lsqr"), "weight_solver"), (dict(cg_iters=0), "cg_iters"),
-                      (dict(memory=1.0), "memory"), (dict(memory=-0.1), "memory")):
+                      (dict(memory=1.0), "memory"), (dict(memory=-0.1), "memory"),
+                      (dict(memory_form="weights"), "memory_form")):
         with pytest.raises(InputError, match=word):
             MiniBatchAMParams(**bad).validate()

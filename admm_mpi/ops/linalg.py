@@ -664,6 +664,19 @@ def cg_weights(grid, a, z, ridge, anchor=None, anchor_weight=0.0, *, iters, n_co
                                    cg_iters=iters)
 
 
+def cross_terms_around(smoothed, anchor):
+    """``[S_aa | S_aa [W0 b0]ᵀ + S_ad]`` from statistics ``[S_aa | S_ad]`` of the displacements
+    ``d = z* - z`` of the targets from the forward pass: the cross term of targets ``[W0 b0] A + d``
+    that the current weights (``anchor = (W0, b0)``) would have produced on the same inputs. In a
+    buffer reused between calls with the same shapes."""
+    k, m = smoothed.shape[0], smoothed.shape[1] - smoothed.shape[0]
+    out = _workspace("around", smoothed.shape, smoothed.dtype)
+    out[:, :k] = smoothed[:, :k]
+    np.matmul(smoothed[:, :k], _stacked_anchor(anchor, m, k, smoothed.dtype).T, out=out[:, k:])
+    out[:, k:] += smoothed[:, k:]
+    return out
+
+
 def smooth_statistics(running, stats, n_columns, memory):
     """``running <- memory running + (1 - memory) stats / n_columns``, in place (a copy when
     ``running`` is None): an exponential moving average of the per-sample statistics

@@ -40,8 +40,8 @@ from typing import ClassVar
 
 from admm_mpi.backend import is_numpy, namespace, sum_all
 from admm_mpi.errors import InputError
-from admm_mpi.ops.linalg import (activation_solver, cg_weights, smooth_statistics, summed_normal_equations,
-                                 transpose_reduce_weights, weights_from_statistics)
+from admm_mpi.ops.linalg import (activation_solver, cg_weights, cross_terms_around, smooth_statistics,
+                                 summed_normal_equations, transpose_reduce_weights, weights_from_statistics)
 from admm_mpi.solvers.batches import batch_size_setting, epoch_batches, run_epoch, scaled_batch_size, take_columns
 from admm_mpi.solvers.common import forward_states, init_weights
 from admm_mpi.solvers.base import Solver, SolverParams, check_at_least, check_non_negative, check_positive, setting
@@ -64,6 +64,7 @@ class MiniBatchState:
 
 
 WEIGHT_SOLVERS = ("exact", "cg")
+MEMORY_FORMS = ("targets", "displacements")
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,11 @@ class MiniBatchAMParams(SolverParams):
     cg_iters: int = setting(3, "with weight_solver cg: conjugate-gradient iterations per weight step")
     memory: float = setting(0.0, "weight of the past batches in each weight step: the Gram and cross terms are "
                                  "smoothed over batches, S <- memory S + (1 - memory) S_batch (0: this batch only)")
+    memory_form: str = setting("targets", "with memory: the cross term smoothed is that of the targets, z* Aᵀ "
+                                          "(online AM's memory), or of their displacements from the forward "
+                                          "pass, (z* - z) Aᵀ, rebuilt around the current weights at each step "
+                                          "(stale batches then do not pull the weights back)",
+                               metavar="targets|displacements")
 
     def validate(self):
         check_positive(self, "beta", "gamma", "rho")
@@ -92,6 +98,8 @@ class MiniBatchAMParams(SolverParams):
         check_at_least(self, 1, "cg_iters")
         if self.weight_solver not in WEIGHT_SOLVERS:
             raise InputError(f"weight_solver must be one of {', '.join(WEIGHT_SOLVERS)}, got {self.weight_solver!r}")
+        if self.memory_form not in MEMORY_FORMS:
+            raise InputError(f"memory_form must be one of {', '.join(MEMORY_FORMS)}, got {self.memory_form!r}")
         if not self.memory < 1:
             raise InputError(f"memory must be below 1, got {self.memory}")
 
@@ -127,6 +135,10 @@ class MiniBatchAM(Solver):
         batches' per-sample statistics ``[A Aᵀ | A zᵀ] / n`` (``memory`` the weight of the past),
         divided by its total weight ``1 - memory^t`` after ``t`` batches, so the step fits a
         window of batches; 0 fits this batch only.
+    memory_form : {"targets", "displacements"}
+        What the memory's cross term smooths: ``z* Aᵀ`` of the batches' targets, or ``(z* - z) Aᵀ``
+        of their displacements from the forward pass, the cross term then being
+        ``S_aa [W b]ᵀ + S_ad`` around the current weights (:func:`~admm_mpi.ops.linalg.cross_terms_around`).
     """
 
     name = "minibatch_am"
@@ -135,11 +147,12 @@ class MiniBatchAM(Solver):
     default_activation = "relu"
 
     def __init__(self, spec, grid, n_total, *, beta, gamma, rho, ridge, average, batch_size, step_decay=0.0,
-                 weight_solver="exact", cg_iters=3, memory=0.0):
+                 weight_solver="exact", cg_iters=3, memory=0.0, memory_form="targets"):
         self.spec, self.grid, self.n_total = spec, grid, n_total
         self.beta, self.gamma, self.rho, self.ridge, self.average = beta, gamma, rho, ridge, average
         self.step_decay = step_decay
         self.weight_solver, self.cg_iters, self.memory = weight_solver, cg_iters, memory
+        self.memory_form = memory_form
         self.batch_size = batch_size or scaled_batch_size(n_total)  # global rows: same batches at any rank count
         self.start, self.stop = grid.block_range(n_total)
 
@@ -205,13 +218,17 @@ class MiniBatchAM(Solver):
         the total weight ``1 - memory^t`` of the average instead of dividing it)."""
         anchor, iters = (state.weights[l], state.biases[l]), self.cg_iters if self.weight_solver == "cg" else 0
         if self.memory:
-            stats = summed_normal_equations(self.grid, a, target)
+            displacements = self.memory_form == "displacements"
+            stats = summed_normal_equations(self.grid, a, target - z if displacements else target)
             if state.memory_statistics is None:
                 state.memory_statistics = [None] * len(state.weights)
-            state.memory_statistics[l] = smooth_statistics(state.memory_statistics[l], stats, n_batch, self.memory)
+            smoothed = state.memory_statistics[l] = smooth_statistics(state.memory_statistics[l], stats, n_batch,
+                                                                      self.memory)
+            if displacements:
+                smoothed = cross_terms_around(smoothed, anchor)
             total = 1.0 - self.memory ** state.memory_batches
-            return weights_from_statistics(self.grid, state.memory_statistics[l], self.ridge * total, anchor,
-                                           rho * total, cg_iters=iters)
+            return weights_from_statistics(self.grid, smoothed, self.ridge * total, anchor, rho * total,
+                                           cg_iters=iters)
         if iters:
             return cg_weights(self.grid, a, target, self.ridge * n_batch, anchor, rho * n_batch, iters=iters,
                               n_columns=n_batch, anchor_output=z)
