@@ -118,6 +118,25 @@ CANDIDATES = {
     "step-decay-0.3": ["--step-decay", "0.3"],
     "step-decay-1": ["--step-decay", "1"],
     "hinge-step-decay-0.3": ["--loss", "ova_hinge", "--step-decay", "0.3"],
+    # the weight step (issue 32): warm-started CG iterations instead of the exact solve (ProxProp),
+    # and the Gram and cross terms smoothed over batches (online AM's memory), and both
+    "cg-1": ["--weight-solver", "cg", "--cg-iters", "1"],
+    "cg-2": ["--weight-solver", "cg", "--cg-iters", "2"],
+    "cg-5": ["--weight-solver", "cg", "--cg-iters", "5"],
+    "memory-0.5": ["--memory", "0.5"],
+    "memory-0.9": ["--memory", "0.9"],
+    "cg-2-memory-0.5": ["--weight-solver", "cg", "--cg-iters", "2", "--memory", "0.5"],
+    "cg-5-memory-0.9": ["--weight-solver", "cg", "--cg-iters", "5", "--memory", "0.9"],
+    # the memory of the targets' displacements from the forward pass, its cross term rebuilt around
+    # the current weights (memory-0.5/0.9 smooth the targets' and lost on MNIST, HIGGS, banana)
+    "memory-displacements-0.5": ["--memory", "0.5", "--memory-form", "displacements"],
+    "memory-displacements-0.9": ["--memory", "0.9", "--memory-form", "displacements"],
+    # the network (issue 32, item 2): every other candidate fixes 256-256 (COMMON); the package
+    # default is 512-512; one layer of 64 or 256; one layer scaled with the training rows
+    "hidden-512-512": ["--hidden", "512,512"],
+    "hidden-64": ["--hidden", "64"],
+    "hidden-256": ["--hidden", "256"],
+    "hidden-rows": [("--hidden", lambda n: str(int(np.clip(n // 40, 64, 512))))],  # one layer of n/40 in [64, 512]
     # the defaults before this suite chose new ones (taylor, 60 iterations, no early stopping)
     "taylor-60": ["--solver", "taylor", "--no-early-stopping"],
     "minibatch_am": MBAM,
@@ -536,7 +555,8 @@ def markdown(result):
     lines += ["", "Candidates' flags (added to the common flags; `<rule of n>`: a batch size computed from the "
               "number of training rows, see bench/suite.py):", ""]
     lines += [f"- `{k}`: `{' '.join(v) or '(none: the current defaults)'}`" for k, v in result["candidates"].items()]
-    lines += _selection(result, summaries) + _paired(result, methods) + _raw_table(result) + \
+    lines += _selection(result, summaries) + _paired(result, methods) + _against_current(result, methods) + \
+        _raw_table(result) + \
         _set_tables(result, methods)
     return "\n".join(lines) + "\n"
 
@@ -596,6 +616,30 @@ def _paired(result, methods, reference="admm:minibatch_am-es"):
     lines = ["", f"## Candidates against `{reference}` on the sets both ran on (paired; selection by validation)", "",
              "| candidate | shared sets | mean Δ validation (pt) | mean Δ test (pt) |", "|---|---|---|---|"]
     return lines + [f"| {m} | {p['sets']} | {100 * p['validation']:+.2f} | {100 * p['test']:+.2f} |" for m, p in rows]
+
+
+def _against_current(result, methods, reference="admm:current"):
+    """Candidates against the current defaults run in the same invocation: paired accuracy differences,
+    sets better / worse on validation, and the median ratios of training seconds and of seconds per
+    epoch (the same machine load; early stopping makes the epochs differ)."""
+    rows = []
+    for m in methods:
+        if not m.startswith("admm:") or m == reference or not paired(result, m, reference):
+            continue
+        both = both_ran(result, m, reference)
+        ratios = [r[m]["train_seconds"] / r[reference]["train_seconds"] for r in both]
+        per_epoch = [(r[m]["train_seconds"] / r[m]["iterations"]) / (r[reference]["train_seconds"]
+                                                                     / r[reference]["iterations"]) for r in both]
+        better, worse = wins(result, m, reference)
+        rows.append((m, paired(result, m, reference), better, worse, float(np.median(ratios)),
+                     float(np.median(per_epoch))))
+    if not rows:
+        return []
+    lines = ["", f"## Candidates against `{reference}` (paired over the sets both ran on; the same invocation)", "",
+             "| candidate | shared sets | mean Δ validation (pt) | mean Δ test (pt) | validation better / worse "
+             "| median time ratio | median time-per-epoch ratio |", "|---|---|---|---|---|---|---|"]
+    return lines + [f"| {m} | {p['sets']} | {100 * p['validation']:+.2f} | {100 * p['test']:+.2f} | {b} / {w} "
+                    f"| {q:.2f} | {e:.2f} |" for m, p, b, w, q, e in sorted(rows, key=lambda r: -r[1]["validation"])]
 
 
 def _raw_table(result):

@@ -327,3 +327,161 @@ def test_fill_lower_from_upper_mirrors_the_strict_upper_triangle_in_place(n, ord
     T = np.array(upper.T, order=order)  # the transposed view, as the solvers pass Fortran results
     fill_lower_from_upper(T.T)
     assert np.array_equal(T.T, upper + np.triu(upper, 1).T)
+
+
+# ---- the inexact (CG) and memory-smoothed weight steps ----------------------------------------
+
+def _proximal_problem(seed, k=None, m=None, n=None):
+    """A random anchored least-squares problem: inputs ``a`` (k-1 x n), targets ``z``, anchor ``(W0, b0)``."""
+    rng = np.random.default_rng(seed)
+    k = k or int(rng.integers(4, 25))
+    m, n = m or int(rng.integers(1, 7)), n or int(rng.integers(5, 60))
+    a, z = rng.standard_normal((k - 1, n)), rng.standard_normal((m, n))
+    anchor = rng.standard_normal((m, k - 1)), rng.standard_normal(m)
+    return a, z, anchor, float(rng.uniform(0.01, 1)), float(rng.uniform(0.1, 3))
+
+
+def _exact_by_lstsq(a, z, anchor, ridge, weight):
+    """``[W b]`` of the anchored problem as one stacked least-squares problem (no normal equations)."""
+    k, n = a.shape[0] + 1, a.shape[1]
+    A1 = np.vstack([a, np.ones((1, n))])
+    lhs = np.vstack([A1.T, np.sqrt(ridge) * np.eye(k), np.sqrt(weight) * np.eye(k)])
+    rhs = np.vstack([z.T, np.zeros((k, z.shape[0])), np.sqrt(weight) * np.column_stack(anchor).T])
+    return np.linalg.lstsq(lhs, rhs, rcond=None)[0].T
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_cg_error_to_the_exact_solve_falls_with_the_iterations_to_1e10(seed):
+    """Warm-started CG on ``[W b] (A Aᵀ + (ridge + q) I) = z Aᵀ + q anchor``, formed and matrix-free:
+    the error to the lstsq solution never grows (in the Euclidean and the M-norm, row by row, as
+    CG's theory says) and is below 1e-10 (relative) after k + 5 iterations."""
+    from admm_mpi.ops.linalg import matrix_free_cg_weights, summed_normal_equations, weights_from_statistics
+
+    a, z, anchor, ridge, weight = _proximal_problem(seed)
+    grid, k = Grid.serial(), a.shape[0] + 1
+    exact = _exact_by_lstsq(a, z, anchor, ridge, weight)
+    A1 = np.vstack([a, np.ones((1, a.shape[1]))])
+    M = A1 @ A1.T + (ridge + weight) * np.eye(k)
+    stats = summed_normal_equations(grid, a, z).copy()
+    previous = None
+    for iters in range(1, k + 6):
+        W, b = weights_from_statistics(grid, stats, ridge, anchor, weight, cg_iters=iters)
+        Wf, bf = matrix_free_cg_weights(grid, a, z, ridge, anchor, weight, iters)
+        error = np.column_stack([W, b]) - exact
+        if iters <= 8:  # the same iterates, products apart (later, rounding grows as CG loses orthogonality)
+            np.testing.assert_allclose(np.column_stack([Wf, bf]), np.column_stack([W, b]), rtol=0,
+                                       atol=1e-11 * np.abs(exact).max())
+        norms = np.linalg.norm(error, axis=1), np.sqrt(np.einsum("ij,jk,ik->i", error, M, error))
+        if previous is not None:
+            for now, before in zip(norms, previous):
+                assert np.all(now <= before * (1 + 1e-9) + 1e-13)
+        previous = norms
+    assert np.abs(error).max() <= 1e-10 * np.abs(exact).max()
+    assert np.abs(np.column_stack([Wf, bf]) - exact).max() <= 1e-10 * np.abs(exact).max()
+    start = np.column_stack(anchor) - exact
+    assert np.linalg.norm(start) > 1e3 * np.linalg.norm(error)  # it did move: the start was far off
+
+
+def test_cg_from_the_solution_stays_there_and_a_zero_residual_row_is_left_alone():
+    from admm_mpi.ops.linalg import conjugate_gradient_rows
+
+    rng = np.random.default_rng(5)
+    B = rng.standard_normal((6, 6))
+    M = B @ B.T + np.eye(6)
+    X_true = rng.standard_normal((3, 6))
+    R = X_true @ M
+    X = X_true.copy()
+    X[1] += rng.standard_normal(6)  # rows 0 and 2 start at their solution
+    out = conjugate_gradient_rows(lambda P: P @ M, X, R - X @ M, 4)
+    np.testing.assert_array_equal(out[[0, 2]], X_true[[0, 2]])
+    assert np.linalg.norm(out[1] - X_true[1]) < np.linalg.norm(rng.standard_normal(6)) * 10
+
+
+def test_matrix_free_cg_is_chosen_for_narrow_outputs_only():
+    from admm_mpi.ops.linalg import cg_matrix_free_cheaper
+
+    assert cg_matrix_free_cheaper(257, 2000, 10, 3)        # the output layer of 256-256 on 10 classes
+    assert not cg_matrix_free_cheaper(257, 2000, 256, 3)   # a hidden 256 -> 256 layer
+    assert not cg_matrix_free_cheaper(31, 2000, 256, 3)    # a first layer on 30 features
+
+
+@pytest.mark.parametrize("memory", [0.0, 0.5, 0.9])
+def test_smoothed_statistics_equal_the_explicit_weighted_sums(memory):
+    """After batches 1..t of ``n_j`` columns: ``Σ_j (1 - memory) memory^(t-j) [A Aᵀ | A zᵀ]_j / n_j``."""
+    from admm_mpi.ops.linalg import local_normal_equations, smooth_statistics
+
+    rng = np.random.default_rng(11)
+    running, batches = None, []
+    for n in (7, 12, 3, 9, 12):
+        a, z = rng.standard_normal((4, n)), rng.standard_normal((2, n))
+        A1 = np.vstack([a, np.ones((1, n))])
+        batches.append((np.hstack([A1 @ A1.T, A1 @ z.T]), n))
+        running = smooth_statistics(running, local_normal_equations(a, z), n, memory)
+        t = len(batches)
+        expected = sum((1 - memory) * memory ** (t - 1 - j) * S / n_j for j, (S, n_j) in enumerate(batches))
+        np.testing.assert_allclose(running, expected, rtol=1e-13, atol=1e-14)
+    # the weights sum to 1 - memory^t: the count entry (bottom-left of the Gram) is that sum
+    assert running[-1, 4] == pytest.approx(1 - memory ** 5, rel=1e-14)
+
+
+def test_smoothed_displacements_solve_the_weighted_problem_of_targets_around_the_current_weights():
+    """Batches ``j`` with inputs ``a_j`` and displacements ``d_j``, smoothed with memory ``m``: the step
+    from :func:`cross_terms_around` is the lstsq solution of ``Σ_j w_j / n_j ||[W0 b0] A_j + d_j - [W b] A_j||²
+    + w (ridge ||[W b]||² + q ||[W b] - [W0 b0]||²)``, ``w_j = (1 - m) m^(t-j)``, ``w = Σ_j w_j``."""
+    from admm_mpi.ops.linalg import cross_terms_around, local_normal_equations, smooth_statistics, \
+        weights_from_statistics
+
+    rng = np.random.default_rng(2)
+    memory, ridge, q, k, m = 0.6, 0.05, 0.4, 6, 3
+    anchor = rng.standard_normal((m, k - 1)), rng.standard_normal(m)
+    Wb0 = np.column_stack(anchor)
+    running, blocks, targets = None, [], []
+    sizes = (9, 4, 13)
+    for j, n in enumerate(sizes):
+        a, d = rng.standard_normal((k - 1, n)), rng.standard_normal((m, n))
+        running = smooth_statistics(running, local_normal_equations(a, d), n, memory)
+        w = (1 - memory) * memory ** (len(sizes) - 1 - j)
+        A1 = np.vstack([a, np.ones((1, n))])
+        blocks.append(np.sqrt(w / n) * A1.T)
+        targets.append(np.sqrt(w / n) * (Wb0 @ A1 + d).T)
+    total = 1 - memory ** len(sizes)
+    W, b = weights_from_statistics(Grid.serial(), cross_terms_around(running, anchor), ridge * total, anchor,
+                                   q * total)
+    lhs = np.vstack([*blocks, np.sqrt(ridge * total) * np.eye(k), np.sqrt(q * total) * np.eye(k)])
+    rhs = np.vstack([*targets, np.zeros((k, m)), np.sqrt(q * total) * Wb0.T])
+    expected = np.linalg.lstsq(lhs, rhs, rcond=None)[0].T
+    np.testing.assert_allclose(np.column_stack([W, b]), expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.mpi(ranks=[1, 2, 3, 4], timeout=60)
+@pytest.mark.parametrize("n", [101, 23])  # uneven over 2, 3 and 4 ranks
+def test_distributed_cg_and_smoothed_solves_equal_serial(comm, n):
+    """Exact and CG solves from summed and smoothed statistics, and matrix-free CG: each rank's
+    shard gives the serial answer to 1e-10 (float64), the same bytes on every rank."""
+    from admm_mpi.ops.linalg import (cg_weights, matrix_free_cg_weights, smooth_statistics,
+                                     summed_normal_equations, weights_from_statistics)
+
+    grid, serial = Grid(comm), Grid.serial()
+    start, stop = grid.block_range(n)
+    results = {}
+    for name, solve in {
+        "cg-formed": lambda g, a, z, A, r, q: weights_from_statistics(g, summed_normal_equations(g, a, z).copy(),
+                                                                       r, A, q, cg_iters=4),
+        "cg-matrix-free": lambda g, a, z, A, r, q: matrix_free_cg_weights(g, a, z, r, A, q, 4),
+        "cg-chosen": lambda g, a, z, A, r, q: cg_weights(g, a, z, r, A, q, iters=2, n_columns=n),
+        "exact-smoothed": lambda g, a, z, A, r, q: weights_from_statistics(
+            g, smooth_statistics(smooth_statistics(None, summed_normal_equations(g, a, z), n, 0.7),
+                                 summed_normal_equations(g, 2 * a, z), n, 0.7), r, A, q),
+        "cg-smoothed": lambda g, a, z, A, r, q: weights_from_statistics(
+            g, smooth_statistics(None, summed_normal_equations(g, a, z), n, 0.5), r, A, q, cg_iters=3),
+    }.items():
+        a, z, anchor, ridge, weight = _proximal_problem(n, k=12, m=5, n=n)
+        W, b = solve(grid, a[:, start:stop], z[:, start:stop], anchor, ridge, weight)
+        W_ref, b_ref = solve(serial, a, z, anchor, ridge, weight)
+        scale = np.abs(W_ref).max()
+        np.testing.assert_allclose(W, W_ref, rtol=0, atol=1e-10 * scale, err_msg=name)
+        np.testing.assert_allclose(b, b_ref, rtol=0, atol=1e-10 * scale, err_msg=name)
+        results[name] = np.column_stack([W, b])
+    for name, Wb in results.items():  # bit-identical on every rank
+        assert np.array_equal(Wb, comm.bcast(Wb, root=0)), name
+    grid.close()

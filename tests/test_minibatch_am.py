@@ -218,3 +218,141 @@ def test_the_loop_scores_selects_and_saves_the_average(tmp_path):
         np.testing.assert_array_equal(got, average)
         assert not np.array_equal(got, last)
     assert result.summary["iterations"] == result.summary["kept_iteration"] == 3
+
+
+# ---- the inexact (CG) and memory-smoothed weight steps ----------------------------------------
+
+STEPS = {"exact": {}, "cg": dict(weight_solver="cg", cg_iters=3), "memory": dict(memory=0.7),
+         "memory-displacements": dict(memory=0.7, memory_form="displacements"),
+         "cg-memory": dict(weight_solver="cg", cg_iters=2, memory=0.5)}
+
+
+def _stepping_solver(grid, n, step, widths=(6, 40, 3), batch=20, **extra):
+    spec = _spec(widths, loss="cross_entropy")
+    return MiniBatchAM(spec, grid, n, beta=0.5, gamma=1.0, rho=0.05, ridge=1e-3, average=0.0, batch_size=batch,
+                       **STEPS.get(step, {}), **extra)
+
+
+def _problem(n, widths=(6, 40, 3), seed=8):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((widths[0], n))
+    Y = np.eye(widths[-1])[:, rng.integers(0, widths[-1], n)]
+    return X, Y
+
+
+def test_cg_with_enough_iterations_is_the_exact_step_and_few_iterations_are_not():
+    """Through whole epochs of the solver (targets, anchors, per-sample scalings): CG with more
+    iterations than any layer's order gives the exact step's weights; 1 iteration does not."""
+    n, widths = 60, (4, 6, 3)
+    X, Y = _problem(n, widths)
+    runs = {}
+    for name, extra in {"exact": {}, "cg-15": dict(weight_solver="cg", cg_iters=15),
+                        "cg-1": dict(weight_solver="cg", cg_iters=1)}.items():
+        solver = _stepping_solver(Grid.serial(), n, None, widths, batch=20, **extra)
+        state = solver.init_state(X, Y, np.random.default_rng(0))
+        for epoch in (1, 2):
+            solver.step(state, Y, epoch)
+        runs[name] = state.weights + state.biases
+    for got, exact, rough in zip(runs["cg-15"], runs["exact"], runs["cg-1"]):
+        np.testing.assert_allclose(got, exact, rtol=1e-9, atol=1e-11)
+    assert max(np.abs(r - e).max() for r, e in zip(runs["cg-1"], runs["exact"])) > 1e-3
+
+
+@pytest.mark.parametrize("form", ["targets", "displacements"])
+def test_memory_smooths_the_batches_statistics_and_its_first_step_is_the_plain_one(monkeypatch, form):
+    """The solver's running statistics after t batches are ``Σ_j (1 - m) m^(t-j) S_j / n_j`` of the
+    batches' summed statistics ``S_j`` (recorded as they are reduced), and the first batch, divided
+    by its total weight ``1 - m``, takes the same step as ``memory = 0``."""
+    from admm_mpi.solvers import minibatch_am
+
+    recorded, summed = [], minibatch_am.summed_normal_equations
+
+    def recording(grid, a, z):
+        stats = summed(grid, a, z)
+        recorded.append((stats.copy(), a.shape[1]))
+        return stats
+
+    monkeypatch.setattr(minibatch_am, "summed_normal_equations", recording)
+    n, memory = 50, 0.6
+    X, Y = _problem(n)
+    solver = _stepping_solver(Grid.serial(), n, None, batch=15, memory=memory, memory_form=form)  # 4 batches
+    state = solver.init_state(X, Y, np.random.default_rng(0))
+    solver.step(state, Y, 1)
+    assert state.memory_batches == 4 and len(recorded) == 4 * 2
+    for l in range(2):
+        layer = recorded[l::2]
+        expected = sum((1 - memory) * memory ** (3 - j) * S / n_j for j, (S, n_j) in enumerate(layer))
+        np.testing.assert_allclose(state.memory_statistics[l], expected, rtol=1e-12, atol=1e-15)
+    first = []
+    for extra in (dict(memory=memory, memory_form=form), {}):
+        solver = _stepping_solver(Grid.serial(), n, None, batch=n, **extra)  # one batch: one step
+        state = solver.init_state(X, Y, np.random.default_rng(0))
+        solver.step(state, Y, 1)
+        first.append(state.weights + state.biases)
+    for got, plain in zip(*first):
+        np.testing.assert_allclose(got, plain, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.mpi(ranks=[1, 2, 3, 4], timeout=120)
+@pytest.mark.parametrize("step", list(STEPS))
+def test_each_weight_step_distributed_equals_serial_on_uneven_shards(comm, step):
+    """Two epochs of 103 columns in batches of 20 (an uneven split over 2, 3, 4 ranks; the output
+    layer's CG matrix-free, the hidden one's on the Gram): every rank's weights equal the serial
+    run's to 1e-10 (float64) and are the same bytes on every rank."""
+    from admm_mpi.ops.linalg import cg_matrix_free_cheaper
+
+    assert cg_matrix_free_cheaper(41, 20, 3, 3) and not cg_matrix_free_cheaper(7, 20, 40, 3)
+    grid, n = Grid(comm), 103
+    X, Y = _problem(n)
+    start, stop = grid.block_range(n)
+    solver, serial = _stepping_solver(grid, n, step), _stepping_solver(Grid.serial(), n, step)
+    state = solver.init_state(X[:, start:stop], Y[:, start:stop], np.random.default_rng(0))
+    reference = serial.init_state(X, Y, np.random.default_rng(0))
+    for epoch in (1, 2):
+        solver.step(state, Y[:, start:stop], epoch)
+        serial.step(reference, Y, epoch)
+    for got, expected in zip(state.weights + state.biases, reference.weights + reference.biases):
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-10 * np.abs(expected).max())
+        assert np.array_equal(got, comm.bcast(got, root=0))
+    if "memory" in step:
+        for got, expected in zip(state.memory_statistics, reference.memory_statistics):
+            np.testing.assert_allclose(got, expected, rtol=0, atol=1e-10 * np.abs(expected).max())
+    grid.close()
+
+
+def test_a_resumed_run_with_memory_and_cg_equals_the_uninterrupted_one(tmp_path):
+    """The smoothed statistics are checkpointed (global state, written once): 2 ranks, 6 epochs in one
+    go against 3 epochs, a checkpoint, and 3 more epochs resumed; the saved models are the same bytes."""
+    import h5py
+    import json
+
+    from tests.helpers import NO_VALIDATION_FLAGS, run_admm
+
+    args = ["train", "--solver", "minibatch_am", *NO_VALIDATION_FLAGS, "--hidden", "32,32", "--no-progress",
+            "--dtype", "float64", "--batch-size", "300", "--memory", "0.8", "--weight-solver", "cg", "--cg-iters", "2"]
+    full, part = tmp_path / "full", tmp_path / "part"
+    for out, extra in ((full, ["--iters", "6"]), (part, ["--iters", "3", "--checkpoint-every", "3"]),
+                       (part, ["--iters", "6", "--resume", "auto"])):
+        proc = run_admm(2, *args, "--out", out, *extra, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+    manifest = json.loads((part / "checkpoints" / "ckpt-000003" / "manifest.json").read_text())
+    assert manifest["fields"]["memory_statistics"]["length"] == 3
+    assert json.loads((part / "summary.json").read_text())["first_iteration"] == 4
+
+    def weights(run):
+        with h5py.File(run / "model.h5", "r") as f:
+            return [f[f"layers/{l}/{k}"][...] for l in range(3) for k in "Wb"]
+
+    for got, expected in zip(weights(part), weights(full)):
+        assert np.array_equal(got, expected)
+
+
+def test_bad_weight_step_settings_are_refused_in_one_line():
+    from admm_mpi.errors import InputError
+    from admm_mpi.solvers.minibatch_am import MiniBatchAMParams
+
+    for bad, word in ((dict(weight_solver="lsqr"), "weight_solver"), (dict(cg_iters=0), "cg_iters"),
+                      (dict(memory=1.0), "memory"), (dict(memory=-0.1), "memory"),
+                      (dict(memory_form="weights"), "memory_form")):
+        with pytest.raises(InputError, match=word):
+            MiniBatchAMParams(**bad).validate()

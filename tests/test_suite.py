@@ -140,6 +140,22 @@ def test_selection_names_the_best_candidate_and_how_it_fares_against_the_default
     assert f"**{default}**" in text and "better on" not in text
 
 
+def test_candidates_against_current_pair_accuracy_and_time_per_epoch():
+    suite = _suite_module()
+
+    def rec(val, test, seconds, epochs):
+        return {"validation_accuracy": val, "test_accuracy": test, "train_seconds": seconds, "iterations": epochs}
+
+    result = {"sets": {
+        "a": {"rows": 100, "methods": {"admm:current": rec(0.90, 0.80, 10.0, 10), "admm:x": rec(0.92, 0.79, 30.0, 20)}},
+        "b": {"rows": 100, "methods": {"admm:current": rec(0.70, 0.70, 4.0, 4), "admm:x": rec(0.69, 0.73, 2.0, 4)}},
+        "c": {"rows": 100, "methods": {"admm:current": rec(0.50, 0.50, 1.0, 1)}},  # x did not run: left out
+    }}
+    lines = suite._against_current(result, ["admm:current", "admm:x"])
+    assert lines[-1] == "| admm:x | 2 | +0.50 | +1.00 | 1 / 1 | 1.75 | 1.00 |"  # medians of (3, 0.5), (1.5, 0.5)
+    assert suite._against_current(result, ["admm:x"]) and not suite._against_current(result, ["admm:current"])
+
+
 def test_unknown_set_is_one_line_exit_2(tmp_path):
     proc = _run_suite("--sets", "no_such_set", "--out", tmp_path / "s.json", timeout=60)
     assert proc.returncode == 2 and "unknown set or candidate: no_such_set" in proc.stderr

@@ -536,3 +536,156 @@ def _transpose_reduce_on_root(grid, a, z, ridge, anchor, anchor_weight):
     if anchor is not None:
         anchor = namespace(a).concat([anchor[0], anchor[1][:, None]], axis=1)
     return reduce_solve_broadcast(grid, a, z, lambda stats: solve_normal_equations(stats, ridge, anchor, anchor_weight))
+
+
+# ---- inexact and memory-smoothed weight steps (issue 32) ---------------------------------------
+
+def conjugate_gradient_rows(product, X, residual, iters):
+    """``iters`` conjugate-gradient iterations on ``X M = R`` for every row of ``X`` at once (numpy).
+
+    Each row is its own CG, with its own step lengths, on the same symmetric positive definite
+    ``M``, given only through ``product(P) = P M``; ``residual`` is ``R - X M`` at the start (a
+    caller often has it for less than a product). ``X`` and ``residual`` are updated in place and
+    ``X`` is returned. Started from the current weights this is ProxProp's inexact step (Frerix et
+    al., ICLR 2018); in exact arithmetic ``M``'s order of iterations gives the solve. A row whose
+    residual is already 0 stays where it is.
+    """
+    P = residual.copy()
+    rs = np.einsum("ij,ij->i", residual, residual)
+    for it in range(iters):
+        Q = product(P)
+        pq = np.einsum("ij,ij->i", P, Q)
+        alpha = np.divide(rs, pq, out=np.zeros_like(rs), where=pq > 0)
+        X += alpha[:, None] * P
+        residual -= alpha[:, None] * Q
+        if it + 1 == iters:
+            break
+        rs_next = np.einsum("ij,ij->i", residual, residual)
+        beta = np.divide(rs_next, rs, out=np.zeros_like(rs), where=rs > 0)
+        P *= beta[:, None]
+        P += residual
+        rs = rs_next
+    return X
+
+
+def _stacked_anchor(anchor, m, k, dtype):
+    """``[W0 | b0]`` as one ``m x k`` array (zeros without an anchor): the warm start."""
+    Wb = np.zeros((m, k), dtype=dtype)
+    if anchor is not None:
+        Wb[:, :-1] = anchor[0]
+        Wb[:, -1] = anchor[1]
+    return Wb
+
+
+def weights_from_statistics(grid, stats, ridge, anchor=None, anchor_weight=0.0, *, cg_iters=0, factor_dtype=None):
+    """``(W, b)`` minimising ``||z - W a - b||² + ridge ||[W b]||² + anchor_weight ||[W b] - anchor||²``
+    from statistics ``stats = [A Aᵀ | A zᵀ]`` that are the same on every rank (summed over ranks,
+    or smoothed over batches: :func:`smooth_statistics`), as :func:`transpose_reduce_weights` does
+    after its reduction: each rank solves its block of rows, an allgather gives every rank the
+    same bytes.
+
+    ``cg_iters = 0``: the exact solve by Cholesky. ``cg_iters = K``: K conjugate-gradient iterations
+    per row of ``Gram + (ridge + anchor_weight) I`` (:func:`conjugate_gradient_rows`), warm-started
+    from ``anchor`` (zeros without one), with products by the formed ``k x k`` Gram.
+    """
+    k, m = stats.shape[0], stats.shape[1] - stats.shape[0]
+    Wb = np.empty((m, k), dtype=stats.dtype)
+    start, stop = grid.block_range(m)
+    if stop > start:
+        if cg_iters:
+            gram_ = stats[:, :k]
+            X = _stacked_anchor(None if anchor is None else (anchor[0][start:stop], anchor[1][start:stop]),
+                                stop - start, k, stats.dtype)
+            # R - X M = (A zᵀ)ᵀ + mu X - X (Gram + (ridge + mu) I) = (A zᵀ)ᵀ - X Gram - ridge X
+            residual = stats[:, k + start:k + stop].T - X @ gram_ - ridge * X
+            shift = ridge + anchor_weight
+            Wb[start:stop] = conjugate_gradient_rows(lambda P: P @ gram_ + shift * P, X, residual, cg_iters)
+        else:
+            factor = factor_normal_equations(stats, ridge + anchor_weight, factor_dtype or FACTOR_DTYPE or stats.dtype)
+            Wb[start:stop] = solve_normal_equation_rows(stats, factor, (start, stop), anchor, anchor_weight)
+    Wb = grid.allgather_rows(Wb)
+    return np.array(Wb[:, :-1]), np.array(Wb[:, -1])
+
+
+def cg_matrix_free_cheaper(k, n, m, iters):
+    """Whether ``iters`` CG iterations for ``m`` rows of weights over a ``k``-wide input and ``n``
+    columns cost fewer multiply-adds with products ``(P A) Aᵀ`` through the samples (two GEMMs of
+    ``m k n`` each) than through the formed Gram (``k² n / 2`` by syrk once, then ``m k²`` per
+    product). The cross term ``z Aᵀ`` costs ``m k n`` either way. Matrix-free wins where the layer
+    has few outputs against its input (e.g. the output layer: ``m`` = classes); it also sends
+    ``iters`` sums of ``m x k`` instead of one of ``k x (k + m)``. Global sizes only, so every rank
+    count takes the same path."""
+    return 2 * iters * m * k * n < k * k * n / 2 + iters * m * k * k
+
+
+def matrix_free_cg_weights(grid, a, z, ridge, anchor, anchor_weight, iters, anchor_output=None):
+    """``(W, b)`` of :func:`weights_from_statistics` with ``cg_iters = iters``, never forming the Gram.
+
+    ``M = A Aᵀ + (ridge + anchor_weight) I`` is applied as ``P M = Σ_ranks (P A_r) A_rᵀ + shift P``
+    (``A_r = [a; 1]`` on rank ``r``'s columns): one sum of ``m x k`` over the ranks per
+    iteration. The start is the anchor ``[W0 | b0]``, whose residual
+    ``Σ_ranks (z - z0) A_rᵀ - ridge [W0 | b0]`` needs only ``z0 = W0 a + b0`` (``anchor_output``:
+    the forward pass has it). Every rank runs every row on the same summed bytes; an allgather
+    of each rank's block of rows then makes the weights the same bytes everywhere.
+    """
+    k, m, dtype = a.shape[0] + 1, z.shape[0], a.dtype
+    shift = ridge + anchor_weight
+
+    def summed_times_inputs(D):  # Σ_ranks D [a; 1]ᵀ, D an m x n_local array
+        out = _workspace("cg_cross", (m, k), dtype)
+        np.matmul(D, a.T, out=out[:, :-1])
+        out[:, -1] = D.sum(axis=1)
+        return grid.allsum_in_place(out)
+
+    X = _stacked_anchor(anchor, m, k, dtype)
+    if anchor is not None:
+        z0 = anchor_output if anchor_output is not None else anchor[0] @ a + anchor[1][:, None]
+        residual = summed_times_inputs(z - z0) - ridge * X
+    else:
+        residual = np.array(summed_times_inputs(z))
+
+    def product(P):
+        return summed_times_inputs(P[:, :-1] @ a + P[:, -1:]) + shift * P
+
+    Wb = conjugate_gradient_rows(product, X, residual, iters)
+    Wb = grid.allgather_rows(Wb)  # each row's bytes from one rank, as every weight step
+    return np.array(Wb[:, :-1]), np.array(Wb[:, -1])
+
+
+def cg_weights(grid, a, z, ridge, anchor=None, anchor_weight=0.0, *, iters, n_columns, anchor_output=None):
+    """The weight step of :func:`transpose_reduce_weights` by ``iters`` warm-started CG iterations:
+    matrix-free (:func:`matrix_free_cg_weights`) where :func:`cg_matrix_free_cheaper` says so, else
+    on the summed Gram (:func:`weights_from_statistics`). ``n_columns``: the batch's columns over all
+    ranks."""
+    k, m = a.shape[0] + 1, z.shape[0]
+    if cg_matrix_free_cheaper(k, n_columns, m, iters):
+        return matrix_free_cg_weights(grid, a, z, ridge, anchor, anchor_weight, iters, anchor_output)
+    return weights_from_statistics(grid, summed_normal_equations(grid, a, z), ridge, anchor, anchor_weight,
+                                   cg_iters=iters)
+
+
+def cross_terms_around(smoothed, anchor):
+    """``[S_aa | S_aa [W0 b0]ᵀ + S_ad]`` from statistics ``[S_aa | S_ad]`` of the displacements
+    ``d = z* - z`` of the targets from the forward pass: the cross term of targets ``[W0 b0] A + d``
+    that the current weights (``anchor = (W0, b0)``) would have produced on the same inputs. In a
+    buffer reused between calls with the same shapes."""
+    k, m = smoothed.shape[0], smoothed.shape[1] - smoothed.shape[0]
+    out = _workspace("around", smoothed.shape, smoothed.dtype)
+    out[:, :k] = smoothed[:, :k]
+    np.matmul(smoothed[:, :k], _stacked_anchor(anchor, m, k, smoothed.dtype).T, out=out[:, k:])
+    out[:, k:] += smoothed[:, k:]
+    return out
+
+
+def smooth_statistics(running, stats, n_columns, memory):
+    """``running <- memory running + (1 - memory) stats / n_columns``, in place (a copy when
+    ``running`` is None): an exponential moving average of the per-sample statistics
+    ``[A Aᵀ | A zᵀ] / n`` over batches, the memory of online alternating minimisation (Choromanska et
+    al., ICML 2019). After ``t`` batches it holds ``Σ_j (1 - memory) memory^(t-j) S_j / n_j``, whose
+    weights sum to ``1 - memory^t``: divide by that (or scale the penalties by it) for a weighted
+    mean of the batches."""
+    if running is None:
+        running = np.zeros_like(stats)
+    running *= memory
+    running += ((1.0 - memory) / n_columns) * stats
+    return running

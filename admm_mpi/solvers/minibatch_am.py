@@ -38,8 +38,10 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import ClassVar
 
-from admm_mpi.backend import namespace, sum_all
-from admm_mpi.ops.linalg import activation_solver, transpose_reduce_weights
+from admm_mpi.backend import is_numpy, namespace, sum_all
+from admm_mpi.errors import InputError
+from admm_mpi.ops.linalg import (activation_solver, cg_weights, cross_terms_around, smooth_statistics,
+                                 summed_normal_equations, transpose_reduce_weights, weights_from_statistics)
 from admm_mpi.solvers.batches import (SCALED_BATCH, BatchSize, batch_size_setting, check_batch_size, epoch_batches,
                                       run_epoch, take_columns)
 from admm_mpi.solvers.common import forward_states, init_weights
@@ -58,6 +60,12 @@ class MiniBatchState:
     average_weights: list = None     # the running average of the iterates (the evaluated network)
     average_biases: list = None
     averaged_batches: int = 0        # batches folded into the average so far
+    memory_statistics: list = None   # per layer, the smoothed [A Aᵀ | A zᵀ] / n over batches (memory > 0)
+    memory_batches: int = 0          # batches folded into them
+
+
+WEIGHT_SOLVERS = ("exact", "cg")
+MEMORY_FORMS = ("targets", "displacements")
 
 
 @dataclass(frozen=True)
@@ -71,11 +79,29 @@ class MiniBatchAMParams(SolverParams):
     average: float = setting(0.5, "horizon in epochs of the running average of the weights that is "
                                   "evaluated and saved (0: the last iterate)")
     batch_size: BatchSize = batch_size_setting(SCALED_BATCH, "")
+    weight_solver: str = setting("exact", "how each layer's weight step is solved: exact (a Cholesky factorisation) "
+                                          "or cg (cg_iters conjugate-gradient iterations from the current weights, "
+                                          "an inexact step)", metavar="exact|cg")
+    cg_iters: int = setting(3, "with weight_solver cg: conjugate-gradient iterations per weight step")
+    memory: float = setting(0.0, "weight of the past batches in each weight step: the Gram and cross terms are "
+                                 "smoothed over batches, S <- memory S + (1 - memory) S_batch (0: this batch only)")
+    memory_form: str = setting("targets", "with memory: the cross term smoothed is that of the targets, z* Aᵀ "
+                                          "(online AM's memory), or of their displacements from the forward "
+                                          "pass, (z* - z) Aᵀ, rebuilt around the current weights at each step "
+                                          "(stale batches then do not pull the weights back)",
+                               metavar="targets|displacements")
 
     def validate(self):
         check_positive(self, "beta", "gamma", "rho")
-        check_non_negative(self, "ridge", "average", "step_decay")
+        check_non_negative(self, "ridge", "average", "step_decay", "memory")
         check_batch_size(self)
+        check_at_least(self, 1, "cg_iters")
+        if self.weight_solver not in WEIGHT_SOLVERS:
+            raise InputError(f"weight_solver must be one of {', '.join(WEIGHT_SOLVERS)}, got {self.weight_solver!r}")
+        if self.memory_form not in MEMORY_FORMS:
+            raise InputError(f"memory_form must be one of {', '.join(MEMORY_FORMS)}, got {self.memory_form!r}")
+        if not self.memory < 1:
+            raise InputError(f"memory must be below 1, got {self.memory}")
 
 
 class MiniBatchAM(Solver):
@@ -100,6 +126,20 @@ class MiniBatchAM(Solver):
         Columns per global mini-batch (the last batch of an epoch may be smaller); ``"full"``: every
         training row in one batch; ``"auto"`` scales it with the global training rows ``n_total``:
         :func:`~admm_mpi.solvers.batches.scaled_batch_size`.
+    weight_solver : {"exact", "cg"}
+        The weight step: the exact solve, or ``cg_iters`` conjugate-gradient iterations per row of
+        ``[W b]`` warm-started from the current weights (ProxProp's inexact step).
+    cg_iters : int
+        Iterations of ``weight_solver = "cg"``.
+    memory : float
+        In ``[0, 1)``: each weight step solves against the exponential moving average of the
+        batches' per-sample statistics ``[A Aᵀ | A zᵀ] / n`` (``memory`` the weight of the past),
+        divided by its total weight ``1 - memory^t`` after ``t`` batches, so the step fits a
+        window of batches; 0 fits this batch only.
+    memory_form : {"targets", "displacements"}
+        What the memory's cross term smooths: ``z* Aᵀ`` of the batches' targets, or ``(z* - z) Aᵀ``
+        of their displacements from the forward pass, the cross term then being
+        ``S_aa [W b]ᵀ + S_ad`` around the current weights (:func:`~admm_mpi.ops.linalg.cross_terms_around`).
     """
 
     name = "minibatch_am"
@@ -107,7 +147,8 @@ class MiniBatchAM(Solver):
     default_loss = "cross_entropy"
     default_activation = "relu"
 
-    def __init__(self, spec, grid, n_total, *, beta, gamma, rho, ridge, average, batch_size, step_decay=0.0):
+    def __init__(self, spec, grid, n_total, *, beta, gamma, rho, ridge, average, batch_size, step_decay=0.0,
+                 weight_solver="exact", cg_iters=3, memory=0.0, memory_form="targets"):
         self.spec, self.grid, self.n_total = spec, grid, n_total
         self.beta, self.gamma, self.rho, self.ridge, self.average = beta, gamma, rho, ridge, average
         self.step_decay = step_decay
@@ -115,6 +156,8 @@ class MiniBatchAM(Solver):
         self.start, self.stop = grid.block_range(n_total)
 
     def init_state(self, X, Y, rng):
+        if (self.memory or self.weight_solver != "exact") and not is_numpy(X):
+            raise InputError("weight_solver cg and memory run on numpy arrays (device cpu) only")
         weights, biases = init_weights(self.spec.widths, rng, X)
         self.X = X  # the batches are drawn from it; not state (a checkpoint never copies the data)
         state = MiniBatchState(weights, biases, shuffle_seed=int(rng.integers(2**62)))
@@ -156,15 +199,40 @@ class MiniBatchAM(Solver):
             a, z = forward_states(W, b, Xb, self.spec.h.apply)
             targets = self.targets(W, b, a, z, Yb)
             losses = self.spec.loss_fn.value(z[-1], Yb), sum_all((targets[-1] - z[-1]) ** 2)
+            if self.memory:
+                state.memory_batches += 1
             for l in range(len(W)):
-                W[l], b[l] = transpose_reduce_weights(self.grid, a[l], targets[l], self.ridge * n_batch,
-                                                      anchor=(W[l], b[l]), anchor_weight=rho * n_batch,
-                                                      n_columns=n_batch, anchor_output=z[l])
+                W[l], b[l] = self.weight_step(state, l, a[l], targets[l], z[l], n_batch, rho)
             self.fold_into_average(state, horizon)
             return losses
 
         horizon = max(1.0, self.average * len(batches))  # in batches
         return run_epoch(self.grid, state, batches, batch, self.stop_request)
+
+    def weight_step(self, state, l, a, target, z, n_batch, rho):
+        """Layer ``l``'s new ``(W, b)`` from the batch's inputs ``a``, targets and forward outputs ``z``:
+        ``argmin ||target - W a - b||² + ridge n ||[W b]||² + rho n ||[W b] - [W b]_old||²``, solved
+        exactly or by warm-started CG (``weight_solver``), on this batch (``memory = 0``) or on the
+        smoothed statistics of the batches so far, per sample (penalties per sample, both scaled by
+        the total weight ``1 - memory^t`` of the average instead of dividing it)."""
+        anchor, iters = (state.weights[l], state.biases[l]), self.cg_iters if self.weight_solver == "cg" else 0
+        if self.memory:
+            displacements = self.memory_form == "displacements"
+            stats = summed_normal_equations(self.grid, a, target - z if displacements else target)
+            if state.memory_statistics is None:
+                state.memory_statistics = [None] * len(state.weights)
+            smoothed = state.memory_statistics[l] = smooth_statistics(state.memory_statistics[l], stats, n_batch,
+                                                                      self.memory)
+            if displacements:
+                smoothed = cross_terms_around(smoothed, anchor)
+            total = 1.0 - self.memory ** state.memory_batches
+            return weights_from_statistics(self.grid, smoothed, self.ridge * total, anchor, rho * total,
+                                           cg_iters=iters)
+        if iters:
+            return cg_weights(self.grid, a, target, self.ridge * n_batch, anchor, rho * n_batch, iters=iters,
+                              n_columns=n_batch, anchor_output=z)
+        return transpose_reduce_weights(self.grid, a, target, self.ridge * n_batch, anchor=anchor,
+                                        anchor_weight=rho * n_batch, n_columns=n_batch, anchor_output=z)
 
     def rho_at(self, epochs_done):
         """The proximal weight per sample after ``epochs_done`` epochs (fractional: batches count)."""
