@@ -152,6 +152,8 @@ class MiniBatchAM(Solver):
         self.spec, self.grid, self.n_total = spec, grid, n_total
         self.beta, self.gamma, self.rho, self.ridge, self.average = beta, gamma, rho, ridge, average
         self.step_decay = step_decay
+        self.weight_solver, self.cg_iters, self.memory = weight_solver, cg_iters, memory
+        self.memory_form = memory_form
         self.batch_size = BatchSize.columns(batch_size, n_total)  # global rows: same batches at any rank count
         self.start, self.stop = grid.block_range(n_total)
 
