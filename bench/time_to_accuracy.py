@@ -73,7 +73,7 @@ from common import (REPO, RESULTS, SOURCES, TORCH_BATCH, data_file, load_samples
 SOLVER = "minibatch_am"
 PROBLEMS = {
     "digits": {"targets": (0.97,), "max_epochs": 60, "cap_seconds": 120,
-               "widths": ((128, 128), (512, 512), (2048, 2048))},
+               "widths": ((128, 128), (256, 256), (512, 512))},
     "mnist": {"targets": (0.97, 0.98), "max_epochs": 40, "cap_seconds": 1800,
               "widths": ((1000, 1000), (4000, 1000), (8000, 1000))},
     "fashion_mnist": {"targets": (0.88,), "max_epochs": 40, "cap_seconds": 1800,
