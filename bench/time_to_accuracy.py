@@ -34,7 +34,9 @@ Per optimiser, schedule, network and target the learning rate is chosen on the v
 one that reaches the target in the fewest epochs (ties: the higher validation accuracy there; none
 reaches it: the best validation accuracy). The grid starts at three rates half a decade apart and
 is widened past whichever end holds a pick until every pick is interior (``--max-lrs`` at most;
-``interior`` in the result). The selection runs never see the test rows.
+``interior`` in the result). The selection runs never see the test rows; once every target has been
+reached by some rate, a new rate stops after the epoch it would have to beat (``stop_after``: it can
+no longer be a pick, so the picks are those of full runs).
 
 Timing: ``--repeats`` (>= 3) rounds, interleaved in one invocation: in each round ADMM at every
 candidate width, then every chosen (optimiser, schedule, lr) at every width, with seed = round.
@@ -189,19 +191,20 @@ def split_validation(arrays, fraction, seed):
 class TorchRun:
     """One optimiser at one learning rate: the clock (training only) and the evaluated curve."""
 
-    def __init__(self, model, splits, stop_at, cap_seconds, keys):
+    def __init__(self, model, splits, stop_at, cap_seconds, keys, stop_after=None):
         self.model, self.splits, self.stop_at, self.cap, self.keys = model, splits, stop_at, cap_seconds, keys
-        self.clock, self.curve = 0.0, []
+        self.stop_after, self.clock, self.curve = stop_after, 0.0, []
 
     def evaluate(self, epoch):
         """Record a point (outside the clock); True when the run should stop (every scored split has
-        reached ``stop_at``, or the training-time cap)."""
+        reached ``stop_at``, the training-time cap, or epoch ``stop_after``)."""
         point = {"epoch": round(epoch, 4), "seconds": round(self.clock, 4)}
         for key in ("validation_accuracy", "test_accuracy"):
             split = key.split("_")[0]
             point[key] = torch_accuracy(self.model, *self.splits[split]) if key in self.keys else None
         self.curve.append(point)
-        return all(first_at(self.curve, self.stop_at, key) for key in self.keys) or self.clock >= self.cap
+        return all(first_at(self.curve, self.stop_at, key) for key in self.keys) or self.clock >= self.cap or \
+            (self.stop_after is not None and epoch >= self.stop_after)
 
 
 def learning_rate_factor(schedule, step, steps_per_epoch, max_epochs):
@@ -269,9 +272,10 @@ def train_lbfgs(run, lr, max_iterations):
 
 
 def train_torch(widths, optimiser, lr, splits, stop_at, cap_seconds, max_epochs, seed=0, threads=2,
-                schedule="constant", score_test=True):
+                schedule="constant", score_test=True, stop_after=None):
     """Train the MLP ``widths`` with one optimiser at one learning rate; returns its record. Without
-    ``score_test`` (selection) the test rows are never evaluated."""
+    ``score_test`` (selection) the test rows are never evaluated; ``stop_after``: stop after that epoch
+    (the schedule still spans ``max_epochs``)."""
     import torch
 
     torch.set_num_threads(threads)
@@ -280,14 +284,14 @@ def train_torch(widths, optimiser, lr, splits, stop_at, cap_seconds, max_epochs,
                for k, (X, y) in splits.items()}
     keys = ("validation_accuracy", "test_accuracy") if score_test else ("validation_accuracy",)
     load = load_averages()[0]
-    run = TorchRun(torch_mlp(widths), tensors, stop_at, cap_seconds, keys)
+    run = TorchRun(torch_mlp(widths), tensors, stop_at, cap_seconds, keys, stop_after)
     if optimiser == "lbfgs":
         train_lbfgs(run, lr, max_epochs * 10)
     else:
         train_minibatch(run, optimiser, lr, max_epochs, seed, schedule)
     return {"optimiser": optimiser, "schedule": schedule, "lr": lr, "widths": list(widths), "threads": threads,
             "load_average_1min": load, "cap_seconds": cap_seconds, "cap_hit": run.clock >= cap_seconds,
-            "curve": run.curve}
+            "stop_after": stop_after, "curve": run.curve}
 
 
 def run_torch(problem, optimiser, arrays, seed=0):
@@ -317,7 +321,8 @@ def tune_lr(widths, optimiser, schedule, splits, spec, args):
 
     def run(lr):
         record = train_torch(widths, optimiser, lr, splits, stop_at, spec["cap_seconds"], spec["max_epochs"],
-                             threads=args.torch_threads, schedule=schedule, score_test=False)
+                             threads=args.torch_threads, schedule=schedule, score_test=False,
+                             stop_after=prune_after(runs, targets))
         runs.append(record)
         print(f"  select {optimiser}+{schedule} {'-'.join(map(str, widths[1:-1]))} lr {lr:g}: epochs to "
               f"{[(first_at(record['curve'], t, 'validation_accuracy') or {}).get('epoch') for t in targets]} "
@@ -332,7 +337,14 @@ def tune_lr(widths, optimiser, schedule, splits, spec, args):
         picks[str(target)] = {"lr": chosen["lr"], "chosen_by": how, "validation_epochs": point and point["epoch"]}
     return {"optimiser": optimiser, "schedule": schedule, "widths": list(widths), "lr_grid": grid,
             "interior": interior, "picks": picks,
-            "runs": [{k: r[k] for k in ("lr", "cap_hit", "load_average_1min", "curve")} for r in runs]}
+            "runs": [{k: r[k] for k in ("lr", "cap_hit", "stop_after", "load_average_1min", "curve")} for r in runs]}
+
+
+def prune_after(runs, targets):
+    """The epoch after which a new learning rate can no longer be any target's pick: once every target has
+    been reached on validation, the latest of their fewest epochs (None before: no pruning)."""
+    firsts = [[p["epoch"] for r in runs if (p := first_at(r["curve"], t, "validation_accuracy"))] for t in targets]
+    return max(min(f) for f in firsts) if all(firsts) else None
 
 
 # ---------------------------------------------------------------- one problem

@@ -70,6 +70,15 @@ def test_two_picks_widen_both_ends():
     assert ran == [1.0, 3.16, 0.316, 0.1, 0.0316, 10.0, 31.6]  # the low end first, then the high end
 
 
+def test_a_rate_is_pruned_only_once_it_cannot_be_a_pick():
+    tta = _module()
+    runs = [{"curve": _curve([(1, 0.5, None), (2, 0.95, None), (3, 0.99, None)])}]
+    assert tta.prune_after(runs, (0.9, 0.98)) == 3  # 0.9 first reached at epoch 2, 0.98 at 3: the later
+    assert tta.prune_after(runs, (0.9, 0.995)) is None  # a target nobody reached: no pruning
+    runs.append({"curve": _curve([(1, 0.99, None)])})
+    assert tta.prune_after(runs, (0.9, 0.98)) == 1 and tta.prune_after([], (0.9,)) is None
+
+
 def test_warm_up_then_cosine_schedule():
     tta = _module()
     factor = lambda step: tta.learning_rate_factor("warmup_cosine", step, 10, 5)  # noqa: E731: 10 steps an epoch
