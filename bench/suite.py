@@ -57,7 +57,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import RESULTS, machine, machine_line, mpiexec
+from common import RESULTS, machine, machine_line, mpiexec, portable
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = REPO / "bench" / ".data" / "suite"
@@ -528,6 +528,7 @@ def merge(path, fresh):
                            for k, flags in CANDIDATES.items()},
                common_flags=COMMON)
     path.parent.mkdir(parents=True, exist_ok=True)
+    old = portable(old)  # no absolute path of this machine (e.g. an --out under /tmp in a record's argv)
     path.write_text(json.dumps(old, indent=1) + "\n")
     return old
 
