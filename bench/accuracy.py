@@ -34,23 +34,16 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, git_commit, mpiexec, save_plot, write_result  # noqa: E402
+from common import ALL_ROWS, RESULTS, SOURCES, data_file, git_commit, load_samples, mpiexec, save_plot, write_result
+from time_to_accuracy import run_torch
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
-SOURCES = {
-    "mnist": REPO.parent / "shared" / "data" / "mnist",
-    "fashion_mnist": Path("/usr/share/datasets/fashion-mnist"),
-}
 ADAM_EPOCHS = 10
 # The ablation: from full-batch Taylor ADMM to the committed mini-batch recipe, one ingredient added
 # per row (short runs; the committed recipe's own run is the last row). (label, config, overrides)
 # The config has changed since (validation rows, the weight average, the hinge, 8000-1000): these
 # flags give back the recipe as the ablation ran it (7545a51), so a rerun repeats the recorded rows.
-ALL_ROWS = ["--validation-fraction", "0", "--no-early-stopping", "--keep", "last"]
 AS_RUN = [*ALL_ROWS, "--hidden", "4000,1000", "--loss", "cross_entropy", "--average", "0"]
 SMALL = [*AS_RUN, "--hidden", "1000,1000", "--iters", "4"]
 ABLATION = [
@@ -62,25 +55,6 @@ ABLATION = [
     ("+ weight decay ridge 1e-4 per sample", "mnist-minibatch_am", SMALL),
     ("+ a 4000-wide first layer (4000-1000)", "mnist-minibatch_am", [*AS_RUN, "--iters", "4"]),
 ]
-
-
-def data_file(name, cache):
-    """The data set as the project's HDF5 (converted on first use), or None if its files are absent."""
-    source = SOURCES[name]
-    files = [source / f for f in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
-                                  "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")]
-    if not all(f.exists() for f in files):
-        return None
-    path = Path(cache) / f"{name}.h5"
-    if not path.exists():
-        from admm_mpi.convert import convert
-
-        Path(cache).mkdir(parents=True, exist_ok=True)
-        tmp = str(path) + ".tmp"
-        convert(f"{files[0]},{files[1]}", tmp, fmt="idx", test_inputs=f"{files[2]},{files[3]}", scale=255.0,
-                name=name)
-        os.replace(tmp, path)
-    return str(path)
 
 
 def run_config(name, data, out_root, ranks=2, extra=()):
@@ -113,11 +87,10 @@ def run_config(name, data, out_root, ranks=2, extra=()):
 
 
 def run_adam(dataset, data, hidden, epochs=ADAM_EPOCHS):
-    """PyTorch Adam on the same MLP, data and cores (time_to_accuracy's loop); curve per quarter epoch."""
+    """PyTorch Adam on the same MLP, data and cores (time_to_accuracy's loop); a point per epoch."""
     import torch
-    from time_to_accuracy import load, run_torch
 
-    arrays = load(data)
+    arrays = load_samples(data)
     problem = {"hidden": tuple(hidden), "epochs": epochs, "target": 1.0}
     curve = run_torch(problem, "adam", arrays)
     per_epoch = len(curve) / epochs

@@ -19,6 +19,12 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
+# the IDX files of the real data sets (MNIST: the shared copy; Fashion-MNIST: Debian's dataset-fashion-mnist)
+SOURCES = {
+    "mnist": REPO.parent / "shared" / "data" / "mnist",
+    "fashion_mnist": Path("/usr/share/datasets/fashion-mnist"),
+}
+TORCH_BATCH = 128  # the PyTorch baselines' mini-batch
 
 
 def median_seconds(fn, repeats=5, warmup=1):
@@ -172,3 +178,91 @@ def synthetic_mnist(n, dtype, seed=0):
 # The run settings these benchmarks were defined with: every training row trains and the last
 # iterate is kept (the package's defaults now hold out 10 % for validation and stop early).
 ALL_ROWS = ["--validation-fraction", "0", "--no-early-stopping", "--keep", "last"]
+
+
+# ---------------------------------------------------------------- data sets and the PyTorch MLP
+
+
+def data_file(name, cache):
+    """The data set as the project's HDF5 (converted on first use), or None if its files are absent."""
+    source = SOURCES[name]
+    files = [source / f for f in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+                                  "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")]
+    if not all(f.exists() for f in files):
+        return None
+    path = Path(cache) / f"{name}.h5"
+    if not path.exists():
+        from admm_mpi.convert import convert
+
+        Path(cache).mkdir(parents=True, exist_ok=True)
+        tmp = str(path) + ".tmp"
+        convert(f"{files[0]},{files[1]}", tmp, fmt="idx", test_inputs=f"{files[2]},{files[3]}", scale=255.0,
+                name=name)
+        os.replace(tmp, path)
+    return str(path)
+
+
+def load_samples(data):
+    """(X, y, X_test, y_test) of a data set (a file or ``digits``), samples as rows, float32."""
+    from admm_mpi.data import load_shard
+    from admm_mpi.grid import Grid
+
+    shard = load_shard(data, Grid.serial(), np.float32)
+    return shard.X.T, shard.y, shard.X_test.T, shard.y_test
+
+
+def torch_mlp(widths):
+    """The ReLU MLP ``widths[0]``-...-``widths[-1]`` in PyTorch (logits out: cross-entropy's input)."""
+    import torch
+
+    layers = []
+    for i, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:])):
+        layers.append(torch.nn.Linear(n_in, n_out))
+        if i < len(widths) - 2:
+            layers.append(torch.nn.ReLU())
+    return torch.nn.Sequential(*layers)
+
+
+def torch_accuracy(model, X, y, chunk=5000):
+    """The fraction of rows of ``X`` whose arg-max logit is ``y`` (in chunks: bounded memory)."""
+    import torch
+
+    with torch.no_grad():
+        right = sum(int((model(X[i:i + chunk]).argmax(1) == y[i:i + chunk]).sum()) for i in range(0, len(y), chunk))
+    return right / len(y)
+
+
+def selection_key(curve, target):
+    """Smaller is better: the fewest epochs to ``target`` on the validation rows of ``curve`` (points with
+    ``epoch`` and ``validation_accuracy``), ties by the higher validation accuracy there; a curve that
+    never reaches it ranks after every one that does, by its best validation accuracy."""
+    point = next((p for p in curve if p["validation_accuracy"] is not None and p["validation_accuracy"] >= target),
+                 None)
+    if point is not None:
+        return (0, point["epoch"], -point["validation_accuracy"])
+    return (1, -max(p["validation_accuracy"] for p in curve), 0)
+
+
+def widen_until_interior(run, picks, start, factor=10 ** 0.5, max_points=7):
+    """A grid ``start * factor**k`` (k = 0, 1, -1 first), widened past whichever end holds a pick until
+    every pick is interior or ``max_points`` values ran. ``run(value)`` trains one value; ``picks()``
+    returns the values picked among those run so far (one per criterion, e.g. per target).
+    Returns (the grid, sorted; whether every pick is interior)."""
+    values = {}
+
+    def add(k):
+        values[k] = float(f"{start * factor ** k:.3g}")
+        run(values[k])
+
+    for k in (0, 1, -1):
+        add(k)
+    while len(values) < max_points:
+        chosen = set(picks())
+        if values[min(values)] in chosen:
+            add(min(values) - 1)
+        elif values[max(values)] in chosen:
+            add(max(values) + 1)
+        else:
+            break
+    grid = sorted(values.values())
+    return grid, all(grid[0] < v < grid[-1] for v in picks())

@@ -56,8 +56,9 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, mpiexec, portable, run_record  # noqa: E402
+import cost_model
+from common import (RESULTS, SOURCES, data_file, load_samples, mpiexec, portable, run_record, torch_accuracy,
+                    selection_key, torch_mlp, widen_until_interior)
 
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = {"mnist": 0.98, "fashion_mnist": 0.88, "digits": 0.9}
@@ -113,8 +114,6 @@ def sgd_bytes_per_epoch(widths, n, batch, ranks):
 def data_path(dataset, cache):
     if dataset == "digits":
         return "digits", None
-    from accuracy import SOURCES, data_file
-
     path = data_file(dataset, cache)
     return (path, None) if path else (None, f"its IDX files are not in {portable(str(SOURCES[dataset]))}")
 
@@ -238,12 +237,11 @@ def torch_from_log(log, dataset, data, optimiser, batch, cap, target, note):
     grid = sorted(runs)
     pick = None
     for base in grid:
-        if runs[base]["validation_curve"] and better(runs[base], pick):
+        if runs[base]["validation_curve"] and better(runs[base], pick, target):
             pick = runs[base]
     from admm_mpi.data import validation_rows
-    from time_to_accuracy import load
 
-    _, y, X_test, _ = load(data)
+    _, y, X_test, _ = load_samples(data)
     n_validation = validation_rows(y, VALIDATION_FRACTION, recipe(dataset)[3]).size
     n = y.size - n_validation
     widths = [X_test.shape[1], *hidden, int(y.max()) + 1]
@@ -272,9 +270,8 @@ def torch_splits(data, seed):
     """Training and validation rows (the rows admm-mpi holds out) as tensors; the test rows apart."""
     import torch
     from admm_mpi.data import validation_rows
-    from time_to_accuracy import load
 
-    X, y, X_test, y_test = load(data)
+    X, y, X_test, y_test = load_samples(data)
     held = validation_rows(y, VALIDATION_FRACTION, seed)
     keep = np.setdiff1d(np.arange(y.size), held)
 
@@ -285,21 +282,12 @@ def torch_splits(data, seed):
             "test": as_torch(X_test, y_test)}, int(y.max()) + 1
 
 
-def accuracy(model, X, y, chunk=5000):
-    import torch
-
-    with torch.no_grad():
-        right = sum(int((model(X[i:i + chunk]).argmax(1) == y[i:i + chunk]).sum()) for i in range(0, len(y), chunk))
-    return right / len(y)
-
-
 def train_one(widths, splits, optimiser, base_lr, batch, cap, target, patience, stop_after=None, seed=0):
     """One base learning rate: the validation curve per epoch and the kept epoch's weights."""
     import torch
-    from time_to_accuracy import mlp
 
     torch.manual_seed(seed)
-    model = mlp(widths)
+    model = torch_mlp(widths)
     lr = base_lr * batch / BASE_BATCH
     opt = (torch.optim.Adam(model.parameters(), lr=lr) if optimiser == "adam"
            else torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9))
@@ -322,10 +310,10 @@ def train_one(widths, splits, optimiser, base_lr, batch, cap, target, patience, 
             loss.backward()
             opt.step()
         if not torch.isfinite(loss.detach()):
-            curve.append({"epoch": epoch, "validation_accuracy": accuracy(model, *splits["validation"])})
+            curve.append({"epoch": epoch, "validation_accuracy": torch_accuracy(model, *splits["validation"])})
             stopped = "diverged (non-finite loss)"
             break
-        curve.append({"epoch": epoch, "validation_accuracy": accuracy(model, *splits["validation"]),
+        curve.append({"epoch": epoch, "validation_accuracy": torch_accuracy(model, *splits["validation"]),
                       "train_loss": round(float(loss.detach()), 5)})
         print(f"  {optimiser} base lr {base_lr:g} (lr {lr:g}) batch {batch} epoch {epoch}: validation "
               f"{curve[-1]['validation_accuracy']:.4f}", flush=True)
@@ -346,22 +334,9 @@ def train_one(widths, splits, optimiser, base_lr, batch, cap, target, patience, 
             "validation_curve": curve}, model
 
 
-def better(a, b):
-    """Whether run ``a`` is a better pick than ``b``: fewer epochs to the target, ties by the validation
-    accuracy at that epoch; when neither reaches it, the best validation accuracy."""
-    if b is None:
-        return True
-    ea, eb = a["epochs_to_target"], b["epochs_to_target"]
-    if ea is not None or eb is not None:
-        if eb is None:
-            return True
-        if ea is None:
-            return False
-        if ea != eb:
-            return ea < eb
-        return a["validation_curve"][ea - 1]["validation_accuracy"] > b["validation_curve"][eb - 1]["validation_accuracy"]
-    return max(p["validation_accuracy"] for p in a["validation_curve"]) > \
-        max(p["validation_accuracy"] for p in b["validation_curve"])
+def better(a, b, target):
+    """Whether run ``a`` is a better pick than ``b`` (None: no pick yet): common.selection_key."""
+    return b is None or selection_key(a["validation_curve"], target) < selection_key(b["validation_curve"], target)
 
 
 def tune_torch(dataset, data, optimiser, batch, cap, target, hidden=None, max_lrs=6, centre=None, threads=1):
@@ -375,36 +350,19 @@ def tune_torch(dataset, data, optimiser, batch, cap, target, hidden=None, max_lr
     centre = centre or CENTRES[optimiser]
     runs, models, pick = {}, {}, None
 
-    def run(k):  # the base lr centre * LR_FACTOR ** k
+    def run(base):
         nonlocal pick
-        base = float(f"{centre * 10 ** (k / 2):.3g}")
-        if base in runs:
-            return
-        steps[base] = k
         bound = pick["epochs_to_target"] if pick else None
         record, model = train_one(widths, splits, optimiser, base, batch, cap, target, patience, stop_after=bound,
                                   seed=seed)
         runs[base], models[base] = record, model
-        if better(record, pick):
+        if better(record, pick, target):
             pick = record
         print(f"{dataset} {optimiser} batch {batch} base lr {base:g}: {record['epochs_to_target']} epochs to "
               f"{target} ({record['stopped']})", flush=True)
 
-    steps = {}
-    run(0)
-    run(1)
-    run(-1)
-    while len(runs) < max_lrs:
-        grid = sorted(runs)
-        if pick["base_lr"] == grid[0]:
-            run(steps[grid[0]] - 1)
-        elif pick["base_lr"] == grid[-1]:
-            run(steps[grid[-1]] + 1)
-        else:
-            break
-    grid = sorted(runs)
-    interior = grid[0] < pick["base_lr"] < grid[-1]
-    test = accuracy(models[pick["base_lr"]], *splits["test"])  # the test rows, once: the pick's kept network
+    grid, interior = widen_until_interior(run, lambda: [pick["base_lr"]], centre, LR_FACTOR, max_lrs)
+    test = torch_accuracy(models[pick["base_lr"]], *splits["test"])  # the test rows, once: the pick's kept network
     kept = pick["kept_epoch"]
     n = len(splits["train"][1])
     return {"method": optimiser, "widths": widths, "batch": batch, "threads": threads, "torch": torch.__version__,
@@ -435,8 +393,6 @@ def cost_model_inputs():
 def modelled_seconds(widths, n, batch):
     """Seconds per epoch on P = batch / 128 ranks of the cost model's cluster: minibatch_am (spread and
     root solve) and data-parallel SGD (128 per rank, one allreduce of the gradients per step)."""
-    import cost_model
-
     params, coll, _ = cost_model_inputs()
     P = batch // SGD_BATCH_PER_RANK
     spread, spread_serial = cost_model.admm_epoch(params, coll, tuple(widths), n, batch, P, spread=True)

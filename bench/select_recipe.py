@@ -44,8 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, mpiexec, portable, run_record  # noqa: E402
+from common import RESULTS, TORCH_BATCH, load_samples, mpiexec, portable, run_record, torch_accuracy, torch_mlp
 
 
 def train_command(args, flags, out):
@@ -88,7 +87,6 @@ def test_accuracy(args, model):
 def adam_epochs(model, splits, lr, args):
     """Adam at ``lr`` up to ``args.iters`` epochs, early stopping on validation: (curve, best state)."""
     import torch
-    from time_to_accuracy import BATCH, accuracy
 
     X, y = splits["train"]
     opt, loss_fn = torch.optim.Adam(model.parameters(), lr=lr), torch.nn.CrossEntropyLoss()
@@ -96,12 +94,12 @@ def adam_epochs(model, splits, lr, args):
     curve, best, best_state, clock = [], -1.0, None, 0.0
     for epoch in range(1, args.iters + 1):
         t0 = time.perf_counter()
-        for idx in torch.randperm(X.shape[0], generator=generator).split(BATCH):
+        for idx in torch.randperm(X.shape[0], generator=generator).split(TORCH_BATCH):
             opt.zero_grad()
             loss_fn(model(X[idx]), y[idx]).backward()
             opt.step()
         clock += time.perf_counter() - t0
-        curve.append([epoch, accuracy(model, *splits["validation"]), round(clock, 3)])
+        curve.append([epoch, torch_accuracy(model, *splits["validation"]), round(clock, 3)])
         print(f"adam lr {lr:g} epoch {epoch}: validation {curve[-1][1]:.4f}, {clock:.0f} s", flush=True)
         if curve[-1][1] > best:
             best, best_state = curve[-1][1], {k: v.clone() for k, v in model.state_dict().items()}
@@ -114,10 +112,9 @@ def select_adam(args, hidden):
     """Adam's learning rate chosen on the validation rows; only the pick's kept network meets the test rows."""
     import torch
     from admm_mpi.data import validation_rows
-    from time_to_accuracy import accuracy, load, mlp
 
     torch.set_num_threads(args.torch_threads)
-    X, y, X_test, y_test = load(args.data)
+    X, y, X_test, y_test = load_samples(args.data)
     held = validation_rows(y, args.validation_fraction, args.seed)
     keep = np.setdiff1d(np.arange(y.size), held)
     as_torch = lambda X, y: (torch.from_numpy(np.ascontiguousarray(X)), torch.from_numpy(np.asarray(y, np.int64)))
@@ -126,7 +123,7 @@ def select_adam(args, hidden):
     runs = []
     for lr in args.adam_lr:
         torch.manual_seed(args.seed)
-        model = mlp(widths)
+        model = torch_mlp(widths)
         curve, state = adam_epochs(model, splits, lr, args)
         best = max(curve, key=lambda point: point[1])
         runs.append({"lr": lr, "curve": curve, "validation_accuracy": best[1], "kept_epoch": best[0],
@@ -134,7 +131,7 @@ def select_adam(args, hidden):
         print(f"adam lr {lr:g}: validation {best[1]:.4f} (epoch {best[0]} of {len(curve)})", flush=True)
     pick = max(runs, key=lambda r: r["validation_accuracy"])
     pick["model"].load_state_dict(pick["state"])
-    test = accuracy(pick["model"], *as_torch(X_test, y_test))
+    test = torch_accuracy(pick["model"], *as_torch(X_test, y_test))
     print(f"adam pick lr {pick['lr']:g}: test accuracy {test:.4f} on {y_test.size} images (read once)")
     return {"widths": widths, "batch": 128, "threads": args.torch_threads, "torch": torch.__version__,
             "n_train": int(keep.size), "n_validation": int(held.size),

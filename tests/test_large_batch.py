@@ -22,13 +22,15 @@ def test_epochs_to_target_kept_epoch_and_the_pick():
     curve = [{"epoch": e, "validation_accuracy": v} for e, v in ((1, 0.5), (2, 0.91), (3, 0.95), (4, 0.93))]
     assert lb.epochs_to_target(curve, 0.9) == 2 and lb.kept_epoch(curve, 0.9) == 2
     assert lb.epochs_to_target(curve, 0.99) is None and lb.kept_epoch(curve, 0.99) == 3  # the best validation epoch
-    fast = {"epochs_to_target": 2, "validation_curve": curve}
-    slow = {"epochs_to_target": 3, "validation_curve": curve}
-    never = {"epochs_to_target": None, "validation_curve": [{"epoch": 1, "validation_accuracy": 0.99}]}
-    assert lb.better(fast, slow) and not lb.better(slow, fast) and lb.better(slow, never) and lb.better(never, None)
-    tie = {"epochs_to_target": 2, "validation_curve": [{"epoch": 1, "validation_accuracy": 0.1},
-                                                       {"epoch": 2, "validation_accuracy": 0.92}]}
-    assert lb.better(tie, fast)  # same epoch: the higher validation accuracy there
+
+    def run(*accuracies):
+        return {"validation_curve": [{"epoch": e, "validation_accuracy": v} for e, v in enumerate(accuracies, 1)]}
+
+    fast, slow, never = run(0.5, 0.91, 0.95), run(0.5, 0.6, 0.92), run(0.89, 0.89, 0.89)
+    assert lb.better(fast, slow, 0.9) and not lb.better(slow, fast, 0.9)
+    assert lb.better(slow, never, 0.9) and lb.better(never, None, 0.9)
+    assert lb.better(run(0.1, 0.92), fast, 0.9) and not lb.better(fast, run(0.1, 0.92), 0.9)  # same epoch: the higher there
+    assert lb.better(never, run(0.88), 0.9) and not lb.better(run(0.88), never, 0.9)  # neither: the best accuracy
 
 
 def test_ring_allreduce_bytes_and_the_cost_model():

@@ -171,3 +171,47 @@ def test_skip_done_runs_nothing_already_recorded(quick_run):
     assert " val " not in proc.stdout  # no method ran
     again = json.loads((tmp / "suite.json").read_text())
     assert again["sets"] == result["sets"]
+
+
+def test_tuned_mlp_picks_on_validation_and_its_first_candidate_is_the_untuned_mlp(tmp_path):
+    suite = _suite_module()
+    arrays = suite.load_arrays(suite.prepare("breast_cancer_sk", 0, tmp_path))
+    candidates = suite.mlp_candidates(4)
+    assert candidates[0] == {"alpha": 1e-4, "learning_rate_init": 1e-3, "batch_size": 200}  # scikit-learn's defaults
+    assert candidates == suite.mlp_candidates(4)  # the same draws on every set
+    assert len(suite.mlp_candidates()) == suite.TUNED_MLP_CANDIDATES == 23
+    for c in suite.mlp_candidates()[1:]:
+        for key, (low, high) in suite.TUNED_MLP_RANGES.items():
+            assert low <= c[key] <= high * 1.01, (key, c)
+    tuned = suite.run_sklearn_mlp_tuned(arrays, (16,), 30, candidates)
+    untuned = suite.run_sklearn_mlp(arrays, (16,), 30)
+    runs = tuned["candidates"]
+    assert [{k: r[k] for k in candidates[0]} for r in runs] == candidates
+    assert runs[0]["validation_accuracy"] == untuned["validation_accuracy"]  # the same fit, same seed
+    assert runs[0]["epochs"] == untuned["epochs"]
+    best = max(r["validation_accuracy"] for r in runs)
+    assert tuned["validation_accuracy"] == best == runs[tuned["pick_index"]]["validation_accuracy"]
+    assert tuned["pick_index"] == next(i for i, r in enumerate(runs) if r["validation_accuracy"] == best)  # first
+    assert tuned["pick"] == candidates[tuned["pick_index"]] and 0.8 < tuned["test_accuracy"] <= 1.0
+    assert tuned["grid_seconds"] >= tuned["train_seconds"] > 0
+    assert all("test_accuracy" not in r for r in runs)  # only the pick meets the test rows
+
+
+def test_tuned_mlp_table_per_set_and_mean():
+    suite = _suite_module()
+
+    def record(validation, test, **extra):
+        return {"validation_accuracy": validation, "test_accuracy": test, **extra}
+
+    pick = {"alpha": 1e-3, "learning_rate_init": 3e-3, "batch_size": 64}
+    result = {"sets": {
+        "a": {"methods": {"sklearn_mlp": record(0.9, 0.90), "sklearn_mlp_tuned": record(0.95, 0.94, pick=pick),
+                          "admm:batch-n20": record(0.93, 0.92)}},
+        "b": {"methods": {"sklearn_mlp": record(0.8, 0.80), "sklearn_mlp_tuned": record(0.85, 0.84, pick=pick),
+                          "admm:batch-n20": record(0.86, 0.86)}},
+        "c": {"methods": {"sklearn_mlp": record(0.7, 0.70)}}}}  # not tuned yet: left out
+    lines = suite.tuned_mlp_table(result)
+    assert "| a | 0.9000 (0.9000) | 0.9400 (0.9500) | 0.001, 0.003, 64 | 0.9200 (0.9300) | -2.0 pt |" in lines
+    assert "| **mean (2 sets; defaults: 2)** | 0.8500 | 0.8900 | | 0.8900 | +0.00 pt |" in lines
+    assert lines[-1] == "The defaults are more than 1 point below the tuned MLP on 1 of 2 sets (below the untuned MLP: 0)."
+    assert not any(line.startswith("| c |") for line in lines)
