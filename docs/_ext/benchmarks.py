@@ -355,10 +355,10 @@ def time_to_accuracy_tables(data):
                   f"Command: {code(problem.get('command', ''))} at commit {short(problem.get('commit'))}.", ""]
         rows = []
         for summary in problem.get("summary") or []:
-            for table in ("same_network", "best_network"):
-                t = summary.get(table) or {}
+            for network in ("same_network", "best_network"):
+                t = summary.get(network) or {}
                 ratio = t.get("ratio_of_medians")
-                rows.append([fmt(summary.get("target")), table.replace("_", " "), esc(t.get("admm") or "—"),
+                rows.append([fmt(summary.get("target")), network.replace("_", " "), esc(t.get("admm") or "—"),
                              esc(t.get("torch") or "—"), f"{ratio:.2f}×" if ratio is not None else "—"])
         if rows:
             lines += [*table(["target", "table", "ADMM", "PyTorch", "ADMM / PyTorch (ratio of medians)"], rows), ""]

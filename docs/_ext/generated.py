@@ -189,7 +189,8 @@ def cli_reference():
             lines += _parser_section(path, parser, help, depth=max(2, len(path)))
         per_solver = _solver_parsers()
         if per_solver:
-            lines += ["## `admm-mpi train --solver NAME`", "",
+            # a section of its own, so that the options named here are not counted as the previous command's
+            lines += ["<!-- command: per-solver index -->", "", "## `admm-mpi train --solver NAME`", "",
                       "`admm-mpi train --solver NAME --help` lists that solver's settings only:", ""]
             for solver, parser in per_solver:
                 lines += _parser_section(("admm-mpi", "train"), parser, None, depth=3,
