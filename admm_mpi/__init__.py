@@ -36,6 +36,9 @@ Parallel machinery
 - ``partition``   pure block-layout arithmetic, no MPI
 - ``backend``     array namespace of the inputs (array API: numpy, cupy), host <-> device
 - ``devices``     which GPU each rank takes, and what ``admm-mpi info`` says about it
+- ``implementation`` how the weight solves are carried out (factor dtype, spread or root solves,
+                  kernel form): run settings the grid carries to every solve
+- ``timing``      the phase timer of ``--profile`` that the grid, the solvers and the loop call
 
 Other
 

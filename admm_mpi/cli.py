@@ -35,12 +35,18 @@ class _Parser(argparse.ArgumentParser):
 
 # run settings with a flag of their own shape; every other run setting is ``--name-with-dashes VALUE``
 _SWITCHES = {"progress": [("--no-progress", False, "no progress bar")],
-             "early_stopping": [("--early-stopping", True, None), ("--no-early-stopping", False, "run all iterations")]}
+             "early_stopping": [("--early-stopping", True, None), ("--no-early-stopping", False, "run all iterations")],
+             "spread_solve": [("--no-spread-solve", False, None)],
+             "kernel_form": [("--no-kernel-form", False, None)],
+             "spread_weight_step": [("--no-spread-weight-step", False, None)],
+             "profile": [("--profile", True, None)]}
 _GROUPS = (("run", ("data", "solver", "layout", "layer_groups", "hidden", "activation", "loss", "iters", "dtype",
                     "device", "seed", "out", "tol", "progress")),
            ("checkpoints", ("checkpoint_every", "resume", "checkpoint_state")),
            ("validation, model selection and evaluation",
-            ("validation_fraction", "early_stopping", "patience", "keep", "eval_test", "eval_every")))
+            ("validation_fraction", "early_stopping", "patience", "keep", "eval_test", "eval_every")),
+           ("implementation (speed, not the method) and profiling",
+            ("factor_dtype", "spread_solve", "kernel_form", "spread_weight_step", "profile")))
 
 
 def _help_solver(argv):

@@ -18,6 +18,7 @@ except ModuleNotFoundError:  # Python < 3.11
 
 from admm_mpi.backend import DTYPES
 from admm_mpi.errors import InputError
+from admm_mpi.implementation import FACTOR_DTYPES, Implementation
 from admm_mpi.ops.activations import ACTIVATIONS
 from admm_mpi.ops.losses import LOSSES
 from admm_mpi.solvers import DEFAULT_SOLVER, SOLVERS, SolverParams, get_solver
@@ -87,6 +88,18 @@ class TrainConfig:
                                         "evaluation)", "never|end|every")
     eval_every: int = run_setting(1, "evaluate train and validation accuracy every this many iterations (and at "
                                      "the last)", "K")
+    # implementation choices (speed, not the method: admm_mpi.implementation) and profiling
+    factor_dtype: str = run_setting("auto", "dtype of the weight solves' Cholesky factorisations: auto (the working "
+                                            "dtype) | float32 | float64 (a float32 factor too ill-conditioned for "
+                                            "its solve is redone in float64)", "auto|float32|float64")
+    spread_solve: bool = run_setting(True, "each rank solves its block of the rows of every weight solve, then an "
+                                           "allgather (off: the root solves every row and broadcasts)")
+    kernel_form: bool = run_setting(True, "a mini-batch narrower than a layer's input solves through the batch's "
+                                          "n x n kernel matrix when that is fewer flops (off: always the k x k Gram)")
+    spread_weight_step: bool = run_setting(True, "each rank takes its block of rows of the gradient weight steps "
+                                                 "(the solvers with gradient weight steps; off: the root takes them)")
+    profile: bool = run_setting(False, "record every rank's wall time per phase (collectives, weight solves, "
+                                       "forward passes, evaluation, I/O) in summary.json, as phase_seconds")
     params: SolverParams = None   # the chosen solver's settings (None: its defaults)
     # the run settings given by a file, the environment or the command line (the rest are defaults):
     # a default that needs validation rows gives way when there are none, a setting asked for does not
@@ -108,6 +121,11 @@ class TrainConfig:
 
     def solver_class(self):
         return get_solver(self.solver)
+
+    @property
+    def implementation(self):
+        """The run's :class:`~admm_mpi.implementation.Implementation` (how its solves are carried out)."""
+        return Implementation(self.factor_dtype, self.spread_solve, self.kernel_form, self.spread_weight_step)
 
     def solver_params(self):
         """The solver's settings by name (its defaults overridden by every setting given)."""
@@ -355,6 +373,8 @@ def _run_checks(config):
         (config.checkpoint_state in CHECKPOINT_STATE,
          f"unknown checkpoint_state {config.checkpoint_state!r}; choose from {list(CHECKPOINT_STATE)}"),
         (math.isfinite(config.tol) and config.tol >= 0, f"tol must be finite and non-negative, got {config.tol}"),
+        (config.factor_dtype in FACTOR_DTYPES,
+         f"unknown factor_dtype {config.factor_dtype!r}; choose from {list(FACTOR_DTYPES)}"),
     ]
 
 

@@ -17,7 +17,9 @@ import numpy as np
 
 from admm_mpi.backend import from_host, is_numpy, namespace, to_host
 from admm_mpi.errors import InputError
+from admm_mpi.implementation import DEFAULT as DEFAULT_IMPLEMENTATION
 from admm_mpi.partition import balanced_blocks, block_range
+from admm_mpi.timing import NO_TIMER, timed
 
 
 def _world_comm():
@@ -68,6 +70,14 @@ class Grid:
         at most ``k`` nodes of consecutive ranks (rank // ceil(size / k)), for testing on one
         machine. ``None`` (default) reads ``ADMM_MPI_PSEUDO_NODES=k`` or ``ADMM_MPI_NODE_AWARE=1``
         from the environment; without them the sums are flat (one MPI collective each).
+
+    Attributes
+    ----------
+    implementation : :class:`~admm_mpi.implementation.Implementation`
+        How the weight solves on this grid are carried out (a run sets its own; a sub-grid has
+        its parent's).
+    timer : :class:`~admm_mpi.timing.PhaseTimer` or :data:`~admm_mpi.timing.NO_TIMER`
+        The phases of the run (``--profile``); the collectives below time themselves on it.
     """
 
     def __init__(self, comm=None, *, serial=False, parent=None, nodes=None):
@@ -79,6 +89,27 @@ class Grid:
         self._parent = parent  # a sub-grid also counts its traffic in the grid it was split from
         self._nodes = nodes
         self._levels = None  # (node comm, leaders comm or None) of a node-aware grid, () if flat; made at first use
+        self._implementation = self._timer = None  # None: the parent's, else the defaults
+
+    @property
+    def implementation(self):
+        if self._implementation is not None:
+            return self._implementation
+        return self._parent.implementation if self._parent is not None else DEFAULT_IMPLEMENTATION
+
+    @implementation.setter
+    def implementation(self, value):
+        self._implementation = value
+
+    @property
+    def timer(self):
+        if self._timer is not None:
+            return self._timer
+        return self._parent.timer if self._parent is not None else NO_TIMER
+
+    @timer.setter
+    def timer(self, value):
+        self._timer = value
 
     def _count(self, nbytes):
         self.bytes_sent += nbytes
@@ -136,6 +167,7 @@ class Grid:
         return block_range(n, self.size, self.rank)
 
     # ---- buffer collectives (counted) -----------------------------------------------------
+    @timed("Reduce")
     def sum_to_root(self, local):
         """Sum a contiguous array over ranks; the result is valid on the root only."""
         if self._comm is None:
@@ -151,6 +183,7 @@ class Grid:
         self._comm.Reduce(send, out, op=MPI.SUM, root=0)
         return self._like(out, local) if self.is_root else None
 
+    @timed("Bcast")
     def bcast_from_root(self, buf):
         """Broadcast the root's contiguous array into ``buf`` on every rank (in place)."""
         if self._comm is not None:
@@ -182,6 +215,7 @@ class Grid:
             out = _copy(local)
         return self.bcast_from_root(out)
 
+    @timed("Reduce")
     def allsum_in_place(self, buf):
         """:meth:`allsum` into ``buf`` itself, without copies: for the large weight-solve statistics.
 
@@ -207,6 +241,7 @@ class Grid:
         self._comm.Allgatherv(MPI.IN_PLACE, [flat, (counts, [s for s, _ in ranges])])
         return self._handed_back(data, buf)
 
+    @timed("Allgather")
     def allgather_rows(self, buf, ranges=None):
         """Every rank's block of rows of ``buf`` to every rank, in place.
 
@@ -293,6 +328,7 @@ class Grid:
             self._count(data.nbytes)
         node.Bcast(data, root=0)
 
+    @timed("other collectives")
     def allmax(self, local):
         """Element-wise maximum over ranks of a small array."""
         if self._comm is None:
@@ -306,6 +342,7 @@ class Grid:
         return self._like(out, local)
 
     # ---- control decisions (small pickled objects) ---------------------------------------
+    @timed("other collectives")
     def bcast_decision(self, value):
         """Root's value (a flag, a small dict) handed to every rank, so all ranks act alike."""
         if self._comm is None:
@@ -635,6 +672,14 @@ class ProcessGrid:
     def local_rank(self):
         return self.world.local_rank()
 
+    @property
+    def implementation(self):
+        return self.world.implementation
+
+    @property
+    def timer(self):
+        return self.world.timer
+
     def layers(self, n_layers, costs=None):
         """This group's layers ``[first, stop)`` of ``n_layers``: contiguous blocks, balanced by
         ``costs`` (one per layer, the same on every rank) when given, else by count."""
@@ -657,12 +702,13 @@ class ProcessGrid:
 class Pending:
     """Messages in flight; ``wait()`` completes them and returns the received value (or None)."""
 
-    def __init__(self, requests, finish=None):
-        self._requests, self._finish = requests, finish
+    def __init__(self, requests, finish=None, timer=NO_TIMER):
+        self._requests, self._finish, self._timer = requests, finish, timer
 
     def wait(self):
-        for request in self._requests:
-            request.Wait()
+        with self._timer.phase("other collectives"):
+            for request in self._requests:
+                request.Wait()
         self._requests = []
         return self._finish() if self._finish is not None else None
 
@@ -719,7 +765,7 @@ class BoundaryExchange:
             data[:codes.nbytes] = codes.reshape(-1).view(np.uint8)
             data[codes.nbytes:] = levels.view(np.uint8)
         self.grid.world._count(data.nbytes)
-        return Pending([self.grid.world._comm.Isend(data, dest=self.send_to, tag=self.tag)]), kept
+        return Pending([self.grid.world._comm.Isend(data, dest=self.send_to, tag=self.tag)], timer=self.grid.timer), kept
 
     def receive(self, rows, like):
         """Start receiving a ``rows x like.shape[1]`` array of ``like``'s dtype and kind."""
@@ -741,4 +787,5 @@ class BoundaryExchange:
             codes = buf[:n_codes].view(code_type).reshape(shape)
             return quant.decode(from_host(xp, codes, like=like), buf[n_codes:].view(dtype), like.dtype)
 
-        return Pending([self.grid.world._comm.Irecv(buf, source=self.receive_from, tag=self.tag)], finish)
+        return Pending([self.grid.world._comm.Irecv(buf, source=self.receive_from, tag=self.tag)], finish,
+                       timer=self.grid.timer)

@@ -31,6 +31,7 @@ from admm_mpi.model import ModelSpec, predict, save_model
 from admm_mpi.solvers import make_solver
 from admm_mpi.solvers.batches import INTERRUPTED
 from admm_mpi.stopping import StopRequest
+from admm_mpi.timing import NO_TIMER, PhaseTimer
 
 
 def open_out_dir(config, grid):
@@ -130,11 +131,12 @@ def build(config, grid, shard=None):
         grid.agree(problem)
     procs = process_grid(config, grid)
     if shard is None:
-        shard = to_device(load_shard(config.data, grid, dtype, part=procs.data,
+        with grid.timer.phase("I/O"):
+            shard = load_shard(config.data, grid, dtype, part=procs.data,
                                      validation_fraction=config.validation_fraction, seed=config.seed,
                                      read_test=config.eval_test != "never",
-                                     validation_optional="validation_fraction" not in config.given),
-                           config.device, grid)
+                               validation_optional="validation_fraction" not in config.given)
+        shard = to_device(shard, config.device, grid)
         if shard.validation_source == "file" and "validation_fraction" in config.given and grid.is_root:
             print(f"admm-mpi: warning: {config.data} has its own validation split (X_val, y_val), which is "
                   f"used: validation_fraction {config.validation_fraction} holds nothing out", file=sys.stderr,
@@ -432,9 +434,12 @@ def train(config, grid, *, out=True, shard=None, stop=None, on_evaluation=None):
     the run stops there as ``pruned`` (a tuner's pruner). It must return the same on every rank.
     """
     run_dir = open_out_dir(config, grid) if out else None
+    before = grid.implementation, grid.timer
+    grid.implementation, grid.timer = config.implementation, PhaseTimer() if config.profile else NO_TIMER
     try:
         return _train(config, grid, out, shard, stop or StopRequest(), on_evaluation)
     finally:
+        grid.implementation, grid.timer = before
         if run_dir is not None:
             run_dir.close()
 
@@ -568,7 +573,8 @@ class _Run:
         # overflow in the iterates is reported once, as "training diverged" by decide() (the
         # metrics are checked every iteration), not as numpy warnings from wherever it began
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            interrupted = self.solver.step(self.state, self.Y, iteration) == INTERRUPTED
+            with self.grid.timer.phase("step"):
+                interrupted = self.solver.step(self.state, self.Y, iteration) == INTERRUPTED
             if not interrupted:
                 self.step_seconds.append(time.perf_counter() - t0)
                 sent1 = self.grid.bytes_sent
@@ -578,8 +584,9 @@ class _Run:
             self.inside, self.decision, self.iteration = iteration, "preempted", iteration - 1
             return None
         decision = self.decide(metrics)
-        scores, self.decision = _evaluate_iteration(self.config, self.solver, self.spec, self.state, self.shard,
-                                                    self.grid, self.Y_val, iteration, decision, self.selection)
+        with self.grid.timer.phase("evaluation"):
+            scores, self.decision = _evaluate_iteration(self.config, self.solver, self.spec, self.state, self.shard,
+                                                        self.grid, self.Y_val, iteration, decision, self.selection)
         if self.on_evaluation is not None and scores["validation_accuracy"] is not None:
             if self.on_evaluation(iteration, scores) and self.decision is None:
                 self.decision = "pruned"
@@ -598,9 +605,10 @@ class _Run:
     def checkpoint(self, iteration, batches_done=0):
         if not self.out:
             return None
-        return checkpoint.save(self.config.out, iteration, self.state, self.shard, self.config, self.grid,
-                               owns=self.solver.owns, batches_done=batches_done, extra=self.selection,
-                               run_id=self.run_id, data=self.data)
+        with self.grid.timer.phase("I/O"):
+            return checkpoint.save(self.config.out, iteration, self.state, self.shard, self.config, self.grid,
+                                   owns=self.solver.owns, batches_done=batches_done, extra=self.selection,
+                                   run_id=self.run_id, data=self.data)
 
     def loop(self):
         """Iterate until the budget, convergence, early stopping or a stop request."""
@@ -635,8 +643,9 @@ class _Run:
             model, row, which = self.solver.evaluated(self.state), self.row or {}, "last"
         test_accuracy = row.get("test_accuracy")
         if self.config.eval_test == "end" and test_accuracy is None:  # the kept iterate, once
-            test_accuracy = evaluate_model(self.solver, self.spec, model, self.shard, self.grid,
-                                           ("test",))["test_accuracy"]
+            with self.grid.timer.phase("evaluation"):
+                test_accuracy = evaluate_model(self.solver, self.spec, model, self.shard, self.grid,
+                                               ("test",))["test_accuracy"]
         return model, row, which, test_accuracy
 
     def summary(self, kept_row, kept, test_accuracy):
@@ -645,6 +654,7 @@ class _Run:
         per_rank_bytes = grid.gather_to_root(_median(self.bytes_per_iteration) or 0)
         per_rank_eval_bytes = grid.gather_to_root(_median(self.evaluation_bytes) or 0)
         peak_memory = grid.gather_to_root(peak_memory_bytes())
+        phases = grid.gather_to_root(grid.timer.report()) if config.profile else None
         on_root = grid.is_root
         return {
             "run_id": self.run_id,
@@ -664,6 +674,8 @@ class _Run:
             "evaluation_bytes_per_iteration_per_rank": [int(b) for b in per_rank_eval_bytes] if on_root else None,
             "step_seconds_per_iteration": _median(self.step_seconds),
             "peak_memory_bytes_per_rank": [int(m) for m in peak_memory] if on_root else None,
+            # --profile: every rank's exclusive seconds and calls per stack of phases (admm_mpi.timing)
+            "phase_seconds": phases if on_root else None,
             "objective": kept_row.get("objective"), "residual": kept_row.get("residual"),
             "converged": decision == "converged", "preempted": decision == "preempted",
             "stopped_by_signal": self.stop.agreed if decision == "preempted" else None,

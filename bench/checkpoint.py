@@ -36,7 +36,6 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 REPO = Path(__file__).resolve().parents[1]
 FULL_BATCH_SOLVERS = ("taylor", "dladmm", "mdlam", "sigmoid_admm", "pdadmm")

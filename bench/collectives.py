@@ -69,8 +69,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, machine, mpiexec, write_result  # noqa: E402
+from common import machine, mpiexec, write_result
 
 WARMUP = 2  # calls of each operation and size before timing (the communicator is warmed up once, in probe)
 NOTE = ("2 cores: 3, 4 and 8 ranks are oversubscribed and their times include the scheduler's; the machine is "

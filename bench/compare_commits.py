@@ -28,8 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, git_commit, write_result  # noqa: E402
+from common import REPO, git_commit, write_result
 
 
 def scaling_numbers(result):

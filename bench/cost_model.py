@@ -36,9 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from collectives import cluster_seconds, git_commit, model_seconds  # noqa: E402
-from common import ALL_ROWS, RESULTS, machine, median_seconds, mpiexec, save_plot, synthetic_mnist, write_result  # noqa: E402
+from collectives import cluster_seconds, git_commit, model_seconds
+from common import ALL_ROWS, RESULTS, machine, median_seconds, mpiexec, save_plot, synthetic_mnist, write_result
 
 WIDTHS = (784, 1000, 1000, 10)  # the step check's network
 ITEMSIZE = 4  # float32

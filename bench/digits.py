@@ -23,8 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ALL_ROWS, REPO, RESULTS, git_commit, mpiexec, write_result  # noqa: E402
+from common import ALL_ROWS, REPO, RESULTS, git_commit, mpiexec, write_result
 
 OUT_ROOT = Path("runs") / "bench-digits"
 # the solver table: 64-1000-1000-10, 60 iterations, every training row, the last iterate (the

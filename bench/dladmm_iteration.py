@@ -12,19 +12,16 @@ run.
 
 import argparse
 from dataclasses import asdict
-import sys
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import gemm_rate, median_step_seconds, write_result  # noqa: E402
+from common import gemm_rate, median_step_seconds, write_result
 
-from admm_mpi.data import load_shard  # noqa: E402
-from admm_mpi.grid import Grid  # noqa: E402
-from admm_mpi.model import ModelSpec  # noqa: E402
-from admm_mpi.solvers import make_solver  # noqa: E402
-from admm_mpi.solvers.dladmm import DLADMM  # noqa: E402
+from admm_mpi.data import load_shard
+from admm_mpi.grid import Grid
+from admm_mpi.model import ModelSpec
+from admm_mpi.solvers import make_solver
+from admm_mpi.solvers.dladmm import DLADMM
 
 PUBLISHED = {"digits 64-1000-1000-10": 2.7, "synthetic 784-1000-1000-10": 50.0}
 TARGET_SPEEDUP = {"digits 64-1000-1000-10": 5.0, "synthetic 784-1000-1000-10": 8.0}

@@ -4,7 +4,7 @@
     python bench/factor_precision.py --mnist-train 10000 --mnist-epochs 2
 
 Each case trains twice in this process (serial, one BLAS thread, float32 working precision), with
-``admm_mpi.ops.linalg.FACTOR_DTYPE`` float64 (today) and float32, from the same seed, and records
+``--factor-dtype`` float64 and float32, from the same seed, and records
 the test accuracy, the validation accuracy when the data has no validation split taken from the
 last 10 % of the training samples (the run trains on the rest), and, for every weight solve of
 the float32 run, the relative residual ``||(G + sI) X - R|| / ||R||`` of its rows (computed in
@@ -23,8 +23,7 @@ from pathlib import Path
 import numpy as np
 import scipy.linalg
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, machine, write_result  # noqa: E402
+from common import RESULTS, machine, write_result
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -80,17 +79,17 @@ def train_once(args, data, factor_dtype, log=None):
     from admm_mpi.ops import linalg
     from admm_mpi.train import train
 
-    saved = linalg.solve_normal_equation_rows, linalg.factor_normal_equations, linalg.FACTOR_DTYPE
-    linalg.FACTOR_DTYPE = factor_dtype
-    if log is not None:
+    saved = linalg.solve_normal_equation_rows, linalg.factor_normal_equations
+    if log is not None:  # instruments the solves (the measurement), chooses nothing
         record_solves(linalg, log)
     try:
-        config = cfg.resolve(file=args.get("config"), cli={**args.get("cli", {}), "data": data, "progress": False})
+        config = cfg.resolve(file=args.get("config"), cli={**args.get("cli", {}), "data": data, "progress": False,
+                                                           "factor_dtype": np.dtype(factor_dtype).name})
         t0 = time.perf_counter()
         summary = train(config, Grid.serial(), out=False)
         return summary.summary["test_accuracy"], time.perf_counter() - t0
     finally:
-        linalg.solve_normal_equation_rows, linalg.factor_normal_equations, linalg.FACTOR_DTYPE = saved
+        linalg.solve_normal_equation_rows, linalg.factor_normal_equations = saved
 
 
 def run_case(name, args, val_data, test_data):

@@ -12,13 +12,10 @@ of ``repeats`` timed iterations (after one warm-up) is reported.
 import argparse
 from dataclasses import asdict
 import os
-import sys
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import gemm_rate, median_step_seconds, save_plot, synthetic_mnist, write_result  # noqa: E402
+from common import gemm_rate, median_step_seconds, save_plot, synthetic_mnist, write_result
 
 WIDTHS = (784, 1000, 1000, 10)
 DLADMM_GPU_SECONDS = (5.8, 13.4)  # the dlADMM paper's GPU code on this shape (GTX 1080 Ti), docs/design.md §11

@@ -20,12 +20,10 @@ CUDA-aware (the grid's answer, ``ADMM_MPI_CUDA_AWARE`` or the library's query), 
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, synthetic_mnist, write_result  # noqa: E402
+from common import REPO, synthetic_mnist, write_result
 
 SAMPLES = 60_000
 WARM_UP_SAMPLES = 4_000

@@ -27,10 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ALL_ROWS, mpiexec, write_result  # noqa: E402
+from common import ALL_ROWS, mpiexec, write_result
 
-from admm_mpi.data import write_dataset  # noqa: E402
+from admm_mpi.data import write_dataset
 
 HIDDEN = "1000,1000,1000,1000,1000,1000,1000"
 TARGET = 1.6

@@ -2,24 +2,24 @@
 
     python bench/phase_profile.py                          # every case at 1 and 2 ranks
     python bench/phase_profile.py --only digits-taylor --ranks 2
-    python bench/phase_profile.py --repo ../wt-base --label "main e216405"   # profile another checkout
+    python bench/phase_profile.py --repo ../wt-base --label "main e216405"   # another checkout (with --profile)
+    python bench/phase_profile.py --flags=--no-spread-solve --label root-solves  # an implementation choice
 
-Each case runs ``mpiexec -n P python bench/phase_profile.py --worker ... -- <admm-mpi train args>`` with one
-BLAS thread per rank. The worker wraps the library's functions by name before training (nothing in
-the library is changed for this, so an old checkout is profiled by the same code) and times each
-phase *exclusively* (time spent in a nested phase counts for the inner one only):
+Each case runs ``mpiexec -n P admm-mpi train --profile <args>`` with one BLAS thread per rank:
+the library times its own phases (``admm_mpi.timing``; nothing is wrapped or patched here) and
+``summary.json`` holds every rank's *exclusive* seconds per stack of phases (time in a nested
+phase counts for the inner one only), which this script groups as:
 
-- forward codes:  ``forward_states`` (the codes of a batch or of the data)
-- local Grams:    ``local_normal_equations`` (this rank's ``[A Aᵀ | A zᵀ]``)
+- forward codes:  the forward passes of the solvers (the codes of a batch or of the data)
+- local Grams:    this rank's ``[A Aᵀ | A zᵀ]`` of a weight solve
 - Reduce, Bcast, Allgather:  the grid's collectives (a rank that waits for another's solve waits here);
                   Reduce is the statistics' reduction (``sum_to_root``, or ``allsum_in_place``)
-- weight solve:   the weight solves and steps (``solve_normal_equations`` and its successors,
-                  ``weight_gradient_step``)
+- weight solve:   the weight solves and gradient weight steps
 - activation solves: forming the a-update's operator (``activation_solver``)
 - targets & updates: the rest of the solver's step (loss prox, a- and z-updates, element-wise work)
-- evaluation:     train and test accuracy after each iteration (``_count_correct``); the metrics
-                  rows' ``seconds - step_seconds`` is recorded beside it
-- I/O:            reading the shard, writing the model, summary and checkpoints
+- evaluation:     train, validation and test accuracy after each iteration; the metrics rows'
+                  ``seconds - step_seconds`` is recorded beside it
+- I/O:            reading the shard and writing checkpoints (not the final model and summary)
 
 Phases inside the solver step are divided by the number of iterations (per-iteration means);
 evaluation likewise; I/O is per run. Writes results/profile.json (merged by label and case, so
@@ -27,17 +27,16 @@ before/after runs sit side by side) and results/profile.png (stacked bars, one p
 """
 
 import argparse
-import functools
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, machine, mpiexec, write_result  # noqa: E402
+from common import RESULTS, data_file, machine, mpiexec, write_result
 
 REPO = Path(__file__).resolve().parents[1]
 SOLVERS = ["minibatch_am", "taylor", "dladmm", "pdadmm", "mdlam", "sigmoid_admm"]
@@ -56,128 +55,6 @@ SEP = " > "  # joins the nested phases of a timer key
 COLORS = ["#4c72b0", "#55a868", "#8fbc8f", "#c44e52", "#8172b2", "#ccb974", "#64b5cd", "#937860",
           "#bbbbbb", "#da8bc3", "#333333"]
 
-# (phase, module, attribute); an attribute a checkout lacks is skipped
-WRAPPED = [
-    ("forward codes", "admm_mpi.solvers.common", "forward_states"),
-    ("local Grams", "admm_mpi.ops.linalg", "local_normal_equations"),
-    ("weight solve", "admm_mpi.ops.linalg", "solve_normal_equations"),
-    ("weight solve", "admm_mpi.ops.linalg", "solve_normal_equation_rows"),
-    ("weight solve", "admm_mpi.ops.linalg", "factor_normal_equations"),
-    ("weight solve", "admm_mpi.ops.steps", "weight_gradient_step"),
-    ("weight solve", "admm_mpi.ops.steps", "weight_gradient_rows"),  # the row-split gradient steps
-    ("activation solves", "admm_mpi.ops.linalg", "activation_solver"),
-    ("evaluation", "admm_mpi.train", "_count_correct"),
-    ("I/O", "admm_mpi.train", "load_shard"),
-    ("I/O", "admm_mpi.train", "save_model"),
-    ("I/O", "admm_mpi.train", "_write_json"),
-    ("I/O", "admm_mpi.checkpoint", "save"),
-]
-GRID_METHODS = [("Reduce", "sum_to_root"), ("Reduce", "allsum_in_place"), ("Bcast", "bcast_from_root"), ("Allgather", "allgather_rows"),
-                ("other collectives", "allmax"), ("other collectives", "bcast_decision")]
-
-
-class PhaseTimer:
-    """Exclusive wall time per stack of phases: entering a phase pauses the enclosing one."""
-
-    def __init__(self):
-        self.seconds, self.calls, self.stack = {}, {}, []
-
-    def run(self, name, fn, *args, **kwargs):
-        now = time.perf_counter()
-        if self.stack:
-            self._add(now)
-        self.stack.append([name, now])
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            now = time.perf_counter()
-            self._add(now)
-            key = SEP.join(n for n, _ in self.stack)
-            self.calls[key] = self.calls.get(key, 0) + 1
-            self.stack.pop()
-            if self.stack:
-                self.stack[-1][1] = now
-
-    def _add(self, now):
-        key = SEP.join(n for n, _ in self.stack)
-        self.seconds[key] = self.seconds.get(key, 0.0) + now - self.stack[-1][1]
-        self.stack[-1][1] = now
-
-    def wrap(self, name, fn, *, outermost=False):
-        @functools.wraps(fn)
-        def timed(*args, **kwargs):
-            if outermost and any(n == name for n, _ in self.stack):  # e.g. MiniBatchMode.step -> inner.step
-                return fn(*args, **kwargs)
-            return self.run(name, fn, *args, **kwargs)
-        return timed
-
-
-def install(timer):
-    """Wrap the library's phase functions (every module that imported them by name, too)."""
-    import importlib
-
-    import admm_mpi.checkpoint  # noqa: F401  (loaded so that its functions can be wrapped)
-    import admm_mpi.grid as grid_module
-    import admm_mpi.ops.steps  # noqa: F401
-    import admm_mpi.solvers as solvers
-    import admm_mpi.train  # noqa: F401
-
-    for phase, module_name, attr in WRAPPED:
-        original = getattr(importlib.import_module(module_name), attr, None)
-        if original is None:
-            continue
-        timed = timer.wrap(phase, original)
-        for mod in [m for name, m in sys.modules.items() if name.startswith("admm_mpi") and m is not None]:
-            if getattr(mod, attr, None) is original:
-                setattr(mod, attr, timed)
-    for phase, method in GRID_METHODS:
-        if hasattr(grid_module.Grid, method):
-            setattr(grid_module.Grid, method, timer.wrap(phase, getattr(grid_module.Grid, method)))
-    # messages in flight (pdADMM's boundary exchanges; older checkouts: ProcessGrid.wait / LayerGrid.wait)
-    for cls in [getattr(grid_module, n, None) for n in ("Pending", "ProcessGrid", "LayerGrid")]:
-        wait = getattr(cls, "wait", None) if cls is not None else None
-        if wait is not None and "wait" in vars(cls):
-            wrapped = timer.wrap("other collectives", wait)
-            setattr(cls, "wait", wrapped if cls.__name__ == "Pending" else staticmethod(wrapped))
-    for cls in [getattr(solvers, n) for n in dir(solvers)] + [solvers.MiniBatchMode]:
-        if isinstance(cls, type) and hasattr(cls, "step"):
-            cls.step = timer.wrap("step", cls.step, outermost=True)
-
-
-def apply_settings(settings):
-    """``module.ATTRIBUTE=value`` assignments (e.g. ``admm_mpi.ops.linalg.SPREAD_SOLVE=0``), for comparisons."""
-    import importlib
-
-    import numpy as np
-
-    for setting in filter(None, settings.split(",")):
-        target, value = setting.split("=")
-        module, attr = target.rsplit(".", 1)
-        old = getattr(importlib.import_module(module), attr)
-        if value in ("float32", "float64", "None"):
-            value = None if value == "None" else getattr(np, value)
-        else:
-            value = bool(int(value)) if isinstance(old, bool) else type(old)(value)
-        setattr(importlib.import_module(module), attr, value)
-
-
-def worker(out_json, train_args, settings=""):
-    """(under mpiexec) train with the phases timed; every rank writes ``out_json.rank<r>``."""
-    apply_settings(settings)
-    timer = PhaseTimer()
-    install(timer)
-    from mpi4py import MPI
-
-    from admm_mpi.cli import main
-
-    t0 = time.perf_counter()
-    code = main(["train", *train_args])
-    wall = time.perf_counter() - t0
-    rank = MPI.COMM_WORLD.Get_rank()
-    Path(f"{out_json}.rank{rank}").write_text(json.dumps(
-        {"rank": rank, "exit_code": code, "wall_seconds": wall, "seconds": timer.seconds, "calls": timer.calls}))
-
-
 def phase_of(path):
     """The reported phase of a timer key such as ``step > Reduce`` or ``evaluation > Reduce``."""
     parts = path.split(SEP)
@@ -188,36 +65,38 @@ def phase_of(path):
     return "other collectives" if parts[0] in ("Reduce", "Bcast", "other collectives") else parts[0]
 
 
-def summarise(rank_file, iterations):
-    """Seconds per phase: per iteration for the step phases and evaluation, per run for I/O."""
-    raw = json.loads(Path(rank_file).read_text())
+def summarise(raw, wall, iterations):
+    """Seconds per phase of one rank's ``phase_seconds``: per iteration for the step phases and
+    evaluation, per run for I/O."""
     phases = {}
     for path, seconds in raw["seconds"].items():
         phase = phase_of(path)
         phases[phase] = phases.get(phase, 0.0) + seconds
     per_iteration = {p: round(s / (1 if p == "I/O" else iterations), 4) for p, s in phases.items()}
     step = sum(v for p, v in per_iteration.items() if p not in ("evaluation", "I/O", "other collectives"))
-    return {"phases": per_iteration, "step_seconds": round(step, 4), "wall_seconds": round(raw["wall_seconds"], 2)}
+    return {"phases": per_iteration, "step_seconds": round(step, 4), "wall_seconds": round(wall, 2)}
 
 
-def run_case(case, ranks, data, repo, workdir, settings=""):
+def run_case(case, ranks, data, repo, workdir, flags=()):
     dataset, args = CASES[case]
     out = Path(workdir) / f"{case}-{ranks}"
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
     env["PYTHONPATH"] = str(repo)  # the checkout to profile (ahead of the editable install)
-    train_args = [*args, "--data", data, "--no-progress", "--out", str(out)]
-    cmd = [mpiexec(), "-n", str(ranks), sys.executable, str(Path(__file__).resolve()), "--worker", str(out) + ".json",
-           "--set", settings, "--", *train_args]
+    train_args = [*args, *flags, "--data", data, "--no-progress", "--profile", "--out", str(out)]
+    cmd = [mpiexec(), "-n", str(ranks), sys.executable, "-m", "admm_mpi", "train", *train_args]
+    t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=env, cwd=repo, capture_output=True, text=True, timeout=3600)
+    wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     iterations = len(rows)
-    per_rank = [summarise(f"{out}.json.rank{r}", iterations) for r in range(ranks)]
-    evaluation = sum(r["seconds"] - r["step_seconds"] for r in rows) / iterations
     summary = json.loads((out / "summary.json").read_text())
+    per_rank = [summarise(raw, wall, iterations) for raw in summary["phase_seconds"]]
+    evaluation = sum(r["seconds"] - r["step_seconds"] for r in rows) / iterations
     return {"case": case, "ranks": ranks, "iterations": iterations,
-            "command": f"mpiexec -n {ranks} admm-mpi train {' '.join(args)} --data {dataset} --no-progress",
+            "command": f"mpiexec -n {ranks} admm-mpi train {' '.join([*args, *flags])} --data {dataset} --no-progress "
+                       "--profile",
             "step_seconds_per_iteration": round(sum(r["step_seconds"] for r in rows) / iterations, 4),
             "evaluation_seconds_per_iteration_from_metrics": round(evaluation, 4),
             "test_accuracy": summary["test_accuracy"], "per_rank": per_rank}
@@ -238,8 +117,6 @@ def data_path(dataset, cache):
         if not path.exists():
             raise SystemExit(f"profile: {path} is absent; make it with bench/speed_minibatch_am.py --cache {cache}")
         return str(path)
-    from accuracy import data_file
-
     path = data_file(dataset, cache)
     if path is None:
         raise SystemExit(f"profile: the {dataset} IDX files are absent; skip it with --only")
@@ -279,17 +156,13 @@ def plot(result):
 
 
 def main():
-    if "--worker" in sys.argv:
-        i = sys.argv.index("--worker")
-        settings = sys.argv[sys.argv.index("--set") + 1] if "--set" in sys.argv[:sys.argv.index("--")] else ""
-        return worker(sys.argv[i + 1], sys.argv[sys.argv.index("--") + 1:], settings)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--only", default="", help="comma-separated case names (default: all)")
     p.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
     p.add_argument("--repo", default=str(REPO), help="the checkout to profile (default: this one)")
     p.add_argument("--label", default=None, help="name of this profile in the JSON (default: the commit)")
-    p.add_argument("--set", default="", help="module.ATTRIBUTE=value,... set in every rank before training "
-                   "(e.g. admm_mpi.ops.linalg.SPREAD_SOLVE=0)")
+    p.add_argument("--flags", default="", help="more admm-mpi train flags for every case, e.g. "
+                   "--flags=--no-spread-solve or --flags='--factor-dtype float64'")
     p.add_argument("--cache", default=str(REPO / "bench" / ".data"), help="converted data sets")
     args = p.parse_args()
     repo = Path(args.repo).resolve()
@@ -304,7 +177,7 @@ def main():
             data = data_path(CASES[case][0], args.cache)
             for ranks in args.ranks:
                 load.append(os.getloadavg()[0])
-                entry = run_case(case, ranks, data, repo, workdir, args.set)
+                entry = run_case(case, ranks, data, repo, workdir, shlex.split(args.flags))
                 run.setdefault(case, {})[str(ranks)] = entry
                 print(json.dumps({k: entry[k] for k in ("case", "ranks", "step_seconds_per_iteration")}), flush=True)
     result.update(benchmark="wall time per phase of one iteration, per rank", machine=machine())

@@ -24,8 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, RESULTS, git_commit, machine_line, mpiexec, portable, run_record  # noqa: E402
+from common import REPO, RESULTS, git_commit, machine_line, mpiexec, portable, run_record
 
 # settings that say where and how loudly a run goes, or whether it reads test, not what it computes
 NOT_RECIPE = ("data", "out", "progress", "eval_test", "resume", "checkpoint_every")

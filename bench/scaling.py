@@ -22,10 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ALL_ROWS, mpiexec, save_plot, synthetic_mnist, write_result  # noqa: E402
+from common import ALL_ROWS, mpiexec, save_plot, synthetic_mnist, write_result
 
-from admm_mpi.data import write_dataset  # noqa: E402
+from admm_mpi.data import write_dataset
 
 CONFIGS = [(1, 1), (2, 1), (1, 2)]  # (ranks, threads per rank)
 TARGET = 1.8

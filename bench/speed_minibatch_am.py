@@ -10,8 +10,9 @@ epoch, one BLAS thread per rank) on the first ``--train`` MNIST training samples
 batches of 2000, so ``--train 10000`` is 5 batches of the 30 of a full epoch; the official 10 000
 test images are evaluated after the epoch, as in the recipe), for every variant and rank count,
 interleaved (variant by variant within each repeat) so that the machine's load falls on all alike.
-Variants: ``base`` (the --base checkout), ``this`` (this checkout), and ``this+SETTINGS`` for each
-``--variant module.ATTR=value`` (e.g. ``admm_mpi.ops.linalg.FACTOR_DTYPE=float32``).
+Variants: ``base`` (the --base checkout), ``this`` (this checkout), and ``this+FLAGS`` for each
+``--variant FLAGS``: more train flags, e.g. ``--variant=--no-kernel-form`` or
+``--variant='--factor-dtype float32'`` (the implementation settings).
 
 Reports medians of the solver's step seconds per epoch (``step_seconds`` of metrics.jsonl; the
 evaluation after it is someone else's), of the whole iteration (``seconds``), their ratios
@@ -30,8 +31,7 @@ import tempfile
 import tomllib
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, mpiexec, write_result  # noqa: E402
+from common import machine, mpiexec, write_result
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = "configs/mnist-minibatch_am.toml"
@@ -41,7 +41,7 @@ def subset(cache, n_train):
     """MNIST with its first ``n_train`` training samples (and the whole test split), made once in ``cache``."""
     import h5py
 
-    from accuracy import data_file
+    from common import data_file
     from admm_mpi.data import write_dataset
 
     full = data_file("mnist", cache)
@@ -63,12 +63,12 @@ def every_row(checkout, config):
     return ["--validation-fraction", "0", "--no-early-stopping", "--keep", "last"]
 
 
-def run(checkout, settings, ranks, data, out, config=DEFAULT_CONFIG, extra=()):
+def run(checkout, flags, ranks, data, out, config=DEFAULT_CONFIG, extra=()):
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1",
                PYTHONPATH=str(checkout))
-    train = ["train", "--config", config, *every_row(checkout, config), *extra, "--iters", "1", "--data", data,
-             "--no-progress", "--out", str(out)]
-    cmd = [mpiexec(), "-n", str(ranks), sys.executable, str(Path(__file__).resolve()), "--run", settings, "--", *train]
+    train = ["train", "--config", config, *every_row(checkout, config), *extra, *shlex.split(flags), "--iters", "1",
+             "--data", data, "--no-progress", "--out", str(out)]
+    cmd = [mpiexec(), "-n", str(ranks), sys.executable, "-m", "admm_mpi", *train]
     load = os.getloadavg()[0]
     proc = subprocess.run(cmd, env=env, cwd=checkout, capture_output=True, text=True, timeout=3600)
     if proc.returncode != 0:
@@ -77,19 +77,6 @@ def run(checkout, settings, ranks, data, out, config=DEFAULT_CONFIG, extra=()):
     summary = json.loads((Path(out) / "summary.json").read_text())
     return {"step_seconds": round(row["step_seconds"], 2), "seconds": round(row["seconds"], 2),
             "test_accuracy": summary["test_accuracy"], "load_1min_before": round(load, 2)}
-
-
-def runner(settings, argv):
-    """(under mpiexec) apply ``settings`` to the imported library, then run the admm-mpi command."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("bench_profile", Path(__file__).with_name("phase_profile.py"))
-    bench_profile = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench_profile)
-    bench_profile.apply_settings(settings)
-    from admm_mpi.cli import main
-
-    raise SystemExit(main(argv))
 
 
 def git_commit(repo):
@@ -111,15 +98,12 @@ def summarise(runs, variants):
 
 
 def main():
-    if "--run" in sys.argv:
-        i = sys.argv.index("--run")
-        return runner(sys.argv[i + 1], sys.argv[sys.argv.index("--") + 1:])
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--base", help="the checkout to compare with (e.g. main at e216405); none: this checkout only")
     p.add_argument("--config", default=DEFAULT_CONFIG,
                    help="the recipe (e.g. configs/mnist-dladmm.toml for a mini-batch mode); results go to "
                         "results/speed_<recipe>.json unless it is the default")
-    p.add_argument("--variant", action="append", default=[], help="module.ATTR=value[,...]: another variant of this checkout")
+    p.add_argument("--variant", action="append", default=[], help="more train flags: another variant of this checkout, e.g. --variant=--no-kernel-form")
     p.add_argument("--variants-at-2-ranks-only", action="store_true", help="run the --variant ones at 2 ranks only")
     p.add_argument("--extra", default="", help="flags added to the recipe's (e.g. '--layout data'); "
                    "the results file's name gets them as a suffix")

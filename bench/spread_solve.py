@@ -28,8 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, mpiexec, write_result  # noqa: E402
+from common import machine, mpiexec, write_result
 
 LAYERS = [(785, 4000), (4001, 1000), (1001, 10)]  # (k = n_in + 1, m = n_out) of 784-4000-1000-10
 SAMPLES_PER_RANK = 1000  # a batch of 2000 over 2 ranks

@@ -25,8 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import write_result  # noqa: E402
+from common import write_result
 
 BOUND_MIB = 400   # the stated bound on the converting process's peak RSS
 

@@ -41,8 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, REPO, mpiexec, run_record, write_result  # noqa: E402
+from common import RESULTS, mpiexec, run_record, write_result
 
 SETS = ["vowel", "vehicle", "segment", "movement_libras", "breast_cancer_sk"]
 

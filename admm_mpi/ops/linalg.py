@@ -6,6 +6,7 @@ import numpy as np
 import scipy.linalg
 
 from admm_mpi.backend import is_numpy, namespace
+from admm_mpi.timing import NO_TIMER, timed
 
 
 def _eye(xp, n, like):
@@ -169,13 +170,14 @@ def activation_solver(W, beta, gamma, grid=None):
     xp = namespace(W)
     n_out, n_in = W.shape
     inverse, P = None, None
-    if is_numpy(W):  # the same maths without eye temporaries; P's product in the working dtype
-        if n_out < n_in:
-            inverse = spd_inverse(_shifted_gram64(W, gamma / beta, grid), W.dtype)
+    with (grid.timer if grid is not None else NO_TIMER).phase("activation solves"):
+        if is_numpy(W):  # the same maths without eye temporaries; P's product in the working dtype
+            if n_out < n_in:
+                inverse = spd_inverse(_shifted_gram64(W, gamma / beta, grid), W.dtype)
+            else:
+                P = spd_inverse(_shifted_gram64(W.T, gamma / beta, grid), W.dtype) @ W.T  # beta cancels
         else:
-            P = spd_inverse(_shifted_gram64(W.T, gamma / beta, grid), W.dtype) @ W.T  # beta cancels
-    else:
-        P = _activation_operator(xp, W, beta, gamma)
+            P = _activation_operator(xp, W, beta, gamma)
 
     def solve(T, H, WH=None):
         """``WH``: ``W @ H`` if the caller has it (e.g. from the forward pass), else computed."""
@@ -289,15 +291,11 @@ def solve_normal_equations(stats, ridge, anchor=None, anchor_weight=0.0):
     return Wb
 
 
-# The weight solves' factorisations: in the working dtype (None), or always in this dtype. In
-# float32 a factor is kept while LAPACK's estimate of cond(Gram + shift I) * eps32 (a worst-case
-# bound of the solve's relative error) stays below FLOAT32_MAX_ERROR; else float64. Measured
-# (bench/results/factor_precision.json): on MNIST batches the estimate reaches 1.2e6 while the
-# float32 solution differs from the float64 one by at most 2e-4 (relative), and the validation
-# and test accuracy of the minibatch_am recipe and of digits do not change.
-FACTOR_DTYPE = None
+# A float32 factor is kept while LAPACK's estimate of cond(Gram + shift I) * eps32 (a worst-case
+# bound of the solve's relative error) stays below this; else the matrix is factored in float64.
+# The bound is loose: on MNIST batches the estimate reaches 1.2e6 while the float32 solution
+# differs from the float64 one by about 1e-4 (relative; bench/factor_precision.py measures it).
 FLOAT32_MAX_ERROR = 0.1
-SPREAD_SOLVE = True  # False: today's layout, the root solves every row (bench/phase_profile.py --set compares)
 _WORKSPACE = {}
 
 
@@ -365,6 +363,7 @@ def solve_normal_equation_rows(stats, factor, rows, anchor=None, anchor_weight=0
     return rhs
 
 
+@timed("weight solve")
 def transpose_reduce_weights(grid, a, z, ridge, anchor=None, anchor_weight=0.0, *, n_columns=None,
                              anchor_output=None):
     """Least-squares layer weights over all ranks' samples (transpose reduction).
@@ -381,10 +380,11 @@ def transpose_reduce_weights(grid, a, z, ridge, anchor=None, anchor_weight=0.0, 
     matrix (:func:`kernel_form_weights`), which also uses ``anchor_output``, the anchor's
     ``W a + b`` on this rank's columns if the caller has it (the forward pass).
     """
-    if not is_numpy(a) or not SPREAD_SOLVE:
+    plan = grid.implementation
+    if not is_numpy(a) or not plan.spread_solve:
         return _transpose_reduce_on_root(grid, a, z, ridge, anchor, anchor_weight)
     shift = ridge + anchor_weight
-    if n_columns is not None and KERNEL_FORM and shift > 0 and kernel_form_cheaper(a.shape[0] + 1, n_columns,
+    if n_columns is not None and plan.kernel_form and shift > 0 and kernel_form_cheaper(a.shape[0] + 1, n_columns,
                                                                                    z.shape[0]):
         return kernel_form_weights(grid, a, z, shift, anchor, anchor_weight, anchor_output)
     k, m = a.shape[0] + 1, z.shape[0]
@@ -392,7 +392,7 @@ def transpose_reduce_weights(grid, a, z, ridge, anchor=None, anchor_weight=0.0, 
     start, stop = grid.block_range(m)
     Wb = np.empty((m, k), dtype=a.dtype)
     if stop > start:  # (a rank without rows, e.g. 10 rows over 16 ranks, factors nothing)
-        factor = factor_normal_equations(stats, ridge + anchor_weight, FACTOR_DTYPE or a.dtype)
+        factor = factor_normal_equations(stats, ridge + anchor_weight, plan.factor_dtype_for(a.dtype))
         Wb[start:stop] = solve_normal_equation_rows(stats, factor, (start, stop), anchor, anchor_weight)
     Wb = grid.allgather_rows(Wb)
     return np.array(Wb[:, :-1]), np.array(Wb[:, -1])
@@ -404,11 +404,12 @@ def summed_normal_equations(grid, a, z):
     In a buffer reused between calls (valid until the next call with the same shapes).
     """
     k, m = a.shape[0] + 1, z.shape[0]
-    return grid.allsum_in_place(local_normal_equations(a, z, out=_workspace("stats", (k, k + m), a.dtype)))
+    with grid.timer.phase("local Grams"):
+        local = local_normal_equations(a, z, out=_workspace("stats", (k, k + m), a.dtype))
+    return grid.allsum_in_place(local)
 
 
-# ---- the same solve through the batch's kernel matrix ------------------------------------------
-KERNEL_FORM = True  # False: always the k x k Gram (bench/speed_minibatch_am.py --variant compares)
+# ---- the same solve through the batch's kernel matrix (grid.implementation.kernel_form) -------
 
 
 def kernel_form_cheaper(k, n, m):
@@ -483,7 +484,7 @@ def kernel_form_weights(grid, a, z, shift, anchor=None, anchor_weight=0.0, ancho
     Wb = np.empty((m, k), dtype=dtype)
     start, stop = grid.block_range(m)
     if stop > start:
-        c, lower = factor_normal_equations(kernel, shift, FACTOR_DTYPE or dtype)
+        c, lower = factor_normal_equations(kernel, shift, grid.implementation.factor_dtype_for(dtype))
         D = _workspace("kernel_rhs", (stop - start, n), c.dtype)
         D[...] = R_rows[:, start:stop].T
         potrs = scipy.linalg.lapack.get_lapack_funcs("potrs", (c,))
@@ -513,6 +514,7 @@ def _kernel_matrix(grid, A_rows):
     return kernel
 
 
+@timed("weight solve")
 def reduce_solve_broadcast(grid, a, z, solve):
     """The root-solved weight step of every solver, as one plan: the transpose-reduced statistics
     ``[A Aᵀ | A zᵀ]`` (:func:`local_normal_equations`, ``A = [a; 1]``) summed to the root, where
@@ -523,7 +525,9 @@ def reduce_solve_broadcast(grid, a, z, solve):
     Returns ``(W, b)`` on every rank.
     """
     xp = namespace(a, z)
-    stats = grid.sum_to_root(local_normal_equations(a, z))
+    with grid.timer.phase("local Grams"):
+        local = local_normal_equations(a, z)
+    stats = grid.sum_to_root(local)
     Wb = xp.empty((z.shape[0], a.shape[0] + 1), dtype=a.dtype, device=getattr(a, "device", None))
     if grid.is_root:
         Wb[...] = solve(stats)
@@ -577,7 +581,8 @@ def _stacked_anchor(anchor, m, k, dtype):
     return Wb
 
 
-def weights_from_statistics(grid, stats, ridge, anchor=None, anchor_weight=0.0, *, cg_iters=0, factor_dtype=None):
+@timed("weight solve")
+def weights_from_statistics(grid, stats, ridge, anchor=None, anchor_weight=0.0, *, cg_iters=0):
     """``(W, b)`` minimising ``||z - W a - b||² + ridge ||[W b]||² + anchor_weight ||[W b] - anchor||²``
     from statistics ``stats = [A Aᵀ | A zᵀ]`` that are the same on every rank (summed over ranks,
     or smoothed over batches: :func:`smooth_statistics`), as :func:`transpose_reduce_weights` does
@@ -601,7 +606,8 @@ def weights_from_statistics(grid, stats, ridge, anchor=None, anchor_weight=0.0, 
             shift = ridge + anchor_weight
             Wb[start:stop] = conjugate_gradient_rows(lambda P: P @ gram_ + shift * P, X, residual, cg_iters)
         else:
-            factor = factor_normal_equations(stats, ridge + anchor_weight, factor_dtype or FACTOR_DTYPE or stats.dtype)
+            factor = factor_normal_equations(stats, ridge + anchor_weight,
+                                             grid.implementation.factor_dtype_for(stats.dtype))
             Wb[start:stop] = solve_normal_equation_rows(stats, factor, (start, stop), anchor, anchor_weight)
     Wb = grid.allgather_rows(Wb)
     return np.array(Wb[:, :-1]), np.array(Wb[:, -1])
@@ -618,6 +624,7 @@ def cg_matrix_free_cheaper(k, n, m, iters):
     return 2 * iters * m * k * n < k * k * n / 2 + iters * m * k * k
 
 
+@timed("weight solve")
 def matrix_free_cg_weights(grid, a, z, ridge, anchor, anchor_weight, iters, anchor_output=None):
     """``(W, b)`` of :func:`weights_from_statistics` with ``cg_iters = iters``, never forming the Gram.
 

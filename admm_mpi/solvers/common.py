@@ -3,6 +3,7 @@
 import numpy as np
 
 from admm_mpi.backend import dtype_name, from_host, is_numpy, namespace, sum_all
+from admm_mpi.timing import timed
 
 
 def init_weights(widths, rng, like):
@@ -27,9 +28,6 @@ def forward_states(weights, biases, X, h):
         if layer < len(weights) - 1:
             a.append(h(z[-1]))
     return a, z
-
-
-SPREAD_WEIGHT_STEP = True  # False: the root takes every weight step (bench/speed_minibatch_am.py --variant compares)
 
 
 def weight_step(grid, a_prev, T, W, b, c, mu, tau, *, bias_first, center=False, steps=1):
@@ -58,6 +56,7 @@ def weight_step(grid, a_prev, T, W, b, c, mu, tau, *, bias_first, center=False, 
     return W, b, step_size[0]
 
 
+@timed("weight solve")
 def step_by_rows(grid, a_prev, T, step_rows):
     """``[W | b]`` of a layer whose step is row-separable but for a few sums over the rows.
 
@@ -67,13 +66,13 @@ def step_by_rows(grid, a_prev, T, step_rows):
     ``sum_scalars(values)`` sums an array of this block's sums over the ranks and
     ``shared_value(f)`` hands the root's ``f()`` to every rank (both the same bytes on every rank,
     so every rank takes the same decisions). An allgather of the rows gives every rank the same
-    ``[W | b]``: no rank waits through another's step. Device arrays (and ``SPREAD_WEIGHT_STEP``
-    off): the root steps every row and broadcasts. Returns ``(W, b)``.
+    ``[W | b]``: no rank waits through another's step. Device arrays (and
+    ``grid.implementation.spread_weight_step`` off): the root steps every row and broadcasts. Returns ``(W, b)``.
     """
     from admm_mpi.ops.linalg import reduce_solve_broadcast, summed_normal_equations
 
     m = T.shape[0]
-    if not is_numpy(T) or not SPREAD_WEIGHT_STEP:
+    if not is_numpy(T) or not grid.implementation.spread_weight_step:
         return reduce_solve_broadcast(grid, a_prev, T, lambda stats: step_rows(
             stats, (0, m), sum_scalars=lambda values: values, shared_value=lambda f: f()))
     stats = summed_normal_equations(grid, a_prev, T)

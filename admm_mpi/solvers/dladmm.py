@@ -20,7 +20,7 @@ rho schedule (configurable; the published code's rule): start at ``rho``; when t
 risen in ``rho_patience`` consecutive iterations, multiply by ``rho_growth`` up to ``rho_max``.
 ``nu = 0`` ties nu to rho, as the published code does.
 
-Two departures from the paper, both measured on digits (README): the W step is taken with b
+Two departures from the paper, both compared on digits (``bench/digits.py``): the W step is taken with b
 minimised out (the centred Gram, much better conditioned for non-negative activations), and
 ``w_steps`` such steps are taken per block on the same reduced statistics (no extra
 communication, no pass over the samples).
@@ -99,7 +99,8 @@ class DLADMM(Solver):
 
     def fresh_codes(self, state, X):
         """Per-sample variables of ``X``'s columns from the forward pass of the current weights."""
-        state.a, state.z = forward_states(state.weights, state.biases, X, self.spec.h.apply)
+        with self.grid.timer.phase("forward codes"):
+            state.a, state.z = forward_states(state.weights, state.biases, X, self.spec.h.apply)
         state.u = namespace(state.z[-1]).zeros_like(state.z[-1])
 
     # -- the blocks -------------------------------------------------------------------------

@@ -113,7 +113,8 @@ class MDLAM(Solver):
 
     def fresh_codes(self, state, X):
         """Per-sample variables of ``X``'s columns from the forward pass; their momentum restarts."""
-        state.a, state.z = forward_states(state.weights, state.biases, X, self.spec.h.apply)
+        with self.grid.timer.phase("forward codes"):
+            state.a, state.z = forward_states(state.weights, state.biases, X, self.spec.h.apply)
         state.prev_a = [namespace(x).asarray(x, copy=True) for x in state.a]
         state.t_a = [1.0] * self.spec.n_layers
 

@@ -198,7 +198,8 @@ class MiniBatchAM(Solver):
             rho = self.rho_at(iteration - 1 + position / len(batches))
             position += 1
             Xb, Yb = take_columns(X, local), take_columns(Y, local)
-            a, z = forward_states(W, b, Xb, self.spec.h.apply)
+            with self.grid.timer.phase("forward codes"):
+                a, z = forward_states(W, b, Xb, self.spec.h.apply)
             targets = self.targets(W, b, a, z, Yb)
             losses = self.spec.loss_fn.value(z[-1], Yb), sum_all((targets[-1] - z[-1]) ** 2)
             if self.memory:

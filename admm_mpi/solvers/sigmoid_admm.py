@@ -89,7 +89,8 @@ class SigmoidADMM(Solver):
 
     def fresh_codes(self, state, X):
         """Per-sample variables of ``X``'s columns from the forward pass of the current weights."""
-        state.a, state.z = forward_states(state.weights, state.biases, X, self.spec.h.apply)
+        with self.grid.timer.phase("forward codes"):
+            state.a, state.z = forward_states(state.weights, state.biases, X, self.spec.h.apply)
         state.lam = [namespace(zl).zeros_like(zl) for zl in state.z]
 
     def _g(self, state, l, W=None, b=None, V=None):

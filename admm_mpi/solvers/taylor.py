@@ -87,7 +87,8 @@ class TaylorADMM(Solver):
     def fresh_codes(self, state, X):
         """Per-sample variables of ``X``'s columns from the forward pass of the current weights:
         ``m = z`` (every constraint holds) and the Bregman multiplier at 0."""
-        state.a, state.z = forward_states(state.weights, state.biases, X, self.spec.h.apply)
+        with self.grid.timer.phase("forward codes"):
+            state.a, state.z = forward_states(state.weights, state.biases, X, self.spec.h.apply)
         state.m = [namespace(zl).asarray(zl, copy=True) for zl in state.z]
         state.lam = namespace(state.z[-1]).zeros_like(state.z[-1])
 
