@@ -69,7 +69,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import machine, mpiexec, write_result
+from common import machine, mpiexec, read_result, write_result
 
 WARMUP = 2  # calls of each operation and size before timing (the communicator is warmed up once, in probe)
 NOTE = ("2 cores: 3, 4 and 8 ranks are oversubscribed and their times include the scheduler's; the machine is "
@@ -737,7 +737,7 @@ def _size_label(n):
 def _refit_inputs(path):
     """(probes, cores, last-level cache, reduction seconds per byte) recorded in an earlier results file: a refit
     models the machine that measured, with the reduction cost measured then (measured now if not recorded)."""
-    earlier = json.loads(Path(path).read_text())
+    earlier = read_result(path)
     gamma = earlier.get("params", {}).get("reduce_per_byte_measured")
     return ({int(P): v for P, v in earlier["probes"].items()}, earlier.get("cores") or os.cpu_count(),
             earlier.get("last_level_cache_bytes") or LLC, gamma or reduction_seconds_per_byte())
@@ -748,7 +748,7 @@ def measured_by(path=None):
     that measured them, kept through refits of refits."""
     if path is None:
         return "this run"
-    earlier = json.loads(Path(path).read_text())
+    earlier = read_result(path)
     origin = earlier.get("measured_by")
     return origin if isinstance(origin, dict) else {key: earlier.get(key) for key in ("command", "commit", "machine")}
 
@@ -760,7 +760,7 @@ def fitted_result(probes, cores, cache, gamma, holdout=None):
     fastest = fit(probes, cores, "fastest", inside, reduce_per_byte=gamma, cache=cache)
     errors_holdout = holdout_errors(probes, cores, gamma, cache)
     if holdout:
-        other = {int(P): v for P, v in json.loads(Path(holdout).read_text())["probes"].items()}
+        other = {int(P): v for P, v in read_result(holdout)["probes"].items()}
         errors_holdout["other_run"] = error_table(other, params, cores)
     errors = error_table(probes, params, cores)
     summaries = {"in_sample": error_summary(errors), **{k: error_summary(v) for k, v in errors_holdout.items()}}

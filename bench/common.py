@@ -143,12 +143,38 @@ def run_record():
     return {"argv": argv, "command": command, "commit": git_commit(), "machine": machine()}
 
 
+COMPRESS_ABOVE = 1 << 20  # a results file larger than this (a raw measurement dump) is written gzipped
+
+
 def write_result(name, result):
-    """Write ``results/<name>.json``: ``result`` plus :func:`run_record`, with no absolute paths."""
+    """Write ``results/<name>.json``: ``result`` plus :func:`run_record`, with no absolute paths;
+    ``results/<name>.json.gz`` instead when the text exceeds ``COMPRESS_ABOVE`` bytes."""
+    import gzip
+
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps(portable({**result, **run_record()}), indent=2) + "\n")
+    text = json.dumps(portable({**result, **run_record()}), indent=2) + "\n"
+    plain, packed = RESULTS / f"{name}.json", RESULTS / f"{name}.json.gz"
+    path, other = (packed, plain) if len(text.encode()) > COMPRESS_ABOVE else (plain, packed)
+    if path is packed:
+        with gzip.open(path, "wt", encoding="utf-8", compresslevel=9) as f:
+            f.write(text)
+    else:
+        path.write_text(text)
+    other.unlink(missing_ok=True)  # one file per result
     return path
+
+
+def read_result(path):
+    """A results file, ``.json`` or ``.json.gz`` (a ``.json`` path also finds its gzipped twin)."""
+    import gzip
+
+    path = Path(path)
+    if not path.exists() and path.with_name(path.name + ".gz").exists():
+        path = path.with_name(path.name + ".gz")
+    if path.name.endswith(".gz"):
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            return json.load(f)
+    return json.loads(path.read_text())
 
 
 def save_plot(name, draw, panels=1):

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from collectives import cluster_seconds, git_commit, model_seconds
-from common import ALL_ROWS, RESULTS, machine, median_seconds, mpiexec, save_plot, synthetic_mnist, write_result
+from common import ALL_ROWS, RESULTS, machine, median_seconds, mpiexec, read_result, save_plot, synthetic_mnist, write_result
 
 WIDTHS = (784, 1000, 1000, 10)  # the step check's network
 ITEMSIZE = 4  # float32
@@ -415,9 +415,9 @@ def node_aware_rows(coll_result):
 
 def run(n, repeats, iters, collectives_path, reuse=None):
     """Measure (or take an earlier run's measurements, ``reuse``), then check and project."""
-    coll_result = json.loads(Path(collectives_path).read_text())
+    coll_result = read_result(collectives_path)
     coll_here, coll_cluster = coll_result["params"], coll_result["params_uncontended"]
-    earlier = json.loads(Path(reuse).read_text()) if reuse else None
+    earlier = read_result(reuse) if reuse else None
     n = earlier["samples"] if reuse else n  # the step check compares with steps measured on that many samples
     measured = earlier["measurements"] if reuse else measure(n, repeats, iters)
     params = measured["compute"]
