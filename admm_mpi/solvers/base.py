@@ -6,8 +6,10 @@ default loss and activation, and whether it runs on a layer grid; the loop calls
 below, so nothing in ``train.py`` names a solver or probes for a method. The registry
 (:func:`register`) makes a new solver reachable from ``admm-mpi train --solver NAME``, and its
 settings from the configuration file, the ``ADMM_MPI_<NAME>`` environment and ``--name`` flags.
-The solver is built as ``cls(spec, grid, n_total, **settings)``: its constructor takes the fields
-of its ``Params`` as keyword arguments.
+The solver is built as ``cls(spec, grid, n_total, **settings)``: :class:`Solver`'s constructor
+makes its ``Params`` from the settings (defaults for those not given) and sets each as the
+attribute of its name, so a solver never lists its settings again; it derives what it needs from
+them in ``setup()``.
 
 Hooks, in the order the loop uses them:
 
@@ -31,7 +33,7 @@ Hooks, in the order the loop uses them:
 
 import copy
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import ClassVar
 
 from admm_mpi.errors import InputError
@@ -110,6 +112,24 @@ class Solver:
 
     stop_request = None  # the loop's StopRequest; mini-batch solvers check it between batches
     batch_size = None    # global columns per mini-batch, as run (None: full batch)
+
+    def __init__(self, spec, grid, n_total, **settings):
+        """The solver of network ``spec`` on ``grid``, for ``n_total`` columns over all ranks, with
+        its ``Params`` given by name over their defaults (``settings``). Each setting becomes the
+        attribute of its name (a mini-batch mode's ``batch_size`` and ``batch_sweeps`` belong to
+        the mode, not to the solver); what a solver derives from them, it computes in :meth:`setup`."""
+        from admm_mpi.solvers.batches import MiniBatchParams  # (batches builds on this module)
+
+        params = self.Params(**settings)
+        mode = {f.name for f in fields(MiniBatchParams)} if isinstance(params, MiniBatchParams) else set()
+        self.spec, self.grid, self.n_total = spec, grid, n_total
+        for f in fields(params):
+            if f.name not in mode:
+                setattr(self, f.name, getattr(params, f.name))
+        self.setup()
+
+    def setup(self):
+        """Quantities derived from the settings and sizes (a scaled ridge, this rank's blocks): none here."""
 
     def init_state(self, X, Y, rng):
         raise NotImplementedError

@@ -81,19 +81,14 @@ class DLADMM(Solver):
     default_activation = "relu"
     run_defaults = FULL_BATCH_RUN_DEFAULTS
 
-    def __init__(self, spec, grid, n_total, *, nu, rho, rho_max, rho_growth, rho_patience, mu, w_steps):
-        self.spec, self.grid, self.n_total = spec, grid, n_total
-        self.nu_fixed, self.rho0, self.rho_max, self.rho_growth = nu, rho, rho_max, rho_growth
-        self.rho_patience, self.mu, self.w_steps = rho_patience, mu, w_steps
-
     def _nu(self, state):
         """nu = 0 ties the relaxation penalty to rho (as the published code does)."""
-        return self.nu_fixed if self.nu_fixed > 0 else state.rho
+        return self.nu if self.nu > 0 else state.rho
 
     def init_state(self, X, Y, rng):
         weights, biases = init_weights(self.spec.widths, rng, X)
         L = self.spec.n_layers
-        state = DLADMMState(weights, biases, None, None, None, self.rho0, [None] * L, [None] * L)
+        state = DLADMMState(weights, biases, None, None, None, self.rho, [None] * L, [None] * L)
         self.fresh_codes(state, X)
         return state
 

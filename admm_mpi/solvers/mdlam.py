@@ -98,15 +98,11 @@ class MDLAM(Solver):
     default_activation = "relu"
     run_defaults = FULL_BATCH_RUN_DEFAULTS
 
-    def __init__(self, spec, grid, n_total, *, rho, mu, eps, eps_min, w_steps):
-        self.spec, self.grid, self.n_total = spec, grid, n_total
-        self.rho, self.mu, self.eps0, self.eps_min, self.w_steps = rho, mu, eps, eps_min, w_steps
-
     def init_state(self, X, Y, rng):
         weights, biases = init_weights(self.spec.widths, rng, X)
         L = self.spec.n_layers
         xp = namespace(X)
-        state = MDLAMState(weights, biases, None, None, self.eps0, [xp.asarray(w, copy=True) for w in weights],
+        state = MDLAMState(weights, biases, None, None, self.eps, [xp.asarray(w, copy=True) for w in weights],
                            None, [1.0] * L, [1.0] * L, [None] * L, [None] * L)
         self.fresh_codes(state, X)
         return state

@@ -147,15 +147,9 @@ class MiniBatchAM(Solver):
     default_loss = "cross_entropy"
     default_activation = "relu"
 
-    def __init__(self, spec, grid, n_total, *, beta, gamma, rho, ridge, average, batch_size, step_decay=0.0,
-                 weight_solver="exact", cg_iters=3, memory=0.0, memory_form="targets"):
-        self.spec, self.grid, self.n_total = spec, grid, n_total
-        self.beta, self.gamma, self.rho, self.ridge, self.average = beta, gamma, rho, ridge, average
-        self.step_decay = step_decay
-        self.weight_solver, self.cg_iters, self.memory = weight_solver, cg_iters, memory
-        self.memory_form = memory_form
-        self.batch_size = BatchSize.columns(batch_size, n_total)  # global rows: same batches at any rank count
-        self.start, self.stop = grid.block_range(n_total)
+    def setup(self):
+        self.batch_size = BatchSize.columns(self.batch_size, self.n_total)  # global rows: the same batches at any rank count
+        self.start, self.stop = self.grid.block_range(self.n_total)
 
     def init_state(self, X, Y, rng):
         if (self.memory or self.weight_solver != "exact") and not is_numpy(X):

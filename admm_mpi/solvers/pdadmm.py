@@ -94,16 +94,14 @@ class PDADMM(Solver):
     default_activation = "relu"
     run_defaults = FULL_BATCH_RUN_DEFAULTS
 
-    def __init__(self, spec, grid, n_total, *, nu, rho, mu, w_steps, quantize):
-        if not isinstance(grid, ProcessGrid):
-            grid = ProcessGrid(grid, 1)
-        L = spec.n_layers
-        if grid.groups > L:
-            raise InputError(f"{grid.groups} layer groups for a network of {L} layers: "
+    def setup(self):
+        if not isinstance(self.grid, ProcessGrid):
+            self.grid = ProcessGrid(self.grid, 1)
+        L = self.spec.n_layers
+        if self.grid.groups > L:
+            raise InputError(f"{self.grid.groups} layer groups for a network of {L} layers: "
                              "use at most one layer group per layer")
-        self.spec, self.grid, self.n_total = spec, grid, n_total
-        self.nu, self.rho, self.mu, self.w_steps, self.bits = nu, rho, mu, w_steps, quantize
-        self.first, self.stop = grid.layers(L, layer_costs(spec.widths))
+        self.first, self.stop = self.grid.layers(L, layer_costs(self.spec.widths))
         self._exchanges = {}
 
     @property
@@ -143,7 +141,7 @@ class PDADMM(Solver):
         for l in self.boundaries:
             state.q[l] = xp.asarray(state.p[l + 1], copy=True)
             state.u[l] = xp.zeros_like(state.q[l])
-        if self.bits:
+        if self.quantize:
             for l in range(max(self.first, 1), min(self.stop + 1, L)):
                 state.p[l] = self._project(state.p[l])
             for l in self.boundaries:
@@ -176,7 +174,7 @@ class PDADMM(Solver):
     def _exchange(self, name):
         """The planned exchange ``name``: p goes back, q goes forward, the forward pass forward."""
         if name not in self._exchanges:
-            to_next, tag, bits = {"p": (False, TAG_P, self.bits), "q": (True, TAG_Q, self.bits),
+            to_next, tag, bits = {"p": (False, TAG_P, self.quantize), "q": (True, TAG_Q, self.quantize),
                                   "forward": (True, TAG_FORWARD, 0)}[name]
             self._exchanges[name] = self.grid.boundary_exchange(to_next, tag, bits)
         return self._exchanges[name]

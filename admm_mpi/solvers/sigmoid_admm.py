@@ -76,10 +76,6 @@ class SigmoidADMM(Solver):
     default_activation = "sigmoid"
     run_defaults = FULL_BATCH_RUN_DEFAULTS
 
-    def __init__(self, spec, grid, n_total, *, beta, mu, omega, rho):
-        self.spec, self.grid, self.n_total = spec, grid, n_total
-        self.beta, self.mu, self.omega, self.rho = beta, mu, omega, rho
-
     def init_state(self, X, Y, rng):
         weights, biases = init_weights(self.spec.widths, rng, X)
         L = self.spec.n_layers

@@ -73,10 +73,8 @@ class TaylorADMM(Solver):
     default_activation = "relu"
     run_defaults = FULL_BATCH_RUN_DEFAULTS
 
-    def __init__(self, spec, grid, n_total, *, beta, gamma, ridge, warm_start):
-        self.spec, self.grid, self.n_total = spec, grid, n_total
-        self.beta, self.gamma, self.warm_start = beta, gamma, warm_start
-        self.eps = ridge * n_total
+    def setup(self):
+        self.eps = self.ridge * self.n_total
 
     def init_state(self, X, Y, rng):
         weights, biases = init_weights(self.spec.widths, rng, X)
