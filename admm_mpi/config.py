@@ -50,7 +50,8 @@ class TrainConfig:
     solver: str = run_setting(DEFAULT_SOLVER, "", "NAME")           # help from the registry: run_help
     layout: str = run_setting("data", "", "data|layer|hybrid")      # help from the registry: run_help
     layer_groups: int = run_setting(0, "hybrid layout: number of layer groups G (the ranks form a G x P/G grid)", "G")
-    hidden: tuple = run_setting((512, 512), "hidden layer widths, comma-separated", "W1,W2,...")
+    # the default widths: the best mean validation accuracy of the widths compared on the public suite
+    hidden: tuple = run_setting((256, 256), "hidden layer widths, comma-separated", "W1,W2,...")
     activation: str = run_setting("", "relu | leaky_relu | hard_tanh | sigmoid | tanh; empty: the solver's default",
                                   "NAME")
     loss: str = run_setting("", "least_squares | cross_entropy | ova_hinge | binary_hinge; empty: the solver's "

@@ -40,7 +40,7 @@ from common import RESULTS, data_file, machine, mpiexec, write_result
 
 REPO = Path(__file__).resolve().parents[1]
 SOLVERS = ["minibatch_am", "taylor", "dladmm", "pdadmm", "mdlam", "sigmoid_admm"]
-# case name -> (data set, admm-mpi train arguments); digits: the default 64-512-512-10 network
+# case name -> (data set, admm-mpi train arguments); digits: the default network
 CASES = {f"digits-{s}": ("digits", ["--solver", s, "--iters", "5"]) for s in SOLVERS}
 CASES.update({f"digits-{s}-batches": ("digits", ["--solver", s, "--iters", "2", "--batch-size", "200"])
               for s in ["dladmm", "mdlam", "sigmoid_admm", "pdadmm"]})

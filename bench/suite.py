@@ -130,8 +130,9 @@ CANDIDATES = {
     # the current weights (memory-0.5/0.9 smooth the targets' and lost on MNIST, HIGGS, banana)
     "memory-displacements-0.5": ["--memory", "0.5", "--memory-form", "displacements"],
     "memory-displacements-0.9": ["--memory", "0.9", "--memory-form", "displacements"],
-    # the network (issue 32, item 2): every other candidate fixes 256-256 (COMMON); the package
-    # default is 512-512; one layer of 64 or 256; one layer scaled with the training rows
+    # the network (issue 32, item 2): every other candidate fixes 256-256 (COMMON); 512-512 was the
+    # package default until the widths were compared (bench/results/suite_widths.md chose 256-256);
+    # one layer of 64 or 256; one layer scaled with the training rows
     "hidden-512-512": ["--hidden", "512,512"],
     "hidden-64": ["--hidden", "64"],
     "hidden-256": ["--hidden", "256"],

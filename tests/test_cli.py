@@ -54,9 +54,9 @@ def test_default_run_on_bundled_digits_under_two_ranks(tmp_path):
     assert len(summary["peak_memory_bytes_per_rank"]) == 2
     assert all(20e6 < m < 16e9 for m in summary["peak_memory_bytes_per_rank"])
     with h5py.File(out / "model.h5", "r") as f:
-        assert [f[f"layers/{l}/W"].shape for l in range(3)] == [(512, 64), (512, 512), (10, 512)]
+        assert [f[f"layers/{l}/W"].shape for l in range(3)] == [(256, 64), (256, 256), (10, 256)]
         assert f["layers/2/b"].shape == (10,)
-        assert list(f.attrs["widths"]) == [64, 512, 512, 10]
+        assert list(f.attrs["widths"]) == [64, 256, 256, 10]
     # Only rank 0 speaks: one summary line on stdout, naming the validation accuracy; the digits
     # features lie in [0, 1]: no warning about standardisation
     assert proc.stdout.count("admm-mpi:") == 1 and "validation accuracy" in proc.stdout

@@ -175,7 +175,7 @@ def test_as_dict_is_flat_run_settings_plus_the_solvers_resolved_settings():
     solver_settings = [f.name for f in fields(SOLVERS["sigmoid_admm"].Params)]
     assert sorted(d) == sorted(run + solver_settings) and "params" not in d
     assert (d["rho"], d["mu"], d["batch_size"], d["iters"]) == (0.25, 1e-4, "full", 3)
-    assert (d["activation"], d["loss"], d["hidden"]) == ("sigmoid", "least_squares", [512, 512])
+    assert (d["activation"], d["loss"], d["hidden"]) == ("sigmoid", "least_squares", [256, 256])
 
 
 def test_every_solver_declares_typed_documented_frozen_settings():
