@@ -205,3 +205,30 @@ def test_bench_help_lists_every_benchmark_script():
     scripts = {p.stem for p in (REPO / "bench").glob("*.py")} - {"common"}
     listed = proc.stdout.split("name", 1)[1]
     assert proc.returncode == 0 and scripts and all(name in listed for name in scripts), proc.stdout
+
+
+@pytest.mark.parametrize("solver", ["taylor", "dladmm", "pdadmm", "mdlam", "sigmoid_admm", "minibatch_am"])
+def test_train_help_for_a_solver_lists_its_settings_only_with_its_own_defaults(solver):
+    """One meaning per flag: ``--solver X --help`` shows X's settings, each with X's help and default,
+    and none of another solver's; the run settings show X's run defaults."""
+    from dataclasses import fields
+
+    from admm_mpi.config import run_defaults
+    from admm_mpi.solvers import SOLVERS
+
+    done = subprocess.run([sys.executable, "-m", "admm_mpi", "train", "--solver", solver, "--help"],
+                          capture_output=True, text=True, timeout=60, env=child_env())
+    assert done.returncode == 0, done.stderr
+    text = " ".join(done.stdout.split()).replace("- ", "-")  # argparse wraps lines after hyphens
+    own = {f.name: f for f in fields(SOLVERS[solver].Params)}
+    for name, f in own.items():
+        shown = f.default if not isinstance(f.default, tuple) else ",".join(map(str, f.default))
+        help_text = " ".join(f.metadata.get("help", "").split()).replace("- ", "-")
+        assert f"--{name.replace('_', '-')}" in text and f"{help_text} (default: {shown})" in text, (solver, name)
+    others = {f.name for cls in SOLVERS.values() for f in fields(cls.Params)} - set(own)
+    for name in others:
+        assert f"--{name.replace('_', '-')} " not in text, (solver, name)
+    import re
+
+    shown_keep = re.search(r"--keep best\|last the iterate written .*?\(default: (\w+)\)", text).group(1)
+    assert shown_keep == run_defaults(solver)["keep"]
