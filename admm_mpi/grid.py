@@ -53,6 +53,22 @@ def _launcher_size():
     return 0
 
 
+def _inherited(name, default):
+    """A grid attribute set per grid, else its parent's (a sub-grid runs the same job), else ``default``."""
+    own = f"_{name}"
+
+    def get(self):
+        value = getattr(self, own)
+        if value is not None:
+            return value
+        return getattr(self._parent, name) if self._parent is not None else default
+
+    def put(self, value):
+        setattr(self, own, value)
+
+    return property(get, put)
+
+
 class Grid:
     """A data-parallel process grid over an MPI communicator.
 
@@ -91,25 +107,8 @@ class Grid:
         self._levels = None  # (node comm, leaders comm or None) of a node-aware grid, () if flat; made at first use
         self._implementation = self._timer = None  # None: the parent's, else the defaults
 
-    @property
-    def implementation(self):
-        if self._implementation is not None:
-            return self._implementation
-        return self._parent.implementation if self._parent is not None else DEFAULT_IMPLEMENTATION
-
-    @implementation.setter
-    def implementation(self, value):
-        self._implementation = value
-
-    @property
-    def timer(self):
-        if self._timer is not None:
-            return self._timer
-        return self._parent.timer if self._parent is not None else NO_TIMER
-
-    @timer.setter
-    def timer(self, value):
-        self._timer = value
+    implementation = _inherited("implementation", DEFAULT_IMPLEMENTATION)
+    timer = _inherited("timer", NO_TIMER)
 
     def _count(self, nbytes):
         self.bytes_sent += nbytes
