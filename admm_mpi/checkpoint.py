@@ -126,7 +126,7 @@ def _legacy_same_data(saved, shard):
 # settings that may change between the run that wrote a checkpoint and the one that resumes it
 # (the data *path* may change; the data fingerprint checks the content)
 RESUMABLE_CHANGES = {"iters", "out", "progress", "tol", "resume", "checkpoint_every", "data", "device", "layout",
-                     "layer_groups", "checkpoint_state", "eval_every", "eval_test", "keep", "early_stopping",
+                     "layer_groups", "checkpoint_state", "eval_every", "eval_test", "eval_train", "keep", "early_stopping",
                      "patience"}
 
 

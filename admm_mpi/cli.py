@@ -44,7 +44,7 @@ _GROUPS = (("run", ("data", "solver", "layout", "layer_groups", "hidden", "activ
                     "device", "seed", "out", "tol", "progress")),
            ("checkpoints", ("checkpoint_every", "resume", "checkpoint_state")),
            ("validation, model selection and evaluation",
-            ("validation_fraction", "early_stopping", "patience", "keep", "eval_test", "eval_every")),
+            ("validation_fraction", "early_stopping", "patience", "keep", "eval_test", "eval_train", "eval_every")),
            ("implementation (speed, not the method) and profiling",
             ("factor_dtype", "spread_solve", "kernel_form", "spread_weight_step", "profile")))
 

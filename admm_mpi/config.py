@@ -87,8 +87,11 @@ class TrainConfig:
                                     "an error)", "best|last")
     eval_test: str = run_setting("end", "test split evaluated: never | end (the kept model, once) | every (at each "
                                         "evaluation)", "never|end|every")
-    eval_every: int = run_setting(1, "evaluate train and validation accuracy every this many iterations (and at "
-                                     "the last)", "K")
+    eval_train: str = run_setting("end", "training rows' accuracy evaluated: never | end (the kept model, once) | "
+                                         "every (at each evaluation: a forward pass over every training row)",
+                                  "never|end|every")
+    eval_every: int = run_setting(1, "evaluate validation accuracy (and the splits asked for at every evaluation) "
+                                     "every this many iterations (and at the last)", "K")
     # implementation choices (speed, not the method: admm_mpi.implementation) and profiling
     factor_dtype: str = run_setting("auto", "dtype of the weight solves' Cholesky factorisations: auto (the working "
                                             "dtype) | float32 | float64 (a float32 factor too ill-conditioned for "
@@ -368,6 +371,7 @@ def _run_checks(config):
         (config.patience >= 1, f"patience must be at least 1, got {config.patience}"),
         (config.keep in KEEP, f"unknown keep {config.keep!r}; choose from {list(KEEP)}"),
         (config.eval_test in EVAL_TEST, f"unknown eval_test {config.eval_test!r}; choose from {list(EVAL_TEST)}"),
+        (config.eval_train in EVAL_TEST, f"unknown eval_train {config.eval_train!r}; choose from {list(EVAL_TEST)}"),
         (config.eval_every >= 1, f"eval_every must be at least 1, got {config.eval_every}"),
         (config.seed >= 0, f"seed must be non-negative, got {config.seed}"),
         (config.checkpoint_every >= 0, f"checkpoint_every must be non-negative, got {config.checkpoint_every}"),

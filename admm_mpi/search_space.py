@@ -35,7 +35,7 @@ from admm_mpi.errors import InputError
 # run settings a search may not vary: where the data and outputs are, and what defines the
 # validation split the trials are compared on (drawn from the seed)
 FIXED = ("data", "out", "resume", "progress", "checkpoint_every", "checkpoint_state", "validation_fraction",
-         "seed", "eval_test", "eval_every", "device", "iters")
+         "seed", "eval_test", "eval_train", "eval_every", "device", "iters")
 SPEC_KEYS = ("low", "high", "log", "step", "choices", "when")
 
 

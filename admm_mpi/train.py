@@ -281,21 +281,26 @@ def _evaluate_iteration(config, solver, spec, state, shard, grid, Y_val, iterati
     """This iteration's scores (None where not evaluated) and the loop's decision after them.
 
     Evaluated every ``eval_every`` iterations, at the last one and whenever the loop is about
-    to stop; the test split only as ``eval_test`` asks (``end``: here only when the last iterate
-    is the one kept). Early stopping: ``patience`` evaluations without a better validation
-    accuracy. The test scores never reach ``selection`` or a decision.
+    to stop; the training and test rows only as ``eval_train`` and ``eval_test`` ask (``end``:
+    here only when the last iterate is the one kept; else :meth:`Run.kept`). Early stopping:
+    ``patience`` evaluations without a better validation accuracy. The training and test scores
+    never reach ``selection`` or a decision.
     """
     due = decision is not None or iteration % config.eval_every == 0 or iteration == config.iters
     if decision == "diverged" or not due:
         return dict.fromkeys(SCORES), decision
     model = solver.evaluated(state)
-    scores = evaluate_model(solver, spec, model, shard, grid, ("train", "validation"), Y_val)
+    every = tuple(s for s, when in (("train", config.eval_train), ("validation", "every")) if when == "every")
+    scores = evaluate_model(solver, spec, model, shard, grid, every, Y_val)
     selection.update(iteration, scores["validation_accuracy"], model, keep_copy=config.keep == "best")
     if decision is None and config.early_stopping and selection.evaluations_since_best >= config.patience:
         decision = "early_stopped"
     final = decision is not None or iteration == config.iters
-    if config.eval_test == "every" or (config.eval_test == "end" and config.keep == "last" and final):
-        scores["test_accuracy"] = evaluate_model(solver, spec, model, shard, grid, ("test",))["test_accuracy"]
+    later = tuple(s for s, when in (("train", config.eval_train), ("test", config.eval_test))
+                  if (when == "every" and s == "test") or (when == "end" and config.keep == "last" and final))
+    if later:
+        found = evaluate_model(solver, spec, model, shard, grid, later)
+        scores.update({f"{s}_accuracy": found[f"{s}_accuracy"] for s in later})
     return scores, decision
 
 
@@ -636,17 +641,19 @@ class _Run:
 
     def kept(self):
         """The iterate that becomes the model, which one it is ("best" or "last": ``--keep best``
-        keeps the last iterate until a first evaluation), its metrics row and test accuracy."""
+        keeps the last iterate until a first evaluation), its metrics row (with its training
+        accuracy, ``eval_train end``: evaluated here, once) and its test accuracy."""
         if self.config.keep == "best" and self.selection.model is not None:
             model, row, which = self.selection.model, self.selection.best_row, "best"
         else:  # a run stopped inside its first epoch has no metrics row
             model, row, which = self.solver.evaluated(self.state), self.row or {}, "last"
-        test_accuracy = row.get("test_accuracy")
-        if self.config.eval_test == "end" and test_accuracy is None:  # the kept iterate, once
+        at_end = tuple(s for s, when in (("train", self.config.eval_train), ("test", self.config.eval_test))
+                       if when == "end" and row.get(f"{s}_accuracy") is None)
+        if at_end:  # the kept iterate, once
             with self.grid.timer.phase("evaluation"):
-                test_accuracy = evaluate_model(self.solver, self.spec, model, self.shard, self.grid,
-                                               ("test",))["test_accuracy"]
-        return model, row, which, test_accuracy
+                found = evaluate_model(self.solver, self.spec, model, self.shard, self.grid, at_end)
+            row = {**row, **{f"{s}_accuracy": found[f"{s}_accuracy"] for s in at_end if s == "train"}}
+        return model, row, which, row.get("test_accuracy") if "test" not in at_end else found["test_accuracy"]
 
     def summary(self, kept_row, kept, test_accuracy):
         """The run's summary (JSON-ready; lists gathered on the root)."""

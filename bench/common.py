@@ -146,14 +146,15 @@ def run_record():
 COMPRESS_ABOVE = 1 << 20  # a results file larger than this (a raw measurement dump) is written gzipped
 
 
-def write_result(name, result):
-    """Write ``results/<name>.json``: ``result`` plus :func:`run_record`, with no absolute paths;
-    ``results/<name>.json.gz`` instead when the text exceeds ``COMPRESS_ABOVE`` bytes."""
+def write_result(name, result, directory=None):
+    """Write ``results/<name>.json`` (or in ``directory``): ``result`` plus :func:`run_record`, with no
+    absolute paths; ``<name>.json.gz`` instead when the text exceeds ``COMPRESS_ABOVE`` bytes."""
     import gzip
 
-    RESULTS.mkdir(exist_ok=True)
+    directory = RESULTS if directory is None else Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
     text = json.dumps(portable({**result, **run_record()}), indent=2) + "\n"
-    plain, packed = RESULTS / f"{name}.json", RESULTS / f"{name}.json.gz"
+    plain, packed = directory / f"{name}.json", directory / f"{name}.json.gz"
     path, other = (packed, plain) if len(text.encode()) > COMPRESS_ABOVE else (plain, packed)
     if path is packed:
         with gzip.open(path, "wt", encoding="utf-8", compresslevel=9) as f:

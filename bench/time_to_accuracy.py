@@ -69,8 +69,8 @@ from pathlib import Path
 
 import numpy as np
 
-from common import (REPO, RESULTS, SOURCES, TORCH_BATCH, data_file, load_samples, mpiexec, portable, run_record,
-                    selection_key, torch_accuracy, torch_mlp, widen_until_interior)
+from common import (REPO, RESULTS, SOURCES, TORCH_BATCH, data_file, load_samples, mpiexec, portable, read_result,
+                    run_record, selection_key, torch_accuracy, torch_mlp, widen_until_interior, write_result)
 
 SOLVER = "minibatch_am"
 PROBLEMS = {
@@ -568,16 +568,15 @@ def save(result, directory):
     Merged by problem: the problems of an earlier run that this one did not run are kept (each
     problem records the command and commit that made it)."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     record = run_record()
     fresh = [{**e, "command": record["command"], "commit": record["commit"]} for e in result["problems"]]
-    path = directory / "time_to_accuracy.json"
-    old = json.loads(path.read_text()).get("problems", []) if path.exists() else []
+    found = [p for p in (directory / "time_to_accuracy.json", directory / "time_to_accuracy.json.gz") if p.exists()]
+    old = read_result(found[0]).get("problems", []) if found else []
     ran = {e["problem"] for e in fresh}
     keep = [e for e in old if e["problem"] not in ran and "rounds" in e]  # earlier protocols' entries are dropped
     problems = sorted(keep + fresh, key=lambda e: list(PROBLEMS).index(e["problem"]))
     result = portable({**result, "problems": problems, **record})
-    path.write_text(json.dumps(result, indent=1) + "\n")
+    path = write_result("time_to_accuracy", result, directory)  # gzipped when over 1 MiB
     (directory / "time_to_accuracy.md").write_text(markdown(result))
     return [path] + [plot(e, directory) for e in result["problems"] if not e.get("skipped")]
 

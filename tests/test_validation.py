@@ -162,7 +162,7 @@ def test_keep_best_saves_the_best_validation_iterate(tmp_path, solver):
     accuracy recomputed from model.h5 matches, and training only up to it gives the same bits."""
     _, y, _, _ = _noisy(tmp_path / "noisy.h5")
     best, _ = _train(tmp_path, "best", *solver, "--iters", 25, "--validation-fraction", 0.3, "--keep", "best",
-                     "--no-early-stopping")
+                     "--no-early-stopping", "--eval-train", "every")
     rows, summary = _rows(best), _summary(best)
     accuracies = [r["validation_accuracy"] for r in rows]
     k = int(np.argmax(accuracies)) + 1
@@ -229,6 +229,24 @@ def test_a_resumed_run_keeps_the_best_iterate_and_stops_as_the_uninterrupted_run
     assert _same_weights(whole / "model.h5", split / "model.h5")
 
 
+@pytest.mark.parametrize("keep", ["best", "last"])
+def test_eval_train_end_scores_the_kept_model_once_and_changes_no_weight(tmp_path, keep):
+    _noisy(tmp_path / "noisy.h5")
+    flags = ("--solver", "taylor", "--iters", 12, "--validation-fraction", 0.3, "--no-early-stopping", "--keep", keep)
+    every, _ = _train(tmp_path, "every", *flags, "--eval-train", "every")
+    end, _ = _train(tmp_path, "end", *flags, "--eval-train", "end")
+    never, _ = _train(tmp_path, "never", *flags, "--eval-train", "never")
+    assert _same_weights(every / "model.h5", end / "model.h5") and _same_weights(every / "model.h5", never / "model.h5")
+    kept = _summary(every)["kept_iteration"]
+    assert _summary(end)["kept_iteration"] == kept
+    assert _summary(end)["train_accuracy"] == _rows(every)[kept - 1]["train_accuracy"] == \
+        _summary(every)["train_accuracy"] is not None
+    scored = [r["iteration"] for r in _rows(end) if r["train_accuracy"] is not None]
+    assert scored == ([12] if keep == "last" else [])  # the last iterate kept: its own row
+    assert _summary(never)["train_accuracy"] is None and all(r["train_accuracy"] is None for r in _rows(never))
+    assert [r["validation_accuracy"] for r in _rows(end)] == [r["validation_accuracy"] for r in _rows(every)]
+
+
 def test_eval_every_and_eval_test_change_no_weight(tmp_path):
     _noisy(tmp_path / "noisy.h5")
     for solver in (["--solver", "taylor"], ["--solver", "pdadmm", "--layout", "layer"]):
@@ -236,10 +254,14 @@ def test_eval_every_and_eval_test_change_no_weight(tmp_path):
         every, _ = _train(tmp_path, f"{name}-every", *solver, "--iters", 10, "--validation-fraction", 0.3,
                           "--no-early-stopping", "--keep", "last", "--eval-every", 1, "--eval-test", "every")
         sparse, _ = _train(tmp_path, f"{name}-sparse", *solver, "--iters", 10, "--validation-fraction", 0.3,
-                           "--no-early-stopping", "--keep", "last", "--eval-every", 4, "--eval-test", "never")
+                           "--no-early-stopping", "--keep", "last", "--eval-every", 4, "--eval-test", "never",
+                           "--eval-train", "every")
         assert _same_weights(every / "model.h5", sparse / "model.h5"), name
         rows = _rows(sparse)
         assert [r["iteration"] for r in rows if r["train_accuracy"] is not None] == [4, 8, 10]
+        # eval_train end (the default): the kept model's training accuracy once, the same figure
+        assert all(r["train_accuracy"] is None for r in _rows(every)[:-1])
+        assert _rows(every)[-1]["train_accuracy"] == rows[-1]["train_accuracy"] == _summary(every)["train_accuracy"]
         assert [r["iteration"] for r in rows if r["validation_loss"] is not None] == [4, 8, 10]
         assert all(r["test_accuracy"] is None for r in rows) and _summary(sparse)["test_accuracy"] is None
         assert all(r["test_accuracy"] is not None for r in _rows(every))
