@@ -1,6 +1,7 @@
 """The admm-mpi command under real mpiexec: default run, outputs, traffic, bad input, aborts."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -232,3 +233,43 @@ def test_train_help_for_a_solver_lists_its_settings_only_with_its_own_defaults(s
 
     shown_keep = re.search(r"--keep best\|last the iterate written .*?\(default: (\w+)\)", text).group(1)
     assert shown_keep == run_defaults(solver)["keep"]
+
+
+FAULTS_OF_A_BATCH_LOOP = """
+import resource, sys
+import numpy as np
+if sys.argv[1] == "keep":
+    from admm_mpi.cli import _keep_freed_memory
+    assert _keep_freed_memory()
+def batch():  # two temporaries of 3 MiB, freed at the end of the batch
+    a = np.ones(3 << 17)
+    b = np.ones(3 << 17)
+    del b, a
+batch()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(50):
+    batch()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or "glibc" not in (os.confstr("CS_GNU_LIBC_VERSION") or ""),
+                    reason="the allocator settings are glibc's")
+def test_freed_batch_memory_is_reused_not_faulted_in_again():
+    env = {k: v for k, v in child_env().items() if not k.startswith(("MALLOC_", "GLIBC_TUNABLES"))}
+
+    def faults(mode):
+        proc = subprocess.run([sys.executable, "-c", FAULTS_OF_A_BATCH_LOOP, mode], env=env, capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        return int(proc.stdout)
+
+    assert faults("default") > 50 * 1000  # glibc's defaults: each batch's 6 MiB page-faulted in again
+    assert faults("keep") < 1000
+
+
+def test_a_malloc_variable_in_the_environment_keeps_the_users_allocator_settings(monkeypatch):
+    from admm_mpi import cli
+
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "2")
+    assert cli._keep_freed_memory() is False
