@@ -4,6 +4,7 @@
     python bench/phase_profile.py --only digits-taylor --ranks 2
     python bench/phase_profile.py --repo ../wt-base --label "main e216405"   # another checkout (with --profile)
     python bench/phase_profile.py --flags=--no-spread-solve --label root-solves  # an implementation choice
+    python bench/phase_profile.py --only magic-defaults,letter-defaults --ranks 2   # the suite's small nets
 
 Each case runs ``mpiexec -n P admm-mpi train --profile <args>`` with one BLAS thread per rank:
 the library times its own phases (``admm_mpi.timing``; nothing is wrapped or patched here) and
@@ -49,6 +50,10 @@ CASES["mnist-minibatch_am"] = ("mnist", ["--config", "configs/mnist-minibatch_am
 # bench/speed_minibatch_am.py makes in the cache)
 CASES.update({f"mnist10k-{s}": ("mnist-first10000", ["--config", f"configs/mnist-{s}.toml", "--iters", "1"])
               for s in ["dladmm", "mdlam", "sigmoid_admm", "pdadmm"]})
+# the package defaults on public-suite sets, as bench/suite.py runs them (small tabular nets), 10 epochs
+SUITE_FLAGS = ["--hidden", "256,256", "--validation-fraction", "0.1", "--keep", "best", "--eval-test", "end",
+               "--iters", "10", "--no-early-stopping"]
+CASES.update({f"{s}-defaults": (f"suite:{s}", SUITE_FLAGS) for s in ["magic", "letter", "higgs", "banana", "mnist"]})
 PHASES = ["forward codes", "targets & updates", "activation solves", "local Grams", "Reduce",
           "weight solve", "Bcast", "Allgather", "other collectives", "evaluation", "I/O"]
 SEP = " > "  # joins the nested phases of a timer key
@@ -109,9 +114,16 @@ def git_commit(repo):
     return out.stdout.strip() + ("+dirty" if dirty else "")
 
 
-def data_path(dataset, cache):
+def data_path(dataset, cache, suite_data):
     if dataset == "digits":
         return "digits"
+    if dataset.startswith("suite:"):
+        import suite
+
+        path = suite.prepare(dataset.split(":", 1)[1], 10000, suite_data)  # MNIST: the suite's 10 000 rows
+        if path is None:
+            raise SystemExit(f"profile: the files of {dataset} are absent; skip it with --only")
+        return str(path)
     if dataset == "mnist-first10000":
         path = Path(cache) / "mnist-first10000.h5"
         if not path.exists():
@@ -164,6 +176,8 @@ def main():
     p.add_argument("--flags", default="", help="more admm-mpi train flags for every case, e.g. "
                    "--flags=--no-spread-solve or --flags='--factor-dtype float64'")
     p.add_argument("--cache", default=str(REPO / "bench" / ".data"), help="converted data sets")
+    p.add_argument("--suite-data-dir", default=str(REPO / "bench" / ".data" / "suite"),
+                   help="bench/suite.py's converted sets (the *-defaults cases)")
     args = p.parse_args()
     repo = Path(args.repo).resolve()
     label = args.label or git_commit(repo)
@@ -174,7 +188,7 @@ def main():
     load = []
     with tempfile.TemporaryDirectory() as workdir:
         for case in cases:
-            data = data_path(CASES[case][0], args.cache)
+            data = data_path(CASES[case][0], args.cache, args.suite_data_dir)
             for ranks in args.ranks:
                 load.append(os.getloadavg()[0])
                 entry = run_case(case, ranks, data, repo, workdir, shlex.split(args.flags))
