@@ -241,9 +241,9 @@ def _keep_freed_memory():
 
     Every batch allocates and frees the same temporaries of a few MB. Under glibc's defaults a
     freed block can go back to the OS (its mmap threshold adapts, but the heap's top is trimmed
-    past 128 KiB), so the next batch page-faults the same memory in again: 174 000 minor faults
-    and 0.55 s of system time in 10 epochs of the suite's magic set, against 19 500 and 0.15 s
-    with these settings (bench/results/allocator.json). Each rank keeps up to TRIM_THRESHOLD of
+    past 128 KiB), so the next batch page-faults the same memory in again. In 10 epochs of the
+    suite's magic set at 2 ranks these settings cut the job's minor faults from 252 000 to 40 000
+    and its wall time by 11 % (bench/results/allocator.json). Each rank keeps up to TRIM_THRESHOLD of
     freed heap. A MALLOC_* variable in the environment (glibc's own tunables) means the user
     chose: nothing is changed then, nor on other C libraries.
     """
