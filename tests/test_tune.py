@@ -3,6 +3,7 @@ the best config, pruning, bad search spaces. Real mpiexec jobs on the bundled di
 
 import csv
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -396,3 +397,26 @@ def test_data_that_cannot_serve_a_sweep_is_one_line_before_any_trial(tmp_path, f
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], proc.stderr
     assert not (out / "trials").exists()
+
+
+@needs_optuna
+def test_the_journal_syncs_state_changes_not_each_intermediate_value(tmp_path, monkeypatch):
+    from admm_mpi.search_space import load_space
+    from admm_mpi.tune import OptunaEngine
+
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
+    engine = OptunaEngine(str(tmp_path), "random", "median", 0, 10)
+    space = load_space(None, {"solver": "minibatch_am"})
+    number, _ = engine.ask(space)
+    after_ask = len(synced)
+    assert after_ask >= 1  # the new trial and its parameters are on disk
+    for step in range(1, 11):
+        engine.report(number, step, 0.5 + step / 100)
+    assert len(synced) == after_ask  # ten intermediate values: written, not synced
+    engine.tell(number, "complete", 0.6)
+    assert len(synced) > after_ask
+    # another engine on the same folder (a resumed sweep) reads every value back
+    (trial,) = OptunaEngine(str(tmp_path), "random", "median", 0, 10).study.get_trials()
+    assert trial.intermediate_values == {step: 0.5 + step / 100 for step in range(1, 11)} and trial.value == 0.6
