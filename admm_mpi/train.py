@@ -296,8 +296,10 @@ def _evaluate_iteration(config, solver, spec, state, shard, grid, Y_val, iterati
     if decision is None and config.early_stopping and selection.evaluations_since_best >= config.patience:
         decision = "early_stopped"
     final = decision is not None or iteration == config.iters
+    # the test rows asked for at every evaluation, and either split asked for at the end of a run
+    # that keeps its last iterate (the training rows asked for every time were scored above)
     later = tuple(s for s, when in (("train", config.eval_train), ("test", config.eval_test))
-                  if (when == "every" and s == "test") or (when == "end" and config.keep == "last" and final))
+                  if (s == "test" and when == "every") or (when == "end" and config.keep == "last" and final))
     if later:
         found = evaluate_model(solver, spec, model, shard, grid, later)
         scores.update({f"{s}_accuracy": found[f"{s}_accuracy"] for s in later})
@@ -647,13 +649,17 @@ class _Run:
             model, row, which = self.selection.model, self.selection.best_row, "best"
         else:  # a run stopped inside its first epoch has no metrics row
             model, row, which = self.solver.evaluated(self.state), self.row or {}, "last"
+        test_accuracy = row.get("test_accuracy")
         at_end = tuple(s for s, when in (("train", self.config.eval_train), ("test", self.config.eval_test))
                        if when == "end" and row.get(f"{s}_accuracy") is None)
         if at_end:  # the kept iterate, once
             with self.grid.timer.phase("evaluation"):
                 found = evaluate_model(self.solver, self.spec, model, self.shard, self.grid, at_end)
-            row = {**row, **{f"{s}_accuracy": found[f"{s}_accuracy"] for s in at_end if s == "train"}}
-        return model, row, which, row.get("test_accuracy") if "test" not in at_end else found["test_accuracy"]
+            if "train" in at_end:
+                row = {**row, "train_accuracy": found["train_accuracy"]}  # a copy: metrics.jsonl is written
+            if "test" in at_end:
+                test_accuracy = found["test_accuracy"]
+        return model, row, which, test_accuracy
 
     def summary(self, kept_row, kept, test_accuracy):
         """The run's summary (JSON-ready; lists gathered on the root)."""
