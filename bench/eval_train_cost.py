@@ -54,13 +54,7 @@ def main():
     p.add_argument("--image-rows", type=int, default=10000, help="as bench/suite.py: MNIST/Fashion training rows")
     p.add_argument("--data-dir", default=str(suite.DATA_DIR))
     args = p.parse_args()
-    sets, skipped = {}, {}
-    for name in args.sets.split(","):
-        path = suite.prepare(name, args.image_rows, args.data_dir)
-        if path is None:
-            skipped[name] = "its files are absent"
-        else:
-            sets[name] = path
+    sets, skipped = suite.prepare_all(args.sets.split(","), args.image_rows, args.data_dir)
     runs = {name: {v: [] for v in VARIANTS} for name in sets}
     steps = {name: {v: [] for v in VARIANTS} for name in sets}
     with tempfile.TemporaryDirectory() as tmp:

@@ -265,6 +265,18 @@ def prepare(name, image_rows, data_dir=DATA_DIR, standardise=True):
     return path
 
 
+def prepare_all(names, image_rows, data_dir=DATA_DIR):
+    """({name: path} of the sets whose files are present, {name: why} of the others)."""
+    sets, skipped = {}, {}
+    for name in names:
+        path = prepare(name, image_rows, data_dir)
+        if path is None:
+            skipped[name] = "its files are absent"
+        else:
+            sets[name] = path
+    return sets, skipped
+
+
 def load_arrays(path):
     """Training rows without the validation rows, the validation rows, the test split (rows = samples)."""
     import h5py
