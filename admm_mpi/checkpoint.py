@@ -44,6 +44,7 @@ import numpy as np
 
 from admm_mpi import __version__
 from admm_mpi.backend import from_host, namespace, to_host
+from admm_mpi.config import recorded_settings, settings_difference
 from admm_mpi.data import fingerprint_difference
 from admm_mpi.errors import TrainingError
 from admm_mpi.files import NOFOLLOW, create_file, hdf5_file, indirect_storage, open_nofollow
@@ -133,10 +134,10 @@ RESUMABLE_CHANGES = {"iters", "out", "progress", "tol", "resume", "checkpoint_ev
 def config_difference(saved, current):
     """The settings that differ between two ``TrainConfig.as_dict()`` and may not change on a
     resume, in words, or None."""
-    differ = sorted(k for k in set(saved) | set(current)
-                    if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k))
+    differ = settings_difference(saved, current, may_change=RESUMABLE_CHANGES)
     if not differ:
         return None
+    saved = recorded_settings(saved, current)
     return (f"{', '.join(differ)} differ: "
             + ", ".join(f"{k}={saved.get(k)!r} there, {current.get(k)!r} here" for k in differ[:3]))
 

@@ -171,6 +171,24 @@ VALIDATION_SETTINGS = {"early_stopping": ("--early-stopping", True, "--no-early-
                        "keep": ("--keep best", "best", "--keep last")}
 
 
+def recorded_settings(saved, names):
+    """A run's recorded settings (``as_dict()``) for every name in ``names`` and in the record.
+
+    A record written before a setting existed ran with that setting's default for its solver, so
+    the setting reads as that default, not as a difference from every later command.
+    """
+    solver = saved.get("solver", DEFAULT_SOLVER)
+    defaults = TrainConfig.from_settings(solver=solver).as_dict() if solver in SOLVERS else {}
+    return {k: saved[k] if k in saved else defaults.get(k) for k in set(saved) | set(names)}
+
+
+def settings_difference(saved, current, may_change=()):
+    """The names, sorted, of the settings whose recorded value (``saved``, read by
+    :func:`recorded_settings`) differs from ``current``, but for those in ``may_change``."""
+    saved = recorded_settings(saved, current)
+    return sorted(k for k in saved if k not in may_change and saved[k] != current.get(k))
+
+
 def without_validation(config):
     """The configuration to run when the data has no validation rows, or InputError.
 

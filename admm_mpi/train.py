@@ -643,15 +643,19 @@ class _Run:
 
     def kept(self):
         """The iterate that becomes the model, which one it is ("best" or "last": ``--keep best``
-        keeps the last iterate until a first evaluation), its metrics row (with its training
-        accuracy, ``eval_train end``: evaluated here, once) and its test accuracy."""
+        keeps the last iterate until a first evaluation), its metrics row and its test accuracy.
+
+        The training and test accuracies that the row lacks are evaluated here, once, unless
+        ``never``: always with ``end``, and with ``every`` where the kept row was not scored on them
+        (a best row restored from a checkpoint written under ``end``, or a run stopped by a signal
+        inside an epoch after an iteration that ``eval_every`` skipped)."""
         if self.config.keep == "best" and self.selection.model is not None:
             model, row, which = self.selection.model, self.selection.best_row, "best"
         else:  # a run stopped inside its first epoch has no metrics row
             model, row, which = self.solver.evaluated(self.state), self.row or {}, "last"
         test_accuracy = row.get("test_accuracy")
         at_end = tuple(s for s, when in (("train", self.config.eval_train), ("test", self.config.eval_test))
-                       if when == "end" and row.get(f"{s}_accuracy") is None)
+                       if when != "never" and row.get(f"{s}_accuracy") is None)
         if at_end:  # the kept iterate, once
             with self.grid.timer.phase("evaluation"):
                 found = evaluate_model(self.solver, self.spec, model, self.shard, self.grid, at_end)

@@ -27,6 +27,7 @@ import threading
 import time
 import warnings
 
+from admm_mpi.config import settings_difference
 from admm_mpi.errors import InputError, TrainingError
 
 JOURNAL = "journal.log"
@@ -560,7 +561,9 @@ def _check_sweep(out, resuming, description):
     if os.path.exists(record):
         with open(record) as f:
             earlier = json.load(f)
-        differ = sorted(k for k in set(earlier) | set(description) if earlier.get(k) != description.get(k))
+        differ = sorted(k for k in set(earlier) | set(description)
+                        if k != "settings" and earlier.get(k) != description.get(k))
+        differ += settings_difference(earlier.get("settings", {}), description["settings"])
         if differ:
             return (f"{out} holds a sweep with other settings ({', '.join(differ)} differ); "
                     "resume it with the same command, or choose another --out")

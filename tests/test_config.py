@@ -1,6 +1,6 @@
 import pytest
 
-from admm_mpi.config import TrainConfig, resolve
+from admm_mpi.config import TrainConfig, resolve, settings_difference
 from admm_mpi.errors import InputError
 
 
@@ -234,3 +234,14 @@ def test_batch_size_is_a_number_of_columns_or_a_named_size(tmp_path, source, val
             resolve(environ={}, **settings)
     else:
         assert resolve(environ={}, **settings).params.batch_size == expected
+
+
+def test_a_setting_missing_from_a_record_reads_as_its_solvers_default():
+    """Records written before a setting existed (sweep.json, finished.json, checkpoints)."""
+    now = TrainConfig.from_settings(solver="pdadmm", iters=5).as_dict()
+    old = {k: v for k, v in now.items() if k not in ("eval_train", "patience", "rho")}
+    assert settings_difference(old, now) == []
+    assert settings_difference(old, {**now, "eval_train": "never", "rho": now["rho"] * 2}) == ["eval_train", "rho"]
+    assert settings_difference(old, {**now, "eval_train": "never"}, may_change={"eval_train"}) == []
+    assert settings_difference({**old, "iters": 6}, now) == ["iters"]
+    assert settings_difference(now, {k: v for k, v in now.items() if k != "rho"}) == ["rho"]  # a setting gone since

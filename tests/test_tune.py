@@ -202,6 +202,25 @@ def test_a_second_sweep_on_one_directory_is_refused(tmp_path):
     assert len(_trials(out)) == 1
 
 
+def test_a_sweep_recorded_before_a_setting_existed_resumes_and_other_settings_are_refused(tmp_path):
+    """sweep.json from an older version lacks a setting added since: it ran with that setting's
+    default, so resuming with the default continues it; any other difference is named and refused."""
+    out = tmp_path / "sweep"
+    space = _space(tmp_path)
+    _ok(run_admm(1, "tune", *SWEEP, "--iters", 1, "--space", space, "--trials", 1, "--out", out))
+    record = json.loads((out / "sweep.json").read_text())
+    del record["settings"]["eval_train"]  # as written before --eval-train existed
+    (out / "sweep.json").write_text(json.dumps(record))
+    _ok(run_admm(1, "tune", *SWEEP, "--iters", 1, "--space", space, "--trials", 2, "--resume", "--out", out))
+    assert len(_trials(out)) == 2
+    other = run_admm(1, "tune", *SWEEP, "--iters", 1, "--eval-train", "never", "--space", space, "--trials", 3,
+                     "--resume", "--out", out)
+    assert other.returncode == 2 and other.stderr.strip().splitlines() == [
+        f"admm-mpi: error: {out} holds a sweep with other settings (eval_train differ); resume it with the same "
+        "command, or choose another --out"], other.stderr
+    assert len(_trials(out)) == 2
+
+
 # ---- pruning -----------------------------------------------------------------------------------
 @needs_optuna
 def test_pruning_decisions_are_recorded_in_the_trials_table(tmp_path):

@@ -247,6 +247,25 @@ def test_eval_train_end_scores_the_kept_model_once_and_changes_no_weight(tmp_pat
     assert [r["validation_accuracy"] for r in _rows(end)] == [r["validation_accuracy"] for r in _rows(every)]
 
 
+def test_a_kept_row_scored_before_a_resume_under_end_gets_its_training_accuracy_under_every(tmp_path):
+    """The best row restored from a checkpoint written with ``--eval-train end`` has no training
+    accuracy; resumed with ``every``, the summary still gives the kept model's, the same figure."""
+    _noisy(tmp_path / "noisy.h5")
+    flags = ["--solver", "taylor", "--validation-fraction", 0.3, "--keep", "best", "--early-stopping",
+             "--patience", 4]
+    whole, _ = _train(tmp_path, "whole", *flags, "--iters", 40, "--eval-train", "every")
+    best = _summary(whole)["kept_iteration"]
+    paused = best + 2  # the best row is scored, and checkpointed, before the resume
+    split, _ = _train(tmp_path, "split", *flags, "--iters", paused, "--checkpoint-every", paused,
+                      "--eval-train", "end")
+    _train(tmp_path, "split", *flags, "--iters", 40, "--resume", "auto", "--eval-train", "every")
+    resumed = _summary(split)
+    assert resumed["first_iteration"] == paused + 1 and resumed["kept_iteration"] == best
+    assert _rows(split)[best - 1]["train_accuracy"] is None  # scored under end: not in its row
+    assert resumed["train_accuracy"] == _summary(whole)["train_accuracy"] is not None
+    assert _same_weights(whole / "model.h5", split / "model.h5")
+
+
 def test_eval_every_and_eval_test_change_no_weight(tmp_path):
     _noisy(tmp_path / "noisy.h5")
     for solver in (["--solver", "taylor"], ["--solver", "pdadmm", "--layout", "layer"]):
