@@ -91,8 +91,10 @@ def test_local_normal_equations_equal_the_stacked_ones_row_formula():
     assert np.allclose(local_normal_equations(a, z), np.hstack([A @ A.T, A @ z.T]), rtol=1e-13, atol=1e-12)
 
 
-# Woodbury with P formed (more columns than inputs) or applied through W (fewer), square, tall
-@pytest.mark.parametrize("n_out, n_in, columns", [(3, 9, 50), (3, 60, 7), (9, 9, 50), (12, 5, 50)])
+# Woodbury with P formed (more columns than inputs) or applied through W (fewer), square, tall; and
+# solved with the factor (columns at most FACTOR_SOLVE_FRACTION of the factored system: wide, square, tall)
+@pytest.mark.parametrize("n_out, n_in, columns", [(3, 9, 50), (3, 60, 7), (9, 9, 50), (12, 5, 50),
+                                                  (40, 60, 7), (16, 16, 3), (30, 12, 4)])
 def test_activation_solve_is_the_least_squares_minimiser(n_out, n_in, columns):
     from admm_mpi.ops.linalg import activation_solve
 
@@ -296,6 +298,35 @@ def test_transpose_reduce_takes_the_kernel_form_for_a_narrow_batch(comm, monkeyp
     np.testing.assert_allclose(np.hstack([W, b[:, None]]), reference, rtol=1e-10,
                                atol=1e-12 * np.abs(reference).max())
     grid.close()
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("n_out, n_in", [(40, 60), (16, 16), (30, 12)])  # wide, square, tall
+def test_solving_with_the_factor_and_through_the_inverse_agree_and_keep_exact_answers_exact(n_out, n_in, dtype):
+    """``n_columns`` chooses the way (few columns per rank: the factor; many: P); both give the
+    least-squares answer, ``H`` itself when ``T = W H``, and exactly 0 for a unit that a zero
+    column of ``W`` and a zero row of ``H`` cut off, on any mix of calls."""
+    from admm_mpi.ops import linalg
+
+    rng = np.random.default_rng(n_out + n_in)
+    W = rng.standard_normal((n_out, n_in)).astype(dtype)
+    W[:, 2] = 0  # unit 2 feeds nothing
+    T, H = rng.standard_normal((n_out, 5)).astype(dtype), rng.standard_normal((n_in, 5)).astype(dtype)
+    H[2] = 0  # and is inactive on every sample
+    system = min(n_out, n_in)
+    few, many = 1, int(system / linalg.FACTOR_SOLVE_FRACTION) + 1
+    by_factor = linalg.activation_solver(W, 0.7, 1.9, n_columns=few)
+    by_inverse = linalg.activation_solver(W, 0.7, 1.9, n_columns=many)
+    tolerance = 1e-12 if dtype == np.float64 else 1e-5
+    np.testing.assert_allclose(by_factor(T, H), by_inverse(T, H), rtol=tolerance, atol=tolerance)
+    for solve in (by_factor, by_inverse):
+        assert solve(T, H).dtype == dtype
+        assert np.array_equal(solve(W @ H, H), H)  # T = W H: no correction, bit for bit
+        assert not solve(T, H)[2].any()  # the cut-off unit stays exactly 0
+    mixed = linalg.activation_solver(W, 0.7, 1.9)  # each call by its own columns, in either order
+    for columns in (1, system - 1, 1, many, 1):  # the inverse formed from the factor leaves it usable
+        block = rng.standard_normal((n_out, columns)).astype(dtype), rng.standard_normal((n_in, columns)).astype(dtype)
+        np.testing.assert_allclose(mixed(*block), by_factor(*block), rtol=tolerance, atol=tolerance)
 
 
 @pytest.mark.mpi(ranks=[1, 2, 3, 4], timeout=60)

@@ -118,9 +118,14 @@ def spd_inverse(A, dtype):
     if not is_numpy(A):
         xp = namespace(A)
         return xp.astype(_spd_inverse64(A, xp), dtype)
-    c, _ = _cholesky64(A)
+    return _inverse_from_factor(_cholesky64(A), dtype)
+
+
+def _inverse_from_factor(factor, dtype, keep_factor=False):
+    """(numpy) ``A⁻¹`` as ``dtype`` from :func:`_cholesky`'s factor of ``A`` (overwritten unless ``keep_factor``)."""
+    c, _ = factor
     potri = scipy.linalg.lapack.get_lapack_funcs("potri", (c,))
-    inverse, info = potri(c, lower=1, overwrite_c=1)  # from the factor: a third of cho_solve's flops on I
+    inverse, info = potri(c, lower=1, overwrite_c=not keep_factor)  # a third of cho_solve's flops on I
     if info != 0:
         raise np.linalg.LinAlgError(f"potri: info {info}")
     fill_lower_from_upper(inverse.T)  # potri fills the lower triangle (of the Fortran view)
@@ -142,7 +147,14 @@ def _shifted_gram64(M, shift, grid=None):
     return G
 
 
-def activation_solver(W, beta, gamma, grid=None):
+# Columns per rank, as a fraction of the factored system's size, up to which two float64
+# triangular solves with the Cholesky factor beat forming the inverse (potri, then a GEMM with
+# W): bench/activation_solve.py (at 256-1000 wide systems the factor-solve is 10-45 % faster at a
+# quarter to a half, and slower from about 0.75).
+FACTOR_SOLVE_FRACTION = 0.5
+
+
+def activation_solver(W, beta, gamma, grid=None, n_columns=None, factor_solve_fraction=FACTOR_SOLVE_FRACTION):
     """Column-wise ``a = argmin beta ||T - W a||² + gamma ||a - H||²`` (Taylor's a-update), as ``solve(T, H)``.
 
     The normal equations are ``(beta WᵀW + gamma I) a = beta WᵀT + gamma H``; their solution is
@@ -150,13 +162,19 @@ def activation_solver(W, beta, gamma, grid=None):
 
         a = H + P (T - W H),   P = (beta WᵀW + gamma I)⁻¹ beta Wᵀ = Wᵀ ((gamma/beta) I + W Wᵀ)⁻¹
 
-    ``P`` (n_in x n_out) is the same for every column: it is formed once through the smaller of
-    the two inverses (the second form, Woodbury's push-through identity, when ``W`` is wide,
-    e.g. the layer before a 10-class output), inverted in float64, multiplied by ``W`` in the
-    working dtype and applied as two thin GEMMs to any block of columns.
+    The system is factored once, in float64, through the smaller of the two matrices (the second
+    form, Woodbury's push-through identity, when ``W`` is wide, e.g. the layer before a 10-class
+    output). For few columns per call (a mini-batch on each rank: at most
+    ``factor_solve_fraction`` of the system's size) each call solves with the factor. For more,
+    ``P`` (n_in x n_out), the same for every column, is formed once from the inverse in the
+    working dtype and applied as a GEMM. (``factor_solve_fraction``: that threshold; ``inf``
+    always solves with the factor, 0 never: bench/activation_solve.py times both.)
 
     ``grid``: the ranks that all need this operator (a data-parallel grid); they share forming
-    ``W Wᵀ``, which is otherwise the same work on every rank.
+    the Gram ``W Wᵀ`` or ``WᵀW``, which is otherwise the same work on every rank.
+    ``n_columns``: the global number of columns of each call, if known (a mini-batch's); the
+    choice between the two ways is then made from ``n_columns / grid.size``, the same on every
+    rank whatever its share. Else from each call's own columns.
 
     The correction form keeps exact answers exact. When ``T = W H`` (the first iteration, from
     the forward pass) it returns ``H`` itself, and a unit that is inactive on every sample
@@ -165,33 +183,61 @@ def activation_solver(W, beta, gamma, grid=None):
     cancellation of O(1) terms, i.e. rounding noise that depends on how BLAS splits the columns
     (the tail columns of a GEMM round differently); Taylor's iteration amplifies such a unit
     some 20x per iteration, so the noise grew into O(1) weights and a distributed run no
-    longer matched the serial one.
+    longer matched the serial one. (A zero column of ``W`` keeps its row and column of the factor
+    exactly zero off the diagonal, so both ways give that 0.)
     """
     xp = namespace(W)
     n_out, n_in = W.shape
-    inverse, P = None, None
+    wide = n_out < n_in
+    n_system = n_out if wide else n_in
     with (grid.timer if grid is not None else NO_TIMER).phase("activation solves"):
         if is_numpy(W):  # the same maths without eye temporaries; P's product in the working dtype
-            if n_out < n_in:
-                inverse = spd_inverse(_shifted_gram64(W, gamma / beta, grid), W.dtype)
-            else:
-                P = spd_inverse(_shifted_gram64(W.T, gamma / beta, grid), W.dtype) @ W.T  # beta cancels
+            factor = _cholesky_in_place(_shifted_gram64(W if wide else W.T, gamma / beta, grid))  # beta cancels
+            P = None
         else:
             P = _activation_operator(xp, W, beta, gamma)
+    per_rank = None if n_columns is None else n_columns / (grid.size if grid is not None else 1)
+    inverse = None
 
     def solve(T, H, WH=None):
         """``WH``: ``W @ H`` if the caller has it (e.g. from the forward pass), else computed."""
-        nonlocal P
+        nonlocal P, inverse
         residual = T - (W @ H if WH is None else WH)
-        if P is None and H.shape[1] < n_in:  # fewer columns than P's rows (a mini-batch): not worth forming P
-            a = W.T @ (inverse @ residual)
+        columns = H.shape[1] if per_rank is None else per_rank
+        if P is None and columns <= factor_solve_fraction * n_system:  # two triangular solves
+            with (grid.timer if grid is not None else NO_TIMER).phase("activation solves"):
+                if wide:
+                    a = W.T @ _cho_solve(factor, residual)
+                else:
+                    a = _cho_solve(factor, W.T @ residual)
         else:
-            if P is None:
-                P = W.T @ inverse
-            a = P @ residual
+            if P is None and inverse is None:
+                inverse = _inverse_from_factor(factor, W.dtype, keep_factor=True)  # a block may still solve with it
+            if P is None and wide and H.shape[1] < n_in:  # fewer columns than P's rows: not worth forming P
+                a = W.T @ (inverse @ residual)
+            else:
+                if P is None:
+                    P = W.T @ inverse if wide else inverse @ W.T
+                a = P @ residual
         a += H
         return a
     return solve
+
+
+def _cholesky_in_place(G):
+    """(numpy) :func:`_cholesky` of the symmetric float64 ``G``, a new array the caller gives up."""
+    if G.flags.c_contiguous:
+        return _cholesky(G)
+    if G.T.flags.c_contiguous:  # symmetric: its transpose is the same matrix
+        return _cholesky(G.T)
+    return _cholesky64(G)
+
+
+def _cho_solve(factor, B):
+    """(numpy) ``A⁻¹ B`` from the Cholesky factor of ``A``, in float64, returned in ``B``'s dtype."""
+    x = scipy.linalg.cho_solve(factor, np.asarray(B, dtype=np.float64), check_finite=False,
+                               overwrite_b=B.dtype != np.float64)
+    return x.astype(B.dtype, copy=False)
 
 
 def _activation_operator(xp, W, beta, gamma):

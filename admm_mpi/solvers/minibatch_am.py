@@ -165,15 +165,16 @@ class MiniBatchAM(Solver):
         """This rank's local column indices of every batch of ``epoch``, with the global batch size."""
         return epoch_batches(state.shuffle_seed, epoch, self.n_total, self.batch_size, self.start, self.stop)
 
-    def targets(self, W, b, a, z, Yb):
-        """Targets ``z*_l`` of every layer from the batch's forward codes (steps 2 and 3)."""
+    def targets(self, W, b, a, z, Yb, n_batch=None):
+        """Targets ``z*_l`` of every layer from the batch's forward codes (steps 2 and 3); ``n_batch``:
+        the global batch size (the activation solves choose how to solve from it)."""
         beta, gamma, h = self.beta, self.gamma, self.spec.h
         xp = namespace(z[-1])
         target = self.spec.loss_fn.prox(z[-1], Yb, xp.zeros_like(z[-1]), beta)
         targets = [target]
         for l in range(len(W) - 1, 0, -1):
             # target - z_l = (target - b_l) - W_l a_l: the forward pass already holds W_l a_l + b_l
-            a_target = activation_solver(W[l], beta, gamma, self.grid)(target, a[l], WH=z[l])
+            a_target = activation_solver(W[l], beta, gamma, self.grid, n_columns=n_batch)(target, a[l], WH=z[l])
             target = h.z_update(a_target, z[l - 1], gamma, beta)
             targets.append(target)
         return targets[::-1]
@@ -194,7 +195,7 @@ class MiniBatchAM(Solver):
             Xb, Yb = take_columns(X, local), take_columns(Y, local)
             with self.grid.timer.phase("forward codes"):
                 a, z = forward_states(W, b, Xb, self.spec.h.apply)
-            targets = self.targets(W, b, a, z, Yb)
+            targets = self.targets(W, b, a, z, Yb, n_batch)
             losses = self.spec.loss_fn.value(z[-1], Yb), sum_all((targets[-1] - z[-1]) ** 2)
             if self.memory:
                 state.memory_batches += 1

@@ -98,7 +98,7 @@ class TaylorADMM(Solver):
         threads = blas_threads()
         for l in range(L - 1):  # hidden layer l+1 in the paper's numbering
             W[l], b[l] = transpose_reduce_weights(self.grid, a[l], z[l], self.eps)
-            solve = activation_solver(W[l + 1], beta, gamma, self.grid)
+            solve = activation_solver(W[l + 1], beta, gamma, self.grid, n_columns=self.n_total)  # blocks: one way
 
             def hidden_block(cols, l=l, solve=solve):
                 # a_{l+1} from the old z_{l+1} and z_l, then m_l and z_l: column-separable
