@@ -48,7 +48,8 @@ FAMILIES = [
      "Seconds per iteration, GEMM efficiency, data- and layer-parallel scaling at 1 and 2 ranks, and "
      "comparisons of the code against earlier commits.",
      lambda s: s in ("scaling", "gemm_efficiency", "dladmm_iteration", "compare_commits", "spread_solve",
-                     "factor_precision", "profile", "call_overhead", "eval_train_cost", "allocator") or s.startswith(("speed_", "layer_parallel"))),
+                     "factor_precision", "profile", "call_overhead", "eval_train_cost", "allocator")
+                     or s.startswith(("speed_", "layer_parallel", "activation_solve"))),
     ("checkpoint", "Checkpoints",
      "What a checkpoint costs (memory and seconds) and what a warm restart from a light checkpoint "
      "costs in accuracy.",
