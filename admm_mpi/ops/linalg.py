@@ -190,14 +190,16 @@ def activation_solver(W, beta, gamma, grid=None, n_columns=None, factor_solve_fr
     n_out, n_in = W.shape
     wide = n_out < n_in
     n_system = n_out if wide else n_in
+    per_rank = None if n_columns is None else n_columns / (grid.size if grid is not None else 1)
+    factor, inverse, P = None, None, None
     with (grid.timer if grid is not None else NO_TIMER).phase("activation solves"):
         if is_numpy(W):  # the same maths without eye temporaries; P's product in the working dtype
             factor = _cholesky_in_place(_shifted_gram64(W if wide else W.T, gamma / beta, grid))  # beta cancels
-            P = None
+            if per_rank is not None and per_rank > factor_solve_fraction * n_system:  # the inverse's way, now:
+                inverse = _inverse_from_factor(factor, W.dtype)  # not in concurrent calls (Taylor's blocks)
+                P = None if wide else inverse @ W.T
         else:
             P = _activation_operator(xp, W, beta, gamma)
-    per_rank = None if n_columns is None else n_columns / (grid.size if grid is not None else 1)
-    inverse = None
 
     def solve(T, H, WH=None):
         """``WH``: ``W @ H`` if the caller has it (e.g. from the forward pass), else computed."""
@@ -205,11 +207,7 @@ def activation_solver(W, beta, gamma, grid=None, n_columns=None, factor_solve_fr
         residual = T - (W @ H if WH is None else WH)
         columns = H.shape[1] if per_rank is None else per_rank
         if P is None and columns <= factor_solve_fraction * n_system:  # two triangular solves
-            with (grid.timer if grid is not None else NO_TIMER).phase("activation solves"):
-                if wide:
-                    a = W.T @ _cho_solve(factor, residual)
-                else:
-                    a = _cho_solve(factor, W.T @ residual)
+            a = W.T @ _cho_solve(factor, residual) if wide else _cho_solve(factor, W.T @ residual)
         else:
             if P is None and inverse is None:
                 inverse = _inverse_from_factor(factor, W.dtype, keep_factor=True)  # a block may still solve with it

@@ -174,7 +174,9 @@ class MiniBatchAM(Solver):
         targets = [target]
         for l in range(len(W) - 1, 0, -1):
             # target - z_l = (target - b_l) - W_l a_l: the forward pass already holds W_l a_l + b_l
-            a_target = activation_solver(W[l], beta, gamma, self.grid, n_columns=n_batch)(target, a[l], WH=z[l])
+            solve = activation_solver(W[l], beta, gamma, self.grid, n_columns=n_batch)
+            with self.grid.timer.phase("activation solves"):  # a batch's solves cost as much as forming them
+                a_target = solve(target, a[l], WH=z[l])
             target = h.z_update(a_target, z[l - 1], gamma, beta)
             targets.append(target)
         return targets[::-1]
