@@ -203,10 +203,13 @@ def records_table(records, max_rows=40, max_columns=10):
 # headline figures
 
 
+TORCH_OPTIMISERS = {"sgd_momentum": "SGD with momentum", "adam": "Adam", "lbfgs": "L-BFGS"}
+
+
 def _optimiser_name(method):
     """``PyTorch sgd_momentum+warmup_cosine lr 0.1 512-512`` as ``PyTorch SGD with momentum, warm-up and
     cosine decay (lr 0.1), MLP 512-512``."""
-    names = {"sgd_momentum": "SGD with momentum", "adam": "Adam", "lbfgs": "L-BFGS"}
+    names = TORCH_OPTIMISERS
     schedules = {"constant": "", "warmup_cosine": ", warm-up and cosine decay"}
     match = re.fullmatch(r"PyTorch (\S+?)\+(\S+) lr (\S+) (\S+)", method or "")
     if not match:
@@ -241,6 +244,46 @@ def suite_means(data, method, against):
     return (sum(p[0] for p in pairs) / len(pairs), sum(p[1] for p in pairs) / len(pairs), len(pairs))
 
 
+SUITE_LARGE = 5000  # rows: the sets that carry the wall-time target (bench/suite.py LARGE)
+
+
+def suite_times(data, method):
+    """(sets not slower than the MLP, sets, median time ratio) of ``method`` on the suite's sets of at
+    least ``SUITE_LARGE`` rows where both ran, or None."""
+    ratios = [record["methods"][method]["train_seconds"] / record["methods"]["sklearn_mlp"]["train_seconds"]
+              for name, record in data.get("sets", {}).items()
+              if record.get("rows", 0) >= SUITE_LARGE and not name.endswith("+raw")
+              and "train_seconds" in record.get("methods", {}).get(method, {})
+              and "train_seconds" in record.get("methods", {}).get("sklearn_mlp", {})]
+    if not ratios:
+        return None
+    return sum(r <= 1 for r in ratios), len(ratios), statistics.median(ratios)
+
+
+def large_batch_pairs(data, dataset):
+    """Per global batch of ``dataset`` in large_batch.json: (batch, ADMM's cell, the PyTorch cell
+    with the fewest epochs to the target, else the best validation accuracy), where ADMM and at least
+    one PyTorch optimiser ran to the end (no cell cut short)."""
+    pairs = []
+    for batch, methods in sorted((data.get("datasets", {}).get(dataset, {}).get("batches") or {}).items(),
+                                 key=lambda item: int(item[0])):
+        admm = methods.get("admm")
+        torch = [c for m, c in methods.items() if m != "admm" and not c.get("partial")]
+        if admm and not admm.get("partial") and not admm.get("from_run_directory") and torch:
+            best = min(torch, key=lambda c: (c["epochs_to_target"] is None, c["epochs_to_target"] or 0,
+                                             -(c.get("validation_accuracy_at_kept") or 0)))
+            pairs.append((int(batch), admm, best))
+    return pairs
+
+
+def _epochs_text(cell):
+    """"9 epochs, 70.9 s modelled", or "not in 20 epochs" (a cell of large_batch.json)."""
+    if cell["epochs_to_target"] is None:
+        return f"not in {cell.get('epochs_run') or cell.get('cap')} epochs"
+    seconds = (cell.get("modelled") or {}).get("seconds_to_target")
+    return f"{cell['epochs_to_target']} epochs" + (f", {seconds:.3g} s modelled" if seconds is not None else "")
+
+
 def headlines(results):
     """The headline results: ``[{"result", "admm", "baseline", "page", "file"}]``, every figure read
     from a results file (rows whose file is missing are left out)."""
@@ -271,6 +314,24 @@ def headlines(results):
                 "admm": f"{mlp[0]:.4f}",
                 "baseline": f"scikit-learn MLPClassifier {mlp[1]:.4f}{tuned}, PyTorch Adam {adam[1]:.4f}",
                 "page": "suite", "file": files["suite"].name})
+    quiet = get("suite_quiet")
+    timed = quiet and suite_times(quiet, "admm:current")
+    if timed:
+        rows.append({
+            "result": f"Public sets of at least {SUITE_LARGE} rows on which the package defaults train no slower "
+                      "than scikit-learn's MLP, same run, 2 cores",
+            "admm": f"{timed[0]} of {timed[1]} (median time ratio {timed[2]:.1f}×)",
+            "baseline": "scikit-learn MLPClassifier, same widths, early stopping",
+            "page": "suite", "file": files["suite_quiet"].name})
+    large = get("large_batch")
+    for batch, admm_cell, torch_cell in (large_batch_pairs(large, "mnist") if large else ()):
+        rows.append({
+            "result": f"Epochs to 98% validation accuracy on MNIST at a global batch of {batch} "
+                      f"({batch // 128} ranks of 128), modelled seconds on that cluster",
+            "admm": _epochs_text(admm_cell),
+            "baseline": f"PyTorch {TORCH_OPTIMISERS.get(torch_cell['method'], torch_cell['method'])} (base lr "
+                        f"{torch_cell['lr_pick']:g}, linear scaling, warm-up): {_epochs_text(torch_cell)}",
+            "page": "communication", "file": files["large_batch"].name})
     tta = get("time_to_accuracy")
     if tta:
         for problem, target, label in (("mnist", 0.98, "MNIST"), ("fashion_mnist", 0.88, "Fashion-MNIST"),
