@@ -56,8 +56,8 @@ FAMILIES = [
      lambda s: s.startswith("checkpoint")),
     ("communication", "Collectives and the cost model",
      "MPI collectives measured over message sizes and rank counts, the fitted cost model, and its "
-     "projections to larger problems and clusters.",
-     lambda s: s.startswith(("collectives", "cost_model"))),
+     "projections to larger problems and clusters; epochs and bytes to a target at cluster-scale batches.",
+     lambda s: s.startswith(("collectives", "cost_model", "large_batch"))),
 ]
 OTHER = ("other", "Other results", "Results files of no family above.", lambda s: True)
 
