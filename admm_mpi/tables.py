@@ -1118,7 +1118,7 @@ def fit_encoding(table, spec=TableSpec(), *, chunk=10000, train_rows=None, class
     if flagged:
         kept = [n for n in flagged if n in spec.keep]
         notes.append(f"identifier-like columns {flagged}: " + ("kept as asked" if kept == flagged else
-                     f"dropped (keep them with keep=[...], --keep NAME)" + (f"; {kept} kept as asked" if kept else "")))
+                     "dropped (keep them with keep=[...], --keep NAME)" + (f"; {kept} kept as asked" if kept else "")))
     encoding = Encoding(tuple(columns), spec.label, class_names, numeric_labels, spec.missing, spec.missing_markers)
     if encoding.n_features == 0:
         raise InputError(f"{table.name}: no input column is left to encode (see the data report: "

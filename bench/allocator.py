@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 
 import suite
-from common import RESULTS, mpiexec, write_result
+from common import mpiexec, write_result
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = {"glibc": {"GLIBC_TUNABLES": ""}, "keep": {}}

@@ -3,7 +3,6 @@ deleted, followed or mixed in. Every case runs real ``mpiexec`` jobs at 2 ranks;
 targets outside the test's run directory, which must come out unchanged."""
 
 import json
-import os
 
 import h5py
 import numpy as np

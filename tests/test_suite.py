@@ -53,7 +53,7 @@ def test_two_small_sets_every_method_recorded(quick_run):
             assert record["train_seconds"] > 0
         for method in ("admm:current", "admm:minibatch_am-bn10-es"):
             assert entry["methods"][method]["ranks"] == 2
-            assert f"--data ../" in entry["methods"][method]["command"]  # relative to the checkout, not absolute
+            assert "--data ../" in entry["methods"][method]["command"]  # relative to the checkout, not absolute
             assert "--validation-fraction 0.1" in entry["methods"][method]["command"]
     text = (tmp / "suite.json").read_text()
     assert str(REPO) not in text  # no absolute path of this checkout

@@ -13,7 +13,7 @@ from admm_mpi.grid import Grid
 from admm_mpi.model import forward, load_model
 from admm_mpi.train import train
 
-from tests.helpers import NO_VALIDATION_FLAGS, blobs, run_admm
+from tests.helpers import blobs, run_admm
 
 
 def _noisy(path, n=300, seed=11, **kw):
