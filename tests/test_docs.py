@@ -151,13 +151,17 @@ def test_the_configuration_reference_lists_every_setting_with_its_default(html):
                 f"{name}.{field.name} missing from the solver's page")
 
 
-def _headline_rows():
+def _benchmarks_extension():
     sys.path.insert(0, str(DOCS / "_ext"))
     try:
         import benchmarks
     finally:
         sys.path.remove(str(DOCS / "_ext"))
-    return benchmarks.headline_table(REPO / "bench" / "results", lambda page: f"docs/_build/html/benchmarks/{page}.html",
+    return benchmarks
+
+
+def _headline_rows():
+    return _benchmarks_extension().headline_table(REPO / "bench" / "results", lambda page: f"docs/_build/html/benchmarks/{page}.html",
                                      lambda name: f"bench/results/{name}")
 
 
@@ -170,6 +174,34 @@ def test_the_readme_headline_figures_are_read_from_the_results_files():
         assert row in readme, f"README results row differs from the results files:\n{row}"
     table = readme.split("## Results", 1)[1].split("\n## ", 1)[0]
     assert sum(1 for line in table.splitlines() if line.startswith("| ") and "**" in line) == len(rows)
+
+
+def test_a_large_batch_headline_needs_both_sides_run_to_the_end_and_takes_the_faster_optimiser():
+    benchmarks = _benchmarks_extension()
+
+    def cell(method, epochs, partial=None, accuracy=0.97):
+        return {"method": method, "epochs_to_target": epochs, "partial": partial, "validation_accuracy_at_kept": accuracy}
+
+    batches = {
+        "2048": {"admm": cell("admm", 9), "sgd_momentum": cell("sgd_momentum", 9), "adam": cell("adam", 8)},
+        "8192": {"admm": cell("admm", 20), "sgd_momentum": cell("sgd_momentum", None, partial="cut for time")},
+        "512": {"admm": cell("admm", None), "sgd_momentum": cell("sgd_momentum", None, accuracy=0.95),
+                "adam": cell("adam", None, accuracy=0.96)},
+        "32768": {"admm": cell("admm", 17, partial="stopped")},
+    }
+    pairs = benchmarks.large_batch_pairs({"datasets": {"mnist": {"batches": batches}}}, "mnist")
+    assert [(b, a["method"], t["method"]) for b, a, t in pairs] == [(512, "admm", "adam"), (2048, "admm", "adam")]
+
+
+def test_the_suite_time_headline_counts_the_large_sets_only():
+    benchmarks = _benchmarks_extension()
+
+    def record(rows, admm, mlp):
+        return {"rows": rows, "methods": {"admm:current": {"train_seconds": admm}, "sklearn_mlp": {"train_seconds": mlp}}}
+
+    data = {"sets": {"a": record(6000, 1.0, 2.0), "b": record(9000, 3.0, 1.0), "c": record(20000, 4.0, 1.0),
+                     "small": record(400, 0.1, 1.0), "a+raw": record(6000, 0.1, 1.0)}}
+    assert benchmarks.suite_times(data, "admm:current") == (1, 3, 3.0)
 
 
 @needs_sphinx
