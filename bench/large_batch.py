@@ -22,7 +22,10 @@ each data set (MNIST to 0.98, Fashion-MNIST to 0.88: validation accuracy) and gl
   epochs). Tuned on validation at each B: a grid of base learning rates spaced by ``LR_FACTOR``, run
   from its centre outwards and widened until the pick is interior (``--max-lrs`` at most). The pick
   is the rate that reaches the target in the fewest epochs on the validation rows (ties: the higher
-  validation accuracy at that epoch); none reaches it: the best validation accuracy. A run stops at
+  validation accuracy at that epoch); none reaches it: the best validation accuracy. A rate that
+  diverged or collapsed (its last validation accuracy below half its best) ranks after every stable
+  one, and among such rates the smallest ranks first: when every rate tried is unstable the grid
+  widens downwards. A run stops at
   the target, and once another rate has reached it in e epochs, after epoch e (it can no longer be the
   pick: ``pruned``). Bytes per epoch are modelled: a ring allreduce of the float32 gradient per step,
   2 (P-1)/P · 4 · n_params bytes per rank, ceil(n / B) steps.
@@ -334,9 +337,28 @@ def train_one(widths, splits, optimiser, base_lr, batch, cap, target, patience, 
             "validation_curve": curve}, model
 
 
+def unstable(record):
+    """Whether a run diverged or collapsed: its loss became non-finite, or its last validation accuracy
+    fell below half its best (at large batches the warm-up raises a too large rate after a first good
+    epoch, and the network falls back to chance)."""
+    accuracies = [p["validation_accuracy"] for p in record["validation_curve"]]
+    return record.get("stopped", "").startswith("diverged") or accuracies[-1] < 0.5 * max(accuracies)
+
+
 def better(a, b, target):
-    """Whether run ``a`` is a better pick than ``b`` (None: no pick yet): common.selection_key."""
-    return b is None or selection_key(a["validation_curve"], target) < selection_key(b["validation_curve"], target)
+    """Whether run ``a`` is a better pick than ``b`` (None: no pick yet).
+
+    A stable run beats an unstable one (:func:`unstable`); between stable runs common.selection_key
+    decides; between unstable ones the smaller base rate wins, so a grid whose every rate diverged
+    or collapsed widens towards smaller rates (its smallest is the pick, at the grid's edge) instead
+    of picking the collapsed run with the best first epoch."""
+    if b is None:
+        return True
+    if unstable(a) != unstable(b):
+        return not unstable(a)
+    if unstable(a):
+        return a["base_lr"] < b["base_lr"]
+    return selection_key(a["validation_curve"], target) < selection_key(b["validation_curve"], target)
 
 
 def tune_torch(dataset, data, optimiser, batch, cap, target, hidden=None, max_lrs=6, centre=None, threads=1):

@@ -33,6 +33,38 @@ def test_epochs_to_target_kept_epoch_and_the_pick():
     assert lb.better(never, run(0.88), 0.9) and not lb.better(run(0.88), never, 0.9)  # neither: the best accuracy
 
 
+def test_a_diverged_or_collapsed_rate_is_never_the_pick_over_a_stable_one_and_the_grid_widens_down():
+    lb = _module()
+
+    def run(base_lr, *accuracies, stopped="early stopping"):
+        return {"base_lr": base_lr, "stopped": stopped,
+                "validation_curve": [{"epoch": e, "validation_accuracy": v} for e, v in enumerate(accuracies, 1)]}
+
+    collapsed = run(0.1, 0.66, 0.11, 0.10, 0.10)  # a good first epoch in the warm-up, then chance
+    slower_collapse = run(0.0316, 0.65, 0.30, 0.10)
+    stable = run(0.01, 0.40, 0.55, 0.60)
+    diverged = run(0.316, 0.7, stopped="diverged (non-finite loss)")
+    assert lb.unstable(collapsed) and lb.unstable(diverged) and not lb.unstable(stable)
+    assert lb.better(stable, collapsed, 0.98) and not lb.better(collapsed, stable, 0.98)
+    assert lb.better(slower_collapse, collapsed, 0.98) and lb.better(collapsed, diverged, 0.98)  # the smaller rate
+
+    picked = []  # the grid's own widening, with these runs' outcomes by rate
+    outcomes = {0.1: collapsed, 0.316: diverged, 0.0316: slower_collapse, 0.01: stable,
+                0.00316: run(0.00316, 0.3, 0.4, 0.5)}
+    pick = None
+
+    def train(base):
+        nonlocal pick
+        picked.append(base)
+        if lb.better(outcomes[base], pick, 0.98):
+            pick = outcomes[base]
+
+    from common import widen_until_interior
+
+    grid, interior = widen_until_interior(train, lambda: [pick["base_lr"]], 0.1, lb.LR_FACTOR, 6)
+    assert picked == [0.1, 0.316, 0.0316, 0.01, 0.00316] and pick["base_lr"] == 0.01 and interior
+
+
 def test_ring_allreduce_bytes_and_the_cost_model():
     lb = _module()
     widths = [784, 8000, 1000, 10]
