@@ -458,7 +458,7 @@ def _class_indices(texts, classes, numeric, where):
         index = np.clip(np.searchsorted(class_values, values), 0, len(classes) - 1)
         unknown = ~(class_values[index] == values)
     else:
-        index = pd.Categorical(texts, categories=list(classes)).codes.astype(np.int64)
+        index = pd.Index(list(classes)).get_indexer(texts).astype(np.int64)  # -1: not a class
         unknown = index < 0
     if unknown.any():
         i = int(np.flatnonzero(unknown)[0])
@@ -876,7 +876,9 @@ class Encoding:
             return values[:, None]
         texts = _texts(series, self.missing_markers)
         holes = pd.isna(texts)
-        codes = pd.Categorical(texts, categories=list(column.categories)).codes.astype(np.int64)
+        # -1 where a cell is missing or holds a category the training rows did not have (a Categorical of
+        # such values is deprecated in pandas)
+        codes = pd.Index(list(column.categories)).get_indexer(texts).astype(np.int64)
         unknown = (codes < 0) & ~holes
         if unknown.any():
             report.count("unknown", name, int(unknown.sum()))
