@@ -51,6 +51,10 @@ Both report the ratio of the medians of test seconds (``ratio_of_medians``: ADMM
 machine this runs on is shared with other jobs: the 1-minute load average is recorded at the start
 of every run and (1, 5, 15-minute) before and after the invocation.
 
+A problem that outlasts one sitting (MNIST: hours) takes ``--progress bench/progress``: every finished
+learning-rate grid and timing round is kept there and the same command continues from it; the result
+lists the invocations that made it (commit and load averages of each).
+
 Writes results/time_to_accuracy.json (merged by problem), time_to_accuracy.md and
 time_to_accuracy_<problem>.png; with --out DIR, the same files in DIR.
 """
@@ -391,14 +395,16 @@ def run_problem(problem, data, args, tmp):
              "test_rows": int(splits["test"][1].size), "batch_size": TORCH_BATCH, "torch_threads": args.torch_threads,
              "evaluations_per_epoch": EVALS_PER_EPOCH, "warmup_epochs": WARMUP_EPOCHS,
              "load_averages_before": load_averages()}
+    progress = Progress(args.progress and Path(args.progress) / f"time_to_accuracy-{problem}.json", entry)
     # selection: PyTorch's learning rates on validation, every (width, optimiser, schedule)
-    entry["selection"] = [tune_lr([n_in, *w, n_out], o, s, splits, spec, args)
+    entry["selection"] = [progress.selection([n_in, *w, n_out], o, s,
+                                             lambda: tune_lr([n_in, *w, n_out], o, s, splits, spec, args))
                           for w in spec["widths"] for o in args.optimisers for s in args.schedules]
     chosen = sorted({(tuple(sel["widths"][1:-1]), sel["optimiser"], sel["schedule"], p["lr"])
                      for sel in entry["selection"] for p in sel["picks"].values()})
     # timing: interleaved rounds, seed = round
-    rounds = []
-    for r in range(args.repeats):
+    rounds = progress.rounds
+    for r in range(len(rounds), args.repeats):
         runs = {}
         for w in spec["widths"]:
             record = run_admm(problem, data, tmp, stop_at, w, admm_iters)
@@ -410,13 +416,72 @@ def run_problem(problem, data, args, tmp):
                                  spec["max_epochs"], seed=r, threads=args.torch_threads, schedule=schedule)
             runs[method_name(w, optimiser, schedule, lr)] = times(record, targets)
         print(problem, "round", r, {m: v["test_seconds"] for m, v in runs.items()}, flush=True)
-        rounds.append(runs)
+        progress.add_round(runs)
     entry["admm_command"] = record_command = admm_command(problem, data, "RUN", None, admm_iters)
     entry["admm_command"] = " ".join(["OMP_NUM_THREADS=1", "mpiexec", *record_command[1:3], "admm-mpi",
                                       *map(str, record_command[6:-2])])
     entry["rounds"] = rounds
     entry["load_averages_after"] = load_averages()
+    entry["invocations"] = progress.invocations
     return summarise(entry)
+
+
+class Progress:
+    """What a long problem has finished so far, on disk (``--progress DIR``), so that a run stopped
+    mid-way (a session's end, a reboot) is continued by the same command: each finished learning-rate
+    grid and each finished timing round is written as it ends, with the commit and load averages of the
+    invocation that made it (``invocations``). A file made under other settings (targets, widths,
+    epoch budget, rows, threads) is refused, not mixed in. Without a directory nothing is kept."""
+
+    SETTINGS = ("problem", "targets", "recipe_widths", "candidate_widths", "max_epochs", "cap_seconds",
+                "validation_fraction", "seed", "torch_train_rows", "validation_rows", "test_rows", "batch_size",
+                "torch_threads", "evaluations_per_epoch", "warmup_epochs")
+
+    def __init__(self, path, entry):
+        self.path = path
+        settings = {k: entry[k] for k in self.SETTINGS}
+        self.state = {"settings": settings, "selection": [], "rounds": [], "invocations": []}
+        if path and path.exists():
+            state = json.loads(path.read_text())
+            if state["settings"] != settings:
+                differ = sorted(k for k in settings if state["settings"].get(k) != settings[k])
+                raise SystemExit(f"{portable(str(path))} was made under other settings ({', '.join(differ)}): "
+                                 "move it away to start afresh")
+            self.state = state
+        record = run_record()
+        self.state["invocations"].append({"command": record["command"], "commit": record["commit"],
+                                          "load_averages_before": entry["load_averages_before"],
+                                          "selection_done": len(self.state["selection"]),
+                                          "rounds_done": len(self.state["rounds"])})
+        self._write()
+
+    @property
+    def rounds(self):
+        return self.state["rounds"]
+
+    @property
+    def invocations(self):
+        return self.state["invocations"]
+
+    def selection(self, widths, optimiser, schedule, tune):
+        for done in self.state["selection"]:
+            if (done["widths"], done["optimiser"], done["schedule"]) == (list(widths), optimiser, schedule):
+                return done
+        record = tune()
+        self.state["selection"].append(record)
+        self._write()
+        return record
+
+    def add_round(self, runs):
+        self.state["rounds"].append(runs)
+        self._write()
+
+    def _write(self):
+        if self.path:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = self.path.with_suffix(".tmp")
+            temporary.write_text(json.dumps(portable(self.state)) + "\n")
+            temporary.replace(self.path)
 
 
 def times(record, targets):
@@ -596,6 +661,9 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="seconds: digits to 0.9, a 32-wide MLP, 4 epochs")
     parser.add_argument("--cache", default=str(REPO / "bench" / ".data"), help="converted data sets")
     parser.add_argument("--out", default=str(RESULTS), help="directory of the JSON, markdown and PNGs")
+    parser.add_argument("--progress", default=None, metavar="DIR",
+                        help="keep each finished grid and round in DIR/time_to_accuracy-<problem>.json and continue "
+                             "from it: a long problem spread over several invocations (bench/progress)")
     args = parser.parse_args(argv)
     args.optimisers, args.schedules = args.optimisers.split(","), args.schedules.split(",")
     if args.widths not in ("candidates", "recipe") and \
