@@ -178,3 +178,42 @@ def test_quick_run_same_rows_same_cadence_medians_and_grids(quick_run):
             assert t["ratio_of_medians"] == pytest.approx(t["admm_median_test_seconds"] / t["torch_median_test_seconds"])
     assert (out / "time_to_accuracy_digits.png").stat().st_size > 0
     assert "### target 0.9 (test accuracy), medians of 3 rounds" in (out / "time_to_accuracy.md").read_text()
+
+
+@pytest.mark.timeout(700)
+def test_a_run_stopped_part_way_continues_from_its_progress_file_and_other_settings_are_refused(tmp_path):
+    """--progress: the grids and rounds a stopped invocation finished are kept as they were; the rest is
+    run; the result lists both invocations. A progress file made under other settings is refused."""
+    if not HAS_TORCH:
+        pytest.skip("PyTorch is not installed")
+
+    def run(*extra):
+        return subprocess.run([sys.executable, str(REPO / "bench" / "time_to_accuracy.py"), "--quick",
+                               "--out", str(tmp_path / "out"), "--torch-threads", "1",
+                               "--progress", str(tmp_path / "progress"), *extra],
+                              capture_output=True, text=True, timeout=600, env=child_env(), cwd=REPO)
+
+    proc = run()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    path = tmp_path / "progress" / "time_to_accuracy-digits.json"
+    whole = json.loads(path.read_text())
+    assert len(whole["selection"]) == 4 and len(whole["rounds"]) == 3
+    # as if stopped after two grids and one round
+    stopped = {**whole, "selection": whole["selection"][:2], "rounds": whole["rounds"][:1]}
+    path.write_text(json.dumps(stopped))
+    proc = run()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (entry,) = json.loads((tmp_path / "out" / "time_to_accuracy.json").read_text())["problems"]
+    assert entry["selection"][:2] == whole["selection"][:2] and entry["rounds"][0] == whole["rounds"][0]
+    assert len(entry["selection"]) == 4 and len(entry["rounds"]) == 3
+    assert [(i["selection_done"], i["rounds_done"]) for i in entry["invocations"]] == [(0, 0), (2, 1)]
+    assert all(i["commit"] and "--progress" in i["command"] for i in entry["invocations"])
+
+    other = json.loads(path.read_text())
+    other["settings"]["max_epochs"] += 1
+    path.write_text(json.dumps(other))
+    proc = run()
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines()[-1].endswith(
+        "was made under other settings (max_epochs): move it away to start afresh")
+    assert "Traceback" not in proc.stderr
