@@ -108,19 +108,22 @@ TEST_SELECTED = "test: the recipe was chosen by looking at test accuracy (record
 
 def selection_entry(path):
     """accuracy.json's record of one ``bench/select_recipe.py`` result: the validation-selected pick of
-    a config (``selection_<config>.json``) or Adam's learning rate (``selection_<data set>-adam.json``)."""
+    a config (``selection_<config>.json``) or PyTorch's (``selection_<data set>-adam.json``, ``-sgd.json``)."""
     result = json.loads(Path(path).read_text())
     common = {"source": Path(path).name, "commit": result.get("commit"), "selected_on": SELECTED_ON,
               "n_test": result.get("n_test")}
-    if "adam" in result:
-        adam = result["adam"]
+    if "torch" in result:
+        torch_ = result["torch"]
         dataset = Path(result["config"]).stem.split("-")[0]
-        return {**common, "name": f"{dataset}-pytorch_adam", "dataset": dataset,
-                "solver": f"PyTorch {adam['torch']} Adam", "hidden": adam["widths"][1:-1], "n_test": adam["n_test"],
-                "candidates": [{"lr": r["lr"], "validation_accuracy": r["validation_accuracy"],
-                                "kept_epoch": r["kept_epoch"]} for r in adam["runs"]],
-                "pick": f"lr {adam['pick_lr']:g}", "validation_accuracy": adam["pick_validation_accuracy"],
-                "test_accuracy": adam["pick_test_accuracy"]}
+        pick = next(c for c in torch_["candidates"] if c["tag"] == torch_["pick"])
+        optimisers = "+".join(sorted({c["optimiser"] for c in torch_["candidates"]}))
+        return {**common, "name": f"{dataset}-pytorch_{optimisers}", "dataset": dataset,
+                "solver": f"PyTorch {torch_['torch']} {optimisers}", "hidden": pick["hidden"],
+                "n_test": torch_["n_test"], "kept_epoch": pick["kept_epoch"], "epochs_run": pick["epochs_run"],
+                "candidates": [{k: c[k] for k in ("tag", "optimiser", "lr", "schedule", "hidden", "iters",
+                                                  "validation_accuracy", "kept_epoch")} for c in torch_["candidates"]],
+                "pick": f"{pick['tag']} (lr {pick['lr']:g}, {pick['schedule']})",
+                "validation_accuracy": torch_["pick_validation_accuracy"], "test_accuracy": torch_["pick_test_accuracy"]}
     pick = next(c for c in result["candidates"] if c["tag"] == result["pick"])
     return {**common, "name": Path(result["config"]).stem, "dataset": Path(result["config"]).stem.split("-")[0],
             "solver": pick["settings"]["solver"], "config": result["config"], "pick": result["pick"],
@@ -155,9 +158,7 @@ def selected_markdown(entries):
     order = {"mnist": 0, "fashion_mnist": 1}
     for e in sorted(entries, key=lambda e: (order.get(e["dataset"], 2), "PyTorch" in e["solver"],
                                             -e["validation_accuracy"])):
-        label = "lr " if "lr" in e["candidates"][0] else ""
-        tried = " / ".join(f"{label}{c.get('lr', c.get('tag'))}: {c['validation_accuracy']:.4f} ({c['kept_epoch']})"
-                           for c in e["candidates"])
+        tried = " / ".join(f"{c['tag']}: {c['validation_accuracy']:.4f} ({c['kept_epoch']})" for c in e["candidates"])
         method = e["solver"] if "PyTorch" in e["solver"] else f"`{e['solver']}` (`{e['config']}`)"
         mlp = "-".join(map(str, e["hidden"]))
         lines.append(f"| {e['dataset']} | {method} | {mlp} | {tried} | {e['pick']} | {e['validation_accuracy']:.4f} | "

@@ -6,6 +6,7 @@ script's ``argv``, the git commit, the machine) and rewrites this machine's abso
 """
 
 import json
+import math
 import os
 import platform
 import statistics
@@ -257,6 +258,17 @@ def torch_accuracy(model, X, y, chunk=5000):
     with torch.no_grad():
         right = sum(int((model(X[i:i + chunk]).argmax(1) == y[i:i + chunk]).sum()) for i in range(0, len(y), chunk))
     return right / len(y)
+
+
+def learning_rate_factor(schedule, step, steps_per_epoch, max_epochs, warmup_epochs=1):
+    """The multiplier of the base learning rate at ``step`` (from 1): ``constant``, or ``warmup_cosine``:
+    linear warm-up over ``warmup_epochs`` epochs, then cosine decay to 0 at ``max_epochs``."""
+    if schedule == "constant":
+        return 1.0
+    warmup, total = warmup_epochs * steps_per_epoch, max_epochs * steps_per_epoch
+    if step <= warmup:
+        return step / warmup
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
 
 
 def selection_key(curve, target):

@@ -15,13 +15,18 @@ from the seed) are carved from the training rows. The candidate with the best va
 is then scored once on the official test images with ``admm-mpi evaluate``. The other candidates
 are never scored on test.
 
-``--adam-lr LR`` (repeatable) gives PyTorch Adam the same treatment on the same rows: the config's
-MLP (ReLU, cross-entropy, batches of 128, two threads), one run per learning rate on the training
-rows left after the validation rows are held out (``admm_mpi.data.validation_rows``, the rows
-``admm-mpi train --validation-fraction F`` holds out at the config's seed), validation accuracy
-after every epoch, early stopping with the same patience, the best epoch's weights kept. The lr
-with the best validation accuracy is the pick; only its kept network is scored on test, once.
-With ``--adam-lr`` and no ``--candidate``, only Adam runs. Needs torch (``pip install -e ".[bench]"``).
+``--torch-candidate "TAG=OPTIMISER lr=LR [hidden=W,...] [iters=N] [schedule=S]"`` (repeatable) gives
+PyTorch the same treatment on the same rows, under the same budget (as many candidates, the same
+epoch budgets, widths among them): SGD with momentum 0.9 (``sgd_momentum``) or Adam, a constant rate
+or ``warmup_cosine`` (linear warm-up over the first epoch, cosine decay to 0 at the candidate's epoch
+budget), ReLU, cross-entropy, batches of 128, two threads; one run per candidate on the training rows
+left after the validation rows are held out (``admm_mpi.data.validation_rows``, the rows ``admm-mpi
+train --validation-fraction F`` holds out at the config's seed), validation accuracy after every
+epoch, early stopping with the same patience, the best epoch's weights kept. The candidate with the
+best validation accuracy is the pick; only its kept network is scored on test, once. ``--adam-lr
+LR`` is short for ``--torch-candidate adam-lrLR=adam lr=LR``. ADMM and PyTorch candidates go in
+separate files (``selection_<data>-adam.json``, ``selection_<data>-sgd.json``). Needs torch (``pip
+install -e ".[bench]"``).
 
 Writes ``results/selection_<name>.json``: every candidate's flags, settings as run, validation curve
 and seconds; the pick; its test accuracy. ``--reuse`` reads back a candidate whose run directory
@@ -84,23 +89,55 @@ def test_accuracy(args, model):
     return result["test_accuracy"], result["n_test"]
 
 
-def adam_epochs(model, splits, lr, args):
-    """Adam at ``lr`` up to ``args.iters`` epochs, early stopping on validation: (curve, best state)."""
+TORCH_OPTIMISERS = ("adam", "sgd_momentum")
+TORCH_SCHEDULES = ("constant", "warmup_cosine")
+
+
+def torch_candidate(text, args, hidden):
+    """``TAG=OPTIMISER lr=LR [hidden=W1,W2] [iters=N] [schedule=S]`` as a candidate: the config's widths
+    and ``--iters`` unless given."""
+    tag, _, spec = text.partition("=")
+    words = spec.split()
+    if not tag or not words or words[0] not in TORCH_OPTIMISERS:
+        sys.exit(f"select_recipe: --torch-candidate {text!r}: TAG=OPTIMISER lr=LR [hidden=W,...] [iters=N] "
+                 f"[schedule=S], OPTIMISER one of {', '.join(TORCH_OPTIMISERS)}")
+    fields = dict(word.partition("=")[::2] for word in words[1:])
+    unknown = sorted(set(fields) - {"lr", "hidden", "iters", "schedule"})
+    schedule = fields.get("schedule", "constant")
+    if unknown or "lr" not in fields or schedule not in TORCH_SCHEDULES:
+        sys.exit(f"select_recipe: --torch-candidate {text!r}: lr=LR is required; hidden, iters and schedule "
+                 f"({', '.join(TORCH_SCHEDULES)}) are optional{'; unknown: ' + ', '.join(unknown) if unknown else ''}")
+    return {"tag": tag, "optimiser": words[0], "lr": float(fields["lr"]), "schedule": schedule,
+            "hidden": [int(w) for w in fields["hidden"].split(",")] if "hidden" in fields else list(hidden),
+            "iters": int(fields.get("iters", args.iters))}
+
+
+def torch_epochs(model, splits, candidate, args):
+    """One PyTorch candidate up to its epoch budget, early stopping on validation: (curve, best state)."""
     import torch
 
+    from common import learning_rate_factor
+
     X, y = splits["train"]
-    opt, loss_fn = torch.optim.Adam(model.parameters(), lr=lr), torch.nn.CrossEntropyLoss()
+    lr, iters = candidate["lr"], candidate["iters"]
+    opt = (torch.optim.Adam(model.parameters(), lr=lr) if candidate["optimiser"] == "adam"
+           else torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9))
+    loss_fn = torch.nn.CrossEntropyLoss()
     generator = torch.Generator().manual_seed(args.seed)
-    curve, best, best_state, clock = [], -1.0, None, 0.0
-    for epoch in range(1, args.iters + 1):
+    steps_per_epoch = -(-X.shape[0] // TORCH_BATCH)
+    curve, best, best_state, clock, step = [], -1.0, None, 0.0, 0
+    for epoch in range(1, iters + 1):
         t0 = time.perf_counter()
         for idx in torch.randperm(X.shape[0], generator=generator).split(TORCH_BATCH):
+            step += 1
+            for group in opt.param_groups:
+                group["lr"] = lr * learning_rate_factor(candidate["schedule"], step, steps_per_epoch, iters)
             opt.zero_grad()
             loss_fn(model(X[idx]), y[idx]).backward()
             opt.step()
         clock += time.perf_counter() - t0
         curve.append([epoch, torch_accuracy(model, *splits["validation"]), round(clock, 3)])
-        print(f"adam lr {lr:g} epoch {epoch}: validation {curve[-1][1]:.4f}, {clock:.0f} s", flush=True)
+        print(f"{candidate['tag']} epoch {epoch}: validation {curve[-1][1]:.4f}, {clock:.0f} s", flush=True)
         if curve[-1][1] > best:
             best, best_state = curve[-1][1], {k: v.clone() for k, v in model.state_dict().items()}
         elif epoch - max(curve, key=lambda point: point[1])[0] >= args.patience:
@@ -108,36 +145,82 @@ def adam_epochs(model, splits, lr, args):
     return curve, best_state
 
 
-def select_adam(args, hidden):
-    """Adam's learning rate chosen on the validation rows; only the pick's kept network meets the test rows."""
+def torch_splits(args):
+    """The training rows left once the validation rows are held out, the validation rows and the test rows,
+    as tensors (the rows ``admm-mpi train --validation-fraction F`` holds out at the config's seed)."""
     import torch
     from admm_mpi.data import validation_rows
 
-    torch.set_num_threads(args.torch_threads)
     X, y, X_test, y_test = load_samples(args.data)
     held = validation_rows(y, args.validation_fraction, args.seed)
     keep = np.setdiff1d(np.arange(y.size), held)
     as_torch = lambda X, y: (torch.from_numpy(np.ascontiguousarray(X)), torch.from_numpy(np.asarray(y, np.int64)))
-    splits = {"train": as_torch(X[keep], y[keep]), "validation": as_torch(X[held], y[held])}
-    widths = [X.shape[1], *hidden, int(y.max()) + 1]
-    runs = []
-    for lr in args.adam_lr:
+    return {"train": as_torch(X[keep], y[keep]), "validation": as_torch(X[held], y[held]),
+            "test": as_torch(X_test, y_test)}
+
+
+def earlier_torch_records(path, new_tags):
+    """The PyTorch candidate records of an earlier selection file (``torch``, or the older ``adam`` of
+    ``--adam-lr`` runs, as constant-rate Adam candidates), each marked with where it came from."""
+    earlier = json.loads(Path(path).read_text())
+    source = {"file": Path(path).name, "commit": earlier.get("commit")}
+    if "torch" in earlier:
+        records, pick = earlier["torch"]["candidates"], earlier["torch"]
+    else:
+        adam = earlier["adam"]
+        records = [{"tag": f"adam-lr{r['lr']:g}", "optimiser": "adam", "lr": r["lr"], "schedule": "constant",
+                    "hidden": adam["widths"][1:-1], "iters": earlier["iters"],
+                    **{k: r[k] for k in ("curve", "validation_accuracy", "kept_epoch", "epochs_run", "train_seconds")}}
+                   for r in adam["runs"]]
+        pick = {"pick": f"adam-lr{adam['pick_lr']:g}", "pick_test_accuracy": adam["pick_test_accuracy"],
+                "n_test": adam["n_test"]}
+    records = [{**r, "reused_from": r.get("reused_from", source)} for r in records]
+    clash = sorted({r["tag"] for r in records} & set(new_tags))
+    if clash:
+        sys.exit(f"select_recipe: {path} already holds candidate(s) {', '.join(clash)}: give new tags")
+    return records, {"pick": pick["pick"], "pick_test_accuracy": pick["pick_test_accuracy"], "n_test": pick["n_test"]}
+
+
+def select_torch(args, hidden):
+    """PyTorch candidates (optimiser, learning rate, schedule, widths, epoch budget) chosen on the validation
+    rows, under the budget the ADMM recipe had; only the pick's kept network meets the test rows."""
+    import torch
+
+    torch.set_num_threads(args.torch_threads)
+    candidates = [torch_candidate(text, args, hidden) for text in args.torch_candidate]
+    candidates += [torch_candidate(f"adam-lr{lr:g}=adam lr={lr}", args, hidden) for lr in args.adam_lr]
+    records, earlier = (earlier_torch_records(args.reuse_from, [c["tag"] for c in candidates])
+                        if args.reuse_from else ([], {}))
+    splits = torch_splits(args)
+    n_in, n_out = splits["train"][0].shape[1], int(splits["train"][1].max()) + 1
+    models = {}
+    for candidate in candidates:
         torch.manual_seed(args.seed)
-        model = torch_mlp(widths)
-        curve, state = adam_epochs(model, splits, lr, args)
-        best = max(curve, key=lambda point: point[1])
-        runs.append({"lr": lr, "curve": curve, "validation_accuracy": best[1], "kept_epoch": best[0],
-                     "epochs_run": len(curve), "train_seconds": curve[-1][2], "state": state, "model": model})
-        print(f"adam lr {lr:g}: validation {best[1]:.4f} (epoch {best[0]} of {len(curve)})", flush=True)
-    pick = max(runs, key=lambda r: r["validation_accuracy"])
-    pick["model"].load_state_dict(pick["state"])
-    test = torch_accuracy(pick["model"], *as_torch(X_test, y_test))
-    print(f"adam pick lr {pick['lr']:g}: test accuracy {test:.4f} on {y_test.size} images (read once)")
-    return {"widths": widths, "batch": 128, "threads": args.torch_threads, "torch": torch.__version__,
-            "n_train": int(keep.size), "n_validation": int(held.size),
-            "runs": [{k: v for k, v in r.items() if k not in ("state", "model")} for r in runs],
-            "pick_lr": pick["lr"], "pick_validation_accuracy": pick["validation_accuracy"],
-            "pick_test_accuracy": test, "n_test": int(y_test.size)}
+        model = torch_mlp([n_in, *candidate["hidden"], n_out])
+        curve, state = torch_epochs(model, splits, candidate, args)
+        best = max(curve, key=lambda point: point[1])  # max keeps the first of equals
+        records.append({**candidate, "curve": curve, "validation_accuracy": best[1], "kept_epoch": best[0],
+                        "epochs_run": len(curve), "train_seconds": curve[-1][2]})
+        models[candidate["tag"]] = (model, state)
+        print(f"{candidate['tag']}: validation {best[1]:.4f} (epoch {best[0]} of {len(curve)})", flush=True)
+    pick = max(records, key=lambda r: r["validation_accuracy"])
+    if pick["tag"] in models:
+        model, state = models[pick["tag"]]
+        model.load_state_dict(state)
+        test, n_test = torch_accuracy(model, *splits["test"]), int(splits["test"][1].numel())
+    elif earlier.get("pick") == pick["tag"]:
+        test, n_test = earlier["pick_test_accuracy"], earlier["n_test"]
+    else:
+        sys.exit(f"select_recipe: the pick {pick['tag']} is an earlier record that was not scored on test "
+                 f"and whose model is not kept; rerun it as a --torch-candidate")
+    for r in records:
+        print(f"{r['tag']:24s} validation {r['validation_accuracy']:.4f} (epoch {r['kept_epoch']} of "
+              f"{r['epochs_run']}){'  <- pick' if r is pick else ''}")
+    print(f"pick {pick['tag']}: test accuracy {test:.4f} on {n_test} images (read once)")
+    return {"torch": torch.__version__, "batch": TORCH_BATCH, "threads": args.torch_threads,
+            "n_train": int(splits["train"][1].numel()), "n_validation": int(splits["validation"][1].numel()),
+            "candidates": records, "pick": pick["tag"], "pick_validation_accuracy": pick["validation_accuracy"],
+            "pick_test_accuracy": test, "n_test": n_test}
 
 
 def earlier_records(path, new_tags):
@@ -206,12 +289,22 @@ def main(argv=None):
                         help="an earlier selection file whose candidate records join the new candidates")
     parser.add_argument("--timeout", type=float, default=4 * 3600)
     parser.add_argument("--out", help="the results file (default: results/selection_<name>.json)")
+    parser.add_argument("--torch-candidate", action="append", default=[],
+                        metavar="TAG=OPTIMISER lr=LR [hidden=W,...] [iters=N] [schedule=S]",
+                        help="a PyTorch candidate on the same rows (repeatable): adam or sgd_momentum (momentum 0.9), "
+                             "schedule constant or warmup_cosine; the config's widths and --iters unless given")
     parser.add_argument("--adam-lr", type=float, action="append", default=[], metavar="LR",
-                        help="PyTorch Adam at this learning rate on the same rows (repeatable)")
+                        help="short for --torch-candidate adam-lrLR=adam lr=LR (repeatable)")
     parser.add_argument("--torch-threads", type=int, default=2)
     args = parser.parse_args(argv)
-    if not args.candidate and not args.adam_lr:
-        parser.error("give at least one --candidate or --adam-lr")
+    torch_side = args.torch_candidate or args.adam_lr or (
+        args.reuse_from and not args.candidate and any(k in json.loads(Path(args.reuse_from).read_text())
+                                                       for k in ("torch", "adam")))
+    if not args.candidate and not torch_side:
+        parser.error("give at least one --candidate, --torch-candidate or --adam-lr")
+    if args.candidate and torch_side:
+        parser.error("ADMM (--candidate) and PyTorch (--torch-candidate, --adam-lr) candidates go in separate "
+                     "selection files: one method per file")
     args.name = args.name or Path(args.config).stem
     hidden, args.seed = config_settings(args.config)
     result = {"benchmark": "recipe chosen on validation accuracy, then the test split read once",
@@ -219,8 +312,8 @@ def main(argv=None):
               "validation_fraction": args.validation_fraction, "iters": args.iters, "patience": args.patience}
     if args.candidate:
         result.update(select_admm(args))
-    if args.adam_lr:
-        result["adam"] = select_adam(args, hidden)
+    else:
+        result["torch"] = select_torch(args, hidden)
     path = Path(args.out or RESULTS / f"selection_{args.name}.json")
     path.write_text(json.dumps(portable({**result, **run_record()}), indent=2) + "\n")
     print(f"wrote {path}")

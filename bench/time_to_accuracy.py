@@ -75,6 +75,7 @@ import numpy as np
 
 from common import (REPO, RESULTS, SOURCES, TORCH_BATCH, data_file, load_samples, mpiexec, portable, read_result,
                     run_record, selection_key, torch_accuracy, torch_mlp, widen_until_interior, write_result)
+from common import learning_rate_factor as schedule_factor
 
 SOLVER = "minibatch_am"
 PROBLEMS = {
@@ -214,12 +215,7 @@ class TorchRun:
 def learning_rate_factor(schedule, step, steps_per_epoch, max_epochs):
     """The multiplier of the base learning rate at ``step`` (from 1): constant, or linear warm-up over
     WARMUP_EPOCHS epochs then cosine decay to 0 at ``max_epochs``."""
-    if schedule == "constant":
-        return 1.0
-    warmup, total = WARMUP_EPOCHS * steps_per_epoch, max_epochs * steps_per_epoch
-    if step <= warmup:
-        return step / warmup
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+    return schedule_factor(schedule, step, steps_per_epoch, max_epochs, WARMUP_EPOCHS)
 
 
 def train_minibatch(run, optimiser, lr, max_epochs, seed, schedule="constant"):

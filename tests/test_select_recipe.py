@@ -47,13 +47,14 @@ def test_adams_learning_rate_is_picked_on_the_validation_rows_and_only_the_pick_
     module.main(["--config", str(config), "--data", str(REPO / "data" / "digits.h5"), "--adam-lr", "1e-5",
                  "--adam-lr", "1e-2", "--iters", "3", "--patience", "1", "--name", "tiny", "--out", str(out),
                  "--torch-threads", "1"])
-    adam = json.loads(out.read_text())["adam"]
-    runs = {r["lr"]: r for r in adam["runs"]}
-    assert adam["pick_lr"] == 1e-2 and runs[1e-2]["validation_accuracy"] > runs[1e-5]["validation_accuracy"]
+    result = json.loads(out.read_text())
+    adam = result["torch"]
+    runs = {r["lr"]: r for r in adam["candidates"]}
+    assert adam["pick"] == "adam-lr0.01" and runs[1e-2]["validation_accuracy"] > runs[1e-5]["validation_accuracy"]
     assert adam["pick_validation_accuracy"] == max(point[1] for point in runs[1e-2]["curve"])
     assert adam["n_validation"] == 250 and adam["n_train"] + 250 == 1500 and adam["n_test"] == 297
     assert 0.5 < adam["pick_test_accuracy"] <= 1.0
-    assert "candidates" not in json.loads(out.read_text())  # Adam alone ran
+    assert "candidates" not in result  # PyTorch alone ran: no ADMM candidate
 
 
 @pytest.mark.timeout(300)
@@ -116,3 +117,52 @@ def test_reuse_from_adds_candidates_beside_an_earlier_selection_without_reading_
     second.write_text(json.dumps({**result, "pick": "weak"}))  # an earlier best that was never scored on test
     with pytest.raises(SystemExit, match="not scored on test"):
         module.main(common + ["--reuse-from", str(second), "--candidate", "weakest=--ridge 300"])
+
+
+@pytest.mark.timeout(300)
+def test_pytorch_candidates_take_their_own_optimiser_schedule_widths_and_epochs_and_earlier_records_join(tmp_path):
+    """SGD and Adam candidates with their own widths, epoch budgets and schedules; an earlier --adam-lr file's
+    runs join as constant-rate Adam candidates, their pick's test figure as that file read it."""
+    pytest.importorskip("torch", reason="PyTorch (the [bench] extra) is not installed")
+    config = tmp_path / "tiny.toml"
+    config.write_text('solver = "minibatch_am"\nhidden = [16]\nseed = 0\n')
+    digits = str(REPO / "data" / "digits.h5")
+    module = bench_module("select_recipe")
+    base = ["--config", str(config), "--data", digits, "--iters", "3", "--patience", "1", "--name", "tiny",
+            "--torch-threads", "1"]
+    earlier = {"config": str(config), "iters": 3, "commit": "abc", "adam": {
+        "widths": [64, 16, 10], "n_test": 297, "pick_lr": 1e-5, "pick_test_accuracy": 0.5,
+        "runs": [{"lr": 1e-5, "curve": [[1, 0.5, 1.0]], "validation_accuracy": 0.5, "kept_epoch": 1,
+                  "epochs_run": 1, "train_seconds": 1.0}]}}
+    (tmp_path / "earlier.json").write_text(json.dumps(earlier))
+    out = tmp_path / "sgd.json"
+    module.main(base + ["--out", str(out), "--reuse-from", str(tmp_path / "earlier.json"),
+                        "--torch-candidate", "sgd-wide=sgd_momentum lr=0.1 hidden=32,16 iters=2",
+                        "--torch-candidate", "sgd-cosine=sgd_momentum lr=0.1 schedule=warmup_cosine"])
+    result = json.loads(out.read_text())["torch"]
+    tags = {c["tag"]: c for c in result["candidates"]}
+    assert list(tags) == ["adam-lr1e-05", "sgd-wide", "sgd-cosine"]
+    assert tags["adam-lr1e-05"]["reused_from"] == {"file": "earlier.json", "commit": "abc"}
+    assert tags["adam-lr1e-05"]["optimiser"] == "adam" and tags["adam-lr1e-05"]["hidden"] == [16]
+    assert (tags["sgd-wide"]["hidden"], tags["sgd-wide"]["iters"], tags["sgd-wide"]["epochs_run"]) == ([32, 16], 2, 2)
+    assert (tags["sgd-cosine"]["schedule"], tags["sgd-cosine"]["iters"], tags["sgd-cosine"]["hidden"]) == (
+        "warmup_cosine", 3, [16])
+    assert result["pick"] in ("sgd-wide", "sgd-cosine")  # SGD at 0.1 beats Adam at 1e-5 on validation
+    assert result["pick_validation_accuracy"] == tags[result["pick"]]["validation_accuracy"] > 0.6
+    assert 0.6 < result["pick_test_accuracy"] <= 1.0 and result["n_test"] == 297
+
+    # reused alone (no new candidate): the earlier pick and its test figure as read then
+    alone = tmp_path / "alone.json"
+    module.main(base + ["--out", str(alone), "--reuse-from", str(tmp_path / "earlier.json")])
+    again = json.loads(alone.read_text())["torch"]
+    assert (again["pick"], again["pick_test_accuracy"], again["n_test"]) == ("adam-lr1e-05", 0.5, 297)
+
+
+@pytest.mark.parametrize("text", ["x=rmsprop lr=1", "x=adam", "x=adam lr=1 schedule=step", "x=adam lr=1 momentum=0"])
+def test_a_malformed_pytorch_candidate_is_refused_in_one_line(tmp_path, text):
+    config = tmp_path / "tiny.toml"
+    config.write_text('solver = "minibatch_am"\nhidden = [16]\n')
+    with pytest.raises(SystemExit) as stop:
+        bench_module("select_recipe").main(["--config", str(config), "--data", str(REPO / "data" / "digits.h5"),
+                                            "--torch-candidate", text, "--out", str(tmp_path / "x.json")])
+    assert str(stop.value).startswith("select_recipe: --torch-candidate") and "\n" not in str(stop.value)

@@ -89,14 +89,14 @@ def test_select_recipe_adam_records_every_lr_and_an_interior_pick(tmp_path):
          "3e-3", "--adam-lr", "10", "--iters", "4", "--patience", "2", "--name", "tiny", "--out", str(out),
          "--torch-threads", "1"])
     result = json.loads(out.read_text())
-    adam = result["adam"]
-    runs = {r["lr"]: r for r in adam["runs"]}
+    adam = result["torch"]
+    runs = {r["lr"]: r for r in adam["candidates"]}
     assert sorted(runs) == [1e-6, 3e-3, 10.0]  # the grid as tried
-    assert adam["pick_lr"] == 3e-3  # interior: both neighbours are worse on validation
+    assert adam["pick"] == "adam-lr0.003"  # interior: both neighbours are worse on validation
     assert runs[3e-3]["validation_accuracy"] > max(runs[1e-6]["validation_accuracy"], runs[10.0]["validation_accuracy"])
     assert adam["pick_validation_accuracy"] == runs[3e-3]["validation_accuracy"] > 0.8
     assert adam["pick_test_accuracy"] > 0.8 and adam["n_test"] == 297 and adam["threads"] == 1
-    assert adam["torch"] == torch.__version__ and adam["widths"] == [64, 32, 10]
+    assert adam["torch"] == torch.__version__ and all(r["hidden"] == [32] for r in adam["candidates"])
     for key in ("argv", "commit", "machine"):
         assert result[key], key
     assert str(tmp_path) not in out.read_text()

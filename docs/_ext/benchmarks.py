@@ -204,6 +204,12 @@ def records_table(records, max_rows=40, max_columns=10):
 
 
 TORCH_OPTIMISERS = {"sgd_momentum": "SGD with momentum", "adam": "Adam", "lbfgs": "L-BFGS"}
+SELECTED_BASELINES = (("adam", "adam"), ("sgd_momentum", "sgd"))  # (optimiser, selection_<data>-<stem>.json)
+
+
+def admm_pick(selection):
+    """The picked candidate's record of an ADMM ``selection_*.json``."""
+    return next(c for c in selection["candidates"] if c["tag"] == selection["pick"])
 
 
 def _optimiser_name(method):
@@ -294,13 +300,18 @@ def headlines(results):
         return load(files[stem]) if stem in files else None
 
     for name, label in (("mnist", "MNIST"), ("fashion_mnist", "Fashion-MNIST")):
-        admm, adam = get(f"selection_{name}"), get(f"selection_{name}-adam")
-        if admm and adam:
-            widths = "-".join(str(w) for w in adam["adam"]["widths"])
+        admm = get(f"selection_{name}")
+        baselines = [(TORCH_OPTIMISERS[o], get(f"selection_{name}-{stem}")) for o, stem in SELECTED_BASELINES]
+        baselines = [(label_, found["torch"]) for label_, found in baselines if found and "torch" in found]
+        if admm and baselines:
+            widths = "-".join(str(w) for w in admm_pick(admm)["settings"]["hidden"])
+            budget = len(admm.get("candidates", []))
             rows.append({
-                "result": f"{label} test accuracy, MLP {widths}, settings chosen on validation",
+                "result": f"{label} test accuracy, settings chosen on validation (ADMM: MLP 784-{widths}-10, "
+                          f"{budget} candidates)",
                 "admm": f"{admm['pick_test_accuracy']:.4f}",
-                "baseline": f"PyTorch Adam, same MLP and selection: {adam['adam']['pick_test_accuracy']:.4f}",
+                "baseline": ", ".join(f"PyTorch {opt} {torch_['pick_test_accuracy']:.4f} "
+                                      f"({len(torch_['candidates'])} candidates)" for opt, torch_ in baselines),
                 "page": "accuracy", "file": files[f"selection_{name}"].name})
     suite = get("suite")
     if suite:
@@ -387,14 +398,18 @@ def selection_rows(files):
         data = load(path)
         name = stem[len("selection_"):]
         dataset, _, method = name.partition("-")
-        if "adam" in data:
-            adam = data["adam"]
-            candidates = " / ".join(f"lr {r.get('lr')}: {fmt(r.get('validation_accuracy'))}"
-                                    for r in adam.get("runs", []) if "validation_accuracy" in r)
-            rows.append([esc(dataset), f"PyTorch {esc(adam.get('torch', ''))} Adam",
-                         esc("-".join(str(w) for w in adam.get("widths", [])[1:-1])), candidates or "—",
-                         f"lr {adam.get('pick_lr')}", f"{adam['pick_validation_accuracy']:.4f}",
-                         f"**{adam['pick_test_accuracy']:.4f}**", code(path.name), short(data.get("commit"))])
+        if "torch" in data:
+            torch_ = data["torch"]
+            candidates = torch_.get("candidates", [])
+            pick = next((c for c in candidates if c.get("tag") == torch_.get("pick")), {})
+            listed = " / ".join(f"{esc(c.get('tag'))}: {c['validation_accuracy']:.4f} ({c.get('kept_epoch')})"
+                                for c in candidates if c.get("validation_accuracy") is not None)
+            optimisers = sorted({TORCH_OPTIMISERS.get(c.get("optimiser"), str(c.get("optimiser"))) for c in candidates})
+            rows.append([esc(dataset), esc(f"PyTorch {torch_.get('torch', '')} {', '.join(optimisers)}"),
+                         esc("-".join(str(w) for w in pick.get("hidden", []))), listed or "—",
+                         esc(f"{torch_.get('pick')} (lr {pick.get('lr')}, {pick.get('schedule')})"),
+                         f"{torch_['pick_validation_accuracy']:.4f}", f"**{torch_['pick_test_accuracy']:.4f}**",
+                         code(path.name), short(data.get("commit"))])
             continue
         candidates = data.get("candidates", [])
         pick = next((c for c in candidates if c.get("tag") == data.get("pick")), {})
