@@ -426,8 +426,10 @@ class Progress:
     """What a long problem has finished so far, on disk (``--progress DIR``), so that a run stopped
     mid-way (a session's end, a reboot) is continued by the same command: each finished learning-rate
     grid and each finished timing round is written as it ends, with the commit and load averages of the
-    invocation that made it (``invocations``). A file made under other settings (targets, widths,
-    epoch budget, rows, threads) is refused, not mixed in. Without a directory nothing is kept."""
+    invocation that made it (``invocations``, with its machine). The learning rates are chosen by epochs,
+    so grids carry over between machines; seconds do not: rounds timed on another CPU are set aside
+    (``set_aside_rounds``) and the timing starts again. A file made under other settings (targets,
+    widths, epoch budget, rows, threads) is refused, not mixed in. Without a directory nothing is kept."""
 
     SETTINGS = ("problem", "targets", "recipe_widths", "candidate_widths", "max_epochs", "cap_seconds",
                 "validation_fraction", "seed", "torch_train_rows", "validation_rows", "test_rows", "batch_size",
@@ -445,7 +447,15 @@ class Progress:
                                  "move it away to start afresh")
             self.state = state
         record = run_record()
+        cpu = record["machine"].get("cpu")
+        if self.state["rounds"] and self.state.get("rounds_cpu") != cpu:
+            # seconds are compared within a machine only: rounds timed on another one start again
+            self.state.setdefault("set_aside_rounds", []).append(
+                {"cpu": self.state.get("rounds_cpu"), "rounds": self.state["rounds"]})
+            self.state["rounds"] = []
+        self.state["rounds_cpu"] = cpu
         self.state["invocations"].append({"command": record["command"], "commit": record["commit"],
+                                          "machine": record["machine"],
                                           "load_averages_before": entry["load_averages_before"],
                                           "selection_done": len(self.state["selection"]),
                                           "rounds_done": len(self.state["rounds"])})

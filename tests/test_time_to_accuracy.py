@@ -209,6 +209,19 @@ def test_a_run_stopped_part_way_continues_from_its_progress_file_and_other_setti
     assert [(i["selection_done"], i["rounds_done"]) for i in entry["invocations"]] == [(0, 0), (2, 1)]
     assert all(i["commit"] and "--progress" in i["command"] for i in entry["invocations"])
 
+    assert all(i["machine"]["cpu"] for i in entry["invocations"])
+
+    # rounds timed on another CPU are set aside, not mixed into the medians; the grids carry over
+    moved = json.loads(path.read_text())
+    moved.update(rounds_cpu="another CPU", rounds=moved["rounds"][:1])
+    path.write_text(json.dumps(moved))
+    proc = run()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = json.loads(path.read_text())
+    assert state["set_aside_rounds"] == [{"cpu": "another CPU", "rounds": whole["rounds"][:1]}]
+    assert len(state["rounds"]) == 3 and state["selection"] == moved["selection"]
+    assert (state["invocations"][-1]["selection_done"], state["invocations"][-1]["rounds_done"]) == (4, 0)
+
     other = json.loads(path.read_text())
     other["settings"]["max_epochs"] += 1
     path.write_text(json.dumps(other))
