@@ -38,8 +38,9 @@ epoch); ``admm-mpi`` evaluates its test rows every epoch and only the kept epoch
 The epoch cap is the same for every method (``--cap``).
 
 Each cell (data set, method, batch) is written as it finishes to ``--cells`` (one JSON each, with its
-own command and commit), so cells can run as separate jobs; every invocation then assembles all
-cells there into ``results/large_batch.json`` and ``.md`` with the cost model of
+own command and commit), so cells can run as separate jobs; ``--progress DIR`` keeps each PyTorch
+grid's finished rates so that a grid stopped part way continues (:class:`GridProgress`); every
+invocation then assembles all cells there into ``results/large_batch.json`` and ``.md`` with the cost model of
 ``bench/cost_model.py`` (its cluster, its per-core rates and fitted collectives from
 ``results/cost_model.json``): per B, P = B / 128 ranks, modelled seconds per epoch of a
 ``minibatch_am`` epoch (spread solve, the current code) and of a data-parallel SGD epoch, and the
@@ -361,7 +362,46 @@ def better(a, b, target):
     return selection_key(a["validation_curve"], target) < selection_key(b["validation_curve"], target)
 
 
-def tune_torch(dataset, data, optimiser, batch, cap, target, hidden=None, max_lrs=6, centre=None, threads=1):
+class GridProgress:
+    """The finished rates of one PyTorch cell's grid on disk (``--progress DIR``), so a grid stopped
+    mid-way (a session's end) continues with the same command: a rate found there with the same bound
+    (``stop_after``) is read back instead of trained. Only validation curves are kept; if the pick is
+    a rate read back, its kept network is trained again (same seed) to be scored on test, and whether
+    that replay's curve equals the recorded one is stated (``replayed``). A file made under other
+    settings is refused."""
+
+    def __init__(self, directory, name, settings):
+        self.path = Path(directory) / f"large_batch-{name}.json" if directory else None
+        self.state = {"settings": settings, "runs": []}
+        if self.path and self.path.exists():
+            state = json.loads(self.path.read_text())
+            if state["settings"] != settings:
+                differ = sorted(k for k in settings if state["settings"].get(k) != settings[k])
+                raise SystemExit(f"{portable(str(self.path))} was made under other settings ({', '.join(differ)}): "
+                                 "move it away to start afresh")
+            self.state = state
+        self.state.setdefault("invocations", []).append(
+            {k: run_record()[k] for k in ("command", "commit")} | {"rates_done": len(self.state["runs"])})
+        self._write()
+
+    def find(self, base, stop_after):
+        return next((r["record"] for r in self.state["runs"]
+                     if r["record"]["base_lr"] == base and r["stop_after"] == stop_after), None)
+
+    def add(self, record, stop_after):
+        self.state["runs"].append({"record": record, "stop_after": stop_after})
+        self._write()
+
+    def _write(self):
+        if self.path:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = self.path.with_suffix(".tmp")
+            temporary.write_text(json.dumps(portable(self.state)) + "\n")
+            temporary.replace(self.path)
+
+
+def tune_torch(dataset, data, optimiser, batch, cap, target, hidden=None, max_lrs=6, centre=None, threads=1,
+               progress=None):
     """The base-lr grid at one batch, widened until the pick is interior; the pick's test accuracy."""
     import torch
 
@@ -370,20 +410,35 @@ def tune_torch(dataset, data, optimiser, batch, cap, target, hidden=None, max_lr
     splits, classes = torch_splits(data, seed)
     widths = [splits["train"][0].shape[1], *(hidden or recipe_hidden), classes]
     centre = centre or CENTRES[optimiser]
-    runs, models, pick = {}, {}, None
+    saved = GridProgress(progress, f"{dataset}-{optimiser}-{batch}",
+                         {"widths": widths, "cap": cap, "patience": patience, "seed": seed, "target": target,
+                          "centre": centre, "max_lrs": max_lrs, "threads": threads, "n_train": len(splits["train"][1])})
+    runs, models, bounds, pick = {}, {}, {}, None
 
     def run(base):
         nonlocal pick
         bound = pick["epochs_to_target"] if pick else None
-        record, model = train_one(widths, splits, optimiser, base, batch, cap, target, patience, stop_after=bound,
-                                  seed=seed)
-        runs[base], models[base] = record, model
+        record = saved.find(base, bound)
+        if record is None:
+            record, models[base] = train_one(widths, splits, optimiser, base, batch, cap, target, patience,
+                                             stop_after=bound, seed=seed)
+            saved.add(record, bound)
+        runs[base], bounds[base] = record, bound
         if better(record, pick, target):
             pick = record
         print(f"{dataset} {optimiser} batch {batch} base lr {base:g}: {record['epochs_to_target']} epochs to "
-              f"{target} ({record['stopped']})", flush=True)
+              f"{target} ({record['stopped']}{', read back' if base not in models else ''})", flush=True)
 
     grid, interior = widen_until_interior(run, lambda: [pick["base_lr"]], centre, LR_FACTOR, max_lrs)
+    replayed = None
+    if pick["base_lr"] not in models:  # read back: its kept network again, from the same seed
+        base = pick["base_lr"]
+        record, models[base] = train_one(widths, splits, optimiser, base, batch, cap, target, patience,
+                                         stop_after=bounds[base], seed=seed)
+        replayed = {"base_lr": base, "same_curve": record["validation_curve"] == pick["validation_curve"]}
+        if not replayed["same_curve"]:
+            replayed["recorded_curve"] = pick["validation_curve"]
+            runs[base] = pick = record
     test = torch_accuracy(models[pick["base_lr"]], *splits["test"])  # the test rows, once: the pick's kept network
     kept = pick["kept_epoch"]
     n = len(splits["train"][1])
@@ -392,7 +447,7 @@ def tune_torch(dataset, data, optimiser, batch, cap, target, hidden=None, max_lr
             "cap": cap, "patience": patience, "warmup_epochs": WARMUP_EPOCHS, "base_batch": BASE_BATCH,
             "lr_rule": f"lr = base_lr * {batch} / {BASE_BATCH}, linear warm-up per step over {WARMUP_EPOCHS} epochs, "
                        "then constant", "lr_grid": grid, "lr_pick": pick["base_lr"], "lr_pick_scaled": pick["lr"],
-            "pick_interior": interior, "runs": [runs[b] for b in grid],
+            "pick_interior": interior, "runs": [runs[b] for b in grid], "replayed": replayed,
             "epochs_to_target": pick["epochs_to_target"], "epochs_run": pick["epochs_run"], "kept_epoch": kept,
             "validation_accuracy_at_kept": pick["validation_curve"][kept - 1]["validation_accuracy"],
             "test_accuracy_at_kept": test, "validation_curve": pick["validation_curve"],
@@ -640,6 +695,8 @@ def main(argv=None):
                         help="run admm-mpi from this source tree, named src-<commit> (git archive <commit> | tar -x "
                              "-C DIR) instead of the checkout")
     parser.add_argument("--hidden", help="override the recipe's hidden widths (quick mode, tests)")
+    parser.add_argument("--progress", metavar="DIR", help="keep each PyTorch grid's finished rates in DIR and "
+                                                          "continue from them (a grid spread over sittings)")
     parser.add_argument("--assemble", action="store_true", help="only assemble the cells into the results")
     parser.add_argument("--admm-run", metavar="DIR", help="make the ADMM cell of --datasets/--batches from this "
                                                          "earlier run directory of the same command (with --why)")
@@ -695,7 +752,7 @@ def main(argv=None):
                         continue
                     else:
                         cell = tune_torch(dataset, data, method, batch, args.cap, target, hidden, args.max_lrs,
-                                          centres[method], args.torch_threads)
+                                          centres[method], args.torch_threads, args.progress)
                         cell["command"] = run_record()["command"]
                     cell.update(dataset=dataset, target=target, batch=batch)
                     print(f"{dataset} {method} batch {batch}: {cell['epochs_to_target']} epochs to {target}, kept "

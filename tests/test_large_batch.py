@@ -149,3 +149,53 @@ def test_admm_mpi_bench_runs_it():
                           text=True, timeout=120, env=child_env(), cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     assert "--quick" in proc.stdout and "--cap" in proc.stdout
+
+
+@pytest.mark.timeout(600)
+def test_a_pytorch_grid_stopped_part_way_continues_and_its_pick_read_back_is_replayed_for_test(tmp_path):
+    """--progress: the rates a stopped grid finished are read back, not trained; a pick read back is
+    trained again from its seed to be scored on test, with the same curve and the same figures as a
+    grid run at one go. A progress file made under other settings is refused in one line."""
+    if not HAS_TORCH:
+        pytest.skip("PyTorch is not installed")
+
+    def run(out, *extra):
+        proc = subprocess.run([sys.executable, str(REPO / "bench" / "large_batch.py"), "--quick", "--out", str(out),
+                               "--methods", "sgd_momentum", *extra],  # quick: batches 128 and 512
+                              capture_output=True, text=True, timeout=500, env=child_env(), cwd=REPO)
+        return proc
+
+    proc = run(tmp_path / "whole")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    whole = json.loads((tmp_path / "whole" / "cells" / "digits-sgd_momentum-128.json").read_text())
+    progress = tmp_path / "progress"
+    proc = run(tmp_path / "first", "--progress", str(progress))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    path = progress / "large_batch-digits-sgd_momentum-128.json"
+    state = json.loads(path.read_text())
+    assert sorted(r["record"]["base_lr"] for r in state["runs"]) == whole["lr_grid"]
+    # as if stopped after the first two rates
+    state["runs"] = state["runs"][:2]
+    path.write_text(json.dumps(state))
+    proc = run(tmp_path / "second", "--progress", str(progress))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sum(line.startswith("digits sgd_momentum batch 128 ") and line.endswith(", read back)")
+               for line in proc.stdout.splitlines()) == 2
+    cell = json.loads((tmp_path / "second" / "cells" / "digits-sgd_momentum-128.json").read_text())
+    for key in ("lr_grid", "lr_pick", "epochs_to_target", "kept_epoch", "validation_curve", "test_accuracy_at_kept"):
+        assert cell[key] == whole[key], key
+    assert cell["replayed"] is None or cell["replayed"] == {"base_lr": cell["lr_pick"], "same_curve": True}
+    # at batch 512 every rate was read back: its pick was trained again, to the same curve and test figure
+    whole_512 = json.loads((tmp_path / "whole" / "cells" / "digits-sgd_momentum-512.json").read_text())
+    cell_512 = json.loads((tmp_path / "second" / "cells" / "digits-sgd_momentum-512.json").read_text())
+    assert cell_512["replayed"] == {"base_lr": whole_512["lr_pick"], "same_curve": True}
+    for key in ("lr_grid", "lr_pick", "validation_curve", "test_accuracy_at_kept"):
+        assert cell_512[key] == whole_512[key], key
+    assert [i["rates_done"] for i in json.loads(path.read_text())["invocations"]] == [0, 2]
+
+    other = json.loads(path.read_text())
+    other["settings"]["cap"] += 1
+    path.write_text(json.dumps(other))
+    proc = run(tmp_path / "third", "--progress", str(progress))
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].endswith("was made under other settings (cap): move it away to start afresh")
