@@ -366,9 +366,9 @@ class GridProgress:
     """The finished rates of one PyTorch cell's grid on disk (``--progress DIR``), so a grid stopped
     mid-way (a session's end) continues with the same command: a rate found there with the same bound
     (``stop_after``) is read back instead of trained. Only validation curves are kept; if the pick is
-    a rate read back, its kept network is trained again (same seed) to be scored on test, and whether
-    that replay's curve equals the recorded one is stated (``replayed``). A file made under other
-    settings is refused."""
+    a rate read back, its kept network is trained again (same seed) to be scored on test (``replayed``);
+    a replay whose curve differs from the recorded one stops the run (the grid's choices rested on it).
+    A file made under other settings is refused."""
 
     def __init__(self, directory, name, settings):
         self.path = Path(directory) / f"large_batch-{name}.json" if directory else None
@@ -436,9 +436,10 @@ def tune_torch(dataset, data, optimiser, batch, cap, target, hidden=None, max_lr
         record, models[base] = train_one(widths, splits, optimiser, base, batch, cap, target, patience,
                                          stop_after=bounds[base], seed=seed)
         replayed = {"base_lr": base, "same_curve": record["validation_curve"] == pick["validation_curve"]}
-        if not replayed["same_curve"]:
-            replayed["recorded_curve"] = pick["validation_curve"]
-            runs[base] = pick = record
+        if not replayed["same_curve"]:  # the grid's choices rest on the recorded curve: they no longer hold
+            raise SystemExit(f"large_batch: the pick (base lr {base:g}) trained again does not repeat its recorded "
+                             f"curve, so the choices of its grid no longer hold: move "
+                             f"{portable(str(saved.path))} away and run the grid again")
     test = torch_accuracy(models[pick["base_lr"]], *splits["test"])  # the test rows, once: the pick's kept network
     kept = pick["kept_epoch"]
     n = len(splits["train"][1])

@@ -23,7 +23,9 @@ budget), ReLU, cross-entropy, batches of 128, two threads; one run per candidate
 left after the validation rows are held out (``admm_mpi.data.validation_rows``, the rows ``admm-mpi
 train --validation-fraction F`` holds out at the config's seed), validation accuracy after every
 epoch, early stopping with the same patience, the best epoch's weights kept. The candidate with the
-best validation accuracy is the pick; only its kept network is scored on test, once. ``--adam-lr
+best validation accuracy is the pick; only its kept network is scored on test. Candidates added one
+invocation at a time (``--reuse-from`` the same file) read the test split each time the pick
+changes; the file lists every such read (``test_reads``), never used to choose. ``--adam-lr
 LR`` is short for ``--torch-candidate adam-lrLR=adam lr=LR``. ADMM and PyTorch candidates go in
 separate files (``selection_<data>-adam.json``, ``selection_<data>-sgd.json``). Needs torch (``pip
 install -e ".[bench]"``).
@@ -159,10 +161,21 @@ def torch_splits(args):
             "test": as_torch(X_test, y_test)}
 
 
-def earlier_torch_records(path, new_tags):
+SAME_ROWS = ("config", "data", "validation_fraction", "patience")  # what an earlier file must share to join
+
+
+def earlier_torch_records(path, new_tags, args):
     """The PyTorch candidate records of an earlier selection file (``torch``, or the older ``adam`` of
-    ``--adam-lr`` runs, as constant-rate Adam candidates), each marked with where it came from."""
+    ``--adam-lr`` runs, as constant-rate Adam candidates), each marked with where it came from, and its
+    pick with every test read so far (``test_reads``). A file of other rows or patience is refused."""
     earlier = json.loads(Path(path).read_text())
+    if "torch" not in earlier and "adam" not in earlier:
+        sys.exit(f"select_recipe: {path} holds no PyTorch candidates: --reuse-from takes a file of the same method")
+    differ = [k for k in SAME_ROWS if earlier.get(k) != getattr(args, k) and
+              not (k in ("config", "data") and Path(str(earlier.get(k))).name == Path(getattr(args, k)).name)]
+    if differ:
+        sys.exit(f"select_recipe: {path} was selected with other {', '.join(differ)}: its validation figures "
+                 "cannot be compared with these")
     source = {"file": Path(path).name, "commit": earlier.get("commit")}
     if "torch" in earlier:
         records, pick = earlier["torch"]["candidates"], earlier["torch"]
@@ -178,19 +191,32 @@ def earlier_torch_records(path, new_tags):
     clash = sorted({r["tag"] for r in records} & set(new_tags))
     if clash:
         sys.exit(f"select_recipe: {path} already holds candidate(s) {', '.join(clash)}: give new tags")
-    return records, {"pick": pick["pick"], "pick_test_accuracy": pick["pick_test_accuracy"], "n_test": pick["n_test"]}
+    reads = pick.get("test_reads") or [{"tag": pick["pick"], "test_accuracy": pick["pick_test_accuracy"],
+                                        "commit": earlier.get("commit")}]
+    return records, {"pick": pick["pick"], "pick_test_accuracy": pick["pick_test_accuracy"], "n_test": pick["n_test"],
+                     "test_reads": reads}
+
+
+def parse_torch_candidates(args, hidden):
+    """The new PyTorch candidates of this invocation (no torch needed); a tag given twice is refused."""
+    candidates = [torch_candidate(text, args, hidden) for text in args.torch_candidate]
+    candidates += [torch_candidate(f"adam-lr{lr:g}=adam lr={lr}", args, hidden) for lr in args.adam_lr]
+    tags = [c["tag"] for c in candidates]
+    twice = sorted({t for t in tags if tags.count(t) > 1})
+    if twice:
+        sys.exit(f"select_recipe: candidate tag(s) {', '.join(twice)} given twice: every candidate needs its own tag")
+    return candidates
 
 
 def select_torch(args, hidden):
     """PyTorch candidates (optimiser, learning rate, schedule, widths, epoch budget) chosen on the validation
     rows, under the budget the ADMM recipe had; only the pick's kept network meets the test rows."""
+    candidates = parse_torch_candidates(args, hidden)
+    records, earlier = (earlier_torch_records(args.reuse_from, [c["tag"] for c in candidates], args)
+                        if args.reuse_from else ([], {}))
     import torch
 
     torch.set_num_threads(args.torch_threads)
-    candidates = [torch_candidate(text, args, hidden) for text in args.torch_candidate]
-    candidates += [torch_candidate(f"adam-lr{lr:g}=adam lr={lr}", args, hidden) for lr in args.adam_lr]
-    records, earlier = (earlier_torch_records(args.reuse_from, [c["tag"] for c in candidates])
-                        if args.reuse_from else ([], {}))
     splits = torch_splits(args)
     n_in, n_out = splits["train"][0].shape[1], int(splits["train"][1].max()) + 1
     models = {}
@@ -204,10 +230,12 @@ def select_torch(args, hidden):
         models[candidate["tag"]] = (model, state)
         print(f"{candidate['tag']}: validation {best[1]:.4f} (epoch {best[0]} of {len(curve)})", flush=True)
     pick = max(records, key=lambda r: r["validation_accuracy"])
+    reads = list(earlier.get("test_reads", []))
     if pick["tag"] in models:
         model, state = models[pick["tag"]]
         model.load_state_dict(state)
         test, n_test = torch_accuracy(model, *splits["test"]), int(splits["test"][1].numel())
+        reads.append({"tag": pick["tag"], "test_accuracy": test, "commit": run_record()["commit"]})
     elif earlier.get("pick") == pick["tag"]:
         test, n_test = earlier["pick_test_accuracy"], earlier["n_test"]
     else:
@@ -216,16 +244,19 @@ def select_torch(args, hidden):
     for r in records:
         print(f"{r['tag']:24s} validation {r['validation_accuracy']:.4f} (epoch {r['kept_epoch']} of "
               f"{r['epochs_run']}){'  <- pick' if r is pick else ''}")
-    print(f"pick {pick['tag']}: test accuracy {test:.4f} on {n_test} images (read once)")
+    print(f"pick {pick['tag']}: test accuracy {test:.4f} on {n_test} images "
+          f"({'read once' if len(reads) == 1 else f'the test split read {len(reads)} times over the chain'})")
     return {"torch": torch.__version__, "batch": TORCH_BATCH, "threads": args.torch_threads,
             "n_train": int(splits["train"][1].numel()), "n_validation": int(splits["validation"][1].numel()),
             "candidates": records, "pick": pick["tag"], "pick_validation_accuracy": pick["validation_accuracy"],
-            "pick_test_accuracy": test, "n_test": n_test}
+            "pick_test_accuracy": test, "n_test": n_test, "test_reads": reads}
 
 
 def earlier_records(path, new_tags):
     """The candidate records of an earlier selection file, each marked with where it came from."""
     earlier = json.loads(Path(path).read_text())
+    if "candidates" not in earlier:
+        sys.exit(f"select_recipe: {path} holds no ADMM candidates: --reuse-from takes a file of the same method")
     source = {"file": Path(path).name, "commit": earlier.get("commit")}
     # a record the earlier file had itself read back keeps its first source
     records = [{**record, "reused_from": record.get("reused_from", source)} for record in earlier.get("candidates", [])]
@@ -248,6 +279,10 @@ def pick_test_accuracy(args, best, earlier):
 def select_admm(args):
     """The ADMM candidates' runs, the pick by validation and its test accuracy (read once)."""
     candidates = [item.partition("=") for item in args.candidate]
+    tags = [tag for tag, _, _ in candidates]
+    if len(set(tags)) < len(tags):
+        sys.exit(f"select_recipe: candidate tag(s) {', '.join(sorted({t for t in tags if tags.count(t) > 1}))} "
+                 "given twice: every candidate needs its own tag")
     records, earlier = earlier_records(args.reuse_from, [t for t, _, _ in candidates]) if args.reuse_from else ([], {})
     records += [run_candidate(args, tag, shlex.split(flags)) for tag, _, flags in candidates]
     best = max(records, key=lambda r: r["validation_accuracy"])  # max keeps the first of equals

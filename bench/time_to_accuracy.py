@@ -391,7 +391,8 @@ def run_problem(problem, data, args, tmp):
              "test_rows": int(splits["test"][1].size), "batch_size": TORCH_BATCH, "torch_threads": args.torch_threads,
              "evaluations_per_epoch": EVALS_PER_EPOCH, "warmup_epochs": WARMUP_EPOCHS,
              "load_averages_before": load_averages()}
-    progress = Progress(args.progress and Path(args.progress) / f"time_to_accuracy-{problem}.json", entry)
+    progress = Progress(args.progress and Path(args.progress) / f"time_to_accuracy-{problem}.json",
+                        {**entry, "optimisers": args.optimisers, "schedules": args.schedules, "max_lrs": args.max_lrs})
     # selection: PyTorch's learning rates on validation, every (width, optimiser, schedule)
     entry["selection"] = [progress.selection([n_in, *w, n_out], o, s,
                                              lambda: tune_lr([n_in, *w, n_out], o, s, splits, spec, args))
@@ -426,14 +427,17 @@ class Progress:
     """What a long problem has finished so far, on disk (``--progress DIR``), so that a run stopped
     mid-way (a session's end, a reboot) is continued by the same command: each finished learning-rate
     grid and each finished timing round is written as it ends, with the commit and load averages of the
-    invocation that made it (``invocations``, with its machine). The learning rates are chosen by epochs,
-    so grids carry over between machines; seconds do not: rounds timed on another CPU are set aside
-    (``set_aside_rounds``) and the timing starts again. A file made under other settings (targets,
+    invocation that made it (``invocations``, with its machine). The learning rates are chosen by epochs
+    (only a run that hits the ``cap_seconds`` backstop depends on the machine: ``cap_hit``), so grids
+    carry over between machines; seconds do not: rounds timed on another CPU, or on an unrecorded one,
+    are set aside (``set_aside_rounds``) and the timing starts again. A file made under other settings (targets,
     widths, epoch budget, rows, threads) is refused, not mixed in. Without a directory nothing is kept."""
 
     SETTINGS = ("problem", "targets", "recipe_widths", "candidate_widths", "max_epochs", "cap_seconds",
                 "validation_fraction", "seed", "torch_train_rows", "validation_rows", "test_rows", "batch_size",
-                "torch_threads", "evaluations_per_epoch", "warmup_epochs")
+                "torch_threads", "evaluations_per_epoch", "warmup_epochs", "optimisers", "schedules", "max_lrs")
+    # read for a setting that a file written before it was recorded lacks: the value every run then had
+    BEFORE_RECORDED = {"optimisers": list(OPTIMISERS), "schedules": list(SCHEDULES), "max_lrs": 7}
 
     def __init__(self, path, entry):
         self.path = path
@@ -441,6 +445,7 @@ class Progress:
         self.state = {"settings": settings, "selection": [], "rounds": [], "invocations": []}
         if path and path.exists():
             state = json.loads(path.read_text())
+            state["settings"] = {**self.BEFORE_RECORDED, **state["settings"]}
             if state["settings"] != settings:
                 differ = sorted(k for k in settings if state["settings"].get(k) != settings[k])
                 raise SystemExit(f"{portable(str(path))} was made under other settings ({', '.join(differ)}): "

@@ -54,7 +54,7 @@ def test_adams_learning_rate_is_picked_on_the_validation_rows_and_only_the_pick_
     assert adam["pick_validation_accuracy"] == max(point[1] for point in runs[1e-2]["curve"])
     assert adam["n_validation"] == 250 and adam["n_train"] + 250 == 1500 and adam["n_test"] == 297
     assert 0.5 < adam["pick_test_accuracy"] <= 1.0
-    assert "candidates" not in result  # PyTorch alone ran: no ADMM candidate
+    assert [r["tag"] for r in adam["test_reads"]] == ["adam-lr0.01"]  # one read: the pick's
 
 
 @pytest.mark.timeout(300)
@@ -130,7 +130,8 @@ def test_pytorch_candidates_take_their_own_optimiser_schedule_widths_and_epochs_
     module = bench_module("select_recipe")
     base = ["--config", str(config), "--data", digits, "--iters", "3", "--patience", "1", "--name", "tiny",
             "--torch-threads", "1"]
-    earlier = {"config": str(config), "iters": 3, "commit": "abc", "adam": {
+    earlier = {"config": str(config), "data": "digits.h5", "validation_fraction": 0.16667, "patience": 1,
+               "iters": 3, "commit": "abc", "adam": {
         "widths": [64, 16, 10], "n_test": 297, "pick_lr": 1e-5, "pick_test_accuracy": 0.5,
         "runs": [{"lr": 1e-5, "curve": [[1, 0.5, 1.0]], "validation_accuracy": 0.5, "kept_epoch": 1,
                   "epochs_run": 1, "train_seconds": 1.0}]}}
@@ -148,6 +149,10 @@ def test_pytorch_candidates_take_their_own_optimiser_schedule_widths_and_epochs_
     assert (tags["sgd-cosine"]["schedule"], tags["sgd-cosine"]["iters"], tags["sgd-cosine"]["hidden"]) == (
         "warmup_cosine", 3, [16])
     assert result["pick"] in ("sgd-wide", "sgd-cosine")  # SGD at 0.1 beats Adam at 1e-5 on validation
+    # every test read of the chain is listed: the earlier file's pick, then this one's
+    assert [(r["tag"], r["commit"]) for r in result["test_reads"]][0] == ("adam-lr1e-05", "abc")
+    assert result["test_reads"][1]["tag"] == result["pick"] and len(result["test_reads"]) == 2
+    assert result["test_reads"][1]["test_accuracy"] == result["pick_test_accuracy"]
     assert result["pick_validation_accuracy"] == tags[result["pick"]]["validation_accuracy"] > 0.6
     assert 0.6 < result["pick_test_accuracy"] <= 1.0 and result["n_test"] == 297
 
@@ -156,6 +161,22 @@ def test_pytorch_candidates_take_their_own_optimiser_schedule_widths_and_epochs_
     module.main(base + ["--out", str(alone), "--reuse-from", str(tmp_path / "earlier.json")])
     again = json.loads(alone.read_text())["torch"]
     assert (again["pick"], again["pick_test_accuracy"], again["n_test"]) == ("adam-lr1e-05", 0.5, 297)
+    assert len(again["test_reads"]) == 1  # no new read: the pick is the earlier one
+
+    # a file selected on other rows, or of the other method, does not join; a tag given twice is refused
+    (tmp_path / "other.json").write_text(json.dumps({**earlier, "validation_fraction": 0.1}))
+    (tmp_path / "admm.json").write_text(json.dumps({"candidates": [], "pick": None}))
+    for reuse, message in (("other.json", "was selected with other validation_fraction"),
+                           ("admm.json", "holds no PyTorch candidates")):
+        with pytest.raises(SystemExit) as stop:
+            module.main(base + ["--out", str(tmp_path / "x.json"), "--reuse-from", str(tmp_path / reuse),
+                                "--torch-candidate", "a=adam lr=0.01"])
+        assert message in str(stop.value)
+    with pytest.raises(SystemExit) as stop:
+        module.main(base + ["--out", str(tmp_path / "x.json"), "--torch-candidate", "a=adam lr=0.01",
+                            "--torch-candidate", "a=sgd_momentum lr=0.1"])
+    assert "candidate tag(s) a given twice" in str(stop.value)
+    assert not (tmp_path / "x.json").exists()
 
 
 @pytest.mark.parametrize("text", ["x=rmsprop lr=1", "x=adam", "x=adam lr=1 schedule=step", "x=adam lr=1 momentum=0"])

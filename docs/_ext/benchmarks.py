@@ -204,7 +204,12 @@ def records_table(records, max_rows=40, max_columns=10):
 
 
 TORCH_OPTIMISERS = {"sgd_momentum": "SGD with momentum", "adam": "Adam", "lbfgs": "L-BFGS"}
-SELECTED_BASELINES = (("adam", "adam"), ("sgd_momentum", "sgd"))  # (optimiser, selection_<data>-<stem>.json)
+SELECTED_BASELINES = ("adam", "sgd")  # PyTorch's selection_<data>-<stem>.json
+
+
+def torch_pick(selection):
+    """The picked candidate's record of a PyTorch selection (``selection_*.json``'s ``torch``)."""
+    return next(c for c in selection["candidates"] if c["tag"] == selection["pick"])
 
 
 def admm_pick(selection):
@@ -301,8 +306,9 @@ def headlines(results):
 
     for name, label in (("mnist", "MNIST"), ("fashion_mnist", "Fashion-MNIST")):
         admm = get(f"selection_{name}")
-        baselines = [(TORCH_OPTIMISERS[o], get(f"selection_{name}-{stem}")) for o, stem in SELECTED_BASELINES]
-        baselines = [(label_, found["torch"]) for label_, found in baselines if found and "torch" in found]
+        found = [get(f"selection_{name}-{stem}") for stem in SELECTED_BASELINES]
+        baselines = [(TORCH_OPTIMISERS[torch_pick(f["torch"])["optimiser"]], f["torch"])
+                     for f in found if f and "torch" in f]
         if admm and baselines:
             widths = "-".join(str(w) for w in admm_pick(admm)["settings"]["hidden"])
             budget = len(admm.get("candidates", []))
