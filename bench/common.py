@@ -104,14 +104,15 @@ def machine_line(m):
 
 
 def git_commit():
-    """The checkout's commit, with ``+uncommitted`` when tracked files outside bench/results differ."""
+    """The checkout's commit, with ``+uncommitted`` when tracked files outside bench/results and
+    bench/progress (measurements, not code) differ."""
     def git(*args):
         return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=30).stdout
 
     try:
         commit = git("rev-parse", "HEAD").strip()
         changed = [line for line in git("status", "--porcelain", "--untracked-files=no").splitlines()
-                   if not line[3:].startswith("bench/results/")]
+                   if not line[3:].startswith(("bench/results/", "bench/progress/"))]
     except (OSError, subprocess.SubprocessError):
         return None
     return (commit + "+uncommitted" if changed else commit) or None
