@@ -145,6 +145,14 @@ def run_record():
     return {"argv": argv, "command": command, "commit": git_commit(), "machine": machine()}
 
 
+def write_progress(path, state):
+    """A long benchmark's progress file, written whole or not at all (a stop mid-write keeps the old one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(portable(state)) + "\n")
+    temporary.replace(path)
+
+
 COMPRESS_ABOVE = 1 << 20  # a results file larger than this (a raw measurement dump) is written gzipped
 
 

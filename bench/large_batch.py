@@ -62,7 +62,7 @@ import numpy as np
 
 import cost_model
 from common import (RESULTS, SOURCES, data_file, load_samples, mpiexec, portable, run_record, torch_accuracy,
-                    selection_key, torch_mlp, widen_until_interior)
+                    selection_key, torch_mlp, widen_until_interior, write_progress)
 
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = {"mnist": 0.98, "fashion_mnist": 0.88, "digits": 0.9}
@@ -394,10 +394,7 @@ class GridProgress:
 
     def _write(self):
         if self.path:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            temporary = self.path.with_suffix(".tmp")
-            temporary.write_text(json.dumps(portable(self.state)) + "\n")
-            temporary.replace(self.path)
+            write_progress(self.path, self.state)
 
 
 def tune_torch(dataset, data, optimiser, batch, cap, target, hidden=None, max_lrs=6, centre=None, threads=1,

@@ -75,7 +75,7 @@ import numpy as np
 
 from common import (REPO, RESULTS, SOURCES, TORCH_BATCH, data_file, load_samples, mpiexec, portable, read_result,
                     run_record, selection_key, torch_accuracy, torch_mlp, widen_until_interior, write_result)
-from common import learning_rate_factor as schedule_factor
+from common import learning_rate_factor as schedule_factor, write_progress
 
 SOLVER = "minibatch_am"
 PROBLEMS = {
@@ -489,10 +489,7 @@ class Progress:
 
     def _write(self):
         if self.path:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            temporary = self.path.with_suffix(".tmp")
-            temporary.write_text(json.dumps(portable(self.state)) + "\n")
-            temporary.replace(self.path)
+            write_progress(self.path, self.state)
 
 
 def times(record, targets):
