@@ -11,6 +11,7 @@ run summary is measured, not estimated.
 
 import os
 import sys
+import time
 import warnings
 
 import numpy as np
@@ -488,6 +489,9 @@ class Grid:
         if self._comm is not None:
             from mpi4py import MPI
 
+            # Abort tears the job down at once; on a loaded node the launcher may not yet have
+            # forwarded this rank's last lines (the reason for the abort) from its pipe.
+            time.sleep(0.5)
             MPI.COMM_WORLD.Abort(code)
         os._exit(code)
 

@@ -142,7 +142,8 @@ def test_exception_on_one_rank_aborts_the_whole_job(tmp_path):
     proc = subprocess.run([mpiexec(), "-n", "2", sys.executable, str(script)], capture_output=True, text=True,
                           timeout=60, env=child_env())
     assert proc.returncode != 0
-    assert "rank 1: unexpected error, aborting the job: ZeroDivisionError: injected failure" in proc.stderr
+    assert "rank 1: unexpected error, aborting the job: ZeroDivisionError: injected failure" in proc.stderr, \
+        (proc.returncode, proc.stdout, proc.stderr)
 
 
 def test_trains_serially_where_mpi4py_cannot_start(tmp_path):
