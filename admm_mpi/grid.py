@@ -385,8 +385,6 @@ class Grid:
         ranks with nothing to do while others still work, so they leave the cores to them."""
         if self._comm is None:
             return
-        import time
-
         request = self._comm.Ibarrier()
         while not request.Test():
             time.sleep(poll)
@@ -427,8 +425,6 @@ class Grid:
         """Send ``message`` to rank ``server`` and return its reply (sent by :meth:`reply`)."""
         if self._comm is None:
             raise RuntimeError("requests need a distributed grid")
-        import time
-
         sent = self._comm.isend(message, dest=server, tag=self.REQUEST_TAG)
         while True:
             incoming = self._comm.improbe(source=server, tag=self.REPLY_TAG)
