@@ -3,6 +3,7 @@
     pip install -e ".[bench]"      # torch==2.13.0 (CPU)
     python bench/large_batch.py --datasets mnist --batches 8192 --methods admm      # one cell (or several)
     python bench/large_batch.py --assemble                                          # the tables from every cell
+    python bench/large_batch.py --restore-cells results/large_batch.json --assemble  # a fresh checkout's cells
     python bench/large_batch.py --quick --out DIR                                   # seconds: digits, tiny
 
 Data-parallel SGD on P ranks uses a global batch of 128·P (8 192 at 64 ranks, 32 768 at 256). For
@@ -679,6 +680,21 @@ def save_cell(cells_dir, cell):
     return path
 
 
+def restore_cells(results, cells_dir):
+    """Write each cell of an assembled results file back to ``cells_dir`` unless a cell of the same data
+    set, method and batch is there: the cells as they were saved, without the model figures of assembly."""
+    saved = json.loads(Path(results).read_text())
+    Path(cells_dir).mkdir(parents=True, exist_ok=True)
+    for entry in saved["datasets"].values():
+        for methods in entry["batches"].values():
+            for cell in methods.values():
+                path = Path(cells_dir) / f"{cell['dataset']}-{cell['method']}-{cell['batch']}.json"
+                if not path.exists():
+                    cell = {k: v for k, v in cell.items() if k != "modelled"}
+                    path.write_text(json.dumps(cell, indent=2) + "\n")
+                    print("restored", portable(str(path)), flush=True)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default="mnist,fashion_mnist")
@@ -696,6 +712,8 @@ def main(argv=None):
     parser.add_argument("--progress", metavar="DIR", help="keep each PyTorch grid's finished rates in DIR and "
                                                           "continue from them (a grid spread over sittings)")
     parser.add_argument("--assemble", action="store_true", help="only assemble the cells into the results")
+    parser.add_argument("--restore-cells", metavar="JSON", help="first write each cell of this results file that "
+                        "--cells lacks (the cells live under runs/, which a fresh checkout does not have)")
     parser.add_argument("--admm-run", metavar="DIR", help="make the ADMM cell of --datasets/--batches from this "
                                                          "earlier run directory of the same command (with --why)")
     parser.add_argument("--salvage", metavar="LOG", help="make the --methods cell of --datasets/--batches from the "
@@ -718,6 +736,8 @@ def main(argv=None):
     hidden = [int(h) for h in args.hidden.split(",")] if args.hidden else None
     methods = args.methods.split(",")
     centres = {"sgd_momentum": args.sgd_centre, "adam": args.adam_centre}
+    if args.restore_cells:
+        restore_cells(args.restore_cells, args.cells)
     if args.admm_run or args.salvage:
         dataset, batch = args.datasets, int(args.batches)
         data, _ = data_path(dataset, args.cache)

@@ -199,3 +199,16 @@ def test_a_pytorch_grid_stopped_part_way_continues_and_its_pick_read_back_is_rep
     proc = run(tmp_path / "third", "--progress", str(progress))
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].endswith("was made under other settings (cap): move it away to start afresh")
+
+
+def test_cells_restored_from_the_results_assemble_to_the_same_results(quick_run, tmp_path):
+    out, result = quick_run
+    cells = tmp_path / "cells"
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "large_batch.py"), "--quick", "--assemble",
+                           "--restore-cells", str(out / "large_batch.json"), "--cells", str(cells),
+                           "--out", str(tmp_path)], capture_output=True, text=True, env=child_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    restored = sorted(p.name for p in cells.glob("*.json"))
+    assert restored == sorted(p.name for p in (out / "cells").glob("*.json") if "all" not in p.name)
+    again = json.loads((tmp_path / "large_batch.json").read_text())
+    assert again["datasets"] == result["datasets"]
