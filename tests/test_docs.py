@@ -255,3 +255,8 @@ def test_the_package_docstring_names_every_module():
     modules |= {p.name for p in package.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))}
     missing = sorted(m for m in modules if f"``{m}``" not in doc)
     assert not missing, f"admm_mpi/__init__.py does not describe {missing}"
+
+
+def test_a_count_of_one_takes_the_singular():
+    benchmarks = _benchmarks_extension()
+    assert [benchmarks._count(n, "candidate") for n in (0, 1, 5)] == ["0 candidates", "1 candidate", "5 candidates"]

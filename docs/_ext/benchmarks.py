@@ -287,6 +287,11 @@ def large_batch_pairs(data, dataset):
     return pairs
 
 
+def _count(n, noun):
+    """"1 candidate", "5 candidates"."""
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def _epochs_text(cell):
     """"9 epochs, 70.9 s modelled", or "not in 20 epochs" (a cell of large_batch.json)."""
     if cell["epochs_to_target"] is None:
@@ -317,7 +322,8 @@ def headlines(results):
                           f"{budget} candidates)",
                 "admm": f"{admm['pick_test_accuracy']:.4f}",
                 "baseline": ", ".join(f"PyTorch {opt} {torch_['pick_test_accuracy']:.4f} "
-                                      f"({len(torch_['candidates'])} candidates)" for opt, torch_ in baselines),
+                                      f"({_count(len(torch_['candidates']), 'candidate')})"
+                                      for opt, torch_ in baselines),
                 "page": "accuracy", "file": files[f"selection_{name}"].name})
     suite = get("suite")
     if suite:
