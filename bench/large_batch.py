@@ -675,9 +675,13 @@ def save_cell(cells_dir, cell):
     Path(cells_dir).mkdir(parents=True, exist_ok=True)
     record = run_record()
     cell = portable({**cell, "script_command": record["command"], "commit": record["commit"]})
-    path = Path(cells_dir) / f"{cell['dataset']}-{cell['method']}-{cell.get('batch', 'all')}.json"
+    path = cell_path(cells_dir, cell)
     path.write_text(json.dumps(cell, indent=2) + "\n")
     return path
+
+
+def cell_path(cells_dir, cell):
+    return Path(cells_dir) / f"{cell['dataset']}-{cell['method']}-{cell.get('batch', 'all')}.json"
 
 
 def restore_cells(results, cells_dir):
@@ -688,7 +692,7 @@ def restore_cells(results, cells_dir):
     for entry in saved["datasets"].values():
         for methods in entry["batches"].values():
             for cell in methods.values():
-                path = Path(cells_dir) / f"{cell['dataset']}-{cell['method']}-{cell['batch']}.json"
+                path = cell_path(cells_dir, cell)
                 if not path.exists():
                     cell = {k: v for k, v in cell.items() if k != "modelled"}
                     path.write_text(json.dumps(cell, indent=2) + "\n")

@@ -319,7 +319,7 @@ def headlines(results):
             budget = len(admm.get("candidates", []))
             rows.append({
                 "result": f"{label} test accuracy, settings chosen on validation (ADMM: MLP 784-{widths}-10, "
-                          f"{budget} candidates)",
+                          f"{_count(budget, 'candidate')})",
                 "admm": f"{admm['pick_test_accuracy']:.4f}",
                 "baseline": ", ".join(f"PyTorch {opt} {torch_['pick_test_accuracy']:.4f} "
                                       f"({_count(len(torch_['candidates']), 'candidate')})"
